@@ -1,0 +1,52 @@
+# modelyard: every entry point a developer, CI or a workflow uses.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PY ?= python3.11
+VENV := .venv
+BIN := $(abspath $(VENV))/bin
+export PATH := $(BIN):$(PATH)
+# No telemetry from any tool in the stack.
+export MLFLOW_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := 1
+export BENTOML_DO_NOT_TRACK := true
+export GX_ANALYTICS_ENABLED := false
+export DVC_NO_ANALYTICS := 1
+
+.PHONY: help setup run test check lint format lock clean
+
+help: ## Show the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+setup: $(VENV)/.installed ## Create .venv from requirements.lock (Python 3.11)
+
+$(VENV)/.installed: requirements.lock pyproject.toml
+	@command -v $(PY) >/dev/null || { echo "$(PY) not found: install Python 3.11 or run make PY=/path/to/python3.11"; exit 1; }
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
+	@touch $@
+
+run: setup ## Run the whole pipeline (dvc repro) on the embedded MLflow store and print a summary
+	$(BIN)/modelyard run
+
+test: setup ## Run the test suite (real MLflow, DVC, GX, ONNX Runtime)
+	$(BIN)/pytest
+
+check: setup ## Lint and type-check (what CI runs)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: setup ## Format the code
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+lock: ## Re-resolve requirements.in into requirements.lock in a scratch venv
+	rm -rf .lockenv && $(PY) -m venv .lockenv
+	.lockenv/bin/pip install --quiet -r requirements.in
+	.lockenv/bin/pip freeze --exclude-editable > requirements.lock
+	rm -rf .lockenv
+
+clean: ## Remove the venv, the local MLflow store and pipeline outputs
+	rm -rf $(VENV) .modelyard data/raw data/prepared data/models

@@ -1,0 +1,317 @@
+"""The ``modelyard`` command line: one Typer app for every stage and job.
+
+The CLI is the only layer that loads params.yaml, configures logging, calls a stage
+and turns domain errors (``pipelines.errors``) into messages and exit codes:
+0 ok, 1 a pipeline error (bad data, failed gate, parity), 2 a configuration error.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pipelines import config
+from pipelines.errors import ModelyardError
+
+app = typer.Typer(
+    name="modelyard",
+    help=(
+        "From a commit to a registered, validated model version.\n\n"
+        "The pipeline stages (ingest, prepare, validate, train, export, evaluate, register) "
+        "are what `dvc repro` runs, one command each; `modelyard run` runs them all through "
+        "DVC and prints a summary."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=False)
+err_console = Console(stderr=True)
+log = logging.getLogger("modelyard")
+
+ParamsOpt = Annotated[
+    Path, typer.Option("--params", "-p", help="The params file (its folder is the project root).")
+]
+T = TypeVar("T")
+
+OWN_LOGGERS = ("pipelines", "registry", "services", "modelyard")
+TELEMETRY_OFF = {
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "1",
+    "BENTOML_DO_NOT_TRACK": "true",
+    "GX_ANALYTICS_ENABLED": "false",
+    "DVC_NO_ANALYTICS": "1",
+}
+
+
+def main() -> None:
+    for key, value in TELEMETRY_OFF.items():
+        os.environ.setdefault(key, value)
+    app()
+
+
+@app.callback()
+def _setup(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    from rich.logging import RichHandler
+
+    handler = RichHandler(console=err_console, show_path=False, show_time=False)
+    if not verbose:
+        # Our own INFO lines; only warnings from the libraries underneath.
+        handler.addFilter(
+            lambda r: r.levelno >= logging.WARNING or r.name.split(".")[0] in OWN_LOGGERS
+        )
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO, format="%(message)s", handlers=[handler]
+    )
+
+
+def _load(path: Path) -> tuple[config.Params, Path]:
+    params = config.load(path)
+    return params, path.resolve().parent
+
+
+def _guard(step: str, fn: Callable[[], T]) -> T:
+    """Run a step; print a domain error cleanly and exit with its code."""
+    try:
+        return fn()
+    except ModelyardError as exc:
+        err_console.print(f"[bold red]{step} failed:[/] {exc}", highlight=False)
+        raise typer.Exit(exc.exit_code) from None
+
+
+def _tracking(root: Path) -> None:
+    from pipelines import tracking
+
+    tracking.configure(root)
+
+
+# -- stages ------------------------------------------------------------------------------
+
+
+@app.command()
+def ingest(params_file: ParamsOpt = Path("params.yaml")) -> None:
+    """Materialize the raw dataset (ingest.source) as data/raw/dataset.csv."""
+    from pipelines.stages import ingest as stage
+
+    params, root = _guard("ingest", lambda: _load(params_file))
+    r = _guard("ingest", lambda: stage.run(params.ingest, params.data, params.paths, root))
+    console.print(f"ingest: {r.rows} rows x {r.columns} columns -> {r.path}")
+
+
+@app.command()
+def prepare(params_file: ParamsOpt = Path("params.yaml")) -> None:
+    """Split the raw data into seeded, stratified train/val/test Parquet files."""
+    from pipelines.stages import prepare as stage
+
+    params, root = _guard("prepare", lambda: _load(params_file))
+    r = _guard(
+        "prepare", lambda: stage.run(params.prepare, params.data, params.paths, params.seed, root)
+    )
+    console.print(
+        f"prepare: {r.rows} (dropped {r.dropped_duplicates} duplicate rows, "
+        f"{'stratified' if r.stratified else 'NOT stratified'})"
+    )
+
+
+@app.command()
+def validate(params_file: ParamsOpt = Path("params.yaml")) -> None:
+    """Check the raw and prepared data with Great Expectations; stop on any failure.
+
+    Writes data/reports/validate.json and a readable validate.html.
+    """
+    from pipelines.stages import validate as stage
+
+    params, root = _guard("validate", lambda: _load(params_file))
+    r = _guard("validate", lambda: stage.run(params.validate_, params.data, params.paths, root))
+    console.print(f"validate: {r.evaluated} expectations passed")
+
+
+@app.command()
+def train(params_file: ParamsOpt = Path("params.yaml")) -> None:
+    """Train the model named by train.model (cnn, mlp, logreg, gboost); logs to MLflow."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from pipelines.stages import train as stage
+
+    params, root = _guard("train", lambda: _load(params_file))
+    _tracking(root)
+    with Progress(
+        TextColumn("train {task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+        TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=err_console,
+    ) as progress:  # fmt: skip
+        task = progress.add_task(params.train.model, total=params.train.epochs, status="")
+
+        def on_epoch(e: Any) -> None:
+            progress.update(
+                task, completed=e.epoch,
+                status=f"loss {e.train_loss:.3f} val_loss {e.val_loss:.3f} val_acc {e.val_accuracy:.3f}",
+            )  # fmt: skip
+
+        r = _guard("train", lambda: stage.run(params, root, on_epoch))
+        progress.update(task, total=max(r.epochs_run, 1), completed=max(r.epochs_run, 1))
+    best = f", best epoch {r.best_epoch}" if r.best_epoch else ""
+    console.print(f"train: val accuracy {r.val_accuracy:.4f}{best}, MLflow run {r.run_id}")
+
+
+@app.command()
+def export(params_file: ParamsOpt = Path("params.yaml")) -> None:
+    """Export the trained model to ONNX and check parity with the native model."""
+    from pipelines.stages import export as stage
+
+    params, root = _guard("export", lambda: _load(params_file))
+    _tracking(root)
+    r = _guard("export", lambda: stage.run(params, root))
+    console.print(
+        f"export: {params.paths.onnx} ({r.size_bytes} bytes, opset {r.opset}), "
+        f"parity max |diff| {r.parity.max_abs_diff:.2g} over {r.parity.rows} rows"
+    )
+
+
+@app.command()
+def evaluate(params_file: ParamsOpt = Path("params.yaml")) -> None:
+    """Score the ONNX model on the test set (quality, latency, behaviour, champion) and
+    write the gate report. Gates are enforced by `register`."""
+    from pipelines.stages import evaluate as stage
+
+    params, root = _guard("evaluate", lambda: _load(params_file))
+    _tracking(root)
+    r = _guard("evaluate", lambda: stage.run(params, root))
+    console.print(_gates_table(r.gates))
+
+
+@app.command()
+def register(params_file: ParamsOpt = Path("params.yaml")) -> None:
+    """Register the model as a new version with its lineage (alias `challenger`),
+    only if every gate passed. Re-running with the same model creates nothing new."""
+    from pipelines.stages import register as stage
+
+    params, root = _guard("register", lambda: _load(params_file))
+    _tracking(root)
+    r = _guard("register", lambda: stage.run(params, root))
+    verb = "registered" if r.created else "already registered"
+    console.print(f"register: {verb} {r.name} v{r.version} (@{params.register_.alias})")
+
+
+# -- whole pipeline and tools --------------------------------------------------------------
+
+
+@app.command()
+def run(
+    params_file: ParamsOpt = Path("params.yaml"),
+    force: Annotated[bool, typer.Option("--force", "-f", help="Re-run every stage.")] = False,
+) -> None:
+    """Run the whole pipeline with `dvc repro` and print a summary."""
+    _, root = _guard("run", lambda: _load(params_file))
+    dvc = shutil.which("dvc") or str(Path(sys.executable).with_name("dvc"))
+    cmd = [dvc, "repro", *(["--force"] if force else [])]
+    code = subprocess.call(cmd, cwd=root)
+    if code != 0:
+        err_console.print(
+            f"[bold red]dvc repro failed (exit {code}).[/] The failing stage printed why above; "
+            "fix it and run `modelyard run` again (DVC re-runs only what changed)."
+        )
+        raise typer.Exit(1)
+    summary(params_file)
+
+
+@app.command()
+def summary(params_file: ParamsOpt = Path("params.yaml")) -> None:
+    """Print the last run's metrics, gates and registered version."""
+    from pipelines import files
+
+    params, root = _guard("summary", lambda: _load(params_file))
+    reports = root / params.paths.reports
+    try:
+        metrics = files.read_json(reports / "evaluate.json")
+        gates = files.read_json(reports / "gates.json")
+        reg = files.read_json(reports / "register.json")
+    except OSError as exc:
+        err_console.print(f"[red]no complete run yet ({exc}); run `modelyard run`[/]")
+        raise typer.Exit(1) from None
+    lat = metrics["latency"]
+    table = Table(title="modelyard: test-set metrics (ONNX Runtime)", show_header=True)
+    for col in ("accuracy", "macro-F1", "min class recall", "noise invariance",
+                "p50/p99 ms @1", "p50/p99 ms @256"):  # fmt: skip
+        table.add_column(col, justify="right")
+    table.add_row(
+        f"{metrics['accuracy']:.4f}", f"{metrics['macro_f1']:.4f}",
+        f"{metrics['min_class_recall']:.3f}", f"{metrics['noise_invariance']:.3f}",
+        f"{lat['batch_1']['p50_ms']:.3f}/{lat['batch_1']['p99_ms']:.3f}",
+        f"{lat['batch_256']['p50_ms']:.2f}/{lat['batch_256']['p99_ms']:.2f}",
+    )  # fmt: skip
+    console.print(table)
+    console.print(_gates_table_from_report(gates))
+    state = "new version" if reg["created"] else "unchanged, already registered"
+    console.print(
+        f"[bold green]{reg['model']} v{reg['version']}[/] ({state}) @{params.register_.alias}\n"
+        "Next:\n"
+        "  modelyard ui                      browse runs and the registry (MLflow UI)\n"
+        "  dvc metrics show / dvc plots show metrics and plots DVC tracks\n"
+        "  dvc exp run -S train.epochs=20    try a change; `dvc metrics diff` compares\n"
+        f"  open {params.paths.report('validate.html')}   the data validation report"
+    )
+
+
+@app.command()
+def ui(
+    params_file: ParamsOpt = Path("params.yaml"),
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0 picks a free one).")] = 5000,
+) -> None:
+    """Open the MLflow UI on this project's store (embedded SQLite unless MLFLOW_TRACKING_URI)."""
+    from pipelines import tracking
+
+    _, root = _guard("ui", lambda: _load(params_file))
+    uri = tracking.tracking_uri(root)
+    if uri.startswith("http"):
+        console.print(f"MLFLOW_TRACKING_URI points at a server: open {uri}")
+        return
+    if port == 0:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+    tracking.configure(root)
+    mlflow = shutil.which("mlflow") or str(Path(sys.executable).with_name("mlflow"))
+    console.print(f"MLflow UI on http://127.0.0.1:{port} (store {uri}); Ctrl-C to stop")
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    raise typer.Exit(
+        subprocess.call(
+            [mlflow, "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port),
+             "--workers", "1"],
+            env=env,
+        )  # fmt: skip
+    )
+
+
+def _gates_table(gates: list[Any]) -> Table:
+    return _gates_table_from_report(
+        {"gates": {g.name: g.__dict__ for g in gates}, "passed": all(g.passed for g in gates)}
+    )
+
+
+def _gates_table_from_report(report: dict[str, Any]) -> Table:
+    verdict = "[green]all passed[/]" if report["passed"] else "[red]FAILED[/]"
+    table = Table(title=f"gates: {verdict}")
+    for col in ("gate", "value", "threshold", "result"):
+        table.add_column(col)
+    for g in report["gates"].values():
+        mark = "[green]pass[/]" if g["passed"] else "[red]fail[/]"
+        value = "n/a" if g["value"] is None else f"{g['value']:.4g}"
+        table.add_row(g["name"], value, f"{g['op']} {g['threshold']:g}", mark)
+    return table
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,220 @@
+"""Typed view of ``params.yaml``: the only module that reads it.
+
+Every section is a frozen pydantic model with ``extra="forbid"``, so a typo fails
+loudly with the key's path. One section per stage (stage = module = CLI command =
+section), plus the shared ``paths``, ``data`` and ``seed``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipelines.errors import ConfigError
+
+Label = int | str
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Paths(Section):
+    """Every file the stages exchange. dvc.yaml interpolates the same keys."""
+
+    sources: Path = Path("data/sources")
+    raw: Path = Path("data/raw/dataset.csv")
+    prepared: Path = Path("data/prepared")
+    reports: Path = Path("data/reports")
+    native: Path = Path("data/models/native")
+    onnx: Path = Path("data/models/model.onnx")
+
+    # Files inside the folders above; one place to name them.
+    def split(self, name: str) -> Path:
+        return self.prepared / f"{name}.parquet"
+
+    @property
+    def schema(self) -> Path:
+        return self.prepared / "schema.json"
+
+    def report(self, name: str) -> Path:
+        return self.reports / name
+
+
+class FeaturePattern(Section):
+    """A compact way to name many columns: ``prefix`` + 0..count-1."""
+
+    prefix: str
+    count: Annotated[int, Field(gt=0)]
+
+    def names(self) -> list[str]:
+        return [f"{self.prefix}{i}" for i in range(self.count)]
+
+
+class Data(Section):
+    """The dataset's contract: what a valid table looks like."""
+
+    target: str = "label"
+    features: list[str] | FeaturePattern
+    labels: Annotated[list[Label], Field(min_length=2)]
+    # Bounds every feature must stay within (None: unchecked), and per-column overrides.
+    feature_range: tuple[float, float] | None = None
+    ranges: dict[str, tuple[float, float]] = Field(default_factory=dict)
+
+    @property
+    def feature_names(self) -> list[str]:
+        if isinstance(self.features, FeaturePattern):
+            return self.features.names()
+        return list(self.features)
+
+    def range_for(self, column: str) -> tuple[float, float] | None:
+        return self.ranges.get(column, self.feature_range)
+
+    @model_validator(mode="after")
+    def _check(self) -> Data:
+        names = self.feature_names
+        if len(set(names)) != len(names):
+            raise ValueError("data.features has duplicate names")
+        if self.target in names:
+            raise ValueError(f"data.target {self.target!r} is also listed as a feature")
+        unknown = set(self.ranges) - set(names)
+        if unknown:
+            raise ValueError(f"data.ranges names columns that are not features: {sorted(unknown)}")
+        for col, (lo, hi) in {**self.ranges, "feature_range": self.feature_range or (0, 0)}.items():
+            if lo > hi:
+                raise ValueError(f"range for {col} has min > max: [{lo}, {hi}]")
+        if len(set(map(str, self.labels))) != len(self.labels):
+            raise ValueError("data.labels has duplicates")
+        return self
+
+
+class Ingest(Section):
+    # "sklearn:<name>" for a dataset scikit-learn bundles, else a CSV/Parquet path
+    # (put it under paths.sources and track it with `dvc add`).
+    source: str = "sklearn:digits"
+
+
+class Prepare(Section):
+    test_size: Annotated[float, Field(gt=0, lt=1)] = 0.2
+    val_size: Annotated[float, Field(gt=0, lt=1)] = 0.1
+    # Drop rows whose features repeat an earlier row, so no input lands in two splits.
+    dedupe: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> Prepare:
+        if self.test_size + self.val_size >= 0.9:
+            raise ValueError("prepare.test_size + prepare.val_size leaves under 10% to train")
+        return self
+
+
+class Validate(Section):
+    min_rows: Annotated[int, Field(ge=1)] = 100
+    max_rows: Annotated[int, Field(ge=1)] = 10_000_000
+    # Each class's share of the rows must lie in [min, max].
+    class_share: tuple[float, float] = (0.0, 1.0)
+    leakage: bool = True
+    # The checked-in, user-editable GX suite, applied to the raw table.
+    suite: Path = Path("data/expectations/digits.json")
+    sample_size: Annotated[int, Field(ge=1, le=100)] = 5
+
+
+class CNN(Section):
+    image_shape: tuple[int, int] = (8, 8)
+    channels: tuple[int, int] = (16, 32)
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.1
+
+
+class MLP(Section):
+    hidden: Annotated[list[int], Field(min_length=1)] = [128, 64]
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.1
+
+
+class LogReg(Section):
+    C: Annotated[float, Field(gt=0)] = 1.0
+    max_iter: Annotated[int, Field(gt=0)] = 2000
+
+
+class GBoost(Section):
+    n_estimators: Annotated[int, Field(gt=0)] = 100
+    max_depth: Annotated[int, Field(gt=0)] = 3
+    learning_rate: Annotated[float, Field(gt=0)] = 0.1
+
+
+class Train(Section):
+    model: Literal["cnn", "mlp", "logreg", "gboost"] = "cnn"
+    # torch families
+    epochs: Annotated[int, Field(ge=1)] = 60
+    batch_size: Annotated[int, Field(ge=1)] = 64
+    lr: Annotated[float, Field(gt=0)] = 3e-3
+    weight_decay: Annotated[float, Field(ge=0)] = 1e-4
+    patience: Annotated[int, Field(ge=1)] = 8
+    threads: Annotated[int, Field(ge=1)] = 1
+    cnn: CNN = CNN()
+    mlp: MLP = MLP()
+    logreg: LogReg = LogReg()
+    gboost: GBoost = GBoost()
+
+
+class Export(Section):
+    opset: Annotated[int, Field(ge=18)] = 18
+    # Max |p_native - p_onnx| allowed over the test set; argmax must match exactly.
+    parity_tolerance: Annotated[float, Field(ge=0)] = 1e-4
+
+
+class Evaluate(Section):
+    min_accuracy: Annotated[float, Field(ge=0, le=1)] = 0.95
+    min_macro_f1: Annotated[float, Field(ge=0, le=1)] = 0.95
+    max_p99_ms: Annotated[float, Field(gt=0)] = 5.0  # batch-1 p99 with ONNX Runtime
+    min_class_recall: Annotated[float, Field(ge=0, le=1)] = 0.85
+    # Gaussian noise with std = noise_scale * (feature std on train); predictions must stay.
+    noise_scale: Annotated[float, Field(ge=0)] = 0.05
+    min_noise_invariance: Annotated[float, Field(ge=0, le=1)] = 0.97
+    # Challenger vs champion: fail if worse and McNemar's exact p-value < alpha.
+    champion_alpha: Annotated[float, Field(gt=0, lt=1)] = 0.05
+    latency_runs: Annotated[int, Field(ge=10)] = 300
+    threads: Annotated[int, Field(ge=1)] = 1
+
+
+class Register(Section):
+    model_name: str = "digits-classifier"
+    alias: str = "challenger"
+
+
+class Tracking(Section):
+    experiment: str = "modelyard"
+
+
+class Params(Section):
+    seed: int = 42
+    paths: Paths = Paths()
+    data: Data
+    ingest: Ingest = Ingest()
+    prepare: Prepare = Prepare()
+    validate_: Validate = Field(default=Validate(), alias="validate")
+    train: Train = Train()
+    export: Export = Export()
+    evaluate: Evaluate = Evaluate()
+    register_: Register = Field(default=Register(), alias="register")
+    tracking: Tracking = Tracking()
+
+
+def load(path: Path) -> Params:
+    """Read and check ``params.yaml``; raise ConfigError naming the bad key."""
+    try:
+        raw: Any = yaml.safe_load(path.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path} not found: run from the project root or pass --params") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must be a mapping of sections")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        lines = [
+            f"  {'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        ]
+        raise ConfigError(f"{path} has invalid parameters:\n" + "\n".join(lines)) from exc

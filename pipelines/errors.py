@@ -1,0 +1,47 @@
+"""The one exception tree of modelyard.
+
+    ModelyardError               anything the CLI reports as a clean error (exit 1)
+    ├── ConfigError              params.yaml or the environment is wrong (exit 2)
+    ├── DataError                the input data cannot be read or used
+    │   └── DataValidationError  the expectation suite failed
+    ├── TrainingError            a model could not be trained
+    ├── ExportParityError        ONNX and native predictions disagree
+    ├── GateFailed               an evaluation gate failed; nothing is registered
+    └── RegistryError            MLflow registry state is missing or inconsistent
+
+Messages say what was wrong, where, and what to do.
+"""
+
+from __future__ import annotations
+
+
+class ModelyardError(Exception):
+    exit_code = 1
+
+
+class ConfigError(ModelyardError):
+    exit_code = 2
+
+
+class DataError(ModelyardError):
+    pass
+
+
+class DataValidationError(DataError):
+    pass
+
+
+class TrainingError(ModelyardError):
+    pass
+
+
+class ExportParityError(ModelyardError):
+    pass
+
+
+class GateFailed(ModelyardError):
+    pass
+
+
+class RegistryError(ModelyardError):
+    pass

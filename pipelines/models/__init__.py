@@ -1,0 +1,93 @@
+"""Model families, chosen by ``train.model``.
+
+Every family has the same contract (see ``Family``): fit on encoded labels 0..C-1,
+predict class probabilities, save/load the native model, and export ONNX with one
+float32 input ``features`` [batch, n_features] and an output ``probabilities``
+[batch, n_classes]. Scaling is baked into the model, so the ONNX file takes raw
+feature values: serving needs nothing but the file and the schema.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Protocol
+
+import numpy as np
+
+from pipelines.config import Train
+
+INPUT_NAME = "features"
+OUTPUT_NAME = "probabilities"
+
+EpochCallback = Callable[["Epoch"], None]
+
+
+@dataclass(frozen=True)
+class Epoch:
+    epoch: int
+    epochs: int
+    train_loss: float
+    val_loss: float
+    val_accuracy: float
+
+
+@dataclass
+class Fitted:
+    model: Any
+    history: list[Epoch] = field(default_factory=list)
+    best_epoch: int | None = None
+    params: int = 0
+
+
+class Family(Protocol):
+    FILE: str
+
+    def fit(
+        self,
+        cfg: Train,
+        x_train: np.ndarray,
+        y_train: np.ndarray,
+        x_val: np.ndarray,
+        y_val: np.ndarray,
+        n_classes: int,
+        seed: int,
+        on_epoch: EpochCallback | None,
+    ) -> Fitted: ...
+
+    def predict_proba(self, model: Any, x: np.ndarray) -> np.ndarray: ...
+
+    def save(self, model: Any, path: Path) -> None: ...
+
+    def load(self, path: Path) -> Any: ...
+
+    def export_onnx(self, model: Any, n_features: int, path: Path, opset: int) -> None: ...
+
+
+def family(name: str) -> Family:
+    """The module implementing ``train.model`` (torch or scikit-learn, imported lazily)."""
+    module: ModuleType
+    if name in {"cnn", "mlp"}:
+        from pipelines.models import torch_nets as module
+    elif name in {"logreg", "gboost"}:
+        from pipelines.models import sklearn_models as module
+    else:
+        raise ValueError(f"unknown model family {name!r}")
+    return module.Adapter(name)  # type: ignore[no-any-return]
+
+
+def load_native(native_dir: Path) -> tuple[Family, Any, dict[str, Any]]:
+    """The trained model in ``native_dir``: (family adapter, model, meta.json)."""
+    from pipelines import files
+    from pipelines.errors import ModelyardError
+
+    try:
+        meta = dict(files.read_json(native_dir / "meta.json"))
+        adapter = family(meta["family"])
+        return adapter, adapter.load(native_dir / meta["file"]), meta
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelyardError(
+            f"cannot load the trained model from {native_dir}: {exc}. Run `modelyard train` first."
+        ) from exc

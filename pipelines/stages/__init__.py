@@ -1,0 +1,1 @@
+"""modelyard: pipelines/stages."""

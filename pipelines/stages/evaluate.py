@@ -1,0 +1,214 @@
+"""evaluate: score the ONNX model on the held-out test set and decide the gates.
+
+Reads ``paths.onnx``, the test/train splits and the schema. With ONNX Runtime it
+measures quality (accuracy, macro-F1, per-class precision/recall, a confusion matrix),
+latency (p50/p99 at batch 1 and 256) and behaviour (invariance to small noise, minimum
+per-class recall). If the registry has a ``champion``, that model is scored on the same
+test set and McNemar's exact test asks whether the challenger is significantly worse.
+
+Writes ``evaluate.json`` (metrics), ``gates.json`` (each gate, its value, threshold and
+verdict), ``confusion.csv`` and ``confusion.png`` (plots). It does not fail on a gate:
+``register`` reads ``gates.json`` and refuses, so the report is kept either way.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipelines import dataset, files, inference, tracking
+from pipelines.config import Evaluate, Params
+from pipelines.models import load_native
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Gate:
+    name: str
+    value: float | None
+    threshold: float
+    op: str  # ">=" or "<="
+    passed: bool
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Result:
+    metrics: dict[str, Any]
+    gates: list[Gate]
+
+    @property
+    def passed(self) -> bool:
+        return all(g.passed for g in self.gates)
+
+
+def run(params: Params, root: Path) -> Result:
+    paths, cfg = params.paths, params.evaluate
+    schema = dataset.load_schema(paths, root)
+    test = dataset.load_split(paths, "test", schema, root)
+    sess = inference.session(root / paths.onnx, cfg.threads)
+    probs = inference.predict_proba(sess, test.x)
+    pred = probs.argmax(1)
+
+    metrics: dict[str, Any] = quality(test.y, pred, schema.classes)
+    lat = {f"batch_{b}": asdict(inference.latency(sess, test.x, b, runs))
+           for b, runs in ((1, cfg.latency_runs), (256, max(10, cfg.latency_runs // 10)))}  # fmt: skip
+    metrics["latency"] = lat
+    rng = np.random.default_rng(params.seed)
+    metrics["noise_invariance"] = noise_invariance(sess, test.x, pred, schema, cfg.noise_scale, rng)
+
+    champion = compare_with_champion(params, root, schema, test, pred)
+    if champion is not None:
+        metrics["champion"] = champion
+    gates = decide(cfg, metrics)
+    result = Result(metrics, gates)
+
+    reports = root / paths.reports
+    files.write_json(reports / "evaluate.json", metrics)
+    files.write_json(
+        reports / "gates.json",
+        {"passed": result.passed, "gates": {g.name: asdict(g) for g in gates}},
+    )
+    labels = [str(c) for c in schema.classes]
+    confusion = pd.DataFrame({"actual": [labels[i] for i in test.y], "predicted": [labels[i] for i in pred]})
+    files.write_csv(reports / "confusion.csv", confusion)
+    png = reports / "confusion.png"
+    with files.atomic_path(png) as tmp:
+        plot_confusion(test.y, pred, labels, metrics["accuracy"], tmp)
+
+    meta = load_native(root / paths.native)[2]
+    with tracking.resume(meta["run_id"]):
+        tracking.log_metrics({k: v for k, v in metrics.items() if k != "per_class"}, prefix="test.")
+        tracking.log_metrics({g.name: float(g.passed) for g in gates}, prefix="gate.")
+        tracking.log_artifact(png, "evaluate")
+        tracking.log_artifact(reports / "gates.json", "evaluate")
+    log.info("accuracy %.4f, gates %s", metrics["accuracy"], "passed" if result.passed else "FAILED")
+    return result
+
+
+def quality(y: np.ndarray, pred: np.ndarray, classes: list[Any]) -> dict[str, Any]:
+    from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
+
+    idx = list(range(len(classes)))
+    precision, recall, _, support = precision_recall_fscore_support(
+        y, pred, labels=idx, zero_division=0
+    )
+    return {
+        "accuracy": float(accuracy_score(y, pred)),
+        "macro_f1": float(f1_score(y, pred, labels=idx, average="macro", zero_division=0)),
+        "min_class_recall": float(recall[support > 0].min()) if (support > 0).any() else 0.0,
+        "per_class": {
+            str(c): {"precision": float(p), "recall": float(r), "support": int(s)}
+            for c, p, r, s in zip(classes, precision, recall, support, strict=True)
+        },
+        "test_rows": len(y),
+    }
+
+
+def noise_invariance(
+    sess: Any, x: np.ndarray, pred: np.ndarray, schema: dataset.Schema, scale: float,
+    rng: np.random.Generator,
+) -> float:  # fmt: skip
+    """Share of test predictions unchanged under Gaussian noise of ``scale`` x train std."""
+    std = np.array([f.get("train_std", 0.0) for f in schema.features], dtype=np.float32)
+    noisy = x + rng.normal(size=x.shape).astype(np.float32) * std * scale
+    lo = np.array([f.get("min", -np.inf) for f in schema.features], dtype=np.float32)
+    hi = np.array([f.get("max", np.inf) for f in schema.features], dtype=np.float32)
+    noisy = np.clip(noisy, lo, hi)
+    return float((inference.predict_proba(sess, noisy).argmax(1) == pred).mean())
+
+
+def mcnemar(y: np.ndarray, challenger: np.ndarray, champion: np.ndarray) -> dict[str, Any]:
+    """McNemar's exact test on the discordant pairs of two classifiers."""
+    from scipy.stats import binomtest
+
+    ch_right, cp_right = challenger == y, champion == y
+    only_champion = int((cp_right & ~ch_right).sum())  # champion right, challenger wrong
+    only_challenger = int((ch_right & ~cp_right).sum())
+    n = only_champion + only_challenger
+    p = 1.0 if n == 0 else float(binomtest(only_champion, n, 0.5).pvalue)
+    return {"only_champion_right": only_champion, "only_challenger_right": only_challenger,
+            "p_value": p}  # fmt: skip
+
+
+def compare_with_champion(
+    params: Params, root: Path, schema: dataset.Schema, test: dataset.Split, pred: np.ndarray
+) -> dict[str, Any] | None:
+    from registry.client import CHAMPION, Registry
+
+    registry = Registry(tracking.tracking_uri(root))
+    champ = registry.by_alias(params.register_.model_name, CHAMPION)
+    if champ is None:
+        return None
+    folder = registry.download(champ.name, champ.version)
+    onnx_file = folder / "model.onnx"
+    sess = inference.session(onnx_file)
+    n_inputs = sess.get_inputs()[0].shape[1]
+    if n_inputs != len(schema.feature_names):
+        log.warning("champion v%s takes %s features, not %d: not compared",
+                    champ.version, n_inputs, len(schema.feature_names))  # fmt: skip
+        return {"version": champ.version, "compared": False, "reason": "different feature schema"}
+    champ_pred = inference.predict_proba(sess, test.x).argmax(1)
+    return {
+        "version": champ.version,
+        "compared": True,
+        "accuracy": float((champ_pred == test.y).mean()),
+        **mcnemar(test.y, pred, champ_pred),
+    }
+
+
+def decide(cfg: Evaluate, m: dict[str, Any]) -> list[Gate]:
+    """Every gate from params, with its measured value. Pure: metrics in, verdicts out."""
+    gates = [
+        _gate("min_accuracy", m["accuracy"], cfg.min_accuracy, ">="),
+        _gate("min_macro_f1", m["macro_f1"], cfg.min_macro_f1, ">="),
+        _gate("max_p99_ms", m["latency"]["batch_1"]["p99_ms"], cfg.max_p99_ms, "<="),
+        _gate("min_class_recall", m["min_class_recall"], cfg.min_class_recall, ">="),
+        _gate("min_noise_invariance", m["noise_invariance"], cfg.min_noise_invariance, ">="),
+    ]
+    champ = m.get("champion")
+    if champ and champ.get("compared"):
+        worse = champ["only_champion_right"] > champ["only_challenger_right"]
+        significant = champ["p_value"] < cfg.champion_alpha
+        gates.append(Gate(
+            "not_worse_than_champion", champ["p_value"], cfg.champion_alpha, ">=",
+            passed=not (worse and significant),
+            detail=(f"champion v{champ['version']}: accuracy {champ['accuracy']:.4f} vs "
+                    f"{m['accuracy']:.4f}, McNemar p={champ['p_value']:.3g}"),
+        ))  # fmt: skip
+    return gates
+
+
+def _gate(name: str, value: float, threshold: float, op: str) -> Gate:
+    passed = value >= threshold if op == ">=" else value <= threshold
+    return Gate(name, float(value), threshold, op, passed)
+
+
+def plot_confusion(y: np.ndarray, pred: np.ndarray, labels: list[str], acc: float, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import confusion_matrix
+
+    cm = confusion_matrix(y, pred, labels=list(range(len(labels))))
+    fig, ax = plt.subplots(figsize=(1 + 0.55 * len(labels), 0.8 + 0.5 * len(labels)), dpi=110)
+    ax.imshow(cm, cmap="Blues")
+    for (i, j), v in np.ndenumerate(cm):
+        if v:
+            ax.text(j, i, str(v), ha="center", va="center",
+                    color="white" if v > cm.max() / 2 else "black", fontsize=8)  # fmt: skip
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual")
+    ax.set_title(f"Test confusion matrix (accuracy {acc:.3f})")
+    fig.tight_layout()
+    fig.savefig(out, format="png")
+    plt.close(fig)

@@ -1,0 +1,125 @@
+"""register: a new registry version with its full lineage, only if every gate passed.
+
+Reads ``gates.json``, ``evaluate.json``, ``export.json``, ``validate.json``, the ONNX
+file, the schema, dvc.lock and git. Logs the ONNX model to the pipeline's MLflow run
+(signature, input example, CPU provider, one file, the schema in its metadata),
+registers version N of ``register.model_name`` with the lineage tags, and points the
+``challenger`` alias at it. It never touches ``champion``.
+
+Idempotent: if a version with the same ONNX sha256 exists, nothing new is created.
+Writes ``register.json`` (name, version, created).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipelines import dataset, files, inference, lineage, tracking
+from pipelines.config import Params
+from pipelines.errors import GateFailed
+from pipelines.models import load_native
+from registry.client import Registry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Result:
+    name: str
+    version: str
+    created: bool
+    tags: dict[str, str]
+
+
+def run(params: Params, root: Path) -> Result:
+    paths, cfg = params.paths, params.register_
+    reports = root / paths.reports
+    gates = files.read_json(reports / "gates.json")
+    if not gates["passed"]:
+        failed = [g for g in gates["gates"].values() if not g["passed"]]
+        reasons = "\n".join(
+            f"  - {g['name']}: {g['value']:.4g} (needs {g['op']} {g['threshold']:g}) {g['detail']}".rstrip()
+            for g in failed
+        )
+        raise GateFailed(
+            f"{len(failed)} gate(s) failed, nothing registered:\n{reasons}\n"
+            f"See {paths.report('gates.json')}; improve the model or change the gates in params.yaml: evaluate."
+        )
+
+    onnx_path = root / paths.onnx
+    sha = files.sha256(onnx_path)
+    registry = Registry(tracking.tracking_uri(root))
+    existing = registry.find_by_tag(cfg.model_name, "onnx.sha256", sha)
+    if existing is not None:
+        log.info("%s v%s already holds this model (sha256 %s)", cfg.model_name, existing.version, sha[:12])
+        result = Result(cfg.model_name, existing.version, False, existing.tags)
+        _write(reports, result)
+        return result
+
+    schema = dataset.load_schema(paths, root)
+    meta = load_native(root / paths.native)[2]
+    tags = lineage_tags(params, root, sha, gates, meta)
+    example = dataset.load_split(paths, "test", schema, root).x[:2]
+    with tracking.resume(meta["run_id"]) as run_id:
+        model_uri, _ = tracking.log_onnx_model(onnx_path, example, {"schema": schema.as_dict()})
+        version = registry.register(cfg.model_name, model_uri, run_id, tags)
+        registry.set_alias(cfg.model_name, cfg.alias, version.version)
+        tracking.set_tags({"registered.version": version.version})
+    result = Result(cfg.model_name, version.version, True, version.tags)
+    _write(reports, result)
+    log.info("registered %s v%s as @%s", cfg.model_name, version.version, cfg.alias)
+    return result
+
+
+def lineage_tags(
+    params: Params, root: Path, sha: str, gates: dict[str, Any], meta: dict[str, Any]
+) -> dict[str, str]:
+    paths = params.paths
+    reports = root / paths.reports
+    commit, dirty = lineage.git_commit(root, (paths.reports,))
+    hashes = lineage.dvc_hashes(root, paths.raw, paths.prepared)
+    validation = files.read_json(reports / "validate.json")
+    metrics = files.read_json(reports / "evaluate.json")
+    export = files.read_json(reports / "export.json")
+    tags: dict[str, Any] = {
+        "git.commit": commit,
+        "git.dirty": dirty,
+        "dvc.data_md5": hashes["data_md5"],
+        "dvc.prepared_md5": hashes["prepared_md5"],
+        "dvc.params_sha256": hashes["params_sha256"],
+        "data.source": params.ingest.source,
+        "validation.success": validation["success"],
+        "validation.evaluated": validation["evaluated"],
+        "validation.failed": validation["failed"],
+        "onnx.sha256": sha,
+        "onnx.opset": inference.opset(root / paths.onnx),
+        "onnx.parity_max_abs_diff": f"{export['max_abs_diff']:.3g}",
+        "onnxruntime.version": inference.runtime_version(),
+        "model.family": meta["family"],
+        "model.variant": "fp32",
+        "metric.accuracy": f"{metrics['accuracy']:.4f}",
+        "metric.macro_f1": f"{metrics['macro_f1']:.4f}",
+        "metric.min_class_recall": f"{metrics['min_class_recall']:.4f}",
+        "metric.noise_invariance": f"{metrics['noise_invariance']:.4f}",
+        "metric.p50_ms_batch_1": f"{metrics['latency']['batch_1']['p50_ms']:.4f}",
+        "metric.p99_ms_batch_1": f"{metrics['latency']['batch_1']['p99_ms']:.4f}",
+        "metric.p99_ms_batch_256": f"{metrics['latency']['batch_256']['p99_ms']:.4f}",
+        "gates.passed": gates["passed"],
+    }
+    for split, rows in validation["rows"].items():
+        tags[f"data.rows.{split}"] = rows
+    for name, gate in gates["gates"].items():
+        tags[f"gate.{name}"] = "pass" if gate["passed"] else "fail"
+    if "champion" in metrics:
+        tags["gate.compared_with_champion"] = metrics["champion"].get("version", "")
+    return {k: str(v) for k, v in tags.items()}
+
+
+def _write(reports: Path, result: Result) -> None:
+    files.write_json(
+        reports / "register.json",
+        {"model": result.name, "version": int(result.version), "created": result.created},
+    )

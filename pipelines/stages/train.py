@@ -1,0 +1,84 @@
+"""train: fit the model family named by ``train.model`` and start the pipeline's MLflow run.
+
+Reads the train/val splits, the schema and the validation summary. Writes the native
+model and ``meta.json`` (family, MLflow run id) to ``paths.native``, ``train.json``
+(metrics) and ``train_curve.csv`` (a DVC plot) to ``paths.reports``. Logs params,
+per-epoch curves and metrics to a new MLflow run.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from pipelines import dataset, files, tracking
+from pipelines.config import Params
+from pipelines.models import EpochCallback, family
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Result:
+    run_id: str
+    val_accuracy: float
+    best_epoch: int | None
+    epochs_run: int
+    params: int
+
+
+def run(params: Params, root: Path, on_epoch: EpochCallback | None = None) -> Result:
+    paths, cfg = params.paths, params.train
+    schema = dataset.load_schema(paths, root)
+    train = dataset.load_split(paths, "train", schema, root)
+    val = dataset.load_split(paths, "val", schema, root)
+    validation = files.read_json(root / paths.report("validate.json"))
+
+    adapter = family(cfg.model)
+    with tracking.new_run(params.tracking.experiment, root, run_name=f"train-{cfg.model}") as run_id:
+        tracking.log_params(params.train.model_dump(mode="json"), prefix="train.")
+        tracking.log_params({"seed": params.seed, "data.source": params.ingest.source})
+        tracking.set_tags({"modelyard.stage": "train", "validation.success": validation["success"]})
+        tracking.log_metrics(validation["rows"], prefix="rows.")
+
+        def log_epoch(epoch: Any) -> None:
+            tracking.log_metrics(
+                {"train_loss": epoch.train_loss, "val_loss": epoch.val_loss,
+                 "val_accuracy": epoch.val_accuracy},
+                step=epoch.epoch,
+            )  # fmt: skip
+            if on_epoch:
+                on_epoch(epoch)
+
+        fitted = adapter.fit(
+            cfg, train.x, train.y, val.x, val.y, len(schema.classes), params.seed, log_epoch
+        )
+        val_acc = float((adapter.predict_proba(fitted.model, val.x).argmax(1) == val.y).mean())
+        metrics = {
+            "val_accuracy": val_acc,
+            "best_epoch": fitted.best_epoch or 0,
+            "epochs_run": len(fitted.history),
+            "parameters": fitted.params,
+        }
+        tracking.log_metrics(metrics)
+
+        with files.atomic_dir(root / paths.native) as out:
+            adapter.save(fitted.model, out / adapter.FILE)
+            files.write_json(
+                out / "meta.json",
+                {"family": cfg.model, "file": adapter.FILE, "run_id": run_id, **metrics},
+            )
+        files.write_json(root / paths.report("train.json"), metrics)
+        curve = pd.DataFrame([asdict(e) for e in fitted.history]).drop(columns="epochs")
+        if curve.empty:
+            curve = pd.DataFrame({"epoch": [1], "train_loss": [float("nan")],
+                                  "val_loss": [float("nan")], "val_accuracy": [val_acc]})  # fmt: skip
+        files.write_csv(root / paths.report("train_curve.csv"), curve)
+
+    log.info("trained %s: val accuracy %.4f", cfg.model, val_acc)
+    return Result(run_id, val_acc, fitted.best_epoch, len(fitted.history), fitted.params)
+

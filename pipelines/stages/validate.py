@@ -1,0 +1,248 @@
+"""validate: the data contract, checked with Great Expectations before anything trains.
+
+Reads ``paths.raw``, the prepared splits, ``data`` and ``validate`` params and the
+checked-in suite (``validate.suite``, GX JSON a user can edit). Checks:
+
+- schema: exact column set, numeric feature dtypes;
+- values: feature ranges and no nulls;
+- labels: only declared labels;
+- size: row-count bounds, and each class's share of rows within bounds;
+- leakage: no feature row appears in two splits.
+
+Writes ``validate.json`` (a DVC metric) and ``validate.html`` under ``paths.reports``,
+then raises DataValidationError naming each failed expectation with sample bad values.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from pipelines import files, validation
+from pipelines.config import Data, Paths, Validate
+from pipelines.errors import ConfigError, DataError, DataValidationError
+from pipelines.stages.prepare import SPLITS
+
+log = logging.getLogger(__name__)
+
+NUMERIC = ["int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+           "float16", "float32", "float64", "Int64", "Float64"]  # fmt: skip
+TEXT = ["object", "str", "string", "category"]
+
+
+@dataclass(frozen=True)
+class Result:
+    success: bool
+    evaluated: int
+    failed: int
+    checks: list[validation.Check]
+
+
+def run(cfg: Validate, data: Data, paths: Paths, root: Path) -> Result:
+    raw = _read_csv(root / paths.raw)
+    splits = {name: _read_parquet(root / paths.split(name)) for name in SPLITS}
+    tables = {
+        "raw": (raw, raw_expectations(cfg, data) + load_suite(root / cfg.suite)),
+        "class_balance": (class_balance(raw, data), balance_expectations(cfg)),
+    }
+    for name, frame in splits.items():
+        tables[name] = (frame, split_expectations(data))
+    if cfg.leakage:
+        tables["leakage"] = (leakage_table(splits, data), leakage_expectations())
+
+    checks = validation.validate(tables, cfg.sample_size)
+    failed = [c for c in checks if not c.success]
+    result = Result(not failed, len(checks), len(failed), checks)
+    _write_reports(result, raw, splits, root / paths.reports)
+    if failed:
+        raise DataValidationError(failure_message(failed, data))
+    log.info("validation passed: %d expectations", len(checks))
+    return result
+
+
+def raw_expectations(cfg: Validate, data: Data) -> list[validation.Expectation]:
+    label_types = NUMERIC if all(isinstance(x, int) for x in data.labels) else TEXT
+    out: list[validation.Expectation] = [
+        _e("expect_table_columns_to_match_set",
+           column_set=[*data.feature_names, data.target], exact_match=True),
+        _e("expect_table_row_count_to_be_between", min_value=cfg.min_rows, max_value=cfg.max_rows),
+        _e("expect_column_values_to_not_be_null", column=data.target),
+        _e("expect_column_values_to_be_in_type_list", column=data.target, type_list=label_types),
+        _e("expect_column_values_to_be_in_set", column=data.target, value_set=list(data.labels)),
+    ]  # fmt: skip
+    for col in data.feature_names:
+        out.append(_e("expect_column_values_to_be_in_type_list", column=col, type_list=NUMERIC))
+        out.append(_e("expect_column_values_to_not_be_null", column=col))
+        bounds = data.range_for(col)
+        if bounds is not None:
+            out.append(
+                _e("expect_column_values_to_be_between",
+                   column=col, min_value=bounds[0], max_value=bounds[1])
+            )  # fmt: skip
+    return out
+
+
+def split_expectations(data: Data) -> list[validation.Expectation]:
+    return [
+        _e("expect_table_columns_to_match_set",
+           column_set=[*data.feature_names, data.target], exact_match=True),
+        _e("expect_table_row_count_to_be_between", min_value=1),
+    ]  # fmt: skip
+
+
+def balance_expectations(cfg: Validate) -> list[validation.Expectation]:
+    lo, hi = cfg.class_share
+    return [_e("expect_column_values_to_be_between", column="share", min_value=lo, max_value=hi)]
+
+
+def leakage_expectations() -> list[validation.Expectation]:
+    return [_e("expect_column_values_to_be_unique", column="row_hash")]
+
+
+def class_balance(raw: pd.DataFrame, data: Data) -> pd.DataFrame:
+    """One row per declared label (indexed by it), with its share of the raw rows."""
+    if data.target not in raw.columns or raw.empty:
+        return pd.DataFrame({"share": [0.0] * len(data.labels)}, index=list(map(str, data.labels)))
+    shares = raw[data.target].value_counts(normalize=True)
+    return pd.DataFrame(
+        {"share": [float(shares.get(label, 0.0)) for label in data.labels]},
+        index=[str(label) for label in data.labels],
+    )
+
+
+def leakage_table(splits: dict[str, pd.DataFrame], data: Data) -> pd.DataFrame:
+    """A content hash of each split's distinct feature rows, indexed by "split:row".
+
+    Duplicates inside one split are not leakage; the same input in two splits is.
+    """
+    parts = []
+    for name, frame in splits.items():
+        cols = [c for c in data.feature_names if c in frame.columns]
+        if not cols or frame.empty:
+            continue
+        hashes = pd.util.hash_pandas_object(frame[cols], index=False).astype("uint64")
+        part = pd.DataFrame({"row_hash": hashes.map(lambda h: f"{h:016x}").to_numpy()})
+        part.index = [f"{name}:{i}" for i in range(len(frame))]
+        parts.append(part.drop_duplicates(subset="row_hash"))
+    return pd.concat(parts) if parts else pd.DataFrame({"row_hash": []})
+
+
+def load_suite(path: Path) -> list[validation.Expectation]:
+    """The checked-in, user-editable suite: GX's JSON form of an ExpectationSuite."""
+    if not path.exists():
+        raise ConfigError(f"validate.suite {path} does not exist; create it (see data/expectations/)")
+    try:
+        suite = files.read_json(path)
+        expectations = suite["expectations"]
+        assert isinstance(expectations, list)
+        for spec in expectations:
+            assert isinstance(spec, dict) and isinstance(spec["type"], str)
+    except (ValueError, KeyError, TypeError, AssertionError) as exc:
+        raise ConfigError(
+            f'{path}: expected {{"name": ..., "expectations": [{{"type": ..., "kwargs": {{...}}}}]}}'
+        ) from exc
+    return [{"type": s["type"], "kwargs": s.get("kwargs", {})} for s in expectations]
+
+
+def failure_message(failed: list[validation.Check], data: Data) -> str:
+    lines = [f"data validation failed: {len(failed)} expectation(s)"]
+    for c in failed:
+        lines.append("  - " + describe(c, data))
+    lines.append("Fix the data (or the bounds in params.yaml: data, validate) and re-run `dvc repro`.")
+    return "\n".join(lines)
+
+
+def describe(c: validation.Check, data: Data) -> str:
+    where = f"{c.table}" + (f".{c.column}" if c.column else "")
+    head = f"{where}: {c.expectation}"
+    if c.error:
+        return f"{head}: {c.error}"
+    if c.expectation == "expect_table_columns_to_match_set" and isinstance(c.observed, list):
+        want = [*data.feature_names, data.target]
+        missing = [x for x in want if x not in c.observed]
+        extra = [x for x in c.observed if x not in want]
+        return f"{head}: missing columns {missing}, unexpected columns {extra}"
+    if c.table == "leakage":
+        return (f"{head}: {c.unexpected_count} feature row(s) appear in more than one split, "
+                f"e.g. rows {c.sample_rows}")  # fmt: skip
+    if c.table == "class_balance":
+        return (f"{head}: class share outside {c.kwargs.get('min_value')}..{c.kwargs.get('max_value')} "
+                f"for labels {c.sample_rows} (shares {c.sample})")  # fmt: skip
+    bits = []
+    if c.unexpected_count:
+        bits.append(f"{c.unexpected_count} bad value(s)")
+    if c.sample:
+        bits.append(f"sample {c.sample}")
+    if c.sample_rows:
+        bits.append(f"at rows {c.sample_rows}")
+    if not bits and c.observed is not None:
+        bits.append(f"observed {c.observed}")
+    expected = {k: v for k, v in c.kwargs.items() if k in {"min_value", "max_value", "value_set", "type_list"}}
+    if expected:
+        bits.append(f"expected {expected}")
+    return f"{head}: " + ", ".join(bits)
+
+
+def _write_reports(
+    result: Result, raw: pd.DataFrame, splits: dict[str, pd.DataFrame], reports: Path
+) -> None:
+    summary: dict[str, Any] = {
+        "success": result.success,
+        "evaluated": result.evaluated,
+        "failed": result.failed,
+        "rows": {"raw": len(raw), **{k: len(v) for k, v in splits.items()}},
+    }
+    files.write_json(reports / "validate.json", summary)
+    files.write_text(reports / "validate.html", _html(result, summary))
+
+
+def _html(result: Result, summary: dict[str, Any]) -> str:
+    status = "PASSED" if result.success else "FAILED"
+    color = "#1a7f37" if result.success else "#cf222e"
+    rows = []
+    ordered = sorted(result.checks, key=lambda c: c.success)  # failures first
+    for c in ordered:
+        mark = "✓" if c.success else "✗"
+        detail = c.error or (
+            f"{c.unexpected_count} unexpected; sample {c.sample}; rows {c.sample_rows}"
+            if c.unexpected_count
+            else f"observed {c.observed}"
+        )
+        rows.append(
+            f"<tr class={'ok' if c.success else 'bad'}><td>{mark}</td><td>{html.escape(c.table)}</td>"
+            f"<td>{html.escape(c.column or '')}</td><td>{html.escape(c.expectation)}</td>"
+            f"<td>{html.escape(str(c.kwargs))}</td><td>{html.escape(str(detail))}</td></tr>"
+        )
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>modelyard data validation</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em}}table{{border-collapse:collapse;font-size:13px}}
+td,th{{border:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:top}}
+tr.bad{{background:#ffebe9}}h1 span{{color:{color}}}</style></head><body>
+<h1>Data validation: <span>{status}</span></h1>
+<p>{result.evaluated} expectations evaluated (Great Expectations), {result.failed} failed.
+Rows: {html.escape(str(summary["rows"]))}</p>
+<table><tr><th></th><th>table</th><th>column</th><th>expectation</th><th>arguments</th><th>result</th></tr>
+{"".join(rows)}</table></body></html>
+"""
+
+
+def _e(type_: str, **kwargs: Any) -> validation.Expectation:
+    return {"type": type_, "kwargs": kwargs}
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read {path}: {exc}. Run `modelyard ingest` first.") from exc
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_parquet(path)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read {path}: {exc}. Run `modelyard prepare` first.") from exc

@@ -1,0 +1,166 @@
+"""MLflow adapter for runs and logging: the only pipelines module that imports mlflow.
+
+One MLflow run per pipeline execution: ``train`` starts it and records its id next
+to the native model; ``export``, ``evaluate`` and ``register`` resume it.
+
+Where MLflow lives is read here and nowhere else: ``MLFLOW_TRACKING_URI`` if set (a
+team server), else the embedded SQLite store in ``<project>/.modelyard/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipelines.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+STORE_DIR = ".modelyard"
+
+
+def embedded_uri(root: Path) -> str:
+    return f"sqlite:///{(root / STORE_DIR).resolve()}/mlflow.db"
+
+
+def tracking_uri(root: Path) -> str:
+    """The MLflow tracking (and registry) URI for a project rooted at ``root``."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or embedded_uri(root)
+
+
+def artifact_root(root: Path) -> str | None:
+    """Where the embedded store keeps artifacts (None: the server decides).
+
+    Compared by value, because ``mlflow.set_tracking_uri`` exports MLFLOW_TRACKING_URI.
+    """
+    if tracking_uri(root) != embedded_uri(root):
+        return None
+    return (root / STORE_DIR / "artifacts").resolve().as_uri()
+
+
+def configure(root: Path) -> str:
+    """Point mlflow at this project's store (creating the local folder if embedded)."""
+    import mlflow
+
+    uri = tracking_uri(root)
+    if uri.startswith("sqlite:///"):
+        (root / STORE_DIR).mkdir(exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return uri
+
+
+def ensure_experiment(name: str, root: Path) -> str:
+    import mlflow
+
+    found = mlflow.get_experiment_by_name(name)
+    if found is not None:
+        return str(found.experiment_id)
+    return str(mlflow.create_experiment(name, artifact_location=artifact_root(root)))
+
+
+@contextlib.contextmanager
+def new_run(experiment: str, root: Path, run_name: str) -> Iterator[str]:
+    import mlflow
+
+    experiment_id = ensure_experiment(experiment, root)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
+        yield str(run.info.run_id)
+
+
+@contextlib.contextmanager
+def resume(run_id: str) -> Iterator[str]:
+    """Re-open the pipeline's run; a clear error if the store no longer has it."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mlflow.get_run(run_id)
+    except MlflowException as exc:
+        raise ConfigError(
+            f"MLflow run {run_id} (recorded by `train`) is not in {mlflow.get_tracking_uri()}. "
+            "The store was reset or switched: re-run from training with `dvc repro -f train`."
+        ) from exc
+    with mlflow.start_run(run_id=run_id) as run:
+        yield str(run.info.run_id)
+
+
+def log_params(params: Mapping[str, Any], prefix: str = "") -> None:
+    import mlflow
+
+    mlflow.log_params({f"{prefix}{k}": v for k, v in _flatten(params).items()})
+
+
+def log_metrics(metrics: Mapping[str, float], step: int | None = None, prefix: str = "") -> None:
+    import mlflow
+
+    clean = {f"{prefix}{k}": float(v) for k, v in _flatten(metrics).items() if _is_number(v)}
+    mlflow.log_metrics(clean, step=step)
+
+
+def set_tags(tags: Mapping[str, Any]) -> None:
+    import mlflow
+
+    mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+
+def log_artifact(path: Path, artifact_path: str | None = None) -> None:
+    import mlflow
+
+    mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+
+def log_dict(obj: Mapping[str, Any], artifact_file: str) -> None:
+    import mlflow
+
+    mlflow.log_dict(dict(obj), artifact_file)
+
+
+def log_onnx_model(onnx_path: Path, example: np.ndarray, metadata: dict[str, Any]) -> tuple[str, str]:
+    """Log the ONNX file as the run's model; return (model_uri, model_id).
+
+    One self-contained file (no external data), CPU provider only, with a signature
+    and an input example, and ``metadata`` (the feature schema) in its MLmodel.
+    """
+    import mlflow
+    import onnx
+    from mlflow.models import infer_signature
+
+    model = onnx.load(str(onnx_path))
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    outputs = session.run(None, {session.get_inputs()[0].name: example})
+    names = [o.name for o in session.get_outputs()]
+    signature = infer_signature(example, dict(zip(names, outputs, strict=True)))
+    info = mlflow.onnx.log_model(
+        model,
+        name="model",
+        signature=signature,
+        input_example=example,
+        save_as_external_data=False,
+        onnx_execution_providers=["CPUExecutionProvider"],
+        metadata=metadata,
+    )
+    return str(info.model_uri), str(info.model_id)
+
+
+def _flatten(obj: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in obj.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)

@@ -1,0 +1,1 @@
+"""What runs in production (the BentoML service). Built in the serving issue; empty until then."""
