@@ -9,7 +9,7 @@ per-epoch curves and metrics to a new MLflow run.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ import pandas as pd
 
 from pipelines import dataset, files, tracking
 from pipelines.config import Params
+from pipelines.errors import DataValidationError
 from pipelines.models import EpochCallback, family
 
 log = logging.getLogger(__name__)
@@ -33,10 +34,18 @@ class Result:
 
 def run(params: Params, root: Path, on_epoch: EpochCallback | None = None) -> Result:
     paths, cfg = params.paths, params.train
+    try:
+        validation = files.read_json(root / paths.report("validate.json"))
+    except OSError as exc:
+        raise DataValidationError(f"no validation result ({exc}); run `modelyard validate` first") from exc
+    if not validation["success"]:
+        raise DataValidationError(
+            f"data validation failed ({validation['failed']} expectations); nothing was trained. "
+            f"See {paths.report('validate.html')} and run `modelyard validate` after fixing the data."
+        )
     schema = dataset.load_schema(paths, root)
     train = dataset.load_split(paths, "train", schema, root)
     val = dataset.load_split(paths, "val", schema, root)
-    validation = files.read_json(root / paths.report("validate.json"))
 
     adapter = family(cfg.model)
     with tracking.new_run(params.tracking.experiment, root, run_name=f"train-{cfg.model}") as run_id:
@@ -66,6 +75,12 @@ def run(params: Params, root: Path, on_epoch: EpochCallback | None = None) -> Re
         }
         tracking.log_metrics(metrics)
 
+        # Every output is computed first, then written: a failure leaves none behind.
+        curve = pd.DataFrame(
+            [{"epoch": e.epoch, "train_loss": e.train_loss, "val_loss": e.val_loss,
+              "val_accuracy": e.val_accuracy} for e in fitted.history]
+            or [{"epoch": 1, "train_loss": None, "val_loss": None, "val_accuracy": val_acc}]
+        )  # fmt: skip
         with files.atomic_dir(root / paths.native) as out:
             adapter.save(fitted.model, out / adapter.FILE)
             files.write_json(
@@ -73,10 +88,6 @@ def run(params: Params, root: Path, on_epoch: EpochCallback | None = None) -> Re
                 {"family": cfg.model, "file": adapter.FILE, "run_id": run_id, **metrics},
             )
         files.write_json(root / paths.report("train.json"), metrics)
-        curve = pd.DataFrame([asdict(e) for e in fitted.history]).drop(columns="epochs")
-        if curve.empty:
-            curve = pd.DataFrame({"epoch": [1], "train_loss": [float("nan")],
-                                  "val_loss": [float("nan")], "val_accuracy": [val_acc]})  # fmt: skip
         files.write_csv(root / paths.report("train_curve.csv"), curve)
 
     log.info("trained %s: val accuracy %.4f", cfg.model, val_acc)

@@ -1,0 +1,148 @@
+"""Shared fixtures: temporary projects driven through the real CLI, DVC and MLflow.
+
+Every test gets its own project folder, so its MLflow store (embedded SQLite under
+``.modelyard/``) and its DVC state are its own.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+os.environ.update(
+    MLFLOW_DISABLE_TELEMETRY="true",
+    DO_NOT_TRACK="1",
+    BENTOML_DO_NOT_TRACK="true",
+    GX_ANALYTICS_ENABLED="false",
+    DVC_NO_ANALYTICS="1",
+)
+
+
+@pytest.fixture(autouse=True)
+def _own_tracking_uri(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI; keep tests apart."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    yield
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+class Project:
+    """A temporary modelyard project: params.yaml, the expectation suites, a store."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.runner = CliRunner()
+
+    @property
+    def params_path(self) -> Path:
+        return self.root / "params.yaml"
+
+    def params(self) -> dict[str, Any]:
+        return yaml.safe_load(self.params_path.read_text())
+
+    def set_params(self, **sections: Any) -> None:
+        self.params_path.write_text(yaml.safe_dump(deep_merge(self.params(), sections)))
+
+    def cli(self, *args: str) -> Any:
+        from pipelines.cli import app
+
+        return self.runner.invoke(app, [*args, "--params", str(self.params_path)])
+
+    def stages(self, *names: str) -> None:
+        for name in names:
+            result = self.cli(name)
+            assert result.exit_code == 0, f"{name} failed:\n{result.output}"
+
+    def report(self, name: str) -> Any:
+        import json
+
+        return json.loads((self.root / "data/reports" / name).read_text())
+
+    def registry(self) -> Any:
+        from pipelines import tracking
+        from registry.client import Registry
+
+        return Registry(tracking.tracking_uri(self.root))
+
+
+def new_project(root: Path, params_file: Path = REPO / "params.yaml") -> Project:
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copy(params_file, root / "params.yaml")
+    shutil.copytree(REPO / "data/expectations", root / "data/expectations")
+    (root / "data/sources").mkdir(parents=True)
+    return Project(root)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Project:
+    return new_project(tmp_path / "project")
+
+
+@pytest.fixture
+def make_project(tmp_path: Path) -> Callable[..., Project]:
+    counter = iter(range(100))
+
+    def make(params_file: Path = REPO / "params.yaml") -> Project:
+        return new_project(tmp_path / f"project{next(counter)}", params_file)
+
+    return make
+
+
+# Small, fast training settings for tests that need a trained model but not a good one.
+FAST_TRAIN = {"epochs": 12, "patience": 4}
+
+
+def git_copy(dest: Path) -> Path:
+    """A fresh git repository holding the committed-or-staged files of this repo,
+    plus the working-tree versions of them (so uncommitted edits are tested too)."""
+    tracked = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO, check=True, capture_output=True, text=True,
+    ).stdout.split()  # fmt: skip
+    for rel in tracked:
+        src = REPO / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    git(dest, "init", "-q")
+    git(dest, "add", "-A")
+    git(dest, "commit", "-qm", "test copy")
+    return dest
+
+
+def git(cwd: Path, *args: str) -> str:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}  # fmt: skip
+    return subprocess.run(
+        ["git", *args], cwd=cwd, check=True, capture_output=True, text=True, env=env
+    ).stdout
+
+
+def dvc(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.run(
+        [str(BIN / "dvc"), *args], cwd=cwd, capture_output=True, text=True, env=env
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"dvc {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc

@@ -1,0 +1,51 @@
+"""params.yaml is strict: typos and bad values fail with the key's path (exit 2)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipelines import config
+from pipelines.errors import ConfigError
+from tests.conftest import REPO, Project
+
+
+def test_shipped_params_load() -> None:
+    params = config.load(REPO / "params.yaml")
+    assert params.train.model == "cnn"
+    assert params.data.feature_names[:2] == ["pixel_0", "pixel_1"]
+    assert len(params.data.feature_names) == 64
+
+
+def test_example_params_load() -> None:
+    params = config.load(REPO / "pipelines/examples/wine.params.yaml")
+    assert params.register_.model_name == "wine-classifier"
+    assert params.data.range_for("proline") == (0, 2000)
+    assert params.data.range_for("hue") == (0, 200)
+
+
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ({"train": {"epochz": 3}}, "train.epochz"),
+        ({"train": {"model": "xgboost"}}, "train.model"),
+        ({"prepare": {"test_size": 1.5}}, "prepare.test_size"),
+        ({"data": {"ranges": {"not_a_feature": [0, 1]}}}, "not_a_feature"),
+        ({"evaluate": {"min_accuracy": 2}}, "evaluate.min_accuracy"),
+    ],
+)
+def test_bad_params_name_the_key(project: Project, override: dict, needle: str) -> None:
+    project.set_params(**override)
+    with pytest.raises(ConfigError) as err:
+        config.load(project.params_path)
+    assert needle in str(err.value)
+    result = project.cli("ingest")
+    assert result.exit_code == 2
+    assert needle in result.output
+    assert not (project.root / "data/raw/dataset.csv").exists()
+
+
+def test_missing_params_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        config.load(tmp_path / "params.yaml")
