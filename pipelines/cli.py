@@ -213,8 +213,15 @@ def run(
     params_file: ParamsOpt = Path("params.yaml"),
     force: Annotated[bool, typer.Option("--force", "-f", help="Re-run every stage.")] = False,
 ) -> None:
-    """Run the whole pipeline with `dvc repro` and print a summary."""
-    _, root = _guard("run", lambda: _load(params_file))
+    """Run the whole pipeline with `dvc repro` and print a summary.
+
+    DVC cannot see the MLflow registry: on a fresh clone (or a fresh store) it may
+    find every stage up to date and skip `register`. So `run` ends with the idempotent
+    register step, which adds the version only if this store lacks it.
+    """
+    from pipelines.stages import register as register_stage
+
+    params, root = _guard("run", lambda: _load(params_file))
     dvc = shutil.which("dvc") or str(Path(sys.executable).with_name("dvc"))
     cmd = [dvc, "repro", *(["--force"] if force else [])]
     code = subprocess.call(cmd, cwd=root)
@@ -224,11 +231,13 @@ def run(
             "fix it and run `modelyard run` again (DVC re-runs only what changed)."
         )
         raise typer.Exit(1)
-    summary(params_file)
+    _tracking(root)
+    reg = _guard("register", lambda: register_stage.run(params, root))
+    summary(params_file, created=reg.created)
 
 
 @app.command()
-def summary(params_file: ParamsOpt = Path("params.yaml")) -> None:
+def summary(params_file: ParamsOpt = Path("params.yaml"), created: bool | None = None) -> None:
     """Print the last run's metrics, gates and registered version."""
     from pipelines import files
 
@@ -254,9 +263,9 @@ def summary(params_file: ParamsOpt = Path("params.yaml")) -> None:
     )  # fmt: skip
     console.print(table)
     console.print(_gates_table_from_report(gates))
-    state = "new version" if reg["created"] else "unchanged, already registered"
+    state = {True: " (new version)", False: " (unchanged: already registered)", None: ""}[created]
     console.print(
-        f"[bold green]{reg['model']} v{reg['version']}[/] ({state}) @{params.register_.alias}\n"
+        f"[bold green]{reg['model']} v{reg['version']}[/]{state} @{params.register_.alias}\n"
         "Next:\n"
         "  modelyard ui                      browse runs and the registry (MLflow UI)\n"
         "  dvc metrics show / dvc plots show metrics and plots DVC tracks\n"

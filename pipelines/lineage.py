@@ -17,8 +17,8 @@ def git_commit(root: Path, outputs: tuple[Path, ...] = ()) -> tuple[str, bool]:
     """(commit sha, dirty?) of the project. dvc.lock and the pipeline's own ``outputs``
     (metrics DVC keeps in git) are ignored: ``dvc repro`` rewrites them as it runs."""
     try:
-        sha = _git(root, "rev-parse", "HEAD")
-        status = _git(root, "status", "--porcelain", "--untracked-files=no")
+        sha = _git(root, "rev-parse", "HEAD").strip()
+        status = _git(root, "status", "--porcelain", "--untracked-files=no")  # "XY path" lines
     except (OSError, subprocess.CalledProcessError):
         return UNKNOWN, True
     changed = [line[3:] for line in status.splitlines() if line.strip()]
@@ -53,4 +53,4 @@ def dvc_hashes(root: Path, raw: Path, prepared: Path) -> dict[str, str]:
 def _git(root: Path, *args: str) -> str:
     return subprocess.run(
         ["git", *args], cwd=root, check=True, capture_output=True, text=True
-    ).stdout.strip()
+    ).stdout

@@ -138,11 +138,20 @@ def git(cwd: Path, *args: str) -> str:
 
 
 def dvc(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    return _tool("dvc", cwd, args, check)
+
+
+def modelyard(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return _tool("modelyard", cwd, args, check)
+
+
+def _tool(name: str, cwd: Path, args: tuple[str, ...], check: bool) -> subprocess.CompletedProcess[str]:
+    """Run a console script of this venv the way a user would, in ``cwd``."""
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "COLUMNS": "200"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    proc = subprocess.run(
-        [str(BIN / "dvc"), *args], cwd=cwd, capture_output=True, text=True, env=env
-    )
+    proc = subprocess.run([str(BIN / name), *args], cwd=cwd, capture_output=True, text=True, env=env)
     if check and proc.returncode != 0:
-        raise AssertionError(f"dvc {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        raise AssertionError(
+            f"{name} {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+        )
     return proc

@@ -7,7 +7,7 @@ registers version N of ``register.model_name`` with the lineage tags, and points
 ``challenger`` alias at it. It never touches ``champion``.
 
 Idempotent: if a version with the same ONNX sha256 exists, nothing new is created.
-Writes ``register.json`` (name, version, created).
+Writes ``register.json`` (name, version).
 """
 
 from __future__ import annotations
@@ -119,7 +119,5 @@ def lineage_tags(
 
 
 def _write(reports: Path, result: Result) -> None:
-    files.write_json(
-        reports / "register.json",
-        {"model": result.name, "version": int(result.version), "created": result.created},
-    )
+    # No "created" flag here: a re-run must write the same file, or DVC would see a change.
+    files.write_json(reports / "register.json", {"model": result.name, "version": int(result.version)})

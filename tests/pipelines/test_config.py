@@ -19,7 +19,14 @@ def test_shipped_params_load() -> None:
 
 
 def test_example_params_load() -> None:
-    params = config.load(REPO / "pipelines/examples/wine.params.yaml")
+    import yaml
+
+    path = REPO / "pipelines/examples/wine.params.yaml"
+    example = yaml.safe_load(path.read_text())
+    # dvc.yaml interpolates paths.* and tracks whole sections: all must be spelled out.
+    assert set(example) == set(yaml.safe_load((REPO / "params.yaml").read_text()))
+    assert set(example["paths"]) == set(config.Paths.model_fields)
+    params = config.load(path)
     assert params.register_.model_name == "wine-classifier"
     assert params.data.range_for("proline") == (0, 2000)
     assert params.data.range_for("hue") == (0, 200)
@@ -49,3 +56,21 @@ def test_bad_params_name_the_key(project: Project, override: dict, needle: str) 
 def test_missing_params_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not found"):
         config.load(tmp_path / "params.yaml")
+
+
+def test_git_dirty_ignores_pipeline_outputs(tmp_path: Path) -> None:
+    from pipelines import lineage
+    from tests.conftest import git
+
+    (tmp_path / "data/reports").mkdir(parents=True)
+    for name in ("dvc.lock", "data/reports/m.json", "params.yaml"):
+        (tmp_path / name).write_text("a")
+    git(tmp_path, "init", "-q")
+    git(tmp_path, "add", "-A")
+    git(tmp_path, "commit", "-qm", "x")
+    (tmp_path / "dvc.lock").write_text("b")
+    (tmp_path / "data/reports/m.json").write_text("b")
+    sha, dirty = lineage.git_commit(tmp_path, (Path("data/reports"),))
+    assert len(sha) == 40 and dirty is False
+    (tmp_path / "params.yaml").write_text("b")
+    assert lineage.git_commit(tmp_path, (Path("data/reports"),))[1] is True

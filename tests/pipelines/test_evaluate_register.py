@@ -103,7 +103,7 @@ def test_register_writes_lineage_and_is_idempotent(evaluated: Project) -> None:
     assert "already registered digits-classifier v1" in again.output
     assert len(registry.versions("digits-classifier")) == 1
     assert evaluated.report("register.json") == {
-        "model": "digits-classifier", "version": 1, "created": False,
+        "model": "digits-classifier", "version": 1,
     }  # fmt: skip
 
     # The registered artifact is the same file, runnable, with the schema in its metadata.

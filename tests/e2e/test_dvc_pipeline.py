@@ -1,0 +1,130 @@
+"""The whole pipeline as a data scientist runs it: `dvc repro` in a git repository."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import yaml
+
+from pipelines import tracking
+from registry.client import Registry
+from tests.conftest import REPO, dvc, git, git_copy, modelyard
+
+pytestmark = pytest.mark.slow
+
+
+def registry(root: Path) -> Registry:
+    return Registry(tracking.tracking_uri(root))
+
+
+def ran_stages(output: str) -> set[str]:
+    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}
+
+
+def edit_params(root: Path, **sections: Any) -> None:
+    path = root / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    for name, values in sections.items():
+        params[name] = {**params.get(name, {}), **values} if isinstance(values, dict) else values
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh clone after `make run`'s main step: `modelyard run` (dvc repro + summary)."""
+    root = git_copy(tmp_path_factory.mktemp("digits"))
+    proc = modelyard(root, "run")
+    # Stages whose outputs are cached (not in git) must run on a fresh clone; validate,
+    # evaluate and register may be skipped by DVC when their git-kept outputs match.
+    assert {"ingest", "prepare", "train", "export"} <= ran_stages(proc.stdout)
+    out = " ".join(proc.stdout.split())
+    assert "gates: all passed" in out
+    assert "digits-classifier v1" in out and "modelyard ui" in out
+    return root
+
+
+def test_repro_registers_a_version_with_full_lineage(repo: Path) -> None:
+    (version,) = registry(repo).versions("digits-classifier")
+    tags = version.tags
+    assert tags["git.commit"] == git(repo, "rev-parse", "HEAD").strip()
+    assert tags["git.dirty"] == "False"
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    assert tags["dvc.data_md5"] == lock["ingest"]["outs"][0]["md5"]
+    assert tags["dvc.prepared_md5"] == lock["prepare"]["outs"][0]["md5"]
+    assert len(tags["dvc.params_sha256"]) == 64
+    assert tags["validation.success"] == "True"
+    assert tags["onnx.opset"] == "18"
+    assert tags["model.family"] == "cnn"
+    assert float(tags["metric.accuracy"]) >= 0.97  # the default CNN's target on digits
+    assert registry(repo).by_alias("digits-classifier", "challenger").version == version.version
+
+
+def test_run_again_registers_nothing_new(repo: Path) -> None:
+    proc = modelyard(repo, "run")
+    assert "already registered" in proc.stdout
+    assert len(registry(repo).versions("digits-classifier")) == 1
+
+
+def test_noop_repro_runs_nothing(repo: Path) -> None:
+    proc = dvc(repo, "repro")
+    assert ran_stages(proc.stdout) == set()
+    assert "Data and pipelines are up to date" in proc.stdout
+
+
+def test_train_change_reruns_train_and_after_only(repo: Path) -> None:
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "first run")
+    status = json.loads(dvc(repo, "status", "--json").stdout or "{}")
+    assert status == {}
+
+    proc = dvc(repo, "exp", "run", "-S", "train.epochs=10")
+
+    assert ran_stages(proc.stdout) == {"train", "export", "evaluate", "register"}
+    diff = json.loads(dvc(repo, "metrics", "diff", "--json").stdout)
+    changed = diff["data/reports/train.json"]
+    assert changed["epochs_run"]["new"] <= 10 < changed["epochs_run"]["old"]
+    params = json.loads(dvc(repo, "params", "diff", "--json").stdout)
+    assert params["params.yaml"]["train.epochs"] == {"old": 60, "new": 10, "diff": -50}
+    versions = registry(repo).versions("digits-classifier")
+    assert [v.version for v in versions] == ["1", "2"]
+    assert registry(repo).by_alias("digits-classifier", "challenger").version == "2"
+
+
+def test_bad_data_stops_repro_before_anything_is_registered(tmp_path: Path) -> None:
+    root = git_copy(tmp_path / "bad")
+    from sklearn.datasets import load_digits
+
+    frame = load_digits(as_frame=True).frame
+    frame.columns = [*(f"pixel_{i}" for i in range(64)), "label"]
+    frame.loc[[4, 9], "pixel_12"] = None
+    frame.to_csv(root / "data/sources/digits.csv", index=False)
+    edit_params(root, ingest={"source": "data/sources/digits.csv"})
+
+    proc = dvc(root, "repro", check=False)
+
+    assert proc.returncode != 0
+    out = " ".join((proc.stdout + proc.stderr).split())
+    assert "raw.pixel_12: expect_column_values_to_not_be_null: 2 bad value(s)" in out
+    assert "failed to reproduce 'validate'" in out
+    assert ran_stages(proc.stdout) == {"ingest", "prepare", "validate"}
+    assert not (root / "data/models").exists()
+    assert registry(root).versions("digits-classifier") == []
+
+
+def test_second_dataset_config_end_to_end(tmp_path: Path) -> None:
+    root = git_copy(tmp_path / "wine")
+    shutil.copy(REPO / "pipelines/examples/wine.params.yaml", root / "params.yaml")
+
+    dvc(root, "repro")
+
+    raw = pd.read_csv(root / "data/raw/dataset.csv")
+    assert raw.shape == (178, 14) and "proline" in raw.columns
+    (version,) = registry(root).versions("wine-classifier")
+    assert version.tags["model.family"] == "logreg"
+    assert float(version.tags["metric.accuracy"]) >= 0.9
+    assert version.tags["data.source"] == "sklearn:wine"
