@@ -37,7 +37,7 @@ class Paths(Section):
         return self.prepared / f"{name}.parquet"
 
     @property
-    def schema(self) -> Path:
+    def schema_file(self) -> Path:
         return self.prepared / "schema.json"
 
     def report(self, name: str) -> Path:
@@ -214,7 +214,5 @@ def load(path: Path) -> Params:
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:
-        lines = [
-            f"  {'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        ]
+        lines = [f"  {'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()]
         raise ConfigError(f"{path} has invalid parameters:\n" + "\n".join(lines)) from exc

@@ -40,7 +40,7 @@ class Split:
 
 
 def load_schema(paths: Paths, root: Path) -> Schema:
-    path = root / paths.schema
+    path = root / paths.schema_file
     try:
         raw = files.read_json(path)
     except (OSError, ValueError) as exc:

@@ -23,9 +23,7 @@ def git_commit(root: Path, outputs: tuple[Path, ...] = ()) -> tuple[str, bool]:
         return UNKNOWN, True
     changed = [line[3:] for line in status.splitlines() if line.strip()]
     ignored = [Path("dvc.lock"), *outputs]
-    dirty = any(
-        not any(Path(p) == i or i in Path(p).parents for i in ignored) for p in changed
-    )
+    dirty = any(not any(Path(p) == i or i in Path(p).parents for i in ignored) for p in changed)
     return sha, dirty
 
 

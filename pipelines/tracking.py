@@ -122,7 +122,9 @@ def log_dict(obj: Mapping[str, Any], artifact_file: str) -> None:
     mlflow.log_dict(dict(obj), artifact_file)
 
 
-def log_onnx_model(onnx_path: Path, example: np.ndarray, metadata: dict[str, Any]) -> tuple[str, str]:
+def log_onnx_model(
+    onnx_path: Path, example: np.ndarray, metadata: dict[str, Any]
+) -> tuple[str, str]:
     """Log the ONNX file as the run's model; return (model_uri, model_id).
 
     One self-contained file (no external data), CPU provider only, with a signature

@@ -41,7 +41,6 @@ def validate(
 ) -> list[Check]:
     """Run each table's expectations; return one Check per expectation, in order."""
     import great_expectations as gx
-
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     context = gx.get_context(mode="ephemeral")
@@ -97,7 +96,9 @@ def _check(table: str, r: Any, sample_size: int) -> Check:
         observed=_plain(details.get("observed_value")),
         unexpected_count=details.get("unexpected_count"),
         sample=[_plain(v) for v in details.get("partial_unexpected_list", [])[:sample_size]],
-        sample_rows=[_plain(v) for v in details.get("partial_unexpected_index_list", [])[:sample_size]],
+        sample_rows=[
+            _plain(v) for v in details.get("partial_unexpected_index_list", [])[:sample_size]
+        ],
         error=error,
         kwargs={k: _plain(v) for k, v in kwargs.items() if k not in {"column", "batch_id"}},
     )

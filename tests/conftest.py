@@ -41,7 +41,11 @@ def _own_tracking_uri(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in over.items():
-        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        out[key] = (
+            deep_merge(out[key], value)
+            if isinstance(value, dict) and isinstance(out.get(key), dict)
+            else value
+        )
     return out
 
 
@@ -145,11 +149,15 @@ def modelyard(cwd: Path, *args: str, check: bool = True) -> subprocess.Completed
     return _tool("modelyard", cwd, args, check)
 
 
-def _tool(name: str, cwd: Path, args: tuple[str, ...], check: bool) -> subprocess.CompletedProcess[str]:
+def _tool(
+    name: str, cwd: Path, args: tuple[str, ...], check: bool
+) -> subprocess.CompletedProcess[str]:
     """Run a console script of this venv the way a user would, in ``cwd``."""
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "COLUMNS": "200"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    proc = subprocess.run([str(BIN / name), *args], cwd=cwd, capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [str(BIN / name), *args], cwd=cwd, capture_output=True, text=True, env=env
+    )
     if check and proc.returncode != 0:
         raise AssertionError(
             f"{name} {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"

@@ -75,7 +75,8 @@ def family(name: str) -> Family:
         from pipelines.models import sklearn_models as module
     else:
         raise ValueError(f"unknown model family {name!r}")
-    return module.Adapter(name)  # type: ignore[no-any-return]
+    adapter: Family = module.Adapter(name)
+    return adapter
 
 
 def load_native(native_dir: Path) -> tuple[Family, Any, dict[str, Any]]:

@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 class Standardize(nn.Module):
     """(x - mean) / std with the training split's statistics, baked into the graph."""
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         super().__init__()
         self.register_buffer("mean", mean)
@@ -33,6 +36,8 @@ class Standardize(nn.Module):
 
 
 class CNN(nn.Module):
+    arch: dict[str, Any]
+
     def __init__(self, n_features: int, n_classes: int, arch: dict[str, Any]) -> None:
         super().__init__()
         h, w = arch["image_shape"]
@@ -55,10 +60,12 @@ class CNN(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         x = self.scale(features).reshape(-1, 1, *self.shape)
-        return self.body(x)  # type: ignore[no-any-return]
+        return self.body(x)
 
 
 class MLP(nn.Module):
+    arch: dict[str, Any]
+
     def __init__(self, n_features: int, n_classes: int, arch: dict[str, Any]) -> None:
         super().__init__()
         self.scale = Standardize(torch.zeros(n_features), torch.ones(n_features))
@@ -71,7 +78,7 @@ class MLP(nn.Module):
         self.body = nn.Sequential(*layers)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.body(self.scale(features))  # type: ignore[no-any-return]
+        return self.body(self.scale(features))
 
 
 class Probabilities(nn.Module):
@@ -85,7 +92,7 @@ class Probabilities(nn.Module):
         return torch.softmax(self.net(features), dim=1)
 
 
-NETS = {"cnn": CNN, "mlp": MLP}
+NETS: dict[str, type[CNN] | type[MLP]] = {"cnn": CNN, "mlp": MLP}
 
 
 class Adapter:
@@ -109,12 +116,12 @@ class Adapter:
         torch.use_deterministic_algorithms(True)
         torch.set_num_threads(cfg.threads)
         arch = getattr(cfg, self.name).model_dump(mode="json")
-        net = NETS[self.name](x_train.shape[1], n_classes, arch)
+        net: CNN | MLP = NETS[self.name](x_train.shape[1], n_classes, arch)
         mean = torch.tensor(x_train.mean(axis=0), dtype=torch.float32)
         std = torch.tensor(x_train.std(axis=0), dtype=torch.float32)
         net.scale.mean.copy_(mean)
         net.scale.std.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
-        net.arch = arch  # type: ignore[assignment]
+        net.arch = arch
 
         xt, yt = torch.from_numpy(x_train), torch.from_numpy(y_train)
         xv, yv = torch.from_numpy(x_val), torch.from_numpy(y_val)
@@ -173,7 +180,7 @@ class Adapter:
         ckpt = torch.load(path, weights_only=True)
         net = NETS[ckpt["family"]](ckpt["n_features"], ckpt["n_classes"], ckpt["arch"])
         net.load_state_dict(ckpt["state_dict"])
-        net.arch = ckpt["arch"]  # type: ignore[assignment]
+        net.arch = ckpt["arch"]
         return net.eval()
 
     def export_onnx(self, model: Any, n_features: int, path: Path, opset: int) -> None:

@@ -76,7 +76,9 @@ def run(params: Params, root: Path) -> Result:
         {"passed": result.passed, "gates": {g.name: asdict(g) for g in gates}},
     )
     labels = [str(c) for c in schema.classes]
-    confusion = pd.DataFrame({"actual": [labels[i] for i in test.y], "predicted": [labels[i] for i in pred]})
+    confusion = pd.DataFrame(
+        {"actual": [labels[i] for i in test.y], "predicted": [labels[i] for i in pred]}
+    )
     files.write_csv(reports / "confusion.csv", confusion)
     png = reports / "confusion.png"
     with files.atomic_path(png) as tmp:
@@ -88,7 +90,9 @@ def run(params: Params, root: Path) -> Result:
         tracking.log_metrics({g.name: float(g.passed) for g in gates}, prefix="gate.")
         tracking.log_artifact(png, "evaluate")
         tracking.log_artifact(reports / "gates.json", "evaluate")
-    log.info("accuracy %.4f, gates %s", metrics["accuracy"], "passed" if result.passed else "FAILED")
+    log.info(
+        "accuracy %.4f, gates %s", metrics["accuracy"], "passed" if result.passed else "FAILED"
+    )
     return result
 
 
@@ -190,7 +194,9 @@ def _gate(name: str, value: float, threshold: float, op: str) -> Gate:
     return Gate(name, float(value), threshold, op, passed)
 
 
-def plot_confusion(y: np.ndarray, pred: np.ndarray, labels: list[str], acc: float, out: Path) -> None:
+def plot_confusion(
+    y: np.ndarray, pred: np.ndarray, labels: list[str], acc: float, out: Path
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")

@@ -58,7 +58,9 @@ def run(cfg: Prepare, data: Data, paths: Paths, seed: int, root: Path) -> Result
     return Result({k: len(v) for k, v in splits.items()}, dropped, stratified)
 
 
-def _split(raw: pd.DataFrame, target: str, cfg: Prepare, seed: int) -> tuple[dict[str, pd.DataFrame], bool]:
+def _split(
+    raw: pd.DataFrame, target: str, cfg: Prepare, seed: int
+) -> tuple[dict[str, pd.DataFrame], bool]:
     from sklearn.model_selection import train_test_split
 
     labels = raw[target] if target in raw.columns else None

@@ -54,7 +54,12 @@ def run(params: Params, root: Path) -> Result:
     registry = Registry(tracking.tracking_uri(root))
     existing = registry.find_by_tag(cfg.model_name, "onnx.sha256", sha)
     if existing is not None:
-        log.info("%s v%s already holds this model (sha256 %s)", cfg.model_name, existing.version, sha[:12])
+        log.info(
+            "%s v%s already holds this model (sha256 %s)",
+            cfg.model_name,
+            existing.version,
+            sha[:12],
+        )
         result = Result(cfg.model_name, existing.version, False, existing.tags)
         _write(reports, result)
         return result
@@ -120,4 +125,6 @@ def lineage_tags(
 
 def _write(reports: Path, result: Result) -> None:
     # No "created" flag here: a re-run must write the same file, or DVC would see a change.
-    files.write_json(reports / "register.json", {"model": result.name, "version": int(result.version)})
+    files.write_json(
+        reports / "register.json", {"model": result.name, "version": int(result.version)}
+    )

@@ -37,7 +37,9 @@ def run(params: Params, root: Path, on_epoch: EpochCallback | None = None) -> Re
     try:
         validation = files.read_json(root / paths.report("validate.json"))
     except OSError as exc:
-        raise DataValidationError(f"no validation result ({exc}); run `modelyard validate` first") from exc
+        raise DataValidationError(
+            f"no validation result ({exc}); run `modelyard validate` first"
+        ) from exc
     if not validation["success"]:
         raise DataValidationError(
             f"data validation failed ({validation['failed']} expectations); nothing was trained. "
@@ -48,7 +50,9 @@ def run(params: Params, root: Path, on_epoch: EpochCallback | None = None) -> Re
     val = dataset.load_split(paths, "val", schema, root)
 
     adapter = family(cfg.model)
-    with tracking.new_run(params.tracking.experiment, root, run_name=f"train-{cfg.model}") as run_id:
+    with tracking.new_run(
+        params.tracking.experiment, root, run_name=f"train-{cfg.model}"
+    ) as run_id:
         tracking.log_params(params.train.model_dump(mode="json"), prefix="train.")
         tracking.log_params({"seed": params.seed, "data.source": params.ingest.source})
         tracking.set_tags({"modelyard.stage": "train", "validation.success": validation["success"]})
@@ -76,11 +80,14 @@ def run(params: Params, root: Path, on_epoch: EpochCallback | None = None) -> Re
         tracking.log_metrics(metrics)
 
         # Every output is computed first, then written: a failure leaves none behind.
+        rows: list[dict[str, float | None]] = [
+            {"epoch": e.epoch, "train_loss": e.train_loss, "val_loss": e.val_loss,
+             "val_accuracy": e.val_accuracy} for e in fitted.history
+        ]  # fmt: skip
+        # Families without epochs (scikit-learn) get a one-point curve.
         curve = pd.DataFrame(
-            [{"epoch": e.epoch, "train_loss": e.train_loss, "val_loss": e.val_loss,
-              "val_accuracy": e.val_accuracy} for e in fitted.history]
-            or [{"epoch": 1, "train_loss": None, "val_loss": None, "val_accuracy": val_acc}]
-        )  # fmt: skip
+            rows or [{"epoch": 1, "train_loss": None, "val_loss": None, "val_accuracy": val_acc}]
+        )
         with files.atomic_dir(root / paths.native) as out:
             adapter.save(fitted.model, out / adapter.FILE)
             files.write_json(
@@ -92,4 +99,3 @@ def run(params: Params, root: Path, on_epoch: EpochCallback | None = None) -> Re
 
     log.info("trained %s: val accuracy %.4f", cfg.model, val_acc)
     return Result(run_id, val_acc, fitted.best_epoch, len(fitted.history), fitted.params)
-

@@ -135,7 +135,9 @@ def leakage_table(splits: dict[str, pd.DataFrame], data: Data) -> pd.DataFrame:
 def load_suite(path: Path) -> list[validation.Expectation]:
     """The checked-in, user-editable suite: GX's JSON form of an ExpectationSuite."""
     if not path.exists():
-        raise ConfigError(f"validate.suite {path} does not exist; create it (see data/expectations/)")
+        raise ConfigError(
+            f"validate.suite {path} does not exist; create it (see data/expectations/)"
+        )
     try:
         suite = files.read_json(path)
         expectations = suite["expectations"]
@@ -153,7 +155,9 @@ def failure_message(failed: list[validation.Check], data: Data) -> str:
     lines = [f"data validation failed: {len(failed)} expectation(s)"]
     for c in failed:
         lines.append("  - " + describe(c, data))
-    lines.append("Fix the data (or the bounds in params.yaml: data, validate) and re-run `dvc repro`.")
+    lines.append(
+        "Fix the data (or the bounds in params.yaml: data, validate) and re-run `dvc repro`."
+    )
     return "\n".join(lines)
 
 
@@ -182,7 +186,11 @@ def describe(c: validation.Check, data: Data) -> str:
         bits.append(f"at rows {c.sample_rows}")
     if not bits and c.observed is not None:
         bits.append(f"observed {c.observed}")
-    expected = {k: v for k, v in c.kwargs.items() if k in {"min_value", "max_value", "value_set", "type_list"}}
+    expected = {
+        k: v
+        for k, v in c.kwargs.items()
+        if k in {"min_value", "max_value", "value_set", "type_list"}
+    }
     if expected:
         bits.append(f"expected {expected}")
     return f"{head}: " + ", ".join(bits)

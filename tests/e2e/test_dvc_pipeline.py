@@ -23,7 +23,9 @@ def registry(root: Path) -> Registry:
 
 
 def ran_stages(output: str) -> set[str]:
-    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}
+    return {
+        line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")
+    }
 
 
 def edit_params(root: Path, **sections: Any) -> None:

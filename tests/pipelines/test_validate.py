@@ -42,13 +42,18 @@ def unknown_label(df: pd.DataFrame) -> pd.DataFrame:
 
 CORRUPTIONS: list[tuple[Callable[[pd.DataFrame], pd.DataFrame], list[str]]] = [
     (drop_column, ["missing columns ['pixel_10']"]),
-    (out_of_range, ["raw.pixel_20: expect_column_values_to_be_between", "2 bad value(s)", "99", "42"]),
+    (
+        out_of_range,
+        ["raw.pixel_20: expect_column_values_to_be_between", "2 bad value(s)", "99", "42"],
+    ),
     (nans, ["raw.pixel_30: expect_column_values_to_not_be_null", "3 bad value(s)"]),
     (unknown_label, ["raw.label: expect_column_values_to_be_in_set", "sample [11, 11]"]),
 ]
 
 
-@pytest.mark.parametrize(("corrupt", "expected"), CORRUPTIONS, ids=lambda c: getattr(c, "__name__", ""))
+@pytest.mark.parametrize(
+    ("corrupt", "expected"), CORRUPTIONS, ids=lambda c: getattr(c, "__name__", "")
+)
 def test_corrupted_data_fails_at_validate(
     project: Project, corrupt: Callable[[pd.DataFrame], pd.DataFrame], expected: list[str]
 ) -> None:
