@@ -219,21 +219,25 @@ def run(
     find every stage up to date and skip `register`. So `run` ends with the idempotent
     register step, which adds the version only if this store lacks it.
     """
+    from pipelines import tracking
     from pipelines.stages import register as register_stage
+    from registry.client import Registry
 
     params, root = _guard("run", lambda: _load(params_file))
+    _tracking(root)
+    registry = Registry(tracking.tracking_uri(root))
+    before = {v.version for v in registry.versions(params.register_.model_name)}
     dvc = shutil.which("dvc") or str(Path(sys.executable).with_name("dvc"))
-    cmd = [dvc, "repro", *(["--force"] if force else [])]
-    code = subprocess.call(cmd, cwd=root)
+    code = subprocess.call([dvc, "repro", *(["--force"] if force else [])], cwd=root)
     if code != 0:
         err_console.print(
             f"[bold red]dvc repro failed (exit {code}).[/] The failing stage printed why above; "
             "fix it and run `modelyard run` again (DVC re-runs only what changed)."
         )
         raise typer.Exit(1)
-    _tracking(root)
+    logging.getLogger("pipelines.stages.register").setLevel(logging.WARNING)
     reg = _guard("register", lambda: register_stage.run(params, root))
-    summary(params_file, created=reg.created)
+    summary(params_file, created=reg.version not in before)
 
 
 @app.command()

@@ -74,6 +74,17 @@ def new_run(experiment: str, root: Path, run_name: str) -> Iterator[str]:
         yield str(run.info.run_id)
 
 
+def run_exists(run_id: str) -> bool:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mlflow.get_run(run_id)
+    except MlflowException:
+        return False
+    return True
+
+
 @contextlib.contextmanager
 def resume(run_id: str) -> Iterator[str]:
     """Re-open the pipeline's run; a clear error if the store no longer has it."""

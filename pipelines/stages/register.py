@@ -68,7 +68,16 @@ def run(params: Params, root: Path) -> Result:
     meta = load_native(root / paths.native)[2]
     tags = lineage_tags(params, root, sha, gates, meta)
     example = dataset.load_split(paths, "test", schema, root).x[:2]
-    with tracking.resume(meta["run_id"]) as run_id:
+    if tracking.run_exists(meta["run_id"]):
+        run = tracking.resume(meta["run_id"])
+    else:
+        # DVC restored the trained model from its cache, but this MLflow store never saw
+        # the training run (a fresh or switched store): register from a run of its own.
+        log.warning("training run %s is not in this MLflow store; registering from a new run",
+                    meta["run_id"])  # fmt: skip
+        run = tracking.new_run(params.tracking.experiment, root, run_name=f"register-{meta['family']}")
+        tags["training.run_missing"] = meta["run_id"]
+    with run as run_id:
         model_uri, _ = tracking.log_onnx_model(onnx_path, example, {"schema": schema.as_dict()})
         version = registry.register(cfg.model_name, model_uri, run_id, tags)
         registry.set_alias(cfg.model_name, cfg.alias, version.version)
