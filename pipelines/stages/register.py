@@ -78,6 +78,8 @@ def run(params: Params, root: Path) -> Result:
         run = tracking.new_run(params.tracking.experiment, root, run_name=f"register-{meta['family']}")
         tags["training.run_missing"] = meta["run_id"]
     with run as run_id:
+        if run_id == meta["run_id"]:
+            tags["data.reference_uri"] = f"runs:/{run_id}/reference/train.parquet"
         model_uri, _ = tracking.log_onnx_model(onnx_path, example, {"schema": schema.as_dict()})
         version = registry.register(cfg.model_name, model_uri, run_id, tags)
         registry.set_alias(cfg.model_name, cfg.alias, version.version)

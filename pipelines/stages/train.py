@@ -22,6 +22,8 @@ from pipelines.models import EpochCallback, family
 
 log = logging.getLogger(__name__)
 
+REFERENCE_DIR = "reference"  # run artifact folder: the train split and schema
+
 
 @dataclass(frozen=True)
 class Result:
@@ -57,6 +59,9 @@ def run(params: Params, root: Path, on_epoch: EpochCallback | None = None) -> Re
         tracking.log_params({"seed": params.seed, "data.source": params.ingest.source})
         tracking.set_tags({"modelyard.stage": "train", "validation.success": validation["success"]})
         tracking.log_metrics(validation["rows"], prefix="rows.")
+        # The monitoring reference travels with the run (and so with every version of it).
+        tracking.log_artifact(root / paths.split("train"), REFERENCE_DIR)
+        tracking.log_artifact(root / paths.schema_file, REFERENCE_DIR)
 
         def log_epoch(epoch: Any) -> None:
             tracking.log_metrics(

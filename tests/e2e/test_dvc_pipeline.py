@@ -130,3 +130,16 @@ def test_second_dataset_config_end_to_end(tmp_path: Path) -> None:
     assert version.tags["model.family"] == "logreg"
     assert float(version.tags["metric.accuracy"]) >= 0.9
     assert version.tags["data.source"] == "sklearn:wine"
+
+
+def test_run_on_a_fresh_store_registers_again(repo: Path) -> None:
+    """DVC finds everything up to date, but the new MLflow store has no version:
+    `modelyard run` still ends with a registered version."""
+    shutil.rmtree(repo / ".modelyard")
+
+    proc = modelyard(repo, "run")
+
+    assert ran_stages(proc.stdout) == set()
+    (version,) = registry(repo).versions("digits-classifier")
+    assert "training.run_missing" in version.tags  # honest about the lost training run
+    assert "(new version)" in proc.stdout

@@ -95,6 +95,13 @@ def test_register_writes_lineage_and_is_idempotent(evaluated: Project) -> None:
     assert version.tags["gates.passed"] == "True"
     assert version.tags["data.rows.raw"] == "1797"
     assert len(version.tags["onnx.sha256"]) == 64
+    # The monitoring reference (train split) is reachable from the version's lineage.
+    import mlflow
+    import pandas as pd
+
+    ref = mlflow.artifacts.download_artifacts(version.tags["data.reference_uri"],
+                                              tracking_uri=registry.uri)  # fmt: skip
+    assert len(pd.read_parquet(ref)) == int(version.tags["data.rows.train"])
     assert registry.by_alias("digits-classifier", "challenger").version == version.version
     assert registry.by_alias("digits-classifier", "champion") is None
 
