@@ -76,7 +76,9 @@ class Registry:
 
     # -- writing -------------------------------------------------------------------------
 
-    def register(self, name: str, model_uri: str, run_id: str, tags: dict[str, Any]) -> Version:
+    def register(
+        self, name: str, model_uri: str, run_id: str, tags: dict[str, Any], description: str = ""
+    ) -> Version:
         """Create version N of ``name`` from a logged model, with its lineage tags."""
         if not self._exists(name):
             self.client.create_registered_model(
@@ -84,6 +86,7 @@ class Registry:
             )
         mv = self.client.create_model_version(
             name, source=model_uri, run_id=run_id, tags={k: str(v) for k, v in tags.items()},
+            description=description or None,
             model_id=model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None,
         )  # fmt: skip
         return self._version(mv)

@@ -216,16 +216,25 @@ def _html(result: Result, summary: dict[str, Any]) -> str:
     ordered = sorted(result.checks, key=lambda c: c.success)  # failures first
     for c in ordered:
         mark = "✓" if c.success else "✗"
-        detail = c.error or (
-            f"{c.unexpected_count} unexpected; sample {c.sample}; rows {c.sample_rows}"
-            if c.unexpected_count
-            else f"observed {c.observed}"
-        )
+        if c.error:
+            detail = c.error
+        elif c.unexpected_count:
+            detail = f"{c.unexpected_count} unexpected; sample {c.sample}; rows {c.sample_rows}"
+        elif c.observed is not None:
+            detail = f"observed {c.observed}"
+        else:
+            detail = "every value as expected" if c.success else "failed"
         rows.append(
             f"<tr class={'ok' if c.success else 'bad'}><td>{mark}</td><td>{html.escape(c.table)}</td>"
             f"<td>{html.escape(c.column or '')}</td><td>{html.escape(c.expectation)}</td>"
-            f"<td>{html.escape(str(c.kwargs))}</td><td>{html.escape(str(detail))}</td></tr>"
+            f"<td>{html.escape(_short(c.kwargs))}</td><td>{html.escape(_short(detail))}</td></tr>"
         )
+    tables = sorted({c.table for c in result.checks})
+    per_table = ", ".join(
+        f"{t}: {sum(1 for c in result.checks if c.table == t and not c.success)} failed "
+        f"of {sum(1 for c in result.checks if c.table == t)}"
+        for t in tables
+    )
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>modelyard data validation</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2em}}table{{border-collapse:collapse;font-size:13px}}
 td,th{{border:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:top}}
@@ -233,9 +242,15 @@ tr.bad{{background:#ffebe9}}h1 span{{color:{color}}}</style></head><body>
 <h1>Data validation: <span>{status}</span></h1>
 <p>{result.evaluated} expectations evaluated (Great Expectations), {result.failed} failed.
 Rows: {html.escape(str(summary["rows"]))}</p>
+<p>By table: {html.escape(per_table)}. Failures are listed first.</p>
 <table><tr><th></th><th>table</th><th>column</th><th>expectation</th><th>arguments</th><th>result</th></tr>
 {"".join(rows)}</table></body></html>
 """
+
+
+def _short(value: object, limit: int = 240) -> str:
+    text = str(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _e(type_: str, **kwargs: Any) -> validation.Expectation:
