@@ -145,16 +145,19 @@ def dvc(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProces
     return _tool("dvc", cwd, args, check)
 
 
-def modelyard(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return _tool("modelyard", cwd, args, check)
+def modelyard(
+    cwd: Path, *args: str, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return _tool("modelyard", cwd, args, check, env)
 
 
 def _tool(
-    name: str, cwd: Path, args: tuple[str, ...], check: bool
+    name: str, cwd: Path, args: tuple[str, ...], check: bool, extra: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     """Run a console script of this venv the way a user would, in ``cwd``."""
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "COLUMNS": "200"}
     env.pop("MLFLOW_TRACKING_URI", None)
+    env.update(extra or {})
     proc = subprocess.run(
         [str(BIN / name), *args], cwd=cwd, capture_output=True, text=True, env=env
     )

@@ -132,14 +132,15 @@ def test_second_dataset_config_end_to_end(tmp_path: Path) -> None:
     assert version.tags["data.source"] == "sklearn:wine"
 
 
-def test_run_on_a_fresh_store_registers_again(repo: Path) -> None:
-    """DVC finds everything up to date, but the new MLflow store has no version:
-    `modelyard run` still ends with a registered version."""
-    shutil.rmtree(repo / ".modelyard")
+def test_run_on_a_fresh_store_registers_again(repo: Path, tmp_path: Path) -> None:
+    """DVC finds everything up to date, but a new MLflow store (here: switched with
+    MLFLOW_TRACKING_URI) has no version: `modelyard run` still ends with one."""
+    uri = f"sqlite:///{tmp_path}/fresh.db"
 
-    proc = modelyard(repo, "run")
+    proc = modelyard(repo, "run", env={"MLFLOW_TRACKING_URI": uri})
 
-    assert ran_stages(proc.stdout) == set()
-    (version,) = registry(repo).versions("digits-classifier")
+    assert ran_stages(proc.stdout) == set(), proc.stdout
+    (version,) = Registry(uri).versions("digits-classifier")
     assert "training.run_missing" in version.tags  # honest about the lost training run
+    assert "data.reference_uri" not in version.tags
     assert "(new version)" in proc.stdout
