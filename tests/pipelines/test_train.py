@@ -55,3 +55,39 @@ def test_cnn_on_non_image_data_explains(make_project) -> None:
     out = " ".join(result.output.split())
     assert "needs 64 features, the data has 13" in out and "train.model: mlp" in out
     assert not (project.root / "data/models/native").exists()
+
+
+def test_any_tabular_csv_with_string_labels(project: Project) -> None:
+    """A user's own CSV (iris, species as text) declared in params runs to a version."""
+    from sklearn.datasets import load_iris
+
+    iris = load_iris(as_frame=True)
+    frame = iris.frame.rename(columns=lambda c: c.replace(" (cm)", "").replace(" ", "_"))
+    frame["species"] = [iris.target_names[i] for i in frame.pop("target")]
+    frame.to_csv(project.root / "data/sources/iris.csv", index=False)
+    (project.root / "data/expectations/iris.json").write_text('{"expectations": []}')
+    features = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+    params = project.params()
+    params["data"] = {"target": "species", "features": features,
+                      "labels": ["setosa", "versicolor", "virginica"], "feature_range": [0, 10]}  # fmt: skip
+    params["ingest"] = {"source": "data/sources/iris.csv"}
+    params["validate"].update(
+        min_rows=100, class_share=[0.2, 0.5], suite="data/expectations/iris.json"
+    )
+    params["train"].update(model="mlp", epochs=80, patience=10)
+    params["evaluate"].update(min_accuracy=0.85, min_macro_f1=0.85, min_class_recall=0.7,
+                              min_noise_invariance=0.85)  # fmt: skip
+    params["register"]["model_name"] = "iris"
+    import yaml
+
+    project.params_path.write_text(yaml.safe_dump(params))
+    project.stages("ingest", "prepare", "validate", "train", "export", "evaluate", "register")
+    schema = __import__("json").loads((project.root / "data/prepared/schema.json").read_text())
+    assert schema["classes"] == ["setosa", "versicolor", "virginica"]
+    (version,) = project.registry().versions("iris")
+    assert version.tags["data.source"] == "data/sources/iris.csv"
+    assert set(project.report("evaluate.json")["per_class"]) == {
+        "setosa",
+        "versicolor",
+        "virginica",
+    }
