@@ -318,6 +318,79 @@ def ui(
     )
 
 
+# -- serving ------------------------------------------------------------------------------------
+
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model", "-m",
+        help="NAME@ALIAS or NAME/VERSION. Default: <register.model_name>@champion, "
+        "or @challenger while there is no champion.",
+    ),
+]  # fmt: skip
+
+
+def _build(params: config.Params, root: Path, ref: str | None) -> Any:
+    from pipelines import tracking
+    from registry.client import CHALLENGER, CHAMPION, Registry
+    from services import build as bento_build
+
+    _tracking(root)
+    registry = Registry(tracking.tracking_uri(root))
+    if ref is None:
+        name = params.register_.model_name
+        alias = CHAMPION if registry.by_alias(name, CHAMPION) else CHALLENGER
+        if alias == CHALLENGER:
+            err_console.print(
+                f"[yellow]{name} has no @champion yet (see promotion); using @challenger[/]"
+            )
+        ref = f"{name}@{alias}"
+    return _guard("build", lambda: bento_build.build(ref, registry, root))
+
+
+@app.command()
+def build(params_file: ParamsOpt = Path("params.yaml"), model: ModelOpt = None) -> None:
+    """Build a Bento (BentoML) from an exact registry version, checking its sha256.
+
+    The Bento's tag and labels name the model version; its Dockerfile is what the deploy
+    workflow containerizes. Set BENTOML_HOME to choose the BentoML store.
+    """
+    params, root = _guard("build", lambda: _load(params_file))
+    built = _build(params, root, model)
+    verb = "built" if built.created else "up to date:"
+    console.print(
+        f"build: {verb} Bento {built.bento_tag} ({built.name} v{built.version}, model {built.model_tag})"
+    )
+
+
+@app.command()
+def serve(
+    params_file: ParamsOpt = Path("params.yaml"),
+    model: ModelOpt = None,
+    port: Annotated[int, typer.Option(help="Port on --host.")] = 3000,
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+) -> None:
+    """Build the Bento if needed and serve it (ONNX Runtime) with `bentoml serve`.
+
+    API keys come from MODELYARD_API_KEYS (comma-separated); the inference log goes to
+    MODELYARD_LOG_DIR (default .modelyard/inference-log).
+    """
+    params, root = _guard("serve", lambda: _load(params_file))
+    built = _build(params, root, model)
+    env = {**os.environ}
+    env.setdefault("MODELYARD_LOG_DIR", str(root / ".modelyard" / "inference-log"))
+    bentoml_bin = shutil.which("bentoml") or str(Path(sys.executable).with_name("bentoml"))
+    console.print(
+        f"serving {built.name} v{built.version} on http://{host}:{port}  (POST /v1/predict, "
+        f"GET /v1/metadata, /readyz, /metrics); log: {env['MODELYARD_LOG_DIR']}"
+    )
+    raise typer.Exit(
+        subprocess.call(
+            [bentoml_bin, "serve", built.bento_tag, "--host", host, "--port", str(port)], env=env
+        )
+    )
+
+
 def _gates_table(gates: list[Any]) -> Table:
     return _gates_table_from_report(
         {"gates": {g.name: g.__dict__ for g in gates}, "passed": all(g.passed for g in gates)}

@@ -1,0 +1,152 @@
+"""Build a Bento from an exact registry version: `modelyard build --model NAME@ALIAS`.
+
+1. resolve the version in MLflow (``NAME@ALIAS`` or ``NAME/VERSION``);
+2. download it and check the ONNX file's sha256 against the ``onnx.sha256`` tag;
+3. import it into the BentoML model store (``model.onnx`` + ``contract.json``), with the
+   lineage as labels;
+4. run ``bentoml build`` with ``services/bentofile.yaml``; the Bento is named after the
+   model and versioned ``v<N>-<hash>``, its labels name the registry version.
+
+Nothing is rebuilt when the Bento for that version and this service code exists.
+This module runs in the build environment; the service itself never imports it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipelines.errors import ConfigError, RegistryError
+from pipelines.files import sha256
+from registry.client import Registry, Version
+
+log = logging.getLogger(__name__)
+
+SERVICE_FILES = ("services/service.py", "services/schema.py", "services/inference_log.py",
+                 "services/bentofile.yaml", "services/requirements.txt")  # fmt: skip
+REF = re.compile(r"^(?P<name>[A-Za-z0-9_.-]+)(?:@(?P<alias>[A-Za-z0-9_-]+)|/(?P<version>\d+))$")
+
+
+@dataclass(frozen=True)
+class Built:
+    name: str
+    version: str
+    model_tag: str
+    bento_tag: str
+    created: bool
+
+
+def resolve(registry: Registry, ref: str) -> Version:
+    match = REF.match(ref)
+    if not match:
+        raise ConfigError(
+            f"--model {ref!r}: expected NAME@ALIAS (e.g. digits-classifier@champion) or NAME/VERSION"
+        )
+    name = match["name"]
+    if match["alias"]:
+        found = registry.by_alias(name, match["alias"])
+        if found is None:
+            raise RegistryError(
+                f"{name} has no version with alias @{match['alias']} in {registry.uri}"
+            )
+        return found
+    for v in registry.versions(name):
+        if v.version == match["version"]:
+            return v
+    raise RegistryError(f"{name} has no version {match['version']} in {registry.uri}")
+
+
+def build(ref: str, registry: Registry, root: Path) -> Built:
+    import bentoml
+
+    version = resolve(registry, ref)
+    expected = version.tags.get("onnx.sha256")
+    if not expected:
+        raise RegistryError(
+            f"{version.name} v{version.version} has no onnx.sha256 tag: not registered by modelyard"
+        )
+    folder = registry.download(version.name, version.version)
+    onnx_file = folder / "model.onnx"
+    actual = sha256(onnx_file)
+    if actual != expected:
+        raise RegistryError(
+            f"{version.name} v{version.version}: the downloaded model.onnx has sha256 {actual}, "
+            f"the registry tag says {expected}. The artifact changed after registration; refusing to build."
+        )
+    model_tag = f"{version.name}:v{version.version}-{actual[:12]}"
+    created = _import_model(bentoml, model_tag, onnx_file, _contract(version, folder, actual))
+
+    code = hashlib.sha256()
+    for rel in SERVICE_FILES:
+        code.update((root / rel).read_bytes())
+    bento_tag = f"{version.name}:v{version.version}-{hashlib.sha256((actual + code.hexdigest()).encode()).hexdigest()[:10]}"
+    try:
+        bentoml.get(bento_tag)
+        log.info("Bento %s exists; nothing to build", bento_tag)
+        return Built(version.name, version.version, model_tag, bento_tag, created)
+    except bentoml.exceptions.NotFound:
+        pass
+    labels = {
+        "model": version.name, "model_version": version.version,
+        "git_commit": version.tags.get("git.commit", "unknown"),
+        "onnx_sha256": actual, "variant": version.tags.get("model.variant", "fp32"),
+    }  # fmt: skip
+    bentoml_bin = shutil.which("bentoml") or str(Path(sys.executable).with_name("bentoml"))
+    cmd = [bentoml_bin, "build", "-f", "services/bentofile.yaml", "--name", version.name,
+           "--version", bento_tag.split(":")[1], "--arg", f"model_tag={model_tag}",
+           *[arg for k, v in labels.items() for arg in ("--label", f"{k}={v}")], "."]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, env=os.environ.copy())
+    if proc.returncode != 0:
+        raise RegistryError(f"bentoml build failed:\n{proc.stdout}\n{proc.stderr}")
+    return Built(version.name, version.version, model_tag, bento_tag, True)
+
+
+def _contract(version: Version, folder: Path, sha: str) -> dict[str, Any]:
+    mlmodel = yaml.safe_load((folder / "MLmodel").read_text())
+    schema = (mlmodel.get("metadata") or {}).get("schema")
+    if not schema:
+        raise RegistryError(
+            f"{version.name} v{version.version}: MLmodel has no feature schema in its metadata"
+        )
+    tags = version.tags
+    return {
+        "name": version.name,
+        "version": version.version,
+        "variant": tags.get("model.variant", "fp32"),
+        "git_commit": tags.get("git.commit"),
+        "data_md5": tags.get("dvc.data_md5"),
+        "onnx_sha256": sha,
+        "metrics": {
+            k.removeprefix("metric."): float(v) for k, v in tags.items() if k.startswith("metric.")
+        },
+        "schema": schema,
+        "lineage": tags,
+    }
+
+
+def _import_model(bentoml: Any, tag: str, onnx_file: Path, contract: dict[str, Any]) -> bool:
+    try:
+        bentoml.models.get(tag)
+        return False
+    except bentoml.exceptions.NotFound:
+        pass
+    labels = {"mlflow_model": contract["name"], "mlflow_version": contract["version"],
+              "git_commit": str(contract["git_commit"]), "variant": contract["variant"]}  # fmt: skip
+    with bentoml.models.create(
+        tag, labels=labels, metadata={"onnx_sha256": contract["onnx_sha256"]}
+    ) as model:
+        shutil.copy(onnx_file, model.path_of("model.onnx"))
+        Path(model.path_of("contract.json")).write_text(json.dumps(contract, indent=2))
+    log.info("imported %s into the BentoML model store", tag)
+    return True
