@@ -345,7 +345,7 @@ def _build(params: config.Params, root: Path, ref: str | None) -> Any:
                 f"[yellow]{name} has no @champion yet (see promotion); using @challenger[/]"
             )
         ref = f"{name}@{alias}"
-    return _guard("build", lambda: bento_build.build(ref, registry, root))
+    return _guard("build", lambda: bento_build.build(ref, registry))
 
 
 @app.command()

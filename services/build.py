@@ -67,9 +67,15 @@ def resolve(registry: Registry, ref: str) -> Version:
     raise RegistryError(f"{name} has no version {match['version']} in {registry.uri}")
 
 
-def build(ref: str, registry: Registry, root: Path) -> Built:
+def code_root() -> Path:
+    """The folder holding the ``services`` package: the Bento's build context."""
+    return Path(__file__).resolve().parents[1]
+
+
+def build(ref: str, registry: Registry) -> Built:
     import bentoml
 
+    root = code_root()
     version = resolve(registry, ref)
     expected = version.tags.get("onnx.sha256")
     if not expected:

@@ -117,8 +117,17 @@ def _model(model: type[BaseModel], body: bytes) -> Any:
         return model.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or "body"
-        raise RequestError(422, field, f"{err['msg']} (got {_short(err.get('input'))})") from None
+        loc = err["loc"]
+        # inputs.0.1.int -> inputs[0][1] (the trailing part names a union member, not a field)
+        field = (
+            (str(loc[0]) + "".join(f"[{p}]" for p in loc[1:] if isinstance(p, int)))
+            if loc
+            else "body"
+        )
+        msg = err["msg"]
+        if field.startswith("inputs[") and err["type"].startswith(("int", "float")):
+            msg = "expected a number"
+        raise RequestError(422, field, f"{msg} (got {_short(err.get('input'))})") from None
 
 
 def _short(value: Any) -> str:

@@ -55,7 +55,8 @@ ARGS = bentoml.use_arguments(BuildArgs)
 
 
 def _state() -> Classifier:
-    return bentoml.get_current_service()  # type: ignore[no-any-return]
+    svc: Classifier = bentoml.get_current_service()
+    return svc
 
 
 def _error(err: RequestError) -> JSONResponse:
@@ -226,7 +227,7 @@ class Classifier:
                     "probabilities": rows[i],
                 }
                 for i in range(len(x))
-            ]  # fmt: skip
+            ]
         )
         for label in labels:
             self.predictions.labels(model=self.model_ref, label=str(label)).inc()
