@@ -13,7 +13,7 @@ export BENTOML_DO_NOT_TRACK := true
 export GX_ANALYTICS_ENABLED := false
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: help setup run test check lint format lock clean
+.PHONY: help setup run serve test check lint format lock clean bench
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -29,6 +29,12 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 
 run: setup ## Run the whole pipeline (dvc repro) on the embedded MLflow store and print a summary
 	$(BIN)/modelyard run
+
+serve: setup ## Build the Bento for the default model version and serve it on 127.0.0.1:3000
+	$(BIN)/modelyard serve
+
+bench: setup ## Serving benchmark: this service vs mlflow models serve vs Flask (needs wrk)
+	$(BIN)/python benchmarks/serving.py
 
 test: setup ## Run the test suite (real MLflow, DVC, GX, ONNX Runtime)
 	$(BIN)/pytest

@@ -24,24 +24,24 @@ class ConfigError(ModelyardError):
 
 
 class DataError(ModelyardError):
-    pass
+    """The input data cannot be read or used."""
 
 
 class DataValidationError(DataError):
-    pass
+    """The expectation suite failed on the data."""
 
 
 class TrainingError(ModelyardError):
-    pass
+    """A model could not be trained."""
 
 
 class ExportParityError(ModelyardError):
-    pass
+    """ONNX and native predictions disagree."""
 
 
 class GateFailed(ModelyardError):
-    pass
+    """An evaluation gate failed; nothing is registered."""
 
 
 class RegistryError(ModelyardError):
-    pass
+    """MLflow registry state is missing or inconsistent."""

@@ -69,6 +69,8 @@ class Registry:
         import mlflow
 
         dest = dest or Path(tempfile.mkdtemp(prefix="modelyard-model-"))
+        # models:/ URIs resolve through the process-wide registry URI, not tracking_uri=.
+        mlflow.set_registry_uri(self.uri)
         local = mlflow.artifacts.download_artifacts(
             artifact_uri=f"models:/{name}/{version}", dst_path=str(dest), tracking_uri=self.uri
         )

@@ -97,12 +97,9 @@ def build(ref: str, registry: Registry) -> Built:
     for rel in SERVICE_FILES:
         code.update((root / rel).read_bytes())
     bento_tag = f"{version.name}:v{version.version}-{hashlib.sha256((actual + code.hexdigest()).encode()).hexdigest()[:10]}"
-    try:
-        bentoml.get(bento_tag)
+    if _exists(bentoml.get, bento_tag, bentoml.exceptions.NotFound):
         log.info("Bento %s exists; nothing to build", bento_tag)
         return Built(version.name, version.version, model_tag, bento_tag, created)
-    except bentoml.exceptions.NotFound:
-        pass
     labels = {
         "model": version.name, "model_version": version.version,
         "git_commit": version.tags.get("git.commit", "unknown"),
@@ -142,11 +139,8 @@ def _contract(version: Version, folder: Path, sha: str) -> dict[str, Any]:
 
 
 def _import_model(bentoml: Any, tag: str, onnx_file: Path, contract: dict[str, Any]) -> bool:
-    try:
-        bentoml.models.get(tag)
+    if _exists(bentoml.models.get, tag, bentoml.exceptions.NotFound):
         return False
-    except bentoml.exceptions.NotFound:
-        pass
     labels = {"mlflow_model": contract["name"], "mlflow_version": contract["version"],
               "git_commit": str(contract["git_commit"]), "variant": contract["variant"]}  # fmt: skip
     with bentoml.models.create(
@@ -155,4 +149,12 @@ def _import_model(bentoml: Any, tag: str, onnx_file: Path, contract: dict[str, A
         shutil.copy(onnx_file, model.path_of("model.onnx"))
         Path(model.path_of("contract.json")).write_text(json.dumps(contract, indent=2))
     log.info("imported %s into the BentoML model store", tag)
+    return True
+
+
+def _exists(get: Any, tag: str, not_found: type[Exception]) -> bool:
+    try:
+        get(tag)
+    except not_found:
+        return False
     return True

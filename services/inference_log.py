@@ -27,8 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 log = logging.getLogger(__name__)
 
+_DUMP = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE
 PREFIX = "inference-"
 SUFFIX = ".jsonl"
 
@@ -56,7 +59,7 @@ class InferenceLog:
         self._syncer.start()
 
     def append(self, records: list[dict[str, Any]]) -> None:
-        data = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records).encode()
+        data = b"".join(orjson.dumps(r, option=_DUMP) for r in records)
         with self._lock:
             if self._size and self._size + len(data) > self.max_bytes:
                 self._rotate()
@@ -100,9 +103,14 @@ class InferenceLog:
     def _sync_loop(self, every: float) -> None:
         while not self._closed.wait(every):
             with self._lock:
-                if self._dirty and self._fd >= 0:
-                    os.fsync(self._fd)
-                    self._dirty = False
+                if not (self._dirty and self._fd >= 0):
+                    continue
+                fd = os.dup(self._fd)  # fsync outside the lock: requests never wait on the disk
+                self._dirty = False
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
 
 def _last_byte(path: Path) -> bytes:

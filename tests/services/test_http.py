@@ -3,6 +3,7 @@ Bento) on a free port, spoken to over HTTP."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -64,10 +65,8 @@ def kill_tree(pid: int, sig: int = signal.SIGTERM) -> None:
         return
     procs = [parent, *parent.children(recursive=True)]
     for p in procs:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):  # already gone is fine
             p.send_signal(sig)
-        except psutil.NoSuchProcess:
-            pass
     psutil.wait_procs(procs, timeout=20)
 
 
@@ -99,11 +98,9 @@ class Server:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise AssertionError(f"server exited:\n{self.output()}")
-            try:
+            with contextlib.suppress(OSError):  # not listening yet
                 if call(self.port, "GET", "/readyz", key=None)[0] == 200:
                     return
-            except OSError:
-                pass
             time.sleep(0.3)
         raise AssertionError("server not ready in time")
 
@@ -270,12 +267,10 @@ def test_tampered_model_refuses_to_start(server: Server) -> None:
     assert server.proc is not None
     deadline = time.monotonic() + 60
     while server.proc.poll() is None and time.monotonic() < deadline:
-        try:
+        with contextlib.suppress(OSError):  # not listening is what we expect
             assert call(server.port, "GET", "/readyz", key=None)[0] != 200, (
                 "served a tampered model"
             )
-        except OSError:
-            pass
         time.sleep(0.5)
     if server.proc.poll() is None:
         server.stop()
