@@ -234,7 +234,7 @@ class Classifier:
         ids = [f"{request_id}-{i}" for i in range(len(x))]
         self.log.append(
             [
-                {"type": "prediction", "id": ids[i], "ts": now, "model": self.model_ref,
+                {"type": "prediction", "id": ids[i], "request_id": request_id, "ts": now, "model": self.model_ref,
                  "features": x[i], "prediction": labels[i], "probabilities": rounded[i]}
                 for i in range(len(x))
             ]

@@ -147,6 +147,16 @@ def test_predict_matches_the_registered_model(server: Server) -> None:
     for pred, expected in zip(body["predictions"], probs, strict=True):
         assert np.allclose(pred["probabilities"], expected, atol=1e-5)
         assert pred["id"].startswith(body["request_id"])
+    # Each row is in the inference log with everything monitoring needs.
+    logged = {r["id"]: r for r in read(server.log_dir) if r.get("request_id") == body["request_id"]}
+    assert len(logged) == 5
+    first = logged[body["predictions"][0]["id"]]
+    assert (
+        first["model"] == "digits-classifier/1"
+        and first["prediction"] == body["predictions"][0]["label"]
+    )
+    assert np.allclose(first["features"], batch[0]) and len(first["probabilities"]) == 10
+    assert abs(first["ts"] - time.time()) < 60
 
 
 @pytest.mark.parametrize(
