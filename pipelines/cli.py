@@ -318,6 +318,64 @@ def ui(
     )
 
 
+# -- promotion (the review gate) ------------------------------------------------------------
+
+
+def _registry(params_file: Path) -> Any:
+    from pipelines import tracking
+    from registry.client import Registry
+
+    _, root = _guard("registry", lambda: _load(params_file))
+    _tracking(root)
+    return Registry(tracking.tracking_uri(root))
+
+
+@app.command()
+def promote(
+    name: Annotated[str, typer.Argument(help="Registered model name.")],
+    version: Annotated[str, typer.Argument(help="Version number to promote.")],
+    reviewer: Annotated[
+        str | None,
+        typer.Option(
+            help="Who approves (not the training commit's author). "
+            "Omit if the approval tags were set in the MLflow UI."
+        ),
+    ] = None,
+    comment: Annotated[str, typer.Option(help="Why it is approved.")] = "",
+    params_file: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Approve a version and make it `champion`, through the review gate.
+
+    Refuses, with the reasons, unless every gate passed, data validation passed, a
+    reviewer approved, and the reviewer is not the author of the training commit.
+    """  # fmt: skip
+    from registry import promotion
+
+    registry = _registry(params_file)
+    new, previous = _guard(
+        "promote", lambda: promotion.promote(registry, name, version, reviewer, comment)
+    )
+    was = f" (was v{previous.version})" if previous else ""
+    console.print(f"promote: {name} v{new.version} is now @champion{was}")
+
+
+@app.command()
+def rollback(
+    name: Annotated[str, typer.Argument(help="Registered model name.")],
+    actor: Annotated[
+        str | None, typer.Option(help="Who rolls back (audit trail). Default: $USER.")
+    ] = None,
+    params_file: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Move `champion` back to the previous approved version, with an audit entry."""
+    from registry import promotion
+
+    registry = _registry(params_file)
+    who = actor or os.environ.get("USER", "unknown")
+    new, old = _guard("rollback", lambda: promotion.rollback(registry, name, who))
+    console.print(f"rollback: {name} @champion v{old.version} -> v{new.version}")
+
+
 # -- serving ------------------------------------------------------------------------------------
 
 ModelOpt = Annotated[

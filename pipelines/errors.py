@@ -8,6 +8,7 @@
     ├── ExportParityError        ONNX and native predictions disagree
     ├── GateFailed               an evaluation gate failed; nothing is registered
     └── RegistryError            MLflow registry state is missing or inconsistent
+        └── PromotionRefused     the review gate said no (reasons in the message)
 
 Messages say what was wrong, where, and what to do.
 """
@@ -45,3 +46,7 @@ class GateFailed(ModelyardError):
 
 class RegistryError(ModelyardError):
     """MLflow registry state is missing or inconsistent."""
+
+
+class PromotionRefused(RegistryError):
+    """The review gate refused to move `champion`."""

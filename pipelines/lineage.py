@@ -27,6 +27,14 @@ def git_commit(root: Path, outputs: tuple[Path, ...] = ()) -> tuple[str, bool]:
     return sha, dirty
 
 
+def git_author(root: Path) -> str:
+    """The email of the commit's author (the four-eyes rule compares reviewers with it)."""
+    try:
+        return _git(root, "log", "-1", "--format=%ae").strip() or UNKNOWN
+    except (OSError, subprocess.CalledProcessError):
+        return UNKNOWN
+
+
 def dvc_hashes(root: Path, raw: Path, prepared: Path) -> dict[str, str]:
     """Data and params hashes as dvc.lock has them (``unknown`` outside ``dvc repro``)."""
     lock_path = root / "dvc.lock"

@@ -98,6 +98,28 @@ class Registry:
             raise RegistryError("the pipeline never sets `champion`: promotion does (review gate)")
         self.client.set_registered_model_alias(name, alias, version)
 
+    def set_champion(self, name: str, version: str) -> None:
+        """Only registry.promotion calls this, after the review gate said yes."""
+        self.client.set_registered_model_alias(name, CHAMPION, version)
+
+    def set_version_tags(self, name: str, version: str, tags: dict[str, Any]) -> None:
+        for key, value in tags.items():
+            self.client.set_model_version_tag(name, version, key, str(value))
+
+    def set_model_tag(self, name: str, key: str, value: str) -> None:
+        self.client.set_registered_model_tag(name, key, value)
+
+    def model_tags(self, name: str) -> dict[str, str]:
+        return dict(self.client.get_registered_model(name).tags or {})
+
+    def version(self, name: str, version: str) -> Version:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self._version(self.client.get_model_version(name, version))
+        except MlflowException as exc:
+            raise RegistryError(f"{name} has no version {version} in {self.uri}") from exc
+
     # -- helpers -------------------------------------------------------------------------
 
     def _exists(self, name: str) -> bool:

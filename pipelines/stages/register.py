@@ -105,6 +105,7 @@ def lineage_tags(
     tags: dict[str, Any] = {
         "git.commit": commit,
         "git.dirty": dirty,
+        "git.author": lineage.git_author(root),
         "dvc.data_md5": hashes["data_md5"],
         "dvc.prepared_md5": hashes["prepared_md5"],
         "dvc.params_sha256": hashes["params_sha256"],

@@ -55,6 +55,7 @@ def test_repro_registers_a_version_with_full_lineage(repo: Path) -> None:
     tags = version.tags
     assert tags["git.commit"] == git(repo, "rev-parse", "HEAD").strip()
     assert tags["git.dirty"] == "False"
+    assert tags["git.author"] == "t@example.com"  # the four-eyes rule compares reviewers with it
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
     assert tags["dvc.data_md5"] == lock["ingest"]["outs"][0]["md5"]
     assert tags["dvc.prepared_md5"] == lock["prepare"]["outs"][0]["md5"]

@@ -13,7 +13,7 @@ from pipelines.stages.evaluate import decide, mcnemar
 from tests.conftest import FAST_TRAIN, Project
 
 LINEAGE_TAGS = [
-    "git.commit", "git.dirty", "dvc.data_md5", "dvc.prepared_md5", "dvc.params_sha256",
+    "git.commit", "git.dirty", "git.author", "dvc.data_md5", "dvc.prepared_md5", "dvc.params_sha256",
     "data.rows.raw", "data.rows.train", "data.rows.val", "data.rows.test",
     "validation.success", "validation.evaluated", "validation.failed",
     "onnx.sha256", "onnx.opset", "onnxruntime.version",
