@@ -376,6 +376,80 @@ def rollback(
     console.print(f"rollback: {name} @champion v{old.version} -> v{new.version}")
 
 
+registry_app = typer.Typer(
+    help="The review gate on a shared MLflow server: webhook receiver, reconciler.",
+    no_args_is_help=True,
+)
+webhook_app = typer.Typer(
+    help="The MLflow webhook that feeds `modelyard registry listen`.", no_args_is_help=True
+)
+registry_app.add_typer(webhook_app, name="webhook")
+app.add_typer(registry_app, name="registry")
+
+
+def _secret() -> str:
+    secret = os.environ.get("MODELYARD_WEBHOOK_SECRET", "")
+    if not secret:
+        err_console.print(
+            "[red]MODELYARD_WEBHOOK_SECRET is not set: the shared HMAC secret of the webhook[/]"
+        )
+        raise typer.Exit(2)
+    return secret
+
+
+@registry_app.command("listen")
+def registry_listen(
+    params_file: ParamsOpt = Path("params.yaml"),
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port for POST /webhook and GET /health.")] = 8765,
+) -> None:
+    """Receive MLflow webhooks: verify HMAC + replay window, enforce the review gate on
+    `champion` moves (revert refused ones), and trigger the deploy of approved ones
+    (GitHub repository_dispatch with GITHUB_REPOSITORY/GITHUB_TOKEN, else a local build)."""
+    from registry import dispatch, webhooks
+
+    registry = _registry(params_file)
+    receiver = webhooks.Receiver(
+        webhooks.Verifier(_secret()), registry, dispatch.from_env(registry.uri)
+    )
+    server = receiver.serve(host, port)
+    console.print(f"listening on http://{host}:{port}/webhook (registry {registry.uri})")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        console.print("stopped")
+
+
+@webhook_app.command("install")
+def webhook_install(
+    url: Annotated[
+        str, typer.Option(help="Where MLflow should post, e.g. http://127.0.0.1:8765/webhook")
+    ],
+    params_file: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Register (or update) the review-gate webhook on the MLflow server (SQL store)."""
+    from registry import webhooks
+
+    registry = _registry(params_file)
+    hook_id = _guard("webhook install", lambda: webhooks.install(registry, url, _secret()))
+    console.print(f"webhook {hook_id} -> {url} for {', '.join(webhooks.EVENTS)}")
+
+
+@registry_app.command("reconcile")
+def registry_reconcile(
+    name: Annotated[str, typer.Argument(help="Registered model name.")],
+    params_file: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Deploy the champion if a lost webhook delivery left it undeployed (idempotent)."""
+    from registry import dispatch, webhooks
+
+    registry = _registry(params_file)
+    outcome = _guard(
+        "reconcile", lambda: webhooks.reconcile(registry, name, dispatch.from_env(registry.uri))
+    )
+    console.print(f"reconcile {name}: {outcome}")
+
+
 # -- serving ------------------------------------------------------------------------------------
 
 ModelOpt = Annotated[

@@ -1,0 +1,225 @@
+"""MLflow webhooks: the receiver that enforces the review gate on alias moves.
+
+MLflow OSS lets anyone with edit rights move an alias. `modelyard registry listen` runs
+this receiver; MLflow (3.x, SQL store) posts `model_version_alias.created` to it, signed
+with HMAC-SHA256 over ``"{delivery_id}.{timestamp}.{body}"``.
+
+- A bad or missing signature, a timestamp outside the replay window, or a delivery id
+  seen before: 401, nothing happens.
+- A valid delivery is acknowledged at once (200) and handled on a worker thread:
+  ``champion`` moved onto a version the gate approves -> record it and trigger the
+  deploy (``registry.dispatch``); onto one it refuses -> move ``champion`` back to the
+  previous champion (or remove it), tag the version ``promotion.refused``, audit it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import queue
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from registry import policy, promotion
+from registry.client import CHAMPION, Registry
+from registry.dispatch import Dispatcher
+
+log = logging.getLogger(__name__)
+
+EVENTS: list[Any] = ["model_version_alias.created", "model_version_tag.set"]
+REPLAY_WINDOW_S = 300
+DEPLOY_REQUESTED = "deploy.requested"
+DEPLOYED = "deployed.version"
+
+
+class Rejected(Exception):
+    pass
+
+
+class Verifier:
+    """Checks signature, timestamp window and delivery-id reuse."""
+
+    def __init__(
+        self, secret: str, window_s: int = REPLAY_WINDOW_S, remember: int = 10_000
+    ) -> None:
+        if not secret:
+            raise ValueError("a webhook secret is required")
+        self.secret = secret.encode()
+        self.window_s = window_s
+        self.remember = remember
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def verify(
+        self, headers: Mapping[str, str] | Any, body: bytes, now: float | None = None
+    ) -> None:
+        delivery = headers.get("X-MLflow-Delivery-Id") or ""
+        stamp = headers.get("X-MLflow-Timestamp") or ""
+        signature = headers.get("X-MLflow-Signature") or ""
+        if not (delivery and stamp and signature):
+            raise Rejected("missing signature headers")
+        if not stamp.isdigit() or abs((now or time.time()) - int(stamp)) > self.window_s:
+            raise Rejected("timestamp outside the replay window")
+        expected = sign(self.secret, delivery, stamp, body)
+        if not hmac.compare_digest(expected, signature.encode()):
+            raise Rejected("invalid signature")
+        with self._lock:
+            if delivery in self._seen:
+                raise Rejected("delivery already processed (replay)")
+            self._seen[delivery] = None
+            while len(self._seen) > self.remember:
+                self._seen.popitem(last=False)
+
+
+def sign(secret: bytes, delivery: str, stamp: str, body: bytes) -> bytes:
+    digest = hmac.new(secret, f"{delivery}.{stamp}.".encode() + body, hashlib.sha256).digest()
+    return b"v1," + base64.b64encode(digest)
+
+
+def handle(event: dict[str, Any], registry: Registry, dispatcher: Dispatcher) -> str:
+    """Act on one verified delivery; return what was done (for logs and tests)."""
+    data = event.get("data") or {}
+    if (event.get("entity"), event.get("action")) != ("model_version_alias", "created"):
+        return "ignored"
+    if data.get("alias") != CHAMPION:
+        return "ignored"
+    name, version = str(data["name"]), str(data["version"])
+    tags = registry.version(name, version).tags
+    decision = policy.decide(tags)
+    if not decision.ok:
+        previous = _previous_champion(registry, name, version)
+        if previous:
+            registry.set_champion(name, previous)
+        else:
+            registry.client.delete_registered_model_alias(name, CHAMPION)
+        registry.set_version_tags(name, version, {promotion.REFUSED: "; ".join(decision.reasons)})
+        promotion.audit(
+            registry,
+            name,
+            "alias-reverted",
+            version=version,
+            restored=previous,
+            reasons=decision.reasons,
+        )
+        log.warning("reverted @champion on %s v%s: %s", name, version, decision)
+        return f"reverted:{previous or 'none'}"
+    if promotion.PROMOTED_AT not in tags:  # moved in the UI after an approval there
+        registry.set_version_tags(name, version, {promotion.PROMOTED_AT: promotion._now(),
+                                                   promotion.PROMOTED_BY: tags[policy.APPROVAL_REVIEWER]})  # fmt: skip
+        promotion.audit(
+            registry,
+            name,
+            "promote",
+            version=version,
+            by=tags[policy.APPROVAL_REVIEWER],
+            via="mlflow-ui",
+        )
+    if registry.model_tags(name).get(DEPLOYED) == version:
+        return "already-deployed"
+    how = dispatcher.deploy(name, version)
+    registry.set_model_tag(name, DEPLOY_REQUESTED, version)
+    promotion.audit(registry, name, "deploy-triggered", version=version, via=how)
+    return f"deploy:{how}"
+
+
+def reconcile(registry: Registry, name: str, dispatcher: Dispatcher) -> str:
+    """Catch what a lost delivery missed: deploy the champion if it is not deployed."""
+    champion = registry.by_alias(name, CHAMPION)
+    if champion is None:
+        return "no-champion"
+    if not policy.decide(champion.tags).ok:
+        return handle({"entity": "model_version_alias", "action": "created",
+                       "data": {"name": name, "alias": CHAMPION, "version": champion.version}},
+                      registry, dispatcher)  # fmt: skip
+    tags = registry.model_tags(name)
+    if tags.get(DEPLOYED) == champion.version:
+        return "in-sync"
+    if tags.get(DEPLOY_REQUESTED) == champion.version:
+        return "deploy-pending"
+    how = dispatcher.deploy(name, champion.version)
+    registry.set_model_tag(name, DEPLOY_REQUESTED, champion.version)
+    promotion.audit(
+        registry, name, "deploy-triggered", version=champion.version, via=how, by="reconcile"
+    )
+    return f"deploy:{how}"
+
+
+def _previous_champion(registry: Registry, name: str, refused: str) -> str | None:
+    for entry in reversed(promotion.audit_log(registry, name)):
+        if entry.get("event") in {"promote", "rollback"} and str(entry.get("version")) != refused:
+            return str(entry["version"])
+    return None
+
+
+class Receiver:
+    """The HTTP endpoint (POST /webhook, GET /health) and its worker thread."""
+
+    def __init__(self, verifier: Verifier, registry: Registry, dispatcher: Dispatcher) -> None:
+        self.verifier, self.registry, self.dispatcher = verifier, registry, dispatcher
+        self.jobs: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.outcomes: list[str] = []
+
+    def serve(self, host: str, port: int) -> ThreadingHTTPServer:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self._reply(200 if self.path == "/health" else 404, {"ok": self.path == "/health"})
+
+            def do_POST(self) -> None:
+                if self.path != "/webhook":
+                    return self._reply(404, {"error": "POST /webhook"})
+                body = self.rfile.read(min(int(self.headers.get("Content-Length") or 0), 1 << 20))
+                try:
+                    receiver.verifier.verify(self.headers, body)
+                    event = json.loads(body)
+                except Rejected as exc:
+                    log.warning("webhook rejected: %s", exc)
+                    return self._reply(401, {"error": str(exc)})
+                except ValueError:
+                    return self._reply(400, {"error": "body is not JSON"})
+                receiver.jobs.put(event)
+                self._reply(200, {"accepted": True})
+
+            def _reply(self, status: int, body: dict[str, Any]) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, fmt: str, *args: Any) -> None:
+                log.info("%s " + fmt, self.address_string(), *args)
+
+        threading.Thread(target=self._work, daemon=True).start()
+        return ThreadingHTTPServer((host, port), Handler)
+
+    def _work(self) -> None:
+        while True:
+            event = self.jobs.get()
+            try:
+                outcome = handle(event, self.registry, self.dispatcher)
+            except Exception as exc:  # keep serving; the reconciler retries what failed
+                log.exception("webhook handling failed for %s", event.get("data"))
+                outcome = f"error:{type(exc).__name__}: {exc}"
+            self.outcomes.append(outcome)
+            log.info("webhook %s -> %s", event.get("data"), outcome)
+
+
+def install(registry: Registry, url: str, secret: str, name: str = "modelyard-review-gate") -> str:
+    """Register (or update) the webhook on the MLflow server; returns its id."""
+    for hook in registry.client.list_webhooks():
+        if hook.name == name:
+            registry.client.update_webhook(hook.webhook_id, url=url, events=EVENTS, secret=secret)
+            return str(hook.webhook_id)
+    return str(
+        registry.client.create_webhook(name=name, url=url, events=EVENTS, secret=secret).webhook_id
+    )

@@ -1,0 +1,267 @@
+"""The review gate on a shared registry: a real `mlflow server` with webhooks, the
+`modelyard registry listen` receiver, and a local HTTP server standing in for GitHub."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from registry.client import Registry
+from registry.webhooks import Rejected, Verifier, sign
+from tests.conftest import BIN, Project, modelyard, new_project
+
+NAME = "digits-classifier"
+SECRET = "s3cret-for-tests"
+
+
+# -- signature checks (pure) ---------------------------------------------------------------------
+
+
+def headers(
+    body: bytes, delivery: str = "d1", stamp: int | None = None, secret: str = SECRET
+) -> dict[str, str]:
+    ts = str(stamp if stamp is not None else int(time.time()))
+    return {"X-MLflow-Delivery-Id": delivery, "X-MLflow-Timestamp": ts,
+            "X-MLflow-Signature": sign(secret.encode(), delivery, ts, body).decode()}  # fmt: skip
+
+
+def test_verifier_accepts_signed_and_rejects_the_rest() -> None:
+    body = b'{"entity": "model_version_alias"}'
+    v = Verifier(SECRET)
+    v.verify(headers(body), body)
+    with pytest.raises(Rejected, match="invalid signature"):
+        v.verify(headers(body, "d2", secret="forged"), body)
+    with pytest.raises(Rejected, match="invalid signature"):
+        v.verify(headers(body, "d3"), body + b" ")  # body changed after signing
+    with pytest.raises(Rejected, match="replay window"):
+        v.verify(headers(body, "d4", stamp=int(time.time()) - 3600), body)
+    with pytest.raises(Rejected, match="replay"):
+        v.verify(headers(body, "d1"), body)  # same delivery id again
+    with pytest.raises(Rejected, match="missing"):
+        v.verify({}, body)
+
+
+# -- the whole loop over HTTP ---------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 60, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            result = check()
+        except (OSError, urllib.error.URLError):
+            result = None
+        if result:
+            return result
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def get(url: str) -> int:
+    with urllib.request.urlopen(url, timeout=3) as r:
+        return int(r.status)
+
+
+def stop_tree(proc: subprocess.Popen[Any]) -> None:
+    try:
+        procs = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    _, alive = psutil.wait_procs(procs, timeout=15)
+    for p in alive:
+        p.kill()
+
+
+class FakeGitHub:
+    """Records repository_dispatch calls the way GitHub's API would receive them."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                outer.requests.append({"path": self.path, "auth": self.headers.get("Authorization"),
+                                       "body": json.loads(body)})  # fmt: skip
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                return
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def dispatched(self) -> list[tuple[str, str]]:
+        return [(r["body"]["client_payload"]["name"], r["body"]["client_payload"]["version"])
+                for r in self.requests if r["body"].get("event_type") == "model-promoted"]  # fmt: skip
+
+
+class Loop:
+    def __init__(self, base: Path) -> None:
+        from cryptography.fernet import Fernet
+
+        self.base = base
+        self.github = FakeGitHub()
+        self.mlflow_port, self.listen_port = free_port(), free_port()
+        self.uri = f"http://127.0.0.1:{self.mlflow_port}"
+        self.env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+        self.env.update(
+            MLFLOW_TRACKING_URI=self.uri, MODELYARD_WEBHOOK_SECRET=SECRET,
+            GITHUB_REPOSITORY="acme/models", GITHUB_TOKEN="gh-test-token", GITHUB_API_URL=self.github.url,
+            MLFLOW_WEBHOOK_ALLOWED_SCHEMES="http,https", MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS="true",
+            MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY=Fernet.generate_key().decode(),
+            MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
+        )  # fmt: skip
+        self.mlflow = subprocess.Popen(
+            [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{base}/server.db",
+             "--artifacts-destination", str(base / "artifacts"), "--host", "127.0.0.1",
+             "--port", str(self.mlflow_port), "--workers", "1"],
+            env=self.env, stdout=open(base / "mlflow.out", "w"), stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        wait_for(lambda: get(f"{self.uri}/health") == 200, 90, "mlflow server")
+        self.project: Project = new_project(base / "project")
+        self.listener: subprocess.Popen[Any] | None = None
+        self.start_listener()
+        modelyard(self.project.root, "registry", "webhook", "install", "--url",
+                  f"http://127.0.0.1:{self.listen_port}/webhook", "--params", str(self.project.params_path),
+                  env=self.env)  # fmt: skip
+        self.registry = Registry(self.uri)
+
+    def start_listener(self) -> None:
+        self.listener = subprocess.Popen(
+            [str(BIN / "modelyard"), "registry", "listen", "--port", str(self.listen_port),
+             "--params", str(self.project.params_path)],
+            env=self.env, stdout=open(self.base / f"listen-{time.time_ns()}.out", "w"), stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        wait_for(lambda: get(f"http://127.0.0.1:{self.listen_port}/health") == 200, 60, "listener")
+
+    def stop_listener(self) -> None:
+        if self.listener is not None:
+            stop_tree(self.listener)
+            self.listener = None
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return modelyard(
+            self.project.root,
+            *args,
+            "--params",
+            str(self.project.params_path),
+            env=self.env,
+            check=check,
+        )
+
+    def register(self, **over: str) -> str:
+        tags = {"onnx.sha256": "ab" * 32, "gates.passed": "True", "validation.success": "True",
+                "git.author": "dana@example.com", "git.commit": "0123456789ab", **over}  # fmt: skip
+        # a remote-looking source: the server refuses local paths; nothing downloads it here
+        return self.registry.register(
+            NAME, "s3://modelyard-test/model", run_id="", tags=tags
+        ).version
+
+    def champion(self) -> str | None:
+        found = self.registry.by_alias(NAME, "champion")
+        return found.version if found else None
+
+    def close(self) -> None:
+        self.stop_listener()
+        stop_tree(self.mlflow)
+        self.github.server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
+    lp = Loop(tmp_path_factory.mktemp("webhooks"))
+    try:
+        yield lp
+    finally:
+        lp.close()
+
+
+@pytest.mark.slow
+def test_promotion_dispatches_the_deploy(loop: Loop) -> None:
+    v1, v2 = loop.register(), loop.register()
+    assert (v1, v2) == ("1", "2")
+    loop.cli("promote", NAME, v1, "--reviewer", "rui@example.com")
+    wait_for(lambda: (NAME, v1) in loop.github.dispatched(), 60, "the deploy dispatch")
+    request = loop.github.requests[-1]
+    assert request["path"] == "/repos/acme/models/dispatches"
+    assert request["auth"] == "Bearer gh-test-token"
+    assert request["body"] == {
+        "event_type": "model-promoted",
+        "client_payload": {"name": NAME, "version": v1},
+    }
+
+
+@pytest.mark.slow
+def test_forged_signature_is_rejected_and_triggers_nothing(loop: Loop) -> None:
+    before = len(loop.github.requests)
+    body = json.dumps({"entity": "model_version_alias", "action": "created",
+                       "data": {"name": NAME, "alias": "champion", "version": "2"}}).encode()  # fmt: skip
+    req = urllib.request.Request(f"http://127.0.0.1:{loop.listen_port}/webhook", data=body, method="POST",
+                                 headers=headers(body, "forged-1", secret="not-the-secret"))  # fmt: skip
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req, timeout=5)
+    assert err.value.code == 401
+    time.sleep(2)
+    assert len(loop.github.requests) == before
+    assert loop.champion() == "1"
+
+
+@pytest.mark.slow
+def test_unapproved_alias_move_is_reverted(loop: Loop) -> None:
+    before = len(loop.github.requests)
+    loop.registry.client.set_registered_model_alias(NAME, "champion", "2")  # what the UI does
+    wait_for(lambda: loop.champion() == "1", 60, "the revert")
+    assert "no approval" in loop.registry.version(NAME, "2").tags["promotion.refused"]
+    time.sleep(1)
+    assert (NAME, "2") not in loop.github.dispatched()[before:]
+
+
+@pytest.mark.slow
+def test_reconciler_catches_a_dropped_delivery(loop: Loop) -> None:
+    loop.stop_listener()  # deliveries now go nowhere
+    loop.cli("promote", NAME, "2", "--reviewer", "rui@example.com")
+    assert loop.champion() == "2"
+    assert (NAME, "2") not in loop.github.dispatched()
+
+    first = loop.cli("registry", "reconcile", NAME)
+    assert "deploy:github:model-promoted" in first.stdout
+    assert loop.github.dispatched().count((NAME, "2")) == 1
+    again = loop.cli("registry", "reconcile", NAME)
+    assert "deploy-pending" in again.stdout
+    assert loop.github.dispatched().count((NAME, "2")) == 1  # idempotent
+    loop.start_listener()
+
+
+@pytest.mark.slow
+def test_rollback_restores_the_previous_champion(loop: Loop) -> None:
+    result = loop.cli("rollback", NAME, "--actor", "oncall")
+    assert "v2 -> v1" in result.stdout
+    assert loop.champion() == "1"
+    # the listener sees an approved champion and triggers its deploy
+    wait_for(lambda: loop.github.dispatched()[-1:] == [(NAME, "1")], 60, "the rollback deploy")
