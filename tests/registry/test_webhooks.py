@@ -137,11 +137,10 @@ class Loop:
             MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY=Fernet.generate_key().decode(),
             MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
         )  # fmt: skip
-        self.mlflow = subprocess.Popen(
+        self.mlflow = self._spawn("mlflow.out",
             [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{base}/server.db",
              "--artifacts-destination", str(base / "artifacts"), "--host", "127.0.0.1",
              "--port", str(self.mlflow_port), "--workers", "1"],
-            env=self.env, stdout=open(base / "mlflow.out", "w"), stderr=subprocess.STDOUT,
         )  # fmt: skip
         wait_for(lambda: get(f"{self.uri}/health") == 200, 90, "mlflow server")
         self.project: Project = new_project(base / "project")
@@ -153,12 +152,17 @@ class Loop:
         self.registry = Registry(self.uri)
 
     def start_listener(self) -> None:
-        self.listener = subprocess.Popen(
+        self.listener = self._spawn(
+            f"listen-{time.time_ns()}.out",
             [str(BIN / "modelyard"), "registry", "listen", "--port", str(self.listen_port),
              "--params", str(self.project.params_path)],
-            env=self.env, stdout=open(self.base / f"listen-{time.time_ns()}.out", "w"), stderr=subprocess.STDOUT,
         )  # fmt: skip
         wait_for(lambda: get(f"http://127.0.0.1:{self.listen_port}/health") == 200, 60, "listener")
+
+    def _spawn(self, out: str, cmd: list[str]) -> subprocess.Popen[Any]:
+        # Output to a file (the child keeps its own handle), never an unread pipe.
+        with open(self.base / out, "w") as fh:
+            return subprocess.Popen(cmd, env=self.env, stdout=fh, stderr=subprocess.STDOUT)
 
     def stop_listener(self) -> None:
         if self.listener is not None:
