@@ -6,14 +6,18 @@ Every test gets its own project folder, so its MLflow store (embedded SQLite und
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -166,3 +170,26 @@ def _tool(
             f"{name} {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
         )
     return proc
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def kill_tree(pid: int, sig: int = signal.SIGTERM) -> None:
+    """Signal a process and all its descendants (BentoML and MLflow workers start their
+    own sessions, so a process group is not enough); SIGKILL what outlives 20 s."""
+    try:
+        parent = psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return
+    procs = [parent, *parent.children(recursive=True)]
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):  # already gone is fine
+            p.send_signal(sig)
+    _, alive = psutil.wait_procs(procs, timeout=20)
+    for p in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()

@@ -79,13 +79,25 @@ def family(name: str) -> Family:
     return adapter
 
 
-def load_native(native_dir: Path) -> tuple[Family, Any, dict[str, Any]]:
-    """The trained model in ``native_dir``: (family adapter, model, meta.json)."""
+def read_meta(native_dir: Path) -> dict[str, Any]:
+    """``meta.json`` of the trained model (family, file, MLflow run id), without loading it."""
     from pipelines import files
     from pipelines.errors import ModelyardError
 
     try:
-        meta = dict(files.read_json(native_dir / "meta.json"))
+        return dict(files.read_json(native_dir / "meta.json"))
+    except (OSError, ValueError) as exc:
+        raise ModelyardError(
+            f"cannot read {native_dir / 'meta.json'}: {exc}. Run `modelyard train` first."
+        ) from exc
+
+
+def load_native(native_dir: Path) -> tuple[Family, Any, dict[str, Any]]:
+    """The trained model in ``native_dir``: (family adapter, model, meta.json)."""
+    from pipelines.errors import ModelyardError
+
+    meta = read_meta(native_dir)
+    try:
         adapter = family(meta["family"])
         return adapter, adapter.load(native_dir / meta["file"]), meta
     except (OSError, ValueError, KeyError) as exc:

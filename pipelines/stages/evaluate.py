@@ -23,7 +23,7 @@ import pandas as pd
 
 from pipelines import dataset, files, inference, tracking
 from pipelines.config import Evaluate, Params
-from pipelines.models import load_native
+from pipelines.models import read_meta
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def run(params: Params, root: Path) -> Result:
     with files.atomic_path(png) as tmp:
         plot_confusion(test.y, pred, labels, metrics["accuracy"], tmp)
 
-    meta = load_native(root / paths.native)[2]
+    meta = read_meta(root / paths.native)
     with tracking.resume(meta["run_id"]):
         tracking.log_metrics({k: v for k, v in metrics.items() if k != "per_class"}, prefix="test.")
         tracking.log_metrics({g.name: float(g.passed) for g in gates}, prefix="gate.")

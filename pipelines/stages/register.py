@@ -20,7 +20,7 @@ from typing import Any
 from pipelines import dataset, files, inference, lineage, tracking
 from pipelines.config import Params
 from pipelines.errors import GateFailed
-from pipelines.models import load_native
+from pipelines.models import read_meta
 from registry.client import Registry
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ def run(params: Params, root: Path) -> Result:
         return result
 
     schema = dataset.load_schema(paths, root)
-    meta = load_native(root / paths.native)[2]
+    meta = read_meta(root / paths.native)
     tags = lineage_tags(params, root, sha, gates, meta)
     example = dataset.load_split(paths, "test", schema, root).x[:2]
     if tracking.run_exists(meta["run_id"]):

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
 from pathlib import Path
 
-from tests.conftest import BIN, Project
+from tests.conftest import BIN, Project, free_port
 
 
 def test_help_lists_every_stage(project: Project) -> None:
@@ -25,12 +24,6 @@ def test_summary_before_any_run_says_what_to_do(project: Project) -> None:
     result = project.cli("summary")
     assert result.exit_code == 1
     assert "modelyard run" in result.output
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_ui_serves_the_local_store(project: Project, tmp_path: Path) -> None:

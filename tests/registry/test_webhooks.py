@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import threading
 import time
@@ -17,12 +15,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
 from registry.client import Registry
 from registry.webhooks import Rejected, Verifier, sign
-from tests.conftest import BIN, Project, modelyard, new_project
+from tests.conftest import BIN, Project, free_port, kill_tree, modelyard, new_project
 
 NAME = "digits-classifier"
 SECRET = "s3cret-for-tests"
@@ -58,12 +55,6 @@ def test_verifier_accepts_signed_and_rejects_the_rest() -> None:
 # -- the whole loop over HTTP ---------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def wait_for(check: Callable[[], Any], timeout: float = 60, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -80,18 +71,6 @@ def wait_for(check: Callable[[], Any], timeout: float = 60, what: str = "conditi
 def get(url: str) -> int:
     with urllib.request.urlopen(url, timeout=3) as r:
         return int(r.status)
-
-
-def stop_tree(proc: subprocess.Popen[Any]) -> None:
-    try:
-        procs = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return
-    for p in procs:
-        p.send_signal(signal.SIGTERM)
-    _, alive = psutil.wait_procs(procs, timeout=15)
-    for p in alive:
-        p.kill()
 
 
 class FakeGitHub:
@@ -166,7 +145,7 @@ class Loop:
 
     def stop_listener(self) -> None:
         if self.listener is not None:
-            stop_tree(self.listener)
+            kill_tree(self.listener.pid)
             self.listener = None
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -193,7 +172,7 @@ class Loop:
 
     def close(self) -> None:
         self.stop_listener()
-        stop_tree(self.mlflow)
+        kill_tree(self.mlflow.pid)
         self.github.server.shutdown()
 
 

@@ -7,7 +7,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -20,21 +19,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import psutil
 import pytest
 
 from services.inference_log import ReadStats, read
-from tests.conftest import BIN, FAST_TRAIN, Project, new_project
+from tests.conftest import BIN, FAST_TRAIN, Project, free_port, kill_tree, new_project
 
 pytestmark = pytest.mark.slow
 
 KEYS = ("key-alpha", "key-beta")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def call(port: int, method: str, path: str, body: Any = None, key: str | None = KEYS[0],
@@ -56,18 +48,6 @@ def call(port: int, method: str, path: str, body: Any = None, key: str | None = 
         return status, json.loads(payload)
     except ValueError:
         return status, payload.decode(errors="replace")
-
-
-def kill_tree(pid: int, sig: int = signal.SIGTERM) -> None:
-    try:
-        parent = psutil.Process(pid)
-    except psutil.NoSuchProcess:
-        return
-    procs = [parent, *parent.children(recursive=True)]
-    for p in procs:
-        with contextlib.suppress(psutil.NoSuchProcess):  # already gone is fine
-            p.send_signal(sig)
-    psutil.wait_procs(procs, timeout=20)
 
 
 @dataclass
