@@ -10,6 +10,8 @@ with HMAC-SHA256 over ``"{delivery_id}.{timestamp}.{body}"``.
   ``champion`` moved onto a version the gate approves -> record it and trigger the
   deploy (``registry.dispatch``); onto one it refuses -> move ``champion`` back to the
   previous champion (or remove it), tag the version ``promotion.refused``, audit it.
+- A delivery that no longer matches the registry (``champion`` has moved on since; MLflow
+  retries late deliveries) is ignored as stale.
 """
 
 from __future__ import annotations
@@ -91,7 +93,12 @@ def handle(event: dict[str, Any], registry: Registry, dispatcher: Dispatcher) ->
     if data.get("alias") != CHAMPION:
         return "ignored"
     name, version = str(data["name"]), str(data["version"])
-    tags = registry.version(name, version).tags
+    # Act on the registry as it is now, not on the event: MLflow retries deliveries, so a
+    # late one can describe a move that a later promotion, revert or rollback undid.
+    current = registry.by_alias(name, CHAMPION)
+    if current is None or current.version != version:
+        return "stale"
+    tags = current.tags
     decision = policy.decide(tags)
     if not decision.ok:
         previous = _previous_champion(registry, name, version)

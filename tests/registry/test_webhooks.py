@@ -248,3 +248,22 @@ def test_rollback_restores_the_previous_champion(loop: Loop) -> None:
     assert loop.champion() == "1"
     # the listener sees an approved champion and triggers its deploy
     wait_for(lambda: loop.github.dispatched()[-1:] == [(NAME, "1")], 60, "the rollback deploy")
+
+
+@pytest.mark.slow
+def test_a_late_delivery_for_an_old_move_deploys_nothing(loop: Loop) -> None:
+    """MLflow retries deliveries; one that arrives after champion moved on is stale."""
+    from registry.webhooks import handle
+
+    assert loop.champion() == "1"
+    sent: list[tuple[str, str]] = []
+
+    class Recorder:
+        def deploy(self, name: str, version: str) -> str:
+            sent.append((name, version))
+            return "recorded"
+
+    late = {"entity": "model_version_alias", "action": "created",
+            "data": {"name": NAME, "alias": "champion", "version": "2"}}  # fmt: skip
+    assert handle(late, loop.registry, Recorder()) == "stale"
+    assert sent == [] and loop.champion() == "1"
