@@ -18,14 +18,18 @@ export DVC_NO_ANALYTICS := 1
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
-setup: $(VENV)/.installed ## Create .venv from requirements.lock (Python 3.11)
+# The stamp is named after the lock's content, not its mtime: a venv restored from the CI
+# cache (older mtimes than the fresh checkout) is reused when the lock is the same.
+STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml 2>/dev/null | sha256sum | cut -c1-16)
 
-$(VENV)/.installed: requirements.lock pyproject.toml
+setup: $(STAMP) ## Create .venv from requirements.lock (Python 3.11)
+
+$(STAMP):
 	@command -v $(PY) >/dev/null || { echo "$(PY) not found: install Python 3.11 or run make PY=/path/to/python3.11"; exit 1; }
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.lock
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
-	@touch $@
+	@rm -f $(VENV)/.installed-* && touch $@
 
 run: setup ## Run the whole pipeline (dvc repro) on the embedded MLflow store and print a summary
 	$(BIN)/modelyard run

@@ -212,6 +212,17 @@ def register(params_file: ParamsOpt = Path("params.yaml")) -> None:
 def run(
     params_file: ParamsOpt = Path("params.yaml"),
     force: Annotated[bool, typer.Option("--force", "-f", help="Re-run every stage.")] = False,
+    push: Annotated[
+        bool,
+        typer.Option(
+            help="`dvc push` the stage outputs before registering (the version's lineage "
+            "then points at data the team can pull). Remote: --remote-url, else $DVC_REMOTE_URL, "
+            "else the repo's default DVC remote."
+        ),
+    ] = False,
+    remote_url: Annotated[
+        str | None, typer.Option(help="DVC remote URL for --push (a path, s3://..., ...).")
+    ] = None,
 ) -> None:
     """Run the whole pipeline with `dvc repro` and print a summary.
 
@@ -235,9 +246,66 @@ def run(
             "fix it and run `modelyard run` again (DVC re-runs only what changed)."
         )
         raise typer.Exit(1)
+    if push:
+        _dvc_push(dvc, root, remote_url or os.environ.get("DVC_REMOTE_URL"))
     logging.getLogger("pipelines.stages.register").setLevel(logging.WARNING)
     reg = _guard("register", lambda: register_stage.run(params, root))
     summary(params_file, created=reg.version not in before)
+
+
+def _dvc_push(dvc: str, root: Path, url: str | None) -> None:
+    remote: list[str] = []
+    if url:
+        subprocess.run([dvc, "remote", "add", "--local", "--force", "modelyard-push", url],
+                       cwd=root, check=True, capture_output=True)  # fmt: skip
+        remote = ["--remote", "modelyard-push"]
+    if subprocess.call([dvc, "push", *remote], cwd=root) != 0:
+        err_console.print(
+            "[bold red]dvc push failed;[/] nothing was registered. Set --remote-url or "
+            "DVC_REMOTE_URL (or `dvc remote add -d ...`), check its credentials, and run again."
+        )
+        raise typer.Exit(1)
+
+
+DIFF_MARKER = "<!-- modelyard:diff -->"
+
+
+@app.command()
+def diff(
+    base: Annotated[str, typer.Option(help="Git revision to compare the workspace with.")] = "main",
+    pr: Annotated[
+        int | None,
+        typer.Option(
+            help="Post (or update) the result as a comment on this pull request "
+            "(GITHUB_REPOSITORY + GITHUB_TOKEN)."
+        ),
+    ] = None,
+    params_file: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Markdown of `dvc metrics diff` and `dvc params diff` against BASE (CI's PR comment)."""
+    from pipelines import github
+
+    _, root = _guard("diff", lambda: _load(params_file))
+    dvc = shutil.which("dvc") or str(Path(sys.executable).with_name("dvc"))
+    parts = [DIFF_MARKER, f"### modelyard: metrics and params against `{base}`"]
+    for kind, extra in (("metrics", ["--all"]), ("params", [])):
+        done = subprocess.run([dvc, kind, "diff", base, "--md", *extra], cwd=root,
+                              capture_output=True, text=True)  # fmt: skip
+        if done.returncode != 0:
+            err_console.print(f"[red]dvc {kind} diff {base} failed:[/] {done.stderr.strip()}")
+            raise typer.Exit(1)
+        rows = [line for line in done.stdout.strip().splitlines() if line.strip()]
+        body = "\n".join(rows) if len(rows) > 2 else f"_no {kind} changed_"
+        parts += [f"#### {kind}", body]
+    text = "\n\n".join(parts) + "\n"
+    console.print(text, markup=False, highlight=False)
+    if pr is not None:
+        gh = github.from_env()
+        if gh is None:
+            err_console.print("[red]--pr needs GITHUB_REPOSITORY and GITHUB_TOKEN[/]")
+            raise typer.Exit(2)
+        outcome = _guard("diff", lambda: gh.upsert_comment(pr, text, DIFF_MARKER))
+        console.print(f"diff: comment {outcome} on {gh.repository}#{pr}")
 
 
 @app.command()
@@ -485,7 +553,9 @@ def build(params_file: ParamsOpt = Path("params.yaml"), model: ModelOpt = None) 
     """Build a Bento (BentoML) from an exact registry version, checking its sha256.
 
     The Bento's tag and labels name the model version; its Dockerfile is what the deploy
-    workflow containerizes. Set BENTOML_HOME to choose the BentoML store.
+    workflow containerizes. Set BENTOML_HOME to choose the BentoML store. In GitHub
+    Actions ($GITHUB_OUTPUT set) it also writes the step outputs bento_tag,
+    model_name and model_version.
     """
     params, root = _guard("build", lambda: _load(params_file))
     built = _build(params, root, model)
@@ -493,6 +563,7 @@ def build(params_file: ParamsOpt = Path("params.yaml"), model: ModelOpt = None) 
     console.print(
         f"build: {verb} Bento {built.bento_tag} ({built.name} v{built.version}, model {built.model_tag})"
     )
+    _github_output(bento_tag=built.bento_tag, model_name=built.name, model_version=built.version)
 
 
 @app.command()
@@ -521,6 +592,274 @@ def serve(
             [bentoml_bin, "serve", built.bento_tag, "--host", host, "--port", str(port)], env=env
         )
     )
+
+
+def _github_output(**values: str) -> None:
+    """Step outputs for the next workflow steps, when running in GitHub Actions."""
+    path = os.environ.get("GITHUB_OUTPUT")
+    if path:
+        with open(path, "a", encoding="utf-8") as out:
+            out.writelines(f"{key}={value}\n" for key, value in values.items())
+
+
+# -- deploy (what deploy.yml runs after `modelyard build`) ------------------------------------
+
+deploy_app = typer.Typer(
+    help="Ship a built Bento: container image + push, Kubernetes rollout, and the record "
+    "of what runs (the steps of .github/workflows/deploy.yml).",
+    no_args_is_help=True,
+)
+app.add_typer(deploy_app, name="deploy")
+
+
+@deploy_app.command("containerize")
+def deploy_containerize(
+    bento: Annotated[
+        str, typer.Option(help="Bento tag NAME:VERSION (as `modelyard build` prints).")
+    ],
+    repository: Annotated[
+        str, typer.Option(help="Image repository, e.g. ghcr.io/OWNER/REPO (lower-cased).")
+    ],
+    push: Annotated[bool, typer.Option(help="docker push the image after building it.")] = True,
+) -> None:
+    """`bentoml containerize` the Bento and push the image (needs a Docker engine).
+
+    The image is REPOSITORY/<bento name>:<bento version>; in GitHub Actions it is also
+    written to the step output `image`.
+    """
+    from services import deploy
+
+    image = _guard("containerize", lambda: deploy.containerize(bento, repository, push))
+    console.print(f"containerize: {image.ref}{' (pushed)' if push else ''}")
+    _github_output(image=image.ref)
+
+
+@deploy_app.command("apply")
+def deploy_apply(
+    image: Annotated[str, typer.Option(help="The pushed image, REGISTRY/NAME:TAG.")],
+    namespace: Annotated[str | None, typer.Option(help="Kubernetes namespace.")] = None,
+    timeout: Annotated[int, typer.Option(help="Seconds to wait for the rollout.")] = 300,
+) -> None:
+    """`kubectl apply -k` services/k8s with IMAGE, then wait for the rollout.
+
+    Cluster credentials: $KUBE_CONFIG (a kubeconfig's content, as the workflow's secret),
+    else kubectl's own configuration ($KUBECONFIG, ~/.kube/config).
+    """
+    from services import deploy
+
+    kubeconfig = os.environ.get("KUBE_CONFIG") or None
+    _guard("deploy apply", lambda: deploy.apply(image, namespace, timeout, kubeconfig))
+    console.print(f"deploy apply: deployment/{deploy.DEPLOYMENT} runs {image}")
+
+
+@deploy_app.command("record")
+def deploy_record(
+    name: Annotated[str, typer.Argument(help="Registered model name.")],
+    version: Annotated[str, typer.Argument(help="The version now deployed.")],
+    image: Annotated[str, typer.Option(help="The image that runs it.")],
+    target: Annotated[
+        str, typer.Option(help="Where it runs (cluster/namespace, or 'image-only').")
+    ] = "production",
+    actor: Annotated[
+        str | None, typer.Option(help="Who deployed (audit). Default: $GITHUB_ACTOR or $USER.")
+    ] = None,
+    params_file: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Record the deployed version on the registered model (the reconciler reads it)."""
+    from registry import promotion
+
+    registry = _registry(params_file)
+    who = actor or os.environ.get("GITHUB_ACTOR") or os.environ.get("USER", "unknown")
+    _guard("deploy record", lambda: promotion.record_deployment(
+        registry, name, version, image, target, who))  # fmt: skip
+    console.print(f"deploy record: {name} v{version} runs {image} on {target}")
+
+
+# -- monitoring (what monitor.yml runs) -------------------------------------------------------
+
+monitor_app = typer.Typer(
+    help="Drift monitoring of the served model over its inference log (Evidently).",
+    no_args_is_help=True,
+)
+app.add_typer(monitor_app, name="monitor")
+
+
+def _log_dir(root: Path, given: Path | None) -> Path:
+    if given is not None:
+        return given
+    env = os.environ.get("MODELYARD_LOG_DIR")
+    return Path(env) if env else root / ".modelyard" / "inference-log"
+
+
+@monitor_app.command("run")
+def monitor_run(
+    since: Annotated[
+        str | None,
+        typer.Option(
+            help="Window start: a duration back from now (30m, 24h, 7d) or an ISO "
+            "time. Default: monitor.window."
+        ),
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option(help="Window end (same forms). Default: now.")
+    ] = None,
+    log_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="The service's inference log folder. Default: $MODELYARD_LOG_DIR, "
+            "else .modelyard/inference-log."
+        ),
+    ] = None,
+    alert_url: Annotated[
+        str | None,
+        typer.Option(
+            help="POST the JSON summary here on drift. Default: $MODELYARD_ALERT_WEBHOOK_URL."
+        ),
+    ] = None,
+    retrain: Annotated[
+        bool, typer.Option(help="On drift, trigger retraining (monitor.retrain decides how).")
+    ] = True,
+    params_file: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Compare a window of the inference log with the serving version's training data.
+
+    Writes report.html + summary.json under monitor.output/runs/<time>/ (and the latest
+    summary.json), adds the run to the Evidently workspace (`modelyard monitor ui`),
+    alerts and triggers retraining on drift.
+
+    Exit codes: 0 no drift (or not enough data), 1 drift, 2 error.
+    """
+    from pipelines import monitor, tracking
+    from registry.client import Registry
+
+    def fail(exc: Exception) -> typer.Exit:
+        err_console.print(f"[bold red]monitor failed:[/] {exc}", highlight=False)
+        return typer.Exit(2)
+
+    try:
+        params, root = _load(params_file)
+        _tracking(root)
+        registry = Registry(tracking.tracking_uri(root))
+        cfg = params.monitor
+        with console.status("reading the inference log and comparing with the reference..."):
+            summary = monitor.run(cfg, params.data, params.validate_, registry, root,
+                                  _log_dir(root, log_dir), since, until, params.seed)  # fmt: skip
+    except ModelyardError as exc:
+        raise fail(exc) from None
+    _print_monitor(summary)
+    if summary.status == monitor.DRIFT:
+        url = alert_url or os.environ.get("MODELYARD_ALERT_WEBHOOK_URL")
+        try:
+            if url:
+                summary.alert = monitor.alert(url, summary)
+                console.print(f"alert: {summary.alert}")
+            if retrain and cfg.retrain == "auto":
+                summary.retrain = monitor.retrain(summary, root)
+                console.print(f"retrain: {summary.retrain} (the new version still needs a review)")
+        except ModelyardError as exc:
+            raise fail(exc) from None
+    raise typer.Exit(summary.exit_code)
+
+
+def _print_monitor(summary: Any) -> None:
+    colour = {"ok": "green", "drift": "bold red"}.get(summary.status, "yellow")
+    console.print(f"[{colour}]{summary.status}[/]: {summary.message}", highlight=False)
+    table = Table(title=f"window {summary.window['since']} .. {summary.window['until']}")
+    for col in ("model", "predictions", "sampled", "malformed lines", "data quality", "feedback"):
+        table.add_column(col, justify="right")
+    dq = summary.data_quality
+    cls = summary.classification
+    table.add_row(
+        str(summary.model), str(summary.rows), str(summary.sampled), str(summary.malformed_lines),
+        f"{dq['failed']}/{dq['evaluated']} failed" if dq else "-",
+        f"acc {cls.get('accuracy', float('nan')):.3f} on {cls['rows']}" if cls else "-",
+    )  # fmt: skip
+    console.print(table)
+    if summary.scores:
+        top = sorted(summary.scores.items(), key=lambda kv: -kv[1]["score"])[:10]
+        drift_table = Table(title="most drifted features")
+        for col in ("feature", "score", "method", "drifted"):
+            drift_table.add_column(col)
+        for name, s in top:
+            mark = "[red]yes[/]" if s["drifted"] else "no"
+            drift_table.add_row(
+                name, f"{s['score']:.3f}", f"{s['method']} > {s['threshold']:g}", mark
+            )
+        console.print(drift_table)
+    if summary.report:
+        console.print(f"report: {summary.report}\nworkspace: {summary.workspace} "
+                      "(`modelyard monitor ui`)")  # fmt: skip
+
+
+@monitor_app.command("ui")
+def monitor_ui(
+    params_file: ParamsOpt = Path("params.yaml"),
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8000,
+) -> None:
+    """The Evidently UI on the monitoring workspace: drift over time, every report."""
+    from pipelines import drift
+
+    params, root = _guard("monitor ui", lambda: _load(params_file))
+    workspace = root / params.monitor.output / "workspace"
+    if not workspace.exists():
+        err_console.print(f"[red]no workspace at {workspace} yet: run `modelyard monitor run`[/]")
+        raise typer.Exit(1)
+    console.print(
+        f"Evidently UI on http://127.0.0.1:{port} (workspace {workspace}); Ctrl-C to stop"
+    )
+    raise typer.Exit(subprocess.call(drift.ui_command(workspace, "127.0.0.1", port)))
+
+
+@app.command("simulate-traffic")
+def simulate_traffic(
+    url: Annotated[str, typer.Option(help="The running service.")] = "http://127.0.0.1:3000",
+    rows: Annotated[int, typer.Option(min=1, help="Rows to send.")] = 1000,
+    batch: Annotated[int, typer.Option(min=1, max=256, help="Rows per request.")] = 16,
+    drift: Annotated[
+        str, typer.Option(help="none | noise | shift | invert | occlude (see the module doc).")
+    ] = "none",
+    strength: Annotated[float, typer.Option(help="Noise std (x4 levels) or shift pixels.")] = 1.0,
+    feedback: Annotated[
+        float, typer.Option(min=0, max=1, help="Share of predictions that get a feedback label.")
+    ] = 0.0,
+    api_key: Annotated[
+        str | None, typer.Option(help="API key. Default: the first of $MODELYARD_API_KEYS.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    params_file: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Send real digits from the test split to the service, clean or drifted (demos, tests)."""
+    import numpy as np
+    import pandas as pd
+    from rich.progress import Progress
+
+    from pipelines import traffic
+
+    if drift not in traffic.KINDS:
+        err_console.print(f"[red]--drift {drift!r}: one of {', '.join(traffic.KINDS)}[/]")
+        raise typer.Exit(2)
+    params, root = _guard("simulate-traffic", lambda: _load(params_file))
+    test_file = root / params.paths.split("test")
+    if not test_file.exists():
+        err_console.print(
+            f"[red]{test_file} not found: run the pipeline first (`modelyard run`)[/]"
+        )
+        raise typer.Exit(1)
+    frame = pd.read_parquet(test_file)
+    features = params.data.feature_names
+    low, high = params.data.feature_range or (float(frame[features].min().min()),
+                                               float(frame[features].max().max()))  # fmt: skip
+    rng = np.random.default_rng(seed)
+    x = traffic.distort(frame[features].to_numpy(np.float64), drift, strength, low, high, rng)
+    labels = frame[params.data.target].tolist()
+    key = api_key or (os.environ.get("MODELYARD_API_KEYS", "").split(",")[0].strip() or None)
+    client = traffic.Client(url, key)
+    with Progress(console=err_console, transient=True) as progress:
+        task = progress.add_task(f"sending {rows} rows ({drift})", total=rows)
+        sent = _guard("simulate-traffic", lambda: traffic.send(
+            client, x, labels, rows, batch, feedback, rng, lambda n: progress.advance(task, n)))  # fmt: skip
+    console.print(f"simulate-traffic: {sent.rows} rows in {sent.requests} requests "
+                  f"({drift}), {sent.feedback} feedback labels -> {url}")  # fmt: skip
 
 
 def _gates_table(gates: list[Any]) -> Table:

@@ -187,6 +187,24 @@ class Tracking(Section):
     experiment: str = "modelyard"
 
 
+class Monitor(Section):
+    """The drift job (`modelyard monitor run`) over the inference log."""
+
+    window: str = "24h"  # default --since: a duration (30m, 24h, 7d) or an ISO time
+    min_rows: Annotated[int, Field(ge=1)] = 200  # fewer predictions: "not enough data"
+    # Rows of the window the drift tests use (a seeded uniform sample); the counts and
+    # the data-quality checks see every row.
+    sample_rows: Annotated[int, Field(ge=100)] = 20_000
+    # Dataset drift when at least this share of the features drifted (Evidently).
+    drift_share: Annotated[float, Field(gt=0, le=1)] = 0.3
+    method: str | None = None  # Evidently stattest for every feature; None: its defaults
+    threshold: float | None = None  # that test's threshold; None: its default
+    min_feedback: Annotated[int, Field(ge=1)] = 50  # labelled rows for classification quality
+    output: Path = Path(".modelyard/monitoring")  # reports, summary.json, Evidently workspace
+    project: str = "modelyard"  # Evidently UI project
+    retrain: Literal["auto", "off"] = "auto"  # on drift: GitHub `retrain` dispatch, else dvc repro
+
+
 class Params(Section):
     seed: int = 42
     paths: Paths = Paths()
@@ -199,6 +217,7 @@ class Params(Section):
     evaluate: Evaluate = Evaluate()
     register_: Register = Field(default=Register(), alias="register")
     tracking: Tracking = Tracking()
+    monitor: Monitor = Monitor()
 
 
 def load(path: Path) -> Params:

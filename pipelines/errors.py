@@ -7,8 +7,11 @@
     ├── TrainingError            a model could not be trained
     ├── ExportParityError        ONNX and native predictions disagree
     ├── GateFailed               an evaluation gate failed; nothing is registered
-    └── RegistryError            MLflow registry state is missing or inconsistent
-        └── PromotionRefused     the review gate said no (reasons in the message)
+    ├── RegistryError            MLflow registry state is missing or inconsistent
+    │   └── PromotionRefused     the review gate said no (reasons in the message)
+    ├── DeployError              containerize / push / kubectl failed or is unavailable
+    ├── ExternalServiceError     GitHub or an alert webhook refused or was unreachable
+    └── MonitoringError          the drift job cannot run (no reference, unreadable log)
 
 Messages say what was wrong, where, and what to do.
 """
@@ -50,3 +53,15 @@ class RegistryError(ModelyardError):
 
 class PromotionRefused(RegistryError):
     """The review gate refused to move `champion`."""
+
+
+class DeployError(ModelyardError):
+    """Containerizing, pushing or applying a deployment failed or cannot run here."""
+
+
+class ExternalServiceError(ModelyardError):
+    """GitHub or an alert webhook refused a request or could not be reached."""
+
+
+class MonitoringError(ModelyardError):
+    """The drift job cannot run: no reference data, no log, bad window."""

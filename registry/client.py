@@ -76,6 +76,20 @@ class Registry:
         )
         return Path(local)
 
+    def download_artifacts(self, uri: str, dest: Path | None = None) -> Path:
+        """A run artifact (``runs:/<run>/<path>``: a file or folder), downloaded."""
+        import mlflow
+        from mlflow.exceptions import MlflowException
+
+        dest = dest or Path(tempfile.mkdtemp(prefix="modelyard-artifact-"))
+        try:
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=uri, dst_path=str(dest), tracking_uri=self.uri
+            )
+        except (MlflowException, OSError) as exc:
+            raise RegistryError(f"cannot download {uri} from {self.uri}: {exc}") from exc
+        return Path(local)
+
     # -- writing -------------------------------------------------------------------------
 
     def register(

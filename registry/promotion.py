@@ -21,6 +21,12 @@ from registry.client import CHAMPION, Registry, Version
 PROMOTED_AT = "promotion.at"
 PROMOTED_BY = "promotion.by"
 REFUSED = "promotion.refused"
+# On the registered model: what the deploy workflow shipped (the reconciler compares).
+DEPLOY_REQUESTED = "deploy.requested"
+DEPLOYED = "deployed.version"
+DEPLOYED_IMAGE = "deployed.image"
+DEPLOYED_AT = "deployed.at"
+DEPLOYED_TARGET = "deployed.target"
 
 
 def promote(registry: Registry, name: str, version: str, reviewer: str | None = None,
@@ -75,6 +81,21 @@ def rollback(registry: Registry, name: str, actor: str) -> tuple[Version, Versio
     )
     audit(registry, name, "rollback", version=target.version, previous=current.version, by=actor)
     return registry.version(name, target.version), current
+
+
+def record_deployment(registry: Registry, name: str, version: str, image: str,
+                      target: str, by: str) -> Version:  # fmt: skip
+    """The deploy workflow's last step: write down what now runs where, with an audit
+    entry. Refuses a version that does not exist; a version that is no longer champion
+    is recorded as it is (it is what runs) and the reconciler will deploy the champion."""
+    deployed = registry.version(name, version)
+    registry.set_model_tag(name, DEPLOYED, version)
+    registry.set_model_tag(name, DEPLOYED_IMAGE, image)
+    registry.set_model_tag(name, DEPLOYED_AT, _now())
+    registry.set_model_tag(name, DEPLOYED_TARGET, target)
+    registry.set_version_tags(name, version, {"deploy.image": image, "deploy.at": _now()})
+    audit(registry, name, "deployed", version=version, image=image, target=target, by=by)
+    return deployed
 
 
 def audit(registry: Registry, name: str, event: str, **fields: Any) -> None:

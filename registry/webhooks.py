@@ -37,8 +37,8 @@ log = logging.getLogger(__name__)
 
 EVENTS: list[Any] = ["model_version_alias.created", "model_version_tag.set"]
 REPLAY_WINDOW_S = 300
-DEPLOY_REQUESTED = "deploy.requested"
-DEPLOYED = "deployed.version"
+DEPLOY_REQUESTED = promotion.DEPLOY_REQUESTED
+DEPLOYED = promotion.DEPLOYED
 
 
 class Rejected(Exception):

@@ -13,7 +13,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -193,3 +195,65 @@ def kill_tree(pid: int, sig: int = signal.SIGTERM) -> None:
     for p in alive:
         with contextlib.suppress(psutil.NoSuchProcess):
             p.kill()
+
+
+class FakeGitHub:
+    """A local stand-in for GitHub's REST API (unreachable from tests): records every
+    request and keeps issue comments, so dispatches and PR comments can be checked."""
+
+    def __init__(self) -> None:
+        import json
+
+        self.requests: list[dict[str, Any]] = []
+        self.comments: dict[int, dict[str, Any]] = {}
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _handle(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length)) if length else None
+                outer.requests.append({"method": self.command, "path": self.path,
+                                       "auth": self.headers.get("Authorization"), "body": body})  # fmt: skip
+                status, reply = outer._route(self.command, self.path.split("?")[0], body)
+                data = json.dumps(reply).encode() if reply is not None else b""
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PATCH = _handle
+
+            def log_message(self, *args: Any) -> None:
+                return
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def _route(self, method: str, path: str, body: Any) -> tuple[int, Any]:
+        parts = path.strip("/").split("/")  # repos/OWNER/REPO/...
+        if method == "POST" and parts[3:] == ["dispatches"]:
+            return 204, None
+        if parts[3:4] == ["issues"] and parts[-1] == "comments":
+            pr = int(parts[4])
+            if method == "GET":
+                return 200, [c for c in self.comments.values() if c["pr"] == pr]
+            comment = {"id": len(self.comments) + 1, "pr": pr, "body": body["body"]}
+            self.comments[comment["id"]] = comment
+            return 201, comment
+        if method == "PATCH" and parts[3:5] == ["issues", "comments"]:
+            self.comments[int(parts[5])]["body"] = body["body"]
+            return 200, self.comments[int(parts[5])]
+        return 404, {"message": "Not Found"}
+
+    def dispatches(self, event: str) -> list[dict[str, Any]]:
+        return [r["body"]["client_payload"] for r in self.requests
+                if r["path"].endswith("/dispatches") and r["body"]["event_type"] == event]  # fmt: skip
+
+    def dispatched(self) -> list[tuple[str, str]]:
+        """(name, version) of every model-promoted dispatch."""
+        return [(p["name"], p["version"]) for p in self.dispatches("model-promoted")]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

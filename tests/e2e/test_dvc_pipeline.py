@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -145,3 +146,55 @@ def test_run_on_a_fresh_store_registers_again(repo: Path, tmp_path: Path) -> Non
     assert "training.run_missing" in version.tags  # honest about the lost training run
     assert "data.reference_uri" not in version.tags
     assert "(new version)" in proc.stdout
+
+
+def test_run_push_sends_the_outputs_to_the_dvc_remote(repo: Path, tmp_path: Path) -> None:
+    """train.yml's step: `modelyard run --push` (remote from DVC_REMOTE_URL)."""
+    remote = tmp_path / "remote"
+    proc = modelyard(repo, "run", "--push", env={"DVC_REMOTE_URL": str(remote)})
+    assert proc.returncode == 0
+    pushed = {p.parent.name + p.name for p in (remote / "files/md5").glob("*/*")}
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    for stage in ("ingest", "train", "export"):
+        md5 = lock[stage]["outs"][0]["md5"].removesuffix(".dir")
+        assert md5 in {p.removesuffix(".dir") for p in pushed}, f"{stage} output not pushed"
+    # Then a fresh clone can pull it instead of recomputing.
+    assert "in sync" in dvc(repo, "status", "--cloud", "--remote", "modelyard-push").stdout
+
+
+def test_run_push_failure_registers_nothing(repo: Path, tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path}/store.db"
+    proc = modelyard(repo, "run", "--push", "--remote-url", "s3://no-such-bucket/x",
+                     env={"MLFLOW_TRACKING_URI": uri}, check=False)  # fmt: skip
+    assert proc.returncode == 1
+    assert "dvc push failed" in proc.stderr and "nothing was registered" in proc.stderr
+    assert Registry(uri).versions("digits-classifier") == []
+
+
+def test_diff_comments_metrics_and_params_on_the_pull_request(repo: Path) -> None:
+    """ci.yml's PR step: `modelyard diff --base ... --pr N` against a stand-in GitHub."""
+    from tests.conftest import FakeGitHub
+
+    github = FakeGitHub()
+    env = {"GITHUB_REPOSITORY": "acme/models", "GITHUB_TOKEN": "t0k", "GITHUB_API_URL": github.url}
+    original = (repo / "params.yaml").read_text()
+    try:
+        edit_params(repo, train={"epochs": 3})
+        out = modelyard(repo, "diff", "--base", "HEAD", "--pr", "7", env=env).stdout
+        assert re.search(r"\|\s*params.yaml\s*\|\s*train.epochs\s*\|", out)  # the change
+        assert "accuracy" in out  # --all: the current metrics, changed or not
+        assert "comment created on acme/models#7" in out
+        (comment,) = github.comments.values()
+        assert comment["pr"] == 7 and "train.epochs" in comment["body"]
+        assert github.requests[-1]["auth"] == "Bearer t0k"
+
+        (repo / "params.yaml").write_text(original)
+        again = modelyard(repo, "diff", "--base", "HEAD", "--pr", "7", env=env).stdout
+        assert "comment updated" in again and len(github.comments) == 1  # one sticky comment
+        assert "_no params changed_" in github.comments[1]["body"]
+
+        bad = modelyard(repo, "diff", "--base", "no-such-rev", env=env, check=False)
+        assert bad.returncode == 1 and "dvc metrics diff no-such-rev failed" in bad.stderr
+    finally:
+        (repo / "params.yaml").write_text(original)
+        github.close()

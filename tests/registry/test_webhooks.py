@@ -6,12 +6,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +17,7 @@ import pytest
 
 from registry.client import Registry
 from registry.webhooks import Rejected, Verifier, sign
-from tests.conftest import BIN, Project, free_port, kill_tree, modelyard, new_project
+from tests.conftest import BIN, FakeGitHub, Project, free_port, kill_tree, modelyard, new_project
 
 NAME = "digits-classifier"
 SECRET = "s3cret-for-tests"
@@ -71,33 +69,6 @@ def wait_for(check: Callable[[], Any], timeout: float = 60, what: str = "conditi
 def get(url: str) -> int:
     with urllib.request.urlopen(url, timeout=3) as r:
         return int(r.status)
-
-
-class FakeGitHub:
-    """Records repository_dispatch calls the way GitHub's API would receive them."""
-
-    def __init__(self) -> None:
-        self.requests: list[dict[str, Any]] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                outer.requests.append({"path": self.path, "auth": self.headers.get("Authorization"),
-                                       "body": json.loads(body)})  # fmt: skip
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                return
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def dispatched(self) -> list[tuple[str, str]]:
-        return [(r["body"]["client_payload"]["name"], r["body"]["client_payload"]["version"])
-                for r in self.requests if r["body"].get("event_type") == "model-promoted"]  # fmt: skip
 
 
 class Loop:

@@ -1,0 +1,200 @@
+"""Evidently adapter: the only module that imports evidently (0.7, the new API).
+
+- ``compare``: one Report over the features and the prediction: ``DataDriftPreset``
+  (a drift test per feature + the drifted share) and ``ValueDrift`` on the prediction;
+  with feedback labels, ``ClassificationPreset`` too. Returns plain results and the
+  snapshot (for HTML and the workspace).
+- ``Workspace``: a local Evidently workspace with a dashboard (drifted share, prediction
+  drift, rows per run) so ``evidently ui`` shows drift over time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+PREDICTION = "prediction"
+TARGET = "target"
+
+
+@dataclass(frozen=True)
+class ColumnDrift:
+    column: str
+    method: str
+    score: float
+    threshold: float
+    drifted: bool
+
+
+@dataclass
+class Comparison:
+    columns: list[ColumnDrift]
+    drift_share: float  # share of drifted features
+    dataset_drift: bool
+    prediction: ColumnDrift
+    quality: dict[str, float] = field(default_factory=dict)  # accuracy etc. with feedback
+    snapshot: Any = None
+
+    @property
+    def drifted_columns(self) -> list[str]:
+        return [c.column for c in self.columns if c.drifted]
+
+
+def compare(reference: pd.DataFrame, current: pd.DataFrame, features: list[str],
+            drift_share: float, method: str | None = None, threshold: float | None = None,
+            labelled: tuple[pd.DataFrame, pd.DataFrame] | None = None,
+            timestamp: datetime | None = None, metadata: dict[str, str] | None = None,
+            ) -> Comparison:  # fmt: skip
+    """Drift of ``current`` against ``reference`` (both: the features + PREDICTION as a
+    string). ``labelled``: (reference, current) frames with TARGET and PREDICTION for
+    classification quality."""
+    from evidently import DataDefinition, Dataset, MulticlassClassification, Report
+    from evidently.metrics import ValueDrift
+    from evidently.presets import ClassificationPreset, DataDriftPreset
+
+    definition = DataDefinition(numerical_columns=features, categorical_columns=[PREDICTION])
+    metrics: list[Any] = [
+        DataDriftPreset(columns=features, drift_share=drift_share, method=method, threshold=threshold),
+        ValueDrift(column=PREDICTION),
+    ]  # fmt: skip
+    report = Report(metrics, include_tests=True, metadata=metadata or {})
+    with _quiet():
+        snapshot = report.run(
+            Dataset.from_pandas(current[[*features, PREDICTION]], data_definition=definition),
+            Dataset.from_pandas(reference[[*features, PREDICTION]], data_definition=definition),
+            timestamp=timestamp,
+        )
+    columns, share, prediction = _parse(snapshot.dict(), features)
+    result = Comparison(columns, share, share >= drift_share, prediction, snapshot=snapshot)
+    if labelled is not None:
+        ref, cur = labelled
+        labels = sorted(set(ref[TARGET]) | set(cur[TARGET]) | set(cur[PREDICTION]))
+        cls_def = DataDefinition(
+            categorical_columns=[TARGET, PREDICTION],
+            classification=[MulticlassClassification(target=TARGET, prediction_labels=PREDICTION,
+                                                     labels={v: v for v in labels})],
+        )  # fmt: skip
+        with _quiet():
+            cls_snapshot = Report([ClassificationPreset()]).run(
+                Dataset.from_pandas(cur[[TARGET, PREDICTION]], data_definition=cls_def),
+                Dataset.from_pandas(ref[[TARGET, PREDICTION]], data_definition=cls_def),
+                timestamp=timestamp,
+            )
+        result.quality = _quality(cls_snapshot.dict())
+        result.snapshot = [snapshot, cls_snapshot]
+    return result
+
+
+def snapshots(result: Comparison) -> list[Any]:
+    return result.snapshot if isinstance(result.snapshot, list) else [result.snapshot]
+
+
+def save_html(result: Comparison, path: Path) -> None:
+    """The drift report (and the classification report next to it, if any)."""
+    snaps = snapshots(result)
+    snaps[0].save_html(str(path))
+    if len(snaps) > 1:
+        snaps[1].save_html(str(path.with_name(path.stem + "-classification.html")))
+
+
+def _parse(
+    data: dict[str, Any], features: list[str]
+) -> tuple[list[ColumnDrift], float, ColumnDrift]:
+    # Evidently's own verdict per column: its drift test's status (FAIL = drifted).
+    status = {t["metric_config"]["metric_id"]: t["status"] for t in data.get("tests", [])}
+    columns: dict[str, ColumnDrift] = {}
+    share = 0.0
+    for metric in data["metrics"]:
+        config = metric["config"]
+        kind = config["type"].rsplit(":", 1)[-1]
+        if kind == "DriftedColumnsCount":
+            share = float(metric["value"]["share"])
+        elif kind == "ValueDrift" and metric["id"] in status:
+            columns[config["column"]] = ColumnDrift(
+                config["column"], str(config["method"]), float(metric["value"]),
+                float(config["threshold"]), status[metric["id"]] == "FAIL",
+            )  # fmt: skip
+    missing = [f for f in [*features, PREDICTION] if f not in columns]
+    if missing:
+        raise RuntimeError(f"Evidently returned no drift test for {missing}")
+    return [columns[f] for f in features], share, columns[PREDICTION]
+
+
+def _quality(data: dict[str, Any]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for metric in data["metrics"]:
+        kind = metric["config"]["type"].rsplit(":", 1)[-1]
+        value = metric["value"]
+        if kind in {"Accuracy", "F1Score", "Precision", "Recall"} and isinstance(
+            value, (int, float)
+        ):
+            out[kind.lower()] = float(value)
+    return out
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Evidently's statistics divide by zero on near-constant columns; the results are
+    handled (constant reference columns are excluded upstream), the warnings are noise."""
+    saved = np.seterr(all="ignore")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        np.seterr(**saved)
+
+
+# -- workspace (the Evidently UI) ---------------------------------------------------------------
+
+
+def add_to_workspace(folder: Path, project_name: str, result: Comparison) -> str:
+    """Add the run's snapshots to a local workspace; create the project and its drift
+    dashboard on first use. Returns the project id."""
+    from evidently.sdk.models import PanelMetric
+    from evidently.sdk.panels import line_plot_panel
+    from evidently.ui.workspace import Workspace
+
+    ws = Workspace.create(str(folder))
+    found = ws.search_project(project_name)
+    if found:
+        project = found[0]
+    else:
+        project = ws.create_project(
+            project_name, description="modelyard drift over the inference log"
+        )
+        project.dashboard.add_panel(line_plot_panel(
+            "Share of drifted features",
+            [PanelMetric(legend="share", metric="DriftedColumnsCount", metric_labels={"value_type": "share"})],
+            size="half"))  # fmt: skip
+        project.dashboard.add_panel(line_plot_panel(
+            "Drifted features", [PanelMetric(legend="count", metric="DriftedColumnsCount",
+                                             metric_labels={"value_type": "count"})], size="half"))  # fmt: skip
+        project.dashboard.add_panel(line_plot_panel(
+            "Prediction drift score",
+            [PanelMetric(legend="prediction", metric="ValueDrift", metric_labels={"column": PREDICTION})],
+            size="full"))  # fmt: skip
+        project.save()
+    for snap in snapshots(result):
+        ws.add_run(project.id, snap, include_data=False)
+    return str(project.id)
+
+
+def ui_command(folder: Path, host: str, port: int) -> list[str]:
+    """The ``evidently ui`` command line for the workspace."""
+    import shutil
+    import sys
+
+    evidently = shutil.which("evidently") or str(Path(sys.executable).with_name("evidently"))
+    return [evidently, "ui", "--workspace", str(folder), "--host", host, "--port", str(port)]

@@ -1,0 +1,79 @@
+"""The GitHub REST API: the only module that talks to it (dispatches, PR comments).
+
+Configuration comes from the environment, read in ``from_env`` only:
+``GITHUB_REPOSITORY`` (owner/name) and ``GITHUB_TOKEN`` select GitHub;
+``GITHUB_API_URL`` overrides https://api.github.com (tests point it at a local server
+that records what it receives; GitHub itself cannot be reached from a test).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+from pipelines.errors import ExternalServiceError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GitHub:
+    repository: str
+    token: str
+    api_url: str = "https://api.github.com"
+
+    def dispatch(self, event: str, payload: dict[str, str]) -> str:
+        """``repository_dispatch``: starts the workflows listening for ``event``."""
+        self._call("POST", f"/repos/{self.repository}/dispatches",
+                   {"event_type": event, "client_payload": payload})  # fmt: skip
+        log.info("dispatched %s to %s: %s", event, self.repository, payload)
+        return f"github:{event}"
+
+    def upsert_comment(self, pr: int, body: str, marker: str) -> str:
+        """Create or update (found by ``marker``) this tool's comment on a pull request."""
+        comments = self._call("GET", f"/repos/{self.repository}/issues/{pr}/comments?per_page=100")
+        for comment in comments or []:
+            if marker in comment.get("body", ""):
+                self._call("PATCH", f"/repos/{self.repository}/issues/comments/{comment['id']}",
+                           {"body": body})  # fmt: skip
+                return "updated"
+        self._call("POST", f"/repos/{self.repository}/issues/{pr}/comments", {"body": body})
+        return "created"
+
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(
+            f"{self.api_url.rstrip('/')}{path}",
+            data=data,
+            method=method,
+            headers={
+                "Authorization": f"Bearer {self.token}",
+                "Accept": "application/vnd.github+json",
+                "X-GitHub-Api-Version": "2022-11-28",
+                "Content-Type": "application/json",
+            },
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=15) as resp:
+                raw = resp.read()
+        except urllib.error.HTTPError as exc:
+            raise ExternalServiceError(
+                f"GitHub refused {method} {path}: HTTP {exc.code} {exc.read()[:200]!r}"
+                " (check GITHUB_TOKEN's permissions)"
+            ) from exc
+        except OSError as exc:
+            raise ExternalServiceError(f"cannot reach GitHub at {self.api_url}: {exc}") from exc
+        return json.loads(raw) if raw.strip() else None
+
+
+def from_env() -> GitHub | None:
+    """GitHub if GITHUB_REPOSITORY and GITHUB_TOKEN are set, else None."""
+    repo, token = os.environ.get("GITHUB_REPOSITORY"), os.environ.get("GITHUB_TOKEN")
+    if repo and token:
+        return GitHub(repo, token, os.environ.get("GITHUB_API_URL", "https://api.github.com"))
+    return None

@@ -1,0 +1,107 @@
+"""`modelyard simulate-traffic`: real digits from the test split to the running service,
+clean or drifted, for demos and tests.
+
+Drift kinds (applied to the 8x8 images, clipped to the training range):
+- ``noise``: Gaussian pixel noise (std ``strength`` x 4 intensity levels);
+- ``shift``: the image moved ``strength`` pixels to the right (a misaligned camera);
+- ``invert``: max - x (a sensor that swapped black and white);
+- ``occlude``: the left half of every image blacked out (a dead half of the sensor).
+
+Requests go in batches over HTTP (``/v1/predict``), with the API key if given; a share
+of the predictions can get feedback (``/v1/feedback``) with the true label.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from pipelines.errors import ExternalServiceError
+
+log = logging.getLogger(__name__)
+
+Kind = Literal["none", "noise", "shift", "invert", "occlude"]
+KINDS: tuple[str, ...] = ("none", "noise", "shift", "invert", "occlude")
+
+
+def distort(x: np.ndarray, kind: str, strength: float, low: float, high: float,
+            rng: np.random.Generator, shape: tuple[int, int] = (8, 8)) -> np.ndarray:  # fmt: skip
+    """A drifted copy of ``x`` (rows of flattened images)."""
+    if kind == "none":
+        return x.copy()
+    images = x.reshape(-1, *shape).astype(np.float64)
+    if kind == "noise":
+        images = images + rng.normal(0, 4 * strength, images.shape)
+    elif kind == "shift":
+        step = max(1, round(strength))
+        images = np.roll(images, step, axis=2)
+        images[:, :, :step] = low
+    elif kind == "invert":
+        images = high + low - images
+    elif kind == "occlude":
+        images[:, :, : shape[1] // 2] = low
+    else:
+        raise ValueError(f"unknown drift kind {kind!r}: one of {', '.join(KINDS)}")
+    return np.clip(images, low, high).reshape(len(x), -1)
+
+
+@dataclass
+class Sent:
+    requests: int = 0
+    rows: int = 0
+    feedback: int = 0
+    errors: int = 0
+
+
+class Client:
+    def __init__(self, url: str, api_key: str | None = None, timeout: float = 30) -> None:
+        self.url, self.api_key, self.timeout = url.rstrip("/"), api_key, timeout
+
+    def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["X-API-Key"] = self.api_key
+        req = urllib.request.Request(f"{self.url}{path}", data=json.dumps(body).encode(),
+                                     method="POST", headers=headers)  # fmt: skip
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                return dict(json.loads(resp.read()))
+        except urllib.error.HTTPError as exc:
+            raise ExternalServiceError(
+                f"{self.url}{path} answered HTTP {exc.code}: {exc.read()[:300]!r}"
+            ) from exc
+        except OSError as exc:
+            raise ExternalServiceError(f"cannot reach the service at {self.url}: {exc}") from exc
+
+
+def send(client: Client, x: np.ndarray, labels: list[Any], rows: int, batch: int,
+         feedback_share: float, rng: np.random.Generator,
+         progress: Callable[[int], None] | None = None) -> Sent:  # fmt: skip
+    """Send ``rows`` rows drawn (cycling) from ``x``, ``batch`` per request."""
+    sent = Sent()
+    order = np.resize(rng.permutation(len(x)), rows)
+    for start in range(0, rows, batch):
+        idx = order[start : start + batch]
+        payload = [[float(v) for v in row] for row in x[idx]]
+        reply = client.post("/v1/predict", {"inputs": payload})
+        sent.requests += 1
+        sent.rows += len(idx)
+        for pred, i in zip(reply["predictions"], idx, strict=True):
+            if feedback_share > 0 and rng.random() < feedback_share:
+                client.post("/v1/feedback", {"id": pred["id"], "label": labels[i]})
+                sent.feedback += 1
+        if progress:
+            progress(len(idx))
+    return sent
+
+
+def batches(rows: int, batch: int) -> int:
+    return math.ceil(rows / batch)

