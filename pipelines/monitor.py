@@ -290,11 +290,52 @@ def _finish(
     with files.atomic_dir(run_dir) as tmp:
         if result is not None:
             drift.save_html(result, tmp / "report.html")
+            plot_scores(summary, tmp / "drift_scores.png")
         files.write_json(tmp / "summary.json", summary.as_dict())
     if result is not None:
         drift.add_to_workspace(out / "workspace", project, result)
     files.write_json(out / "summary.json", summary.as_dict())  # the latest, for scripts
     return summary
+
+
+def plot_scores(summary: Summary, path: Path) -> None:
+    """One bar per feature: its drift score against the test's threshold (red: drifted).
+    For image-like features (a square count) a heat map of the scores, too."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(summary.scores)
+    scores = np.array([summary.scores[n]["score"] for n in names])
+    drifted = [summary.scores[n]["drifted"] for n in names]
+    threshold = summary.scores[names[0]]["threshold"] if names else 0.0
+    side = round((len(names) + len(summary.skipped_columns)) ** 0.5)
+    grid = side * side == len(names) + len(summary.skipped_columns) and side > 2
+    fig, axes = plt.subplots(1, 2 if grid else 1, figsize=(13 if grid else 10, 3.6),
+                             gridspec_kw={"width_ratios": [3, 1]} if grid else None)  # fmt: skip
+    bars = axes[0] if grid else axes
+    bars.bar(range(len(names)), scores, color=["#d62728" if d else "#1f77b4" for d in drifted])
+    bars.axhline(
+        threshold, color="black", linestyle="--", linewidth=1, label=f"threshold {threshold:g}"
+    )
+    bars.set_xticks(range(len(names)), names, rotation=90, fontsize=6)
+    bars.set_ylabel(summary.scores[names[0]]["method"] if names else "score", fontsize=8)
+    bars.set_title(f"{summary.status}: {len(summary.drifted_columns)}/{len(names)} features drifted "
+                   f"(share {summary.drift_share or 0:.2f}), {summary.rows:,} predictions", fontsize=9)  # fmt: skip
+    bars.legend(fontsize=8)
+    if grid:
+        every = [*names, *summary.skipped_columns]
+        order = sorted(every, key=lambda n: int(re.sub(r"\D", "", n) or 0))
+        cells = np.array([summary.scores.get(n, {}).get("score", np.nan) for n in order])
+        image = axes[1].imshow(cells.reshape(side, side), cmap="Reds")
+        axes[1].set_title("score by feature position", fontsize=9)
+        axes[1].set_xticks([])
+        axes[1].set_yticks([])
+        fig.colorbar(image, ax=axes[1], fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _frame(sample: list[dict[str, Any]], features: list[str]) -> pd.DataFrame:

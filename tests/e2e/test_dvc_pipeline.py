@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -198,3 +199,28 @@ def test_diff_comments_metrics_and_params_on_the_pull_request(repo: Path) -> Non
     finally:
         (repo / "params.yaml").write_text(original)
         github.close()
+
+
+def test_drift_with_no_github_retrains_locally_with_dvc_repro(repo: Path, tmp_path: Path) -> None:
+    """monitor run on a log written by the service's own log writer (occluded digits):
+    drift -> no GitHub configured -> `dvc repro` in the project (here: up to date)."""
+    from services.inference_log import InferenceLog
+
+    test = pd.read_parquet(repo / "data/prepared/test.parquet")
+    features = [c for c in test.columns if c.startswith("pixel_")]
+    x = test[features].to_numpy(float)
+    x.reshape(-1, 8, 8)[:, :, :4] = 0  # the left half of every image goes dark
+    writer = InferenceLog(tmp_path / "log", fsync_every=60)
+    now = time.time()
+    writer.append([{"type": "prediction", "id": f"p{i}", "ts": now, "model": "digits-classifier/1",
+                    "features": x[i % len(x)].tolist(), "prediction": int(test["label"].iloc[i % len(x)])}
+                   for i in range(500)])  # fmt: skip
+    writer.close()
+
+    proc = modelyard(repo, "monitor", "run", "--log-dir", str(tmp_path / "log"), check=False)
+
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "retrain: local:dvc repro" in proc.stdout
+    assert "Data and pipelines are up to date" in proc.stdout + proc.stderr
+    summary = json.loads((repo / ".modelyard/monitoring/summary.json").read_text())
+    assert summary["status"] == "drift" and summary["model"] == "digits-classifier/1"

@@ -21,6 +21,7 @@ SHA_PIN = re.compile(r"^[\w.-]+/[\w.-]+(/[\w./-]+)?@[0-9a-f]{40}$")
 ALLOWED_WRITES = {
     ("ci.yml", "pull-requests"),  # the metrics/params diff comment
     ("deploy.yml", "packages"),  # push the image to ghcr.io
+    ("monitor.yml", "contents"),  # repository_dispatch `retrain` (GitHub requires contents)
 }
 TESTS_TEXT = "\n".join(p.read_text() for p in (REPO / "tests").rglob("*.py"))
 
