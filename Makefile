@@ -13,7 +13,7 @@ export BENTOML_DO_NOT_TRACK := true
 export GX_ANALYTICS_ENABLED := false
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: help setup run serve test check lint format lock clean bench
+.PHONY: help setup run serve test check lint format lock clean bench bench-monitoring
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -39,6 +39,9 @@ serve: setup ## Build the Bento for the default model version and serve it on 12
 
 bench: setup ## Serving benchmark: this service vs mlflow models serve vs Flask (needs wrk)
 	$(BIN)/python benchmarks/serving.py
+
+bench-monitoring: setup ## Drift job over 1M logged rows vs Evidently on all rows (after make run)
+	$(BIN)/python benchmarks/monitoring.py
 
 test: setup ## Run the test suite (real MLflow, DVC, GX, ONNX Runtime)
 	$(BIN)/pytest

@@ -91,7 +91,9 @@ def full_data_verdict(log_dir: Path, model: str, params_file: Path) -> dict[str,
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--params", type=Path, default=ROOT / "params.yaml")
     ap.add_argument("--kinds", default="clean,occluded,partial")
@@ -125,7 +127,10 @@ def main() -> None:
             log_dir = tmp / "log"
             wrote = write_log(log_dir, x, labels, args.rows, model, kind, np.random.default_rng(7))
             size = sum(p.stat().st_size for p in log_dir.iterdir())
-            print(f"[{kind}] wrote {args.rows:,} rows ({size / 1e6:.0f} MB) in {wrote:.1f} s", flush=True)
+            print(
+                f"[{kind}] wrote {args.rows:,} rows ({size / 1e6:.0f} MB) in {wrote:.1f} s",
+                flush=True,
+            )
             start = time.perf_counter()
             proc = subprocess.run([str(BIN / "modelyard"), "monitor", "run", "--log-dir", str(log_dir),
                                    "--since", "1h", "--no-retrain", "--params", str(args.params)],
@@ -137,16 +142,22 @@ def main() -> None:
             run = {"job_seconds": job_s, "exit_code": proc.returncode, "status": summary["status"],
                    "drift_share": summary["drift_share"], "drifted_columns": summary["drifted_columns"],
                    "stage_seconds": summary["seconds"], "log_mb": size / 1e6, "rows": summary["rows"]}  # fmt: skip
-            print(f"[{kind}] monitor run: {job_s:.1f} s, {summary['status']}, share "
-                  f"{summary['drift_share']:.3f}, stages {summary['seconds']}", flush=True)
+            print(
+                f"[{kind}] monitor run: {job_s:.1f} s, {summary['status']}, share "
+                f"{summary['drift_share']:.3f}, stages {summary['seconds']}",
+                flush=True,
+            )
             if not args.no_full:
                 full = full_data_verdict(log_dir, model, args.params)
                 run["full"] = full
                 a, b = set(summary["drifted_columns"]), set(full["drifted_columns"])
                 run["verdict_matches"] = full["status"] == summary["status"]
                 run["drifted_jaccard"] = len(a & b) / len(a | b) if a | b else 1.0
-                print(f"[{kind}] full data: {full['seconds']:.1f} s, {full['status']}, share "
-                      f"{full['drift_share']:.3f}; verdicts match: {run['verdict_matches']}", flush=True)
+                print(
+                    f"[{kind}] full data: {full['seconds']:.1f} s, {full['status']}, share "
+                    f"{full['drift_share']:.3f}; verdicts match: {run['verdict_matches']}",
+                    flush=True,
+                )
             results["runs"][kind] = run
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -154,7 +165,11 @@ def main() -> None:
 
 
 def machine() -> dict[str, Any]:
-    return {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
 
 
 def write(results: dict[str, Any]) -> None:

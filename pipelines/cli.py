@@ -58,6 +58,8 @@ TELEMETRY_OFF = {
 def main() -> None:
     for key, value in TELEMETRY_OFF.items():
         os.environ.setdefault(key, value)
+    # MLflow's per-file download bars are noise next to our own output.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     app()
 
 
@@ -765,7 +767,8 @@ def _print_monitor(summary: Any) -> None:
     colour = {"ok": "green", "drift": "bold red"}.get(summary.status, "yellow")
     console.print(f"[{colour}]{summary.status}[/]: {summary.message}", highlight=False)
     table = Table(title=f"window {summary.window['since']} .. {summary.window['until']}")
-    for col in ("model", "predictions", "sampled", "malformed lines", "data quality", "feedback"):
+    table.add_column("model", no_wrap=True)
+    for col in ("predictions", "sampled", "malformed lines", "data quality", "feedback"):
         table.add_column(col, justify="right")
     dq = summary.data_quality
     cls = summary.classification
