@@ -28,7 +28,8 @@ app = typer.Typer(
     name="modelyard",
     help=(
         "From a commit to a registered, validated model version.\n\n"
-        "The pipeline stages (ingest, prepare, validate, train, export, evaluate, register) "
+        "The pipeline stages (ingest, prepare, validate, train, export, optimize, evaluate, "
+        "register) "
         "are what `dvc repro` runs, one command each; `modelyard run` runs them all through "
         "DVC and prints a summary."
     ),
@@ -180,6 +181,25 @@ def export(params_file: ParamsOpt = Path("params.yaml")) -> None:
         f"export: {params.paths.onnx} ({r.size_bytes} bytes, opset {r.opset}), "
         f"parity max |diff| {r.parity.max_abs_diff:.2g} over {r.parity.rows} rows"
     )
+
+
+@app.command()
+def optimize(params_file: ParamsOpt = Path("params.yaml")) -> None:
+    """Build FP32/graph-optimized/int8/pruned variants, measure them here, pick one.
+
+    The pick is the fastest by optimize.metric within optimize.accuracy_budget (accuracy
+    points below FP32 on the validation split); evaluate and register use it.
+    """
+    from pipelines.stages import optimize as stage
+
+    params, root = _guard("optimize", lambda: _load(params_file))
+    _tracking(root)
+    with console.status("optimize: starting") as status:
+        r = _guard(
+            "optimize", lambda: stage.run(params, root, lambda m: status.update(f"optimize: {m}"))
+        )
+    console.print(stage.markdown(r, params.optimize), markup=False, highlight=False, soft_wrap=True)
+    console.print(f"optimize: chose {r.choice.variant} -> {params.paths.served_model}")
 
 
 @app.command()

@@ -30,7 +30,8 @@ class Paths(Section):
     prepared: Path = Path("data/prepared")
     reports: Path = Path("data/reports")
     native: Path = Path("data/models/native")
-    onnx: Path = Path("data/models/model.onnx")
+    onnx: Path = Path("data/models/model.onnx")  # the exported FP32 model (the reference)
+    optimized: Path = Path("data/models/optimized")  # model.onnx (the chosen variant), variants/
 
     # Files inside the folders above; one place to name them.
     def split(self, name: str) -> Path:
@@ -42,6 +43,11 @@ class Paths(Section):
 
     def report(self, name: str) -> Path:
         return self.reports / name
+
+    @property
+    def served_model(self) -> Path:
+        """What evaluate scores and register registers: optimize's choice."""
+        return self.optimized / "model.onnx"
 
 
 class FeaturePattern(Section):
@@ -164,6 +170,27 @@ class Export(Section):
     parity_tolerance: Annotated[float, Field(ge=0)] = 1e-4
 
 
+Variant = Literal["fp32", "fp32-ort", "int8-dynamic", "int8-static", "pruned", "pruned-int8-static"]
+
+
+class Optimize(Section):
+    variants: list[Variant] = ["fp32", "fp32-ort", "int8-dynamic", "int8-static", "pruned",
+                               "pruned-int8-static"]  # fmt: skip
+    # The selection: lowest value of this metric within the accuracy budget.
+    metric: Literal["p99_ms_batch1", "p50_ms_batch1", "p99_ms_batch256", "p50_ms_batch256",
+                    "neg_rows_per_s", "size_bytes"] = "p99_ms_batch1"  # fmt: skip
+    accuracy_budget: Annotated[float, Field(ge=0)] = 0.5  # max drop vs fp32, accuracy points
+    tie_tolerance: Annotated[float, Field(ge=0, lt=1)] = 0.02  # relative; ties -> smaller file
+    threads: Annotated[int, Field(ge=1)] = 1
+    runs: Annotated[int, Field(ge=20)] = 2000  # timed calls at batch 1 (batch 256: a quarter)
+    rounds: Annotated[int, Field(ge=1)] = 10  # interleaved rounds the runs are split into
+    warmup: Annotated[int, Field(ge=1)] = 50
+    calibration_rows: Annotated[int, Field(ge=1)] = 256  # static int8: sample of the train split
+    graph_level: Literal["basic", "extended", "all"] = "extended"
+    sparsity: Annotated[float, Field(ge=0, lt=1)] = 0.5  # pruned: share of weights set to zero
+    finetune_epochs: Annotated[int, Field(ge=0)] = 5
+
+
 class Evaluate(Section):
     min_accuracy: Annotated[float, Field(ge=0, le=1)] = 0.95
     min_macro_f1: Annotated[float, Field(ge=0, le=1)] = 0.95
@@ -214,6 +241,7 @@ class Params(Section):
     validate_: Validate = Field(default=Validate(), alias="validate")
     train: Train = Train()
     export: Export = Export()
+    optimize: Optimize = Optimize()
     evaluate: Evaluate = Evaluate()
     register_: Register = Field(default=Register(), alias="register")
     tracking: Tracking = Tracking()

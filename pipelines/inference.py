@@ -41,6 +41,13 @@ class Latency:
 
 def latency(sess: Any, x: np.ndarray, batch: int, runs: int, warmup: int = 20) -> Latency:
     """Wall time per call of ``batch`` rows (rows tiled from ``x`` if it is smaller)."""
+    times = timings(sess, x, batch, runs, warmup)
+    p50, p99 = np.percentile(times, [50, 99]) * 1e3
+    return Latency(batch, float(p50), float(p99), float(batch / times.mean()))
+
+
+def timings(sess: Any, x: np.ndarray, batch: int, runs: int, warmup: int = 20) -> np.ndarray:
+    """Seconds per call of ``batch`` rows, ``runs`` calls after ``warmup`` untimed ones."""
     reps = -(-batch // len(x))
     rows = np.ascontiguousarray(np.tile(x, (reps, 1))[:batch], dtype=np.float32)
     feed = {INPUT_NAME: rows}
@@ -51,8 +58,7 @@ def latency(sess: Any, x: np.ndarray, batch: int, runs: int, warmup: int = 20) -
         start = time.perf_counter()
         sess.run([OUTPUT_NAME], feed)
         times[i] = time.perf_counter() - start
-    p50, p99 = np.percentile(times, [50, 99]) * 1e3
-    return Latency(batch, float(p50), float(p99), float(batch / times.mean()))
+    return times
 
 
 def opset(path: Path) -> int:

@@ -99,7 +99,9 @@ def new_project(root: Path, params_file: Path = REPO / "params.yaml") -> Project
     shutil.copy(params_file, root / "params.yaml")
     shutil.copytree(REPO / "data/expectations", root / "data/expectations")
     (root / "data/sources").mkdir(parents=True)
-    return Project(root)
+    project = Project(root)
+    project.set_params(optimize=FAST_OPTIMIZE)
+    return project
 
 
 @pytest.fixture
@@ -119,6 +121,15 @@ def make_project(tmp_path: Path) -> Callable[..., Project]:
 
 # Small, fast training settings for tests that need a trained model but not a good one.
 FAST_TRAIN = {"epochs": 12, "patience": 4}
+# Every variant is still built and measured, with fewer timed calls (test_optimize.py
+# uses the shipped settings where the measured choice matters).
+FAST_OPTIMIZE = {
+    "runs": 200,
+    "rounds": 2,
+    "warmup": 5,
+    "finetune_epochs": 1,
+    "calibration_rows": 64,
+}
 
 
 def git_copy(dest: Path) -> Path:

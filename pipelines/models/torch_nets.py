@@ -160,6 +160,34 @@ class Adapter:
         n_params = sum(p.numel() for p in net.parameters())
         return Fitted(net, history, best[1], n_params)
 
+    def prune(self, model: Any, sparsity: float, x: np.ndarray, y: np.ndarray, epochs: int,
+              cfg: Train, seed: int) -> Any:  # fmt: skip
+        """A copy of ``model`` with the ``sparsity`` share of its conv/linear weights (by
+        global L1 magnitude) set to zero, fine-tuned ``epochs`` epochs with the mask held."""
+        from torch.nn.utils import prune
+
+        torch.manual_seed(seed)
+        torch.set_num_threads(cfg.threads)
+        net = copy.deepcopy(model)
+        net.arch = model.arch
+        targets = [(m, "weight") for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        prune.global_unstructured(targets, pruning_method=prune.L1Unstructured, amount=sparsity)
+        xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+        opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr / 3, weight_decay=cfg.weight_decay)
+        loss_fn = nn.CrossEntropyLoss()
+        gen = torch.Generator().manual_seed(seed)
+        for _ in range(epochs):
+            net.train()
+            order = torch.randperm(len(xt), generator=gen)
+            for start in range(0, len(xt), cfg.batch_size):
+                idx = order[start : start + cfg.batch_size]
+                opt.zero_grad()
+                loss_fn(net(xt[idx]), yt[idx]).backward()
+                opt.step()
+        for module, name in targets:
+            prune.remove(module, name)  # the zeros become the weights
+        return net.eval()
+
     def predict_proba(self, model: Any, x: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             return Probabilities(model)(torch.from_numpy(x.astype(np.float32))).numpy()

@@ -1,6 +1,6 @@
 """evaluate: score the ONNX model on the held-out test set and decide the gates.
 
-Reads ``paths.onnx``, the test/train splits and the schema. With ONNX Runtime it
+Reads the served model (``optimize``'s choice in ``paths.optimized``), the test/train splits and the schema. With ONNX Runtime it
 measures quality (accuracy, macro-F1, per-class precision/recall, a confusion matrix),
 latency (p50/p99 at batch 1 and 256) and behaviour (invariance to small noise, minimum
 per-class recall). If the registry has a ``champion``, that model is scored on the same
@@ -52,7 +52,7 @@ def run(params: Params, root: Path) -> Result:
     paths, cfg = params.paths, params.evaluate
     schema = dataset.load_schema(paths, root)
     test = dataset.load_split(paths, "test", schema, root)
-    sess = inference.session(root / paths.onnx, cfg.threads)
+    sess = inference.session(root / paths.served_model, cfg.threads)
     probs = inference.predict_proba(sess, test.x)
     pred = probs.argmax(1)
 

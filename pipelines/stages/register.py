@@ -1,7 +1,7 @@
 """register: a new registry version with its full lineage, only if every gate passed.
 
-Reads ``gates.json``, ``evaluate.json``, ``export.json``, ``validate.json``, the ONNX
-file, the schema, dvc.lock and git. Logs the ONNX model to the pipeline's MLflow run
+Reads ``gates.json``, ``evaluate.json``, ``export.json``, ``optimize.json``,
+``validate.json``, the chosen ONNX file (``paths.optimized``), the schema, dvc.lock and git. Logs the ONNX model to the pipeline's MLflow run
 (signature, input example, CPU provider, one file, the schema in its metadata),
 registers version N of ``register.model_name`` with the lineage tags, and points the
 ``challenger`` alias at it. It never touches ``champion``.
@@ -49,7 +49,7 @@ def run(params: Params, root: Path) -> Result:
             f"See {paths.report('gates.json')}; improve the model or change the gates in params.yaml: evaluate."
         )
 
-    onnx_path = root / paths.onnx
+    onnx_path = root / paths.served_model  # optimize's choice (paths.onnx is the FP32 reference)
     sha = files.sha256(onnx_path)
     registry = Registry(tracking.tracking_uri(root))
     existing = registry.find_by_tag(cfg.model_name, "onnx.sha256", sha)
@@ -102,6 +102,9 @@ def lineage_tags(
     validation = files.read_json(reports / "validate.json")
     metrics = files.read_json(reports / "evaluate.json")
     export = files.read_json(reports / "export.json")
+    optimized = files.read_json(reports / "optimize.json")
+    chosen = optimized["variants"][optimized["chosen"]]
+    fp32 = optimized["variants"]["fp32"]
     tags: dict[str, Any] = {
         "git.commit": commit,
         "git.dirty": dirty,
@@ -114,11 +117,21 @@ def lineage_tags(
         "validation.evaluated": validation["evaluated"],
         "validation.failed": validation["failed"],
         "onnx.sha256": sha,
-        "onnx.opset": inference.opset(root / paths.onnx),
+        "onnx.opset": inference.opset(root / paths.served_model),
         "onnx.parity_max_abs_diff": f"{export['max_abs_diff']:.3g}",
         "onnxruntime.version": inference.runtime_version(),
         "model.family": meta["family"],
-        "model.variant": "fp32",
+        "model.variant": optimized["chosen"],
+        "optimize.metric": optimized["metric"],
+        "optimize.speedup_vs_fp32": f"{optimized['speedup_vs_fp32']:.3f}",
+        "optimize.size_ratio_vs_fp32": f"{optimized['size_ratio_vs_fp32']:.3f}",
+        "optimize.accuracy_drop_points": f"{optimized['accuracy_drop_points']:.3f}",
+        "optimize.size_bytes": chosen["size_bytes"],
+        "optimize.p99_ms_batch1": f"{chosen['p99_ms_batch1']:.4f}",
+        "optimize.fp32_p99_ms_batch1": f"{fp32['p99_ms_batch1']:.4f}",
+        "optimize.p50_ms_batch256": f"{chosen['p50_ms_batch256']:.4f}",
+        "optimize.fp32_p50_ms_batch256": f"{fp32['p50_ms_batch256']:.4f}",
+        "optimize.cpu_int8_acceleration": optimized["cpu"]["int8_acceleration"],
         "metric.accuracy": f"{metrics['accuracy']:.4f}",
         "metric.macro_f1": f"{metrics['macro_f1']:.4f}",
         "metric.min_class_recall": f"{metrics['min_class_recall']:.4f}",

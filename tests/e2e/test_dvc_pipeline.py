@@ -89,7 +89,7 @@ def test_train_change_reruns_train_and_after_only(repo: Path) -> None:
 
     proc = dvc(repo, "exp", "run", "-S", "train.epochs=10")
 
-    assert ran_stages(proc.stdout) == {"train", "export", "evaluate", "register"}
+    assert ran_stages(proc.stdout) == {"train", "export", "optimize", "evaluate", "register"}
     diff = json.loads(dvc(repo, "metrics", "diff", "--json").stdout)
     changed = diff["data/reports/train.json"]
     assert changed["epochs_run"]["new"] <= 10 < changed["epochs_run"]["old"]
@@ -189,7 +189,7 @@ def test_diff_comments_metrics_and_params_on_the_pull_request(repo: Path) -> Non
         assert comment["pr"] == 7 and "train.epochs" in comment["body"]
         assert github.requests[-1]["auth"] == "Bearer t0k"
 
-        (repo / "params.yaml").write_text(original)
+        (repo / "params.yaml").write_text(git(repo, "show", "HEAD:params.yaml"))  # as committed
         again = modelyard(repo, "diff", "--base", "HEAD", "--pr", "7", env=env).stdout
         assert "comment updated" in again and len(github.comments) == 1  # one sticky comment
         assert "_no params changed_" in github.comments[1]["body"]

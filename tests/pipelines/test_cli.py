@@ -15,7 +15,7 @@ from tests.conftest import BIN, Project, free_port
 def test_help_lists_every_stage(project: Project) -> None:
     result = project.runner.invoke(__import__("pipelines.cli").cli.app, ["--help"])
     assert result.exit_code == 0
-    for command in ("ingest", "prepare", "validate", "train", "export", "evaluate", "register",
+    for command in ("ingest", "prepare", "validate", "train", "export", "optimize", "evaluate", "register",
                     "run", "summary", "ui"):  # fmt: skip
         assert command in result.output
 

@@ -66,7 +66,7 @@ def test_mcnemar_counts_discordant_pairs() -> None:
 @pytest.fixture
 def evaluated(project: Project) -> Project:
     project.set_params(train=FAST_TRAIN)
-    project.stages("ingest", "prepare", "validate", "train", "export", "evaluate")
+    project.stages("ingest", "prepare", "validate", "train", "export", "optimize", "evaluate")
     return project
 
 
@@ -95,6 +95,16 @@ def test_register_writes_lineage_and_is_idempotent(evaluated: Project) -> None:
     assert version.tags["gates.passed"] == "True"
     assert version.tags["data.rows.raw"] == "1797"
     assert len(version.tags["onnx.sha256"]) == 64
+    # What is registered is optimize's choice, named by its variant tag.
+    optimized = evaluated.report("optimize.json")
+    assert version.tags["model.variant"] == optimized["chosen"]
+    chosen_file = evaluated.root / "data/models/optimized/variants" / f"{optimized['chosen']}.onnx"
+    from pipelines.files import sha256 as file_sha
+
+    assert version.tags["onnx.sha256"] == file_sha(chosen_file)
+    assert float(version.tags["optimize.size_ratio_vs_fp32"]) == pytest.approx(
+        optimized["size_ratio_vs_fp32"], abs=1e-3
+    )
     # The monitoring reference (train split) is reachable from the version's lineage.
     import mlflow
     import pandas as pd
@@ -130,7 +140,7 @@ def test_challenger_is_compared_with_champion(evaluated: Project) -> None:
     # A much weaker challenger: one epoch of training.
     evaluated.set_params(train={"epochs": 1}, evaluate={"min_accuracy": 0, "min_macro_f1": 0,
                          "min_class_recall": 0, "min_noise_invariance": 0})  # fmt: skip
-    evaluated.stages("train", "export", "evaluate")
+    evaluated.stages("train", "export", "optimize", "evaluate")
     champion = evaluated.report("evaluate.json")["champion"]
     assert champion["version"] == "1" and champion["compared"] is True
     assert champion["only_champion_right"] > champion["only_challenger_right"]

@@ -84,7 +84,9 @@ def mon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Monitoring]:
     base = tmp_path_factory.mktemp("monitoring")
     project = new_project(base / "project")
     project.set_params(train={"epochs": 12, "patience": 4}, monitor={"min_rows": 200})
-    project.stages("ingest", "prepare", "validate", "train", "export", "evaluate", "register")
+    project.stages(
+        "ingest", "prepare", "validate", "train", "export", "optimize", "evaluate", "register"
+    )
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env.update(BENTOML_HOME=str(base / "bentoml"), MODELYARD_API_KEYS=",".join(KEYS),
                MODELYARD_LOG_DIR=str(base / "log"))  # fmt: skip

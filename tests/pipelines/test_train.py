@@ -81,7 +81,9 @@ def test_any_tabular_csv_with_string_labels(project: Project) -> None:
     import yaml
 
     project.params_path.write_text(yaml.safe_dump(params))
-    project.stages("ingest", "prepare", "validate", "train", "export", "evaluate", "register")
+    project.stages(
+        "ingest", "prepare", "validate", "train", "export", "optimize", "evaluate", "register"
+    )
     schema = __import__("json").loads((project.root / "data/prepared/schema.json").read_text())
     assert schema["classes"] == ["setosa", "versicolor", "virginica"]
     (version,) = project.registry().versions("iris")

@@ -74,7 +74,9 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Project, d
     base = tmp_path_factory.mktemp("deploy")
     project = new_project(base / "project")
     project.set_params(train=FAST_TRAIN)
-    project.stages("ingest", "prepare", "validate", "train", "export", "evaluate", "register")
+    project.stages(
+        "ingest", "prepare", "validate", "train", "export", "optimize", "evaluate", "register"
+    )
     env = {"BENTOML_HOME": str(base / "bentoml"), "GITHUB_OUTPUT": str(base / "github_output")}
     out = modelyard(project.root, "build", "--model", f"{NAME}/1",
                     "--params", str(project.params_path), env=env)  # fmt: skip

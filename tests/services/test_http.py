@@ -98,7 +98,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     base = tmp_path_factory.mktemp("serving")
     project = new_project(base / "project")
     project.set_params(train=FAST_TRAIN)
-    project.stages("ingest", "prepare", "validate", "train", "export", "evaluate", "register")
+    project.stages(
+        "ingest", "prepare", "validate", "train", "export", "optimize", "evaluate", "register"
+    )
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env.update(BENTOML_HOME=str(base / "bentoml"), MODELYARD_API_KEYS=",".join(KEYS),
