@@ -109,7 +109,11 @@ def choose(table: list[Row], metric: str, budget_points: float, tie_tolerance: f
     reason = (
         f"fastest by {metric} ({pick.metric(metric):.4g}) among {len(eligible)} variants within "
         f"{budget_points:g} accuracy points of {reference}"
-        + (f"; tied within {tie_tolerance:.0%} with {others}, smaller file wins" if others else "")
+        + (
+            f"; tied within {tie_tolerance:.0%} with {others}: the smaller file (then {reference}) wins"
+            if others
+            else ""
+        )
     )
     return Choice(pick.variant, reason, [r.variant for r in eligible], rejected)
 
