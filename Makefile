@@ -13,7 +13,7 @@ export BENTOML_DO_NOT_TRACK := true
 export GX_ANALYTICS_ENABLED := false
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: help setup run serve test check lint format lock clean bench bench-monitoring
+.PHONY: help setup run serve test check lint format lock clean bench bench-monitoring bench-optimize
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -42,6 +42,9 @@ bench: setup ## Serving benchmark: this service vs mlflow models serve vs Flask 
 
 bench-monitoring: setup ## Drift job over 1M logged rows vs Evidently on all rows (after make run)
 	$(BIN)/python benchmarks/monitoring.py
+
+bench-optimize: setup ## The optimize stage's measured table for the CNN and the wide MLP
+	$(BIN)/python benchmarks/optimize.py
 
 test: setup ## Run the test suite (real MLflow, DVC, GX, ONNX Runtime)
 	$(BIN)/pytest

@@ -75,6 +75,10 @@ class Project:
     def cli(self, *args: str) -> Any:
         from pipelines.cli import app
 
+        # This project's own store: never one a previous command exported (mlflow's
+        # set_tracking_uri sets MLFLOW_TRACKING_URI for the whole process, and module-scoped
+        # fixtures run before the per-test cleanup below).
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
         return self.runner.invoke(app, [*args, "--params", str(self.params_path)])
 
     def stages(self, *names: str) -> None:

@@ -432,7 +432,11 @@ def int8_verdict(result: Result, cfg: Optimize) -> str:
     ref = by_name[REFERENCE]
     ratio = ref.metric(cfg.metric) / best.metric(cfg.metric) if best.metric(cfg.metric) else 1.0
     if "int8" in result.choice.variant:
-        return f"int8 pays here: {best.variant} is {ratio:.2f}x fp32 by {cfg.metric}."
+        chosen = by_name[result.choice.variant]
+        speedup = (
+            ref.metric(cfg.metric) / chosen.metric(cfg.metric) if chosen.metric(cfg.metric) else 1.0
+        )
+        return f"int8 pays here: {chosen.variant} is {speedup:.2f}x fp32 by {cfg.metric}."
     if best.variant in result.choice.rejected:
         return (f"int8: {best.variant} is {ratio:.2f}x fp32 by {cfg.metric} but over the accuracy "
                 f"budget ({result.choice.rejected[best.variant]}).")  # fmt: skip

@@ -18,14 +18,24 @@ def test_shipped_params_load() -> None:
     assert len(params.data.feature_names) == 64
 
 
-def test_example_params_load() -> None:
+@pytest.mark.parametrize("name", ["wine.params.yaml", "wide-mlp.params.yaml"])
+def test_example_params_spell_out_every_section(name: str) -> None:
     import yaml
 
-    path = REPO / "pipelines/examples/wine.params.yaml"
+    path = REPO / "pipelines/examples" / name
     example = yaml.safe_load(path.read_text())
     # dvc.yaml interpolates paths.* and tracks whole sections: all must be spelled out.
     assert set(example) == set(yaml.safe_load((REPO / "params.yaml").read_text()))
+    assert set(example) == set(config.Params.model_fields) - {"validate_", "register_"} | {
+        "validate",
+        "register",
+    }
     assert set(example["paths"]) == set(config.Paths.model_fields)
+    config.load(path)
+
+
+def test_example_params_load() -> None:
+    path = REPO / "pipelines/examples/wine.params.yaml"
     params = config.load(path)
     assert params.register_.model_name == "wine-classifier"
     assert params.data.range_for("proline") == (0, 2000)
