@@ -7,6 +7,7 @@ and turns domain errors (``pipelines.errors``) into messages and exit codes:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -357,6 +358,11 @@ def summary(params_file: ParamsOpt = Path("params.yaml"), created: bool | None =
     )  # fmt: skip
     console.print(table)
     console.print(_gates_table_from_report(gates))
+    with contextlib.suppress(OSError):  # runs from before the optimize stage have no report
+        optimized = files.read_json(reports / "optimize.json")
+        console.print(f"optimize: served variant [bold]{optimized['chosen']}[/] "
+                      f"({optimized['speedup_vs_fp32']:.2f}x fp32 by {optimized['metric']}, "
+                      f"{optimized['size_ratio_vs_fp32']:.2f}x its size). {optimized.get('int8', '')}")  # fmt: skip
     state = {True: " (new version)", False: " (unchanged: already registered)", None: ""}[created]
     console.print(
         f"[bold green]{reg['model']} v{reg['version']}[/]{state} @{params.register_.alias}\n"

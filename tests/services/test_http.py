@@ -202,7 +202,7 @@ def test_metadata_names_the_version(server: Server) -> None:
     assert meta["git_commit"] == version.tags["git.commit"]
     assert meta["data_md5"] == version.tags["dvc.data_md5"]
     assert meta["onnx_sha256"] == version.tags["onnx.sha256"]
-    assert meta["variant"] == "fp32" and meta["metrics"]["accuracy"] > 0.5
+    assert meta["variant"] == version.tags["model.variant"] and meta["metrics"]["accuracy"] > 0.5
     assert len(meta["features"]) == 64 and meta["classes"] == list(range(10))
 
 
