@@ -8,15 +8,12 @@ that records what it receives; GitHub itself cannot be reached from a test).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
-from pipelines.errors import ExternalServiceError
+from pipelines import httpjson
 
 log = logging.getLogger(__name__)
 
@@ -46,29 +43,10 @@ class GitHub:
         return "created"
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(
-            f"{self.api_url.rstrip('/')}{path}",
-            data=data,
-            method=method,
-            headers={
-                "Authorization": f"Bearer {self.token}",
-                "Accept": "application/vnd.github+json",
-                "X-GitHub-Api-Version": "2022-11-28",
-                "Content-Type": "application/json",
-            },
-        )
-        try:
-            with urllib.request.urlopen(req, timeout=15) as resp:
-                raw = resp.read()
-        except urllib.error.HTTPError as exc:
-            raise ExternalServiceError(
-                f"GitHub refused {method} {path}: HTTP {exc.code} {exc.read()[:200]!r}"
-                " (check GITHUB_TOKEN's permissions)"
-            ) from exc
-        except OSError as exc:
-            raise ExternalServiceError(f"cannot reach GitHub at {self.api_url}: {exc}") from exc
-        return json.loads(raw) if raw.strip() else None
+        headers = {"Authorization": f"Bearer {self.token}", "Accept": "application/vnd.github+json",
+                   "X-GitHub-Api-Version": "2022-11-28"}  # fmt: skip
+        return httpjson.request_json(method, f"{self.api_url.rstrip('/')}{path}", body, headers,
+                                 what="GitHub (check GITHUB_TOKEN's permissions)")[1]  # fmt: skip
 
 
 def from_env() -> GitHub | None:

@@ -22,13 +22,10 @@ Verdicts: ``ok`` (exit 0), ``not-enough-data`` (exit 0: too few rows is no alarm
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import re
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -38,9 +35,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipelines import drift, files, validation
+from pipelines import drift, files, httpjson, validation
 from pipelines.config import Data, Monitor, Validate
-from pipelines.errors import ConfigError, ExternalServiceError, MonitoringError, RegistryError
+from pipelines.errors import ConfigError, MonitoringError, RegistryError
 from registry.client import Registry
 from services import inference_log
 
@@ -408,18 +405,10 @@ def _iso(ts: float) -> str:
 
 def alert(url: str, summary: Summary) -> str:
     """POST the summary (JSON) to the alert webhook."""
-    body = json.dumps({"source": "modelyard monitor", **summary.as_dict()}, default=str).encode()
-    req = urllib.request.Request(url, data=body, method="POST",
-                                 headers={"Content-Type": "application/json"})  # fmt: skip
-    try:
-        with urllib.request.urlopen(req, timeout=15) as resp:
-            return f"sent (HTTP {resp.status})"
-    except urllib.error.HTTPError as exc:
-        raise ExternalServiceError(
-            f"the alert webhook refused the summary: HTTP {exc.code}"
-        ) from exc
-    except OSError as exc:
-        raise ExternalServiceError(f"cannot reach the alert webhook {url}: {exc}") from exc
+
+    status, _ = httpjson.request_json("POST", url, {"source": "modelyard monitor", **summary.as_dict()},
+                                  what="the alert webhook")  # fmt: skip
+    return f"sent (HTTP {status})"
 
 
 def retrain(summary: Summary, root: Path) -> str:

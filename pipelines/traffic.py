@@ -13,18 +13,15 @@ of the predictions can get feedback (``/v1/feedback``) with the true label.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 
-from pipelines.errors import ExternalServiceError
+from pipelines import httpjson
 
 log = logging.getLogger(__name__)
 
@@ -66,20 +63,10 @@ class Client:
         self.url, self.api_key, self.timeout = url.rstrip("/"), api_key, timeout
 
     def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["X-API-Key"] = self.api_key
-        req = urllib.request.Request(f"{self.url}{path}", data=json.dumps(body).encode(),
-                                     method="POST", headers=headers)  # fmt: skip
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                return dict(json.loads(resp.read()))
-        except urllib.error.HTTPError as exc:
-            raise ExternalServiceError(
-                f"{self.url}{path} answered HTTP {exc.code}: {exc.read()[:300]!r}"
-            ) from exc
-        except OSError as exc:
-            raise ExternalServiceError(f"cannot reach the service at {self.url}: {exc}") from exc
+        headers = {"X-API-Key": self.api_key} if self.api_key else {}
+        _, reply = httpjson.request_json("POST", f"{self.url}{path}", body, headers, self.timeout,
+                                     what="the service")  # fmt: skip
+        return dict(reply or {})
 
 
 def send(client: Client, x: np.ndarray, labels: list[Any], rows: int, batch: int,

@@ -174,7 +174,9 @@ def _preprocessed(src: Path, tmp: Path) -> Path:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     out = tmp / f"{src.stem}.pre.onnx"
-    quant_pre_process(str(src), str(out), skip_symbolic_shape=False)
+    # Symbolic shape inference writes a temporary file into the working directory.
+    with contextlib.chdir(tmp):
+        quant_pre_process(str(src.resolve()), str(out), skip_symbolic_shape=False)
     return out
 
 

@@ -180,3 +180,14 @@ def test_monitor_ui_shows_the_runs(mon: Monitoring) -> None:
         assert status == 200 and len(snapshots) >= 2  # one per monitor run with a verdict
     finally:
         kill_tree(proc.pid)
+
+
+def test_unreachable_service_and_alert_webhook_are_clear_errors(mon: Monitoring) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    proc = modelyard(mon.server.project.root, "simulate-traffic", "--url", dead, "--rows", "5",
+                     *mon.params, env=mon.env, check=False)  # fmt: skip
+    assert proc.returncode == 1 and "cannot reach the service" in proc.stderr
+    window = mon.traffic("--rows", "300", "--drift", "invert")
+    code, summary, out = mon.monitor(window, "--alert-url", f"{dead}/alert", "--no-retrain")
+    assert code == 2 and "cannot reach the alert webhook" in " ".join(out.split())
+    assert summary["status"] == "drift"  # the verdict and report were written before the alert

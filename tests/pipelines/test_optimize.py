@@ -113,6 +113,9 @@ def test_stage_builds_measures_and_writes_the_choice(project: Project) -> None:
     md = (project.root / "data/reports/optimize.md").read_text()
     assert f"Chosen: **{chosen}**" in md and "| int8-static |" in md
     assert (project.root / "data/reports/optimize.png").stat().st_size > 10_000
+    # The quantizer's scratch file stays in the stage's temporary folder.
+    assert not Path("sym_shape_infer_temp.onnx").exists()
+    assert not (project.root / "sym_shape_infer_temp.onnx").exists()
 
 
 @pytest.mark.slow
