@@ -28,11 +28,13 @@ from pipelines.errors import ModelyardError
 app = typer.Typer(
     name="modelyard",
     help=(
-        "From a commit to a registered, validated model version.\n\n"
+        "From a commit to a monitored production API.\n\n"
         "The pipeline stages (ingest, prepare, validate, train, export, optimize, evaluate, "
-        "register) "
-        "are what `dvc repro` runs, one command each; `modelyard run` runs them all through "
-        "DVC and prints a summary."
+        "register) are what `dvc repro` runs, one command each; `modelyard run` runs them all "
+        "through DVC and prints a summary. Then: `promote`/`rollback` (the review gate), "
+        "`registry` (webhook receiver, reconciler), `build`/`serve` (the Bento), `deploy` "
+        "(image, Kubernetes, record), `monitor` (drift jobs, Evidently UI), "
+        "`simulate-traffic`, `diff` (CI's PR comment)."
     ),
     no_args_is_help=True,
     add_completion=False,
