@@ -90,11 +90,8 @@ def test_every_job_installs_through_the_cached_setup(path: Path) -> None:
     for name, job in load(path)["jobs"].items():
         uses = [s.get("uses") for s in job["steps"]]
         assert "./.github/actions/setup" in uses, f"{path.name}:{name} skips the cached setup"
-        runs_dvc = any("make run" in s.get("run", "") or "modelyard run" in s.get("run", "")
-                       for s in job["steps"])  # fmt: skip
-        if runs_dvc:
-            setup = next(s for s in job["steps"] if s.get("uses") == "./.github/actions/setup")
-            assert setup.get("with", {}).get("dvc-cache") == "true", f"{name}: no DVC cache"
+        setup = next(s for s in job["steps"] if s.get("uses") == "./.github/actions/setup")
+        assert setup.get("with", {}).get("dvc-cache") == "true", f"{name}: no DVC cache"
     action = yaml.safe_load((REPO / ".github/actions/setup/action.yml").read_text())
     paths = [s.get("with", {}).get("path") for s in action["runs"]["steps"]]
     assert ".venv" in paths and ".dvc/cache" in paths
