@@ -106,15 +106,12 @@ def choose(table: list[Row], metric: str, budget_points: float, tie_tolerance: f
     tied = [r for r in eligible if r.metric(metric) <= best + margin]
     pick = min(tied, key=lambda r: (r.size_bytes, r.variant != reference, r.variant))
     others = ", ".join(r.variant for r in tied if r is not pick)
-    reason = (
-        f"fastest by {metric} ({pick.metric(metric):.4g}) among {len(eligible)} variants within "
-        f"{budget_points:g} accuracy points of {reference}"
-        + (
-            f"; tied within {tie_tolerance:.0%} with {others}: the smaller file (then {reference}) wins"
-            if others
-            else ""
-        )
-    )
+    fastest = min(tied, key=lambda r: r.metric(metric))
+    reason = (f"{metric} {pick.metric(metric):.4g}, the best of {len(eligible)} variants within "
+              f"{budget_points:g} accuracy points of {reference}")  # fmt: skip
+    if others:
+        reason += (f", give or take {tie_tolerance:.0%} (fastest: {fastest.variant} at {best:.4g}); "
+                   f"tied with {others}, so the smaller file (then {reference}) wins")  # fmt: skip
     return Choice(pick.variant, reason, [r.variant for r in eligible], rejected)
 
 
