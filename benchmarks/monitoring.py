@@ -79,7 +79,7 @@ def full_data_verdict(log_dir: Path, model: str, params_file: Path) -> dict[str,
                                 root / params.monitor.output / "reference")  # fmt: skip
     start = time.perf_counter()
     records = [r for r in read(log_dir) if r.get("type") == "prediction"]
-    current = monitor._frame(records, ref.features)
+    current = monitor.to_frame(records, ref.features)
     del records
     usable = [f for f in ref.features if f not in ref.constant]
     result = drift.compare(ref.frame, current, usable, params.monitor.drift_share,

@@ -44,7 +44,7 @@ class Comparison:
     dataset_drift: bool
     prediction: ColumnDrift
     quality: dict[str, float] = field(default_factory=dict)  # accuracy etc. with feedback
-    snapshot: Any = None
+    snapshots: list[Any] = field(default_factory=list)  # drift report [, classification report]
 
     @property
     def drifted_columns(self) -> list[str]:
@@ -76,7 +76,7 @@ def compare(reference: pd.DataFrame, current: pd.DataFrame, features: list[str],
             timestamp=timestamp,
         )
     columns, share, prediction = _parse(snapshot.dict(), features)
-    result = Comparison(columns, share, share >= drift_share, prediction, snapshot=snapshot)
+    result = Comparison(columns, share, share >= drift_share, prediction, snapshots=[snapshot])
     if labelled is not None:
         ref, cur = labelled
         labels = sorted(set(ref[TARGET]) | set(cur[TARGET]) | set(cur[PREDICTION]))
@@ -92,17 +92,13 @@ def compare(reference: pd.DataFrame, current: pd.DataFrame, features: list[str],
                 timestamp=timestamp,
             )
         result.quality = _quality(cls_snapshot.dict())
-        result.snapshot = [snapshot, cls_snapshot]
+        result.snapshots.append(cls_snapshot)
     return result
-
-
-def snapshots(result: Comparison) -> list[Any]:
-    return result.snapshot if isinstance(result.snapshot, list) else [result.snapshot]
 
 
 def save_html(result: Comparison, path: Path) -> None:
     """The drift report (and the classification report next to it, if any)."""
-    snaps = snapshots(result)
+    snaps = result.snapshots
     snaps[0].save_html(str(path))
     if len(snaps) > 1:
         snaps[1].save_html(str(path.with_name(path.stem + "-classification.html")))
@@ -186,7 +182,7 @@ def add_to_workspace(folder: Path, project_name: str, result: Comparison) -> str
             [PanelMetric(legend="prediction", metric="ValueDrift", metric_labels={"column": PREDICTION})],
             size="full"))  # fmt: skip
         project.save()
-    for snap in snapshots(result):
+    for snap in result.snapshots:
         ws.add_run(project.id, snap, include_data=False)
     return str(project.id)
 

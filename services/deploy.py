@@ -69,12 +69,12 @@ def _run(cmd: list[str], what: str, env: dict[str, str] | None = None) -> None:
 def containerize(bento_tag: str, repository: str, push: bool = True) -> Image:
     """Build the Bento's OCI image with ``bentoml containerize`` and push it."""
     ref = image_ref(repository, bento_tag)
-    _tool("docker", "`bentoml containerize` needs a Docker engine. There is none on this "
-          "machine; the deploy workflow runs this step on GitHub's ubuntu runner.")  # fmt: skip
+    docker = _tool("docker", "`bentoml containerize` needs a Docker engine. There is none on "
+                   "this machine; the deploy workflow runs this step on GitHub's ubuntu runner.")  # fmt: skip
     bentoml = shutil.which("bentoml") or str(Path(sys.executable).with_name("bentoml"))
     _run([bentoml, "containerize", bento_tag, "--image-tag", ref], "bentoml containerize")
     if push:
-        _run(["docker", "push", ref], "docker push (is the registry login done?)")
+        _run([docker, "push", ref], "docker push (is the registry login done?)")
     return Image(ref, bento_tag)
 
 

@@ -378,9 +378,7 @@ def report(result: Result, cfg: Optimize) -> dict[str, Any]:
         "metric": cfg.metric,
         "accuracy_budget_points": cfg.accuracy_budget,
         "threads": cfg.threads,
-        "speedup_vs_fp32": ref.metric(cfg.metric) / chosen.metric(cfg.metric)
-        if chosen.metric(cfg.metric)
-        else 1.0,
+        "speedup_vs_fp32": speedup(ref, chosen, cfg.metric),
         "size_ratio_vs_fp32": chosen.size_bytes / ref.size_bytes,
         "accuracy_drop_points": (ref.accuracy - chosen.accuracy) * 100,
         "int8": int8_verdict(result, cfg),
@@ -421,6 +419,12 @@ def markdown(result: Result, cfg: Optimize) -> str:
     return "\n".join(lines) + "\n"
 
 
+def speedup(reference: Row, row: Row, metric: str) -> float:
+    """How many times better than the reference ``row`` is by ``metric`` (lower is better)."""
+    value = row.metric(metric)
+    return reference.metric(metric) / value if value else 1.0
+
+
 def int8_verdict(result: Result, cfg: Optimize) -> str:
     """Say plainly whether int8 paid on this machine, by the selection metric."""
     by_name = {r.variant: r for r in result.table}
@@ -429,13 +433,11 @@ def int8_verdict(result: Result, cfg: Optimize) -> str:
         return "int8: not applicable to this model."
     best = min(int8, key=lambda r: r.metric(cfg.metric))
     ref = by_name[REFERENCE]
-    ratio = ref.metric(cfg.metric) / best.metric(cfg.metric) if best.metric(cfg.metric) else 1.0
+    ratio = speedup(ref, best, cfg.metric)
     if "int8" in result.choice.variant:
         chosen = by_name[result.choice.variant]
-        speedup = (
-            ref.metric(cfg.metric) / chosen.metric(cfg.metric) if chosen.metric(cfg.metric) else 1.0
-        )
-        return f"int8 pays here: {chosen.variant} is {speedup:.2f}x fp32 by {cfg.metric}."
+        return (f"int8 pays here: {chosen.variant} is {speedup(ref, chosen, cfg.metric):.2f}x "
+                f"fp32 by {cfg.metric}.")  # fmt: skip
     if best.variant in result.choice.rejected:
         return (f"int8: {best.variant} is {ratio:.2f}x fp32 by {cfg.metric} but over the accuracy "
                 f"budget ({result.choice.rejected[best.variant]}).")  # fmt: skip
