@@ -68,7 +68,8 @@ def write_log(folder: Path, x: np.ndarray, labels: np.ndarray, rows: int, model:
 
 def full_data_verdict(log_dir: Path, model: str, params_file: Path) -> dict[str, Any]:
     """Evidently on every row of the window (what the sampled job approximates)."""
-    from pipelines import config, drift, monitor, tracking
+    from monitoring import drift, monitor
+    from pipelines import config, tracking
     from registry.client import Registry
     from services.inference_log import read
 

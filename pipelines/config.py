@@ -13,9 +13,12 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from pipelines.errors import ConfigError
+from core.errors import ConfigError
 
 Label = int | str
+
+
+SPLITS = ("train", "val", "test")  # what prepare writes, in paths.prepared
 
 
 class Section(BaseModel):

@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipelines import files
+from core import files
+from core.errors import DataError
 from pipelines.config import Paths
-from pipelines.errors import DataError
 
 
 @dataclass(frozen=True)

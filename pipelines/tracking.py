@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pipelines.errors import ConfigError
+from core import settings
+from core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ def embedded_uri(root: Path) -> str:
 
 def tracking_uri(root: Path) -> str:
     """The MLflow tracking (and registry) URI for a project rooted at ``root``."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or embedded_uri(root)
+    return settings.current().mlflow_tracking_uri or embedded_uri(root)
 
 
 def artifact_root(root: Path) -> str | None:

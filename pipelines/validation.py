@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from core import files
+from core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -124,3 +128,22 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (int, float, str, bool)):
         return value
     return str(value)
+
+
+def load_suite(path: Path) -> list[Expectation]:
+    """The checked-in, user-editable suite: GX's JSON form of an ExpectationSuite."""
+    if not path.exists():
+        raise ConfigError(
+            f"validate.suite {path} does not exist; create it (see data/expectations/)"
+        )
+    try:
+        suite = files.read_json(path)
+        expectations = suite["expectations"]
+        assert isinstance(expectations, list)
+        for spec in expectations:
+            assert isinstance(spec, dict) and isinstance(spec["type"], str)
+    except (ValueError, KeyError, TypeError, AssertionError) as exc:
+        raise ConfigError(
+            f'{path}: expected {{"name": ..., "expectations": [{{"type": ..., "kwargs": {{...}}}}]}}'
+        ) from exc
+    return [{"type": s["type"], "kwargs": s.get("kwargs", {})} for s in expectations]

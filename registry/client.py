@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.errors import RegistryError
+from core.errors import RegistryError
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,13 @@ class Registry:
         except MlflowException:
             return None  # no such model or alias: both mean "none yet"
         return self._version(mv, aliases=[alias])
+
+    def default_ref(self, name: str) -> tuple[str, bool]:
+        """What to serve when no version is named: ``NAME@champion``, or ``NAME@challenger``
+        while there is no champion (the flag says it fell back)."""
+        if self.by_alias(name, CHAMPION) is not None:
+            return f"{name}@{CHAMPION}", False
+        return f"{name}@{CHALLENGER}", True
 
     def find_by_tag(self, name: str, key: str, value: str) -> Version | None:
         """The first version of ``name`` whose tag ``key`` equals ``value``."""

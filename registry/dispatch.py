@@ -1,16 +1,19 @@
 """Deploy triggers: GitHub ``repository_dispatch`` when configured, else a local build.
 
-GitHub is configured from the environment (see ``pipelines.github``).
+GitHub is configured from the environment (see ``core.github``). The local build is
+handed in by the caller (the CLI passes ``services.build``): the registry never imports
+the serving code.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from pipelines import github
-from pipelines.github import GitHub
+from core import github
+from core.github import GitHub
 
 log = logging.getLogger(__name__)
 
@@ -31,19 +34,19 @@ class GitHubDispatch:
 
 @dataclass(frozen=True)
 class LocalBuild:
-    """No GitHub configured: build the Bento here (what the deploy workflow would do first)."""
+    """No GitHub configured: build here what the deploy workflow would build first.
 
-    tracking_uri: str
+    ``build`` takes ``NAME/VERSION`` and returns what it built (a Bento tag)."""
+
+    build: Callable[[str], str]
 
     def deploy(self, name: str, version: str) -> str:
-        from registry.client import Registry
-        from services import build
-
-        built = build.build(f"{name}/{version}", Registry(self.tracking_uri))
-        log.info("built %s locally for %s v%s", built.bento_tag, name, version)
-        return f"local:{built.bento_tag}"
+        built = self.build(f"{name}/{version}")
+        log.info("built %s locally for %s v%s", built, name, version)
+        return f"local:{built}"
 
 
-def from_env(tracking_uri: str) -> Dispatcher:
+def from_env(local_build: Callable[[str], str]) -> Dispatcher:
+    """GitHub when GITHUB_REPOSITORY and GITHUB_TOKEN are set, else ``local_build``."""
     gh = github.from_env()
-    return GitHubDispatch(gh) if gh else LocalBuild(tracking_uri)
+    return GitHubDispatch(gh) if gh else LocalBuild(local_build)

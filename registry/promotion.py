@@ -14,7 +14,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from pipelines.errors import PromotionRefused, RegistryError
+from core.errors import PromotionRefused, RegistryError
 from registry import policy
 from registry.client import CHAMPION, Registry, Version
 

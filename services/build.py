@@ -16,19 +16,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import shutil
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from pipelines.errors import ConfigError, RegistryError
-from pipelines.files import sha256
+from core import tools
+from core.errors import ConfigError, RegistryError
+from core.files import sha256
 from registry.client import Registry, Version
 
 log = logging.getLogger(__name__)
@@ -105,11 +104,11 @@ def build(ref: str, registry: Registry) -> Built:
         "git_commit": version.tags.get("git.commit", "unknown"),
         "onnx_sha256": actual, "variant": version.tags.get("model.variant", "fp32"),
     }  # fmt: skip
-    bentoml_bin = shutil.which("bentoml") or str(Path(sys.executable).with_name("bentoml"))
+    bentoml_bin = tools.binary("bentoml")
     cmd = [bentoml_bin, "build", "-f", "services/bentofile.yaml", "--name", version.name,
            "--version", bento_tag.split(":")[1], "--arg", f"model_tag={model_tag}",
            *[arg for k, v in labels.items() for arg in ("--label", f"{k}={v}")], "."]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, env=os.environ.copy())
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, env=tools.env())
     if proc.returncode != 0:
         raise RegistryError(f"bentoml build failed:\n{proc.stdout}\n{proc.stderr}")
     return Built(version.name, version.version, model_tag, bento_tag, True)

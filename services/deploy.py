@@ -26,7 +26,8 @@ from pathlib import Path
 
 import yaml
 
-from pipelines.errors import ConfigError, DeployError
+from core import tools
+from core.errors import ConfigError, DeployError
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ def containerize(bento_tag: str, repository: str, push: bool = True) -> Image:
     ref = image_ref(repository, bento_tag)
     docker = _tool("docker", "`bentoml containerize` needs a Docker engine. There is none on "
                    "this machine; the deploy workflow runs this step on GitHub's ubuntu runner.")  # fmt: skip
-    bentoml = shutil.which("bentoml") or str(Path(sys.executable).with_name("bentoml"))
+    bentoml = tools.binary("bentoml")
     _run([bentoml, "containerize", bento_tag, "--image-tag", ref], "bentoml containerize")
     if push:
         _run([docker, "push", ref], "docker push (is the registry login done?)")

@@ -255,7 +255,7 @@ class Classifier:
 
 
 def _sha256(path: Path) -> str:
-    # Same as pipelines.files.sha256, on purpose: the service imports no training code.
+    # Same as core.files.sha256, on purpose: the service imports no training code.
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):

@@ -73,7 +73,7 @@ class Project:
         self.params_path.write_text(yaml.safe_dump(deep_merge(self.params(), sections)))
 
     def cli(self, *args: str) -> Any:
-        from pipelines.cli import app
+        from modelyard.app import app
 
         # This project's own store: never one a previous command exported (mlflow's
         # set_tracking_uri sets MLFLOW_TRACKING_URI for the whole process, and module-scoped

@@ -81,8 +81,8 @@ def family(name: str) -> Family:
 
 def read_meta(native_dir: Path) -> dict[str, Any]:
     """``meta.json`` of the trained model (family, file, MLflow run id), without loading it."""
-    from pipelines import files
-    from pipelines.errors import ModelyardError
+    from core import files
+    from core.errors import ModelyardError
 
     try:
         return dict(files.read_json(native_dir / "meta.json"))
@@ -94,7 +94,7 @@ def read_meta(native_dir: Path) -> dict[str, Any]:
 
 def load_native(native_dir: Path) -> tuple[Family, Any, dict[str, Any]]:
     """The trained model in ``native_dir``: (family adapter, model, meta.json)."""
-    from pipelines.errors import ModelyardError
+    from core.errors import ModelyardError
 
     meta = read_meta(native_dir)
     try:

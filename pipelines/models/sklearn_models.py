@@ -55,7 +55,7 @@ class Adapter:
         missing = set(range(n_classes)) - set(model.classes_.tolist())
         if missing:
             # predict_proba would have fewer columns than the schema's classes.
-            from pipelines.errors import TrainingError
+            from core.errors import TrainingError
 
             raise TrainingError(f"classes {sorted(missing)} have no training rows")
         return Fitted(model, [], None, _n_params(clf))

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from core.errors import TrainingError
 from pipelines.config import Train
-from pipelines.errors import TrainingError
 from pipelines.models import INPUT_NAME, OUTPUT_NAME, Epoch, EpochCallback, Fitted
 
 log = logging.getLogger(__name__)

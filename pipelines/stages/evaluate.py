@@ -3,8 +3,8 @@
 Reads the served model (``optimize``'s choice in ``paths.optimized``), the test/train splits and the schema. With ONNX Runtime it
 measures quality (accuracy, macro-F1, per-class precision/recall, a confusion matrix),
 latency (p50/p99 at batch 1 and 256) and behaviour (invariance to small noise, minimum
-per-class recall). If the registry has a ``champion``, that model is scored on the same
-test set and McNemar's exact test asks whether the challenger is significantly worse.
+per-class recall). If the ``champion`` stage's pointer names a champion, that model is
+scored on the same test set and McNemar's exact test asks whether the challenger is significantly worse.
 
 Writes ``evaluate.json`` (metrics), ``gates.json`` (each gate, its value, threshold and
 verdict), ``confusion.csv`` and ``confusion.png`` (plots). It does not fail on a gate:
@@ -21,7 +21,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipelines import dataset, files, inference, tracking
+from core import files
+from core.errors import RegistryError
+from pipelines import dataset, inference, pointer, tracking
 from pipelines.config import Evaluate, Params
 from pipelines.models import read_meta
 
@@ -144,19 +146,30 @@ def mcnemar(y: np.ndarray, challenger: np.ndarray, champion: np.ndarray) -> dict
 def compare_with_champion(
     params: Params, root: Path, schema: dataset.Schema, test: dataset.Split, pred: np.ndarray
 ) -> dict[str, Any] | None:
-    from registry.client import CHAMPION, Registry
+    """Score the champion named by the ``champion`` stage's pointer on the same test set."""
+    from registry.client import Registry
 
-    registry = Registry(tracking.tracking_uri(root))
-    champ = registry.by_alias(params.register_.model_name, CHAMPION)
-    if champ is None:
+    champ = pointer.read(params.paths, root)
+    if champ.version is None:
         return None
-    folder = registry.download(champ.name, champ.version)
+    registry = Registry(tracking.tracking_uri(root))
+    folder = registry.download(champ.model, champ.version)
     onnx_file = folder / "model.onnx"
+    if champ.onnx_sha256 and files.sha256(onnx_file) != champ.onnx_sha256:
+        raise RegistryError(
+            f"champion {champ.model} v{champ.version}: its model.onnx does not match the "
+            f"onnx.sha256 the registry recorded ({champ.onnx_sha256[:12]}...): the artifact "
+            "was changed after registration; investigate before comparing against it"
+        )
     sess = inference.session(onnx_file)
     n_inputs = sess.get_inputs()[0].shape[1]
     if n_inputs != len(schema.feature_names):
-        log.warning("champion v%s takes %s features, not %d: not compared",
-                    champ.version, n_inputs, len(schema.feature_names))  # fmt: skip
+        log.warning(
+            "champion v%s takes %s features, not %d: not compared",
+            champ.version,
+            n_inputs,
+            len(schema.feature_names),
+        )
         return {"version": champ.version, "compared": False, "reason": "different feature schema"}
     champ_pred = inference.predict_proba(sess, test.x).argmax(1)
     return {

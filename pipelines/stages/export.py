@@ -15,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines import dataset, files, inference, tracking
+from core import files
+from core.errors import ExportParityError
+from pipelines import dataset, inference, tracking
 from pipelines.config import Params
-from pipelines.errors import ExportParityError
 from pipelines.models import load_native
 
 log = logging.getLogger(__name__)

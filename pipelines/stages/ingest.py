@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipelines import files
+from core import files
+from core.errors import DataError
 from pipelines.config import Data, Ingest, Paths
-from pipelines.errors import DataError
 
 log = logging.getLogger(__name__)
 

@@ -39,9 +39,10 @@ from typing import Any
 
 import numpy as np
 
-from pipelines import dataset, files, inference, tracking
+from core import files
+from core.errors import TrainingError
+from pipelines import dataset, inference, tracking
 from pipelines.config import Optimize, Params
-from pipelines.errors import TrainingError
 
 log = logging.getLogger(__name__)
 

@@ -20,13 +20,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipelines import files
+from core import files
+from core.errors import DataError
 from pipelines.config import Data, Paths, Prepare
-from pipelines.errors import DataError
 
 log = logging.getLogger(__name__)
-
-SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)

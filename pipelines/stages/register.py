@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines import dataset, files, inference, lineage, tracking
+from core import files
+from core.errors import GateFailed
+from pipelines import dataset, inference, lineage, tracking
 from pipelines.config import Params
-from pipelines.errors import GateFailed
 from pipelines.models import read_meta
 from registry.client import Registry
 

@@ -15,9 +15,10 @@ from typing import Any
 
 import pandas as pd
 
-from pipelines import dataset, files, tracking
+from core import files
+from core.errors import DataValidationError
+from pipelines import dataset, tracking
 from pipelines.config import Params
-from pipelines.errors import DataValidationError
 from pipelines.models import EpochCallback, family
 
 log = logging.getLogger(__name__)

@@ -23,10 +23,10 @@ from typing import Any
 
 import pandas as pd
 
-from pipelines import files, validation
-from pipelines.config import Data, Paths, Validate
-from pipelines.errors import ConfigError, DataError, DataValidationError
-from pipelines.stages.prepare import SPLITS
+from core import files
+from core.errors import DataError, DataValidationError
+from pipelines import validation
+from pipelines.config import SPLITS, Data, Paths, Validate
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def run(cfg: Validate, data: Data, paths: Paths, root: Path) -> Result:
     raw = _read_csv(root / paths.raw)
     splits = {name: _read_parquet(root / paths.split(name)) for name in SPLITS}
     tables = {
-        "raw": (raw, raw_expectations(cfg, data) + load_suite(root / cfg.suite)),
+        "raw": (raw, raw_expectations(cfg, data) + validation.load_suite(root / cfg.suite)),
         "class_balance": (class_balance(raw, data), balance_expectations(cfg)),
     }
     for name, frame in splits.items():
@@ -130,25 +130,6 @@ def leakage_table(splits: dict[str, pd.DataFrame], data: Data) -> pd.DataFrame:
         part.index = [f"{name}:{i}" for i in range(len(frame))]
         parts.append(part.drop_duplicates(subset="row_hash"))
     return pd.concat(parts) if parts else pd.DataFrame({"row_hash": []})
-
-
-def load_suite(path: Path) -> list[validation.Expectation]:
-    """The checked-in, user-editable suite: GX's JSON form of an ExpectationSuite."""
-    if not path.exists():
-        raise ConfigError(
-            f"validate.suite {path} does not exist; create it (see data/expectations/)"
-        )
-    try:
-        suite = files.read_json(path)
-        expectations = suite["expectations"]
-        assert isinstance(expectations, list)
-        for spec in expectations:
-            assert isinstance(spec, dict) and isinstance(spec["type"], str)
-    except (ValueError, KeyError, TypeError, AssertionError) as exc:
-        raise ConfigError(
-            f'{path}: expected {{"name": ..., "expectations": [{{"type": ..., "kwargs": {{...}}}}]}}'
-        ) from exc
-    return [{"type": s["type"], "kwargs": s.get("kwargs", {})} for s in expectations]
 
 
 def failure_message(failed: list[validation.Check], data: Data) -> str:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from core.errors import ConfigError
 from pipelines import config
-from pipelines.errors import ConfigError
 from tests.conftest import REPO, Project
 
 

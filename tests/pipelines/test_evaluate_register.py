@@ -99,7 +99,7 @@ def test_register_writes_lineage_and_is_idempotent(evaluated: Project) -> None:
     optimized = evaluated.report("optimize.json")
     assert version.tags["model.variant"] == optimized["chosen"]
     chosen_file = evaluated.root / "data/models/optimized/variants" / f"{optimized['chosen']}.onnx"
-    from pipelines.files import sha256 as file_sha
+    from core.files import sha256 as file_sha
 
     assert version.tags["onnx.sha256"] == file_sha(chosen_file)
     assert float(version.tags["optimize.size_ratio_vs_fp32"]) == pytest.approx(
@@ -125,7 +125,7 @@ def test_register_writes_lineage_and_is_idempotent(evaluated: Project) -> None:
 
     # The registered artifact is the same file, runnable, with the schema in its metadata.
     folder = registry.download("digits-classifier", version.version)
-    from pipelines.files import sha256
+    from core.files import sha256
 
     assert sha256(folder / "model.onnx") == version.tags["onnx.sha256"]
     mlmodel = (folder / "MLmodel").read_text()

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pipelines.errors import ExportParityError
+from core.errors import ExportParityError
 from pipelines.stages.export import check_parity
 from tests.conftest import FAST_TRAIN, Project
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines.files import sha256
+from core.files import sha256
 from tests.conftest import FAST_TRAIN, REPO, Project
 
 WINE = REPO / "pipelines/examples/wine.params.yaml"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.errors import RegistryError
+from core.errors import RegistryError
 from registry.client import Registry
 
 

@@ -17,11 +17,14 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-from pipelines import httpjson
+from core import http
+from core.errors import ConfigError, DataError
+from pipelines.config import Params
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +67,14 @@ class Client:
 
     def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         headers = {"X-API-Key": self.api_key} if self.api_key else {}
-        _, reply = httpjson.request_json("POST", f"{self.url}{path}", body, headers, self.timeout,
-                                     what="the service")  # fmt: skip
+        _, reply = http.request_json(
+            "POST",
+            f"{self.url}{path}",
+            body,
+            headers=headers,
+            timeout=self.timeout,
+            what="the service",
+        )
         return dict(reply or {})
 
 
@@ -92,3 +101,37 @@ def send(client: Client, x: np.ndarray, labels: list[Any], rows: int, batch: int
 
 def batches(rows: int, batch: int) -> int:
     return math.ceil(rows / batch)
+
+
+def simulate(
+    params: Params,
+    root: Path,
+    *,
+    url: str,
+    rows: int,
+    batch: int,
+    drift: str,
+    strength: float,
+    feedback: float,
+    api_key: str | None,
+    seed: int,
+    progress: Callable[[int], None] | None = None,
+) -> Sent:
+    """Send ``rows`` real rows of the test split (distorted by ``drift``) to the service."""
+    import pandas as pd
+
+    if drift not in KINDS:
+        raise ConfigError(f"--drift {drift!r}: one of {', '.join(KINDS)}")
+    test_file = root / params.paths.split("test")
+    if not test_file.exists():
+        raise DataError(f"{test_file} not found: run the pipeline first (`modelyard run`)")
+    frame = pd.read_parquet(test_file)
+    features = params.data.feature_names
+    low, high = params.data.feature_range or (
+        float(frame[features].min().min()),
+        float(frame[features].max().max()),
+    )
+    rng = np.random.default_rng(seed)
+    x = distort(frame[features].to_numpy(np.float64), drift, strength, low, high, rng)
+    labels = frame[params.data.target].tolist()
+    return send(Client(url, api_key), x, labels, rows, batch, feedback, rng, progress)

@@ -9,7 +9,7 @@
    window's predictions name) -> its ``data.reference_uri`` tag -> the training split
    logged with its training run. Its predictions (the version's own ONNX model, run
    once) and the split are cached per version under ``monitor.output``.
-3. Compare with Evidently (``pipelines.drift``): per-feature drift, the drifted share,
+3. Compare with Evidently (``monitoring.drift``): per-feature drift, the drifted share,
    prediction drift; classification quality where feedback labels exist. Data quality:
    the training contract's checks (and the checked-in GX suite's column checks) on the
    sample, through ``pipelines.validation``.
@@ -35,9 +35,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipelines import drift, files, httpjson, validation
+from core import files, http, tools
+from core.errors import ConfigError, MonitoringError, RegistryError
+from monitoring import drift
+from pipelines import validation
 from pipelines.config import Data, Monitor, Validate
-from pipelines.errors import ConfigError, MonitoringError, RegistryError
 from registry.client import Registry
 from services import inference_log
 
@@ -374,8 +376,6 @@ def _data_quality(
     current: pd.DataFrame, ref: Reference, data: Data, validate: Validate
 ) -> dict[str, Any]:
     """The training contract's column checks + the GX suite's feature checks, on the sample."""
-    from pipelines.stages.validate import load_suite
-
     expectations: list[validation.Expectation] = []
     for col in ref.features:
         expectations.append(
@@ -387,7 +387,7 @@ def _data_quality(
                                  "kwargs": {"column": col, "min_value": bounds[0], "max_value": bounds[1]}})  # fmt: skip
     suite_path = Path(validate.suite)
     try:
-        suite = load_suite(suite_path) if suite_path.exists() else []
+        suite = validation.load_suite(suite_path) if suite_path.exists() else []
     except ConfigError as exc:  # a broken suite is reported; the drift verdict still stands
         log.warning("GX suite %s unusable on the window: %s", suite_path, exc)
         suite = []
@@ -414,8 +414,9 @@ def _iso(ts: float) -> str:
 def alert(url: str, summary: Summary) -> str:
     """POST the summary (JSON) to the alert webhook."""
 
-    status, _ = httpjson.request_json("POST", url, {"source": "modelyard monitor", **summary.as_dict()},
-                                  what="the alert webhook")  # fmt: skip
+    status, _ = http.request_json(
+        "POST", url, {"source": "modelyard monitor", **summary.as_dict()}, what="the alert webhook"
+    )
     return f"sent (HTTP {status})"
 
 
@@ -423,19 +424,16 @@ def retrain(summary: Summary, root: Path) -> str:
     """Drift: ask for a retrain. GitHub `repository_dispatch` `retrain` when configured
     (train.yml listens), else `dvc repro` here. Either way the new version is only a
     challenger: it still goes through the review gate."""
-    import shutil
     import subprocess
-    import sys
 
-    from pipelines import github
+    from core import github
 
     gh = github.from_env()
     if gh is not None:
         return gh.dispatch("retrain", {"model": summary.model or "", "reason": summary.message[:200],
                                        "drift_share": f"{summary.drift_share:.3f}"})  # fmt: skip
-    dvc = shutil.which("dvc") or str(Path(sys.executable).with_name("dvc"))
     log.info("drift: retraining locally with `dvc repro` in %s", root)
-    code = subprocess.call([dvc, "repro"], cwd=root)
+    code = subprocess.call([tools.binary("dvc"), "repro"], cwd=root, env=tools.env())
     if code != 0:
         raise MonitoringError(f"retraining (`dvc repro` in {root}) failed with exit {code}")
     return "local:dvc repro"

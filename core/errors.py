@@ -11,7 +11,8 @@
     │   └── PromotionRefused     the review gate said no (reasons in the message)
     ├── DeployError              containerize / push / kubectl failed or is unavailable
     ├── ExternalServiceError     GitHub or an alert webhook refused or was unreachable
-    └── MonitoringError          the drift job cannot run (no reference, unreadable log)
+    ├── MonitoringError          the drift job cannot run (no reference, unreadable log)
+    └── PipelineFailed           `dvc repro` or `dvc push` failed (the stage said why)
 
 Messages say what was wrong, where, and what to do.
 """
@@ -65,3 +66,7 @@ class ExternalServiceError(ModelyardError):
 
 class MonitoringError(ModelyardError):
     """The drift job cannot run: no reference data, no log, bad window."""
+
+
+class PipelineFailed(ModelyardError):
+    """`dvc repro` (or `dvc push`) failed; the failing stage printed why."""

@@ -9,11 +9,12 @@ import time
 import urllib.request
 from pathlib import Path
 
+from modelyard.app import app
 from tests.conftest import BIN, Project, free_port
 
 
 def test_help_lists_every_stage(project: Project) -> None:
-    result = project.runner.invoke(__import__("pipelines.cli").cli.app, ["--help"])
+    result = project.runner.invoke(app, ["--help"])
     assert result.exit_code == 0
     for command in ("ingest", "prepare", "validate", "train", "export", "optimize", "evaluate", "register",
                     "run", "summary", "ui"):  # fmt: skip

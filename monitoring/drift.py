@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from core import tools
+
 log = logging.getLogger(__name__)
 
 PREDICTION = "prediction"
@@ -189,8 +191,5 @@ def add_to_workspace(folder: Path, project_name: str, result: Comparison) -> str
 
 def ui_command(folder: Path, host: str, port: int) -> list[str]:
     """The ``evidently ui`` command line for the workspace."""
-    import shutil
-    import sys
-
-    evidently = shutil.which("evidently") or str(Path(sys.executable).with_name("evidently"))
+    evidently = tools.binary("evidently")
     return [evidently, "ui", "--workspace", str(folder), "--host", host, "--port", str(port)]

@@ -1,6 +1,6 @@
 """The GitHub REST API: the only module that talks to it (dispatches, PR comments).
 
-Configuration comes from the environment, read in ``from_env`` only:
+Configuration comes from the environment (``core.settings``), in ``from_env`` only:
 ``GITHUB_REPOSITORY`` (owner/name) and ``GITHUB_TOKEN`` select GitHub;
 ``GITHUB_API_URL`` overrides https://api.github.com (tests point it at a local server
 that records what it receives; GitHub itself cannot be reached from a test).
@@ -9,11 +9,10 @@ that records what it receives; GitHub itself cannot be reached from a test).
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from typing import Any
 
-from pipelines import httpjson
+from core import http, settings
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +44,20 @@ class GitHub:
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         headers = {"Authorization": f"Bearer {self.token}", "Accept": "application/vnd.github+json",
                    "X-GitHub-Api-Version": "2022-11-28"}  # fmt: skip
-        return httpjson.request_json(method, f"{self.api_url.rstrip('/')}{path}", body, headers,
-                                 what="GitHub (check GITHUB_TOKEN's permissions)")[1]  # fmt: skip
+        return http.request_json(
+            method,
+            f"{self.api_url.rstrip('/')}{path}",
+            body,
+            headers=headers,
+            what="GitHub (check GITHUB_TOKEN's permissions)",
+        )[1]
 
 
 def from_env() -> GitHub | None:
     """GitHub if GITHUB_REPOSITORY and GITHUB_TOKEN are set, else None."""
-    repo, token = os.environ.get("GITHUB_REPOSITORY"), os.environ.get("GITHUB_TOKEN")
-    if repo and token:
-        return GitHub(repo, token, os.environ.get("GITHUB_API_URL", "https://api.github.com"))
+    env = settings.current()
+    if env.github_repository and env.github_token:
+        return GitHub(
+            env.github_repository, env.github_token.get_secret_value(), env.github_api_url
+        )
     return None

@@ -1,0 +1,99 @@
+"""The one outbound HTTP client (GitHub's API, the alert webhook, the model service in
+simulate-traffic): httpx for the request, tenacity for retries, one place for the timeout
+and the error messages.
+
+Retries (exponential backoff) only where a retry cannot do a thing twice: the connection
+was refused or could not be opened, or the server answered 502/503/504. Any other HTTP
+error is final and raised as ``ExternalServiceError`` with the server's own words.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+from tenacity import (
+    RetryError,
+    retry,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential,
+)
+
+from core.errors import ExternalServiceError
+
+RETRY_STATUS = frozenset({502, 503, 504})
+
+
+class _Retryable(Exception):
+    def __init__(self, response: httpx.Response) -> None:
+        super().__init__(f"HTTP {response.status_code}")
+        self.response = response
+
+
+def _retryable(exc: BaseException) -> bool:
+    return isinstance(exc, _Retryable | httpx.ConnectError | httpx.ConnectTimeout)
+
+
+def request_json(
+    method: str,
+    url: str,
+    body: Any = None,
+    *,
+    headers: dict[str, str] | None = None,
+    timeout: float = 15.0,
+    attempts: int = 3,
+    what: str = "",
+) -> tuple[int, Any]:
+    """Send ``body`` as JSON; return (status, parsed reply or None).
+
+    Raises ExternalServiceError naming ``what`` (else the URL) on an HTTP error, an
+    unreachable server after ``attempts`` tries, or a reply that is not JSON.
+    """
+    name = what or url
+    content = json.dumps(body, default=str).encode() if body is not None else None
+
+    @retry(
+        retry=retry_if_exception(_retryable),
+        stop=stop_after_attempt(max(1, attempts)),
+        wait=wait_exponential(multiplier=0.2, max=5),
+        reraise=False,
+    )
+    def send() -> httpx.Response:
+        response = httpx.request(
+            method,
+            url,
+            content=content,
+            headers={"Content-Type": "application/json", **(headers or {})},
+            timeout=timeout,
+        )
+        if response.status_code in RETRY_STATUS:
+            raise _Retryable(response)
+        return response
+
+    try:
+        response = send()
+    except RetryError as exc:
+        last = exc.last_attempt.exception()
+        if isinstance(last, _Retryable):
+            response = last.response
+        else:
+            raise ExternalServiceError(
+                f"cannot reach {name} at {url} after {attempts} tries: {last}"
+            ) from last
+    except httpx.HTTPError as exc:
+        raise ExternalServiceError(f"cannot reach {name} at {url}: {exc}") from exc
+    if response.is_error:
+        raise ExternalServiceError(
+            f"{name} refused {method} {url}: HTTP {response.status_code} {response.text[:300]!r}"
+        )
+    if not response.content.strip():
+        return response.status_code, None
+    try:
+        return response.status_code, response.json()
+    except ValueError as exc:
+        raise ExternalServiceError(
+            f"{name} answered {method} {url} with something that is not JSON: "
+            f"{response.text[:200]!r}"
+        ) from exc

@@ -1,0 +1,54 @@
+"""Settings read from the environment: the one place that reads it (pydantic-settings).
+
+Secrets and service addresses come from here, never from params.yaml. An empty variable
+counts as unset. Read afresh on each call (``current()``), so a test or a workflow step
+that changes the environment is seen; nothing is read at import time.
+
+The model service (``services/service.py``) is the one exception: it ships alone in the
+Bento and reads its own few variables (``MODELYARD_API_KEYS``, ``MODELYARD_LOG_DIR``, ...).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+GITHUB_API = "https://api.github.com"
+
+
+class Settings(BaseSettings):
+    """Every environment variable modelyard's commands read (the names are the aliases)."""
+
+    model_config = SettingsConfigDict(
+        frozen=True, extra="ignore", case_sensitive=True, env_ignore_empty=True
+    )
+
+    mlflow_tracking_uri: str | None = Field(None, validation_alias="MLFLOW_TRACKING_URI")
+    github_repository: str | None = Field(None, validation_alias="GITHUB_REPOSITORY")
+    github_token: SecretStr | None = Field(None, validation_alias="GITHUB_TOKEN")
+    github_api_url: str = Field(GITHUB_API, validation_alias="GITHUB_API_URL")
+    github_output: Path | None = Field(None, validation_alias="GITHUB_OUTPUT")
+    github_actor: str | None = Field(None, validation_alias="GITHUB_ACTOR")
+    user: str | None = Field(None, validation_alias="USER")
+    webhook_secret: SecretStr | None = Field(None, validation_alias="MODELYARD_WEBHOOK_SECRET")
+    log_dir: Path | None = Field(None, validation_alias="MODELYARD_LOG_DIR")
+    alert_webhook_url: str | None = Field(None, validation_alias="MODELYARD_ALERT_WEBHOOK_URL")
+    api_keys: str | None = Field(None, validation_alias="MODELYARD_API_KEYS")
+    dvc_remote_url: str | None = Field(None, validation_alias="DVC_REMOTE_URL")
+    kube_config: SecretStr | None = Field(None, validation_alias="KUBE_CONFIG")
+
+    @property
+    def first_api_key(self) -> str | None:
+        keys = [k.strip() for k in (self.api_keys or "").split(",") if k.strip()]
+        return keys[0] if keys else None
+
+    def actor(self, given: str | None = None) -> str:
+        """Who runs a command, for an audit entry: given, else the CI actor, else $USER."""
+        return given or self.github_actor or self.user or "unknown"
+
+
+def current() -> Settings:
+    """The environment as it is now."""
+    return Settings()

@@ -1,0 +1,72 @@
+"""The ``modelyard`` Typer app: the root command, logging, and the command groups."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Annotated
+
+import typer
+
+from modelyard import monitor, pipeline, promotion, serving, stages
+from modelyard.common import err_console
+
+app = typer.Typer(
+    name="modelyard",
+    help=(
+        "From a commit to a monitored production API.\n\n"
+        "The pipeline stages (ingest, prepare, validate, train, export, optimize, evaluate, "
+        "register) are what `dvc repro` runs, one command each; `modelyard run` runs them all "
+        "through DVC and prints a summary. Then: `promote`/`rollback` (the review gate), "
+        "`registry` (webhook receiver, reconciler), `build`/`serve` (the Bento), `deploy` "
+        "(image, Kubernetes, record), `monitor` (drift jobs, Evidently UI), "
+        "`simulate-traffic`, `diff` (CI's PR comment)."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+for module in (stages, pipeline, promotion, serving, monitor):
+    app.registered_commands.extend(module.app.registered_commands)
+app.add_typer(promotion.registry_app, name="registry")
+app.add_typer(serving.deploy_app, name="deploy")
+app.add_typer(monitor.monitor_app, name="monitor")
+
+OWN_LOGGERS = ("core", "pipelines", "registry", "services", "monitoring", "modelyard")
+TELEMETRY_OFF = {
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "1",
+    "BENTOML_DO_NOT_TRACK": "true",
+    "GX_ANALYTICS_ENABLED": "false",
+    "DVC_NO_ANALYTICS": "1",
+    # MLflow's per-file download bars are noise next to our own output.
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}
+
+
+def main() -> None:
+    """The console script: telemetry off for every tool underneath, then the app."""
+    for key, value in TELEMETRY_OFF.items():
+        os.environ.setdefault(key, value)
+    app()
+
+
+@app.callback()
+def _setup(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    from rich.logging import RichHandler
+
+    handler = RichHandler(console=err_console, show_path=False, show_time=False)
+    if not verbose:
+        # Our own INFO lines; only warnings from the libraries underneath.
+        handler.addFilter(
+            lambda r: r.levelno >= logging.WARNING or r.name.split(".")[0] in OWN_LOGGERS
+        )
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO, format="%(message)s", handlers=[handler]
+    )
+
+
+if __name__ == "__main__":
+    main()
