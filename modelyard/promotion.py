@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from core import settings
-from modelyard.common import EXIT_CODES, ParamsOpt, console, err_console, guard
+from modelyard.common import EXIT_CODES, ParamsOpt, console, err_console, guard, load
 from modelyard.common import registry as open_registry
 
 if TYPE_CHECKING:
@@ -55,6 +55,7 @@ def promote(
     )
     was = f" (was v{previous.version})" if previous else ""
     console.print(f"promote: {name} v{new.version} is now @champion{was}")
+    _refresh_pointer(params_file, name)
 
 
 @app.command(epilog=EXIT_CODES)
@@ -72,6 +73,42 @@ def rollback(
     who = actor or settings.current().user or "unknown"
     new, old = guard("rollback", lambda: promotion.rollback(registry, name, who))
     console.print(f"rollback: {name} @champion v{old.version} -> v{new.version}")
+    _refresh_pointer(params_file, name)
+
+
+def _refresh_pointer(params_file: Path, name: str) -> None:
+    """Rewrite the champion pointer of this project if it tracks ``name``: the next
+    `dvc repro` then re-runs evaluate against the new champion."""
+    from pipelines import pointer
+
+    params, root = guard("champion", lambda: load(params_file))
+    if params.register_.model_name != name:
+        return
+    now, changed = guard(
+        "champion",
+        lambda: pointer.refresh(open_registry(params_file), name, params.paths, root),
+    )
+    if changed:
+        console.print(f"champion: {params.paths.report(pointer.FILE)} now names v{now.version}")
+
+
+@app.command(epilog=EXIT_CODES)
+def champion(params_file: ParamsOpt = PARAMS) -> None:
+    """Write who the registry's champion is now to data/reports/champion.json.
+
+    `evaluate` depends on that file, so the next `dvc repro` re-runs the champion
+    comparison when it changed. `modelyard run`, `promote` and `rollback` do this for
+    you; run it yourself before a plain `dvc repro` after someone else promoted.
+    Stops (exit 1) if the registry cannot be read: an outage is not "no champion".
+    """
+    from pipelines import pointer
+
+    params, root = guard("champion", lambda: load(params_file))
+    registry = open_registry(params_file)
+    name = params.register_.model_name
+    now, changed = guard("champion", lambda: pointer.refresh(registry, name, params.paths, root))
+    state = f"v{now.version}" if now.version else "none yet"
+    console.print(f"champion of {name}: {state}" + (" (pointer updated)" if changed else ""))
 
 
 def _secret() -> str:

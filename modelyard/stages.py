@@ -150,18 +150,3 @@ def register(params_file: ParamsOpt = PARAMS) -> None:
     r = guard("register", lambda: stage.run(params, root))
     verb = "registered" if r.created else "already registered"
     console.print(f"register: {verb} {r.name} v{r.version} (@{params.register_.alias})")
-
-
-@app.command(epilog=EXIT_CODES)
-def champion(params_file: ParamsOpt = PARAMS) -> None:
-    """Write who the registry's champion is now (data/reports/champion.json).
-
-    `dvc repro` runs this first, every time; `evaluate` re-runs only when the champion
-    changed (a promotion or a rollback). Stops if the registry cannot be read.
-    """
-    from pipelines.stages import champion as stage
-
-    params, root = guard("champion", lambda: load(params_file))
-    use_store(root)
-    r = guard("champion", lambda: stage.run(params.register_, params.paths, root))
-    console.print(f"champion: {r.model} " + (f"v{r.version}" if r.version else "has none yet"))

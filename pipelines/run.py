@@ -15,7 +15,7 @@ from pathlib import Path
 
 from core import tools
 from core.errors import PipelineFailed
-from pipelines import tracking
+from pipelines import pointer, tracking
 from pipelines.config import Params
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,7 @@ def run(
     registry = Registry(tracking.tracking_uri(root))
     name = params.register_.model_name
     before = {v.version for v in registry.versions(name)}
+    pointer.refresh(registry, name, params.paths, root)  # a new champion re-runs evaluate
     repro(root, force=force)
     if push_outputs:
         push(root, url=push_to)

@@ -3,8 +3,8 @@
 Reads the served model (``optimize``'s choice in ``paths.optimized``), the test/train splits and the schema. With ONNX Runtime it
 measures quality (accuracy, macro-F1, per-class precision/recall, a confusion matrix),
 latency (p50/p99 at batch 1 and 256) and behaviour (invariance to small noise, minimum
-per-class recall). If the ``champion`` stage's pointer names a champion, that model is
-scored on the same test set and McNemar's exact test asks whether the challenger is significantly worse.
+per-class recall). If the champion pointer (``pipelines.pointer``) names a champion, that
+model is scored on the same test set and McNemar's exact test asks whether the challenger is significantly worse.
 
 Writes ``evaluate.json`` (metrics), ``gates.json`` (each gate, its value, threshold and
 verdict), ``confusion.csv`` and ``confusion.png`` (plots). It does not fail on a gate:
@@ -146,13 +146,21 @@ def mcnemar(y: np.ndarray, challenger: np.ndarray, champion: np.ndarray) -> dict
 def compare_with_champion(
     params: Params, root: Path, schema: dataset.Schema, test: dataset.Split, pred: np.ndarray
 ) -> dict[str, Any] | None:
-    """Score the champion named by the ``champion`` stage's pointer on the same test set."""
+    """Score the champion the pointer file names on the same test set (``pipelines.pointer``)."""
     from registry.client import Registry
 
     champ = pointer.read(params.paths, root)
+    registry = Registry(tracking.tracking_uri(root))
+    now = pointer.current(registry, params.register_.model_name)
+    if now != champ:
+        raise RegistryError(
+            f"the champion of {now.model} changed since {params.paths.report(pointer.FILE)} "
+            f"was written (file: v{champ.version}, registry: v{now.version}): run "
+            "`modelyard run` (or `modelyard champion`, then `dvc repro`) so evaluate compares "
+            "with the current champion"
+        )
     if champ.version is None:
         return None
-    registry = Registry(tracking.tracking_uri(root))
     folder = registry.download(champ.model, champ.version)
     onnx_file = folder / "model.onnx"
     if champ.onnx_sha256 and files.sha256(onnx_file) != champ.onnx_sha256:
