@@ -40,9 +40,12 @@ def edit_params(root: Path, **sections: Any) -> None:
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh clone after `make run`'s main step: `modelyard run` (dvc repro + summary)."""
+    """A fresh clone after `make run`'s main step: `modelyard run` (dvc repro + summary),
+    run as `.venv/bin/modelyard run` without an activated venv: the stages DVC runs
+    (`modelyard ingest`, ...) must still find the venv's tools."""
     root = git_copy(tmp_path_factory.mktemp("digits"))
-    proc = modelyard(root, "run")
+    assert not (Path("/usr/bin") / "modelyard").exists()
+    proc = modelyard(root, "run", env={"PATH": "/usr/bin:/bin"})
     # Stages whose outputs are cached (not in git) must run on a fresh clone; validate,
     # evaluate and register may be skipped by DVC when their git-kept outputs match.
     assert {"ingest", "prepare", "train", "export"} <= ran_stages(proc.stdout)
