@@ -140,3 +140,30 @@ def test_class_balance_and_leakage_tables() -> None:
     # "3" is in both splits (once after within-split dedupe): exactly one repeated hash
     assert table["row_hash"].duplicated().sum() == 1
     assert table.index[table["row_hash"].duplicated(keep=False)].tolist() == ["train:2", "test:0"]
+
+
+def test_a_missing_column_is_named_not_an_internal_error() -> None:
+    """Every expectation on a column the table lacks says so (GX's own message for
+    expect_column_values_to_be_in_type_list was "list index out of range")."""
+    from pipelines import validation
+    from pipelines.config import Data, Validate
+    from pipelines.stages.validate import describe, raw_expectations
+
+    data = Data(target="species", features=["a", "b"], labels=["x", "y"], feature_range=(0, 10))
+    raw = pd.DataFrame({"a": [1.0, 2.0, 3.0, 4.0], "species": ["x", "y", "x", "y"]})
+    suite = [{"type": "expect_column_mean_to_be_between",
+              "kwargs": {"column": "b", "min_value": 0, "max_value": 5}}]  # fmt: skip
+    expectations = raw_expectations(Validate(min_rows=1), data) + suite
+
+    checks = validation.validate({"raw": (raw, expectations)})
+
+    assert len(checks) == len(expectations)  # one check per expectation, still
+    on_b = [c for c in checks if c.column == "b"]
+    assert len(on_b) == 4 and not any(c.success for c in on_b)
+    messages = [describe(c, data) for c in checks if not c.success]
+    assert "list index out of range" not in " ".join(messages)
+    for c in on_b:
+        assert describe(c, data) == f"raw.b: {c.expectation}: column 'b' is not in the table"
+    assert any("missing columns ['b']" in m for m in messages)
+    # The columns that are there are still checked.
+    assert all(c.success for c in checks if c.column in {"a", "species"})
