@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from core import settings
-from core.errors import ConfigError
+from core.errors import ConfigError, RegistryError
 
 log = logging.getLogger(__name__)
 
@@ -75,13 +75,17 @@ def new_run(experiment: str, root: Path, run_name: str) -> Iterator[str]:
 
 
 def run_exists(run_id: str) -> bool:
+    """Whether the store holds the run. Only "does not exist" is False: a store that
+    cannot be read (auth, 5xx, network) raises RegistryError."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
     try:
         mlflow.get_run(run_id)
-    except MlflowException:
-        return False
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return False
+        raise _unreadable(run_id, exc) from exc
     return True
 
 
@@ -94,12 +98,23 @@ def resume(run_id: str) -> Iterator[str]:
     try:
         mlflow.get_run(run_id)
     except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise _unreadable(run_id, exc) from exc
         raise ConfigError(
             f"MLflow run {run_id} (recorded by `train`) is not in {mlflow.get_tracking_uri()}. "
             "The store was reset or switched: re-run from training with `dvc repro -f train`."
         ) from exc
     with mlflow.start_run(run_id=run_id) as run:
         yield str(run.info.run_id)
+
+
+def _unreadable(run_id: str, exc: Exception) -> RegistryError:
+    import mlflow
+
+    return RegistryError(
+        f"cannot read MLflow run {run_id} at {mlflow.get_tracking_uri()}: {exc}. Check "
+        "MLFLOW_TRACKING_URI, that the server is up, and the credentials."
+    )
 
 
 def log_params(params: Mapping[str, Any], prefix: str = "") -> None:

@@ -3,12 +3,19 @@
 Everything that reads or changes shared registry state goes through ``Registry``.
 Aliases replace the deprecated stages: ``challenger`` is set by ``register``;
 ``champion`` only by the review gate (promotion), never by the pipeline.
+
+Absence is not failure: only MLflow's ``RESOURCE_DOES_NOT_EXIST`` means "no such model"
+(and a missing alias means "no such alias"). Any other MLflow error (an auth refusal, a
+5xx, a network failure, a timeout) raises ``RegistryError`` naming the store and the
+cause, so a command stops instead of acting as if there were no champion.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +26,7 @@ log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+ABSENT = "RESOURCE_DOES_NOT_EXIST"  # the one MLflow error code that means "not there"
 
 
 @dataclass(frozen=True)
@@ -41,22 +49,22 @@ class Registry:
     # -- reading -------------------------------------------------------------------------
 
     def versions(self, name: str) -> list[Version]:
-        from mlflow.exceptions import MlflowException
-
-        try:
+        with self._errors(f"list the versions of {name!r}"):
             found = self.client.search_model_versions(f"name = '{_quote(name)}'")
-        except MlflowException as exc:
-            raise RegistryError(f"cannot list versions of {name!r} at {self.uri}: {exc}") from exc
         return sorted((self._version(v) for v in found), key=lambda v: int(v.version))
 
     def by_alias(self, name: str, alias: str) -> Version | None:
-        from mlflow.exceptions import MlflowException
-
-        try:
-            mv = self.client.get_model_version_by_alias(name, alias)
-        except MlflowException:
-            return None  # no such model or alias: both mean "none yet"
-        return self._version(mv, aliases=[alias])
+        """The version ``alias`` points at; None if the model or the alias does not exist."""
+        model = self._model(name)
+        if model is None:
+            return None
+        aliases: dict[str, str] = {str(k): str(v) for k, v in (model.aliases or {}).items()}
+        if alias not in aliases:
+            return None
+        number = aliases[alias]
+        with self._errors(f"read {name} v{number} (@{alias})"):
+            mv = self.client.get_model_version(name, number)
+        return self._version(mv, aliases=sorted(a for a, v in aliases.items() if v == number))
 
     def default_ref(self, name: str) -> tuple[str, bool]:
         """What to serve when no version is named: ``NAME@champion``, or ``NAME@challenger``
@@ -67,7 +75,7 @@ class Registry:
 
     def find_by_tag(self, name: str, key: str, value: str) -> Version | None:
         """The first version of ``name`` whose tag ``key`` equals ``value``."""
-        if not self._exists(name):
+        if self._model(name) is None:
             return None
         return next((v for v in self.versions(name) if v.tags.get(key) == value), None)
 
@@ -78,60 +86,46 @@ class Registry:
         dest = dest or Path(tempfile.mkdtemp(prefix="modelyard-model-"))
         # models:/ URIs resolve through the process-wide registry URI, not tracking_uri=.
         mlflow.set_registry_uri(self.uri)
-        local = mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{name}/{version}", dst_path=str(dest), tracking_uri=self.uri
-        )
+        with self._errors(f"download {name} v{version}"):
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{name}/{version}", dst_path=str(dest), tracking_uri=self.uri
+            )
         return Path(local)
+
+    def model_metadata(self, name: str, version: str) -> dict[str, Any]:
+        """The ``metadata`` block of the version's MLmodel file (only that file is fetched);
+        empty if the version was logged without one."""
+        import mlflow
+        import yaml
+
+        with self._errors(f"read the MLmodel of {name} v{version}"):
+            folder = self.client.get_model_version_download_uri(name, version)
+            with tempfile.TemporaryDirectory(prefix="modelyard-mlmodel-") as tmp:
+                local = mlflow.artifacts.download_artifacts(
+                    artifact_uri=f"{folder.rstrip('/')}/MLmodel",
+                    dst_path=tmp,
+                    tracking_uri=self.uri,
+                )
+                with open(local, encoding="utf-8") as fh:
+                    mlmodel = yaml.safe_load(fh) or {}
+        return dict(mlmodel.get("metadata") or {})
 
     def download_artifacts(self, uri: str, dest: Path | None = None) -> Path:
         """A run artifact (``runs:/<run>/<path>``: a file or folder), downloaded."""
         import mlflow
-        from mlflow.exceptions import MlflowException
 
         dest = dest or Path(tempfile.mkdtemp(prefix="modelyard-artifact-"))
-        try:
+        with self._errors(f"download {uri}"):
             local = mlflow.artifacts.download_artifacts(
                 artifact_uri=uri, dst_path=str(dest), tracking_uri=self.uri
             )
-        except (MlflowException, OSError) as exc:
-            raise RegistryError(f"cannot download {uri} from {self.uri}: {exc}") from exc
         return Path(local)
 
-    # -- writing -------------------------------------------------------------------------
-
-    def register(
-        self, name: str, model_uri: str, run_id: str, tags: dict[str, Any], description: str = ""
-    ) -> Version:
-        """Create version N of ``name`` from a logged model, with its lineage tags."""
-        if not self._exists(name):
-            self.client.create_registered_model(
-                name, description="Registered by the modelyard pipeline (`modelyard register`)."
-            )
-        mv = self.client.create_model_version(
-            name, source=model_uri, run_id=run_id, tags={k: str(v) for k, v in tags.items()},
-            description=description or None,
-            model_id=model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None,
-        )  # fmt: skip
-        return self._version(mv)
-
-    def set_alias(self, name: str, alias: str, version: str) -> None:
-        if alias == CHAMPION:
-            raise RegistryError("the pipeline never sets `champion`: promotion does (review gate)")
-        self.client.set_registered_model_alias(name, alias, version)
-
-    def set_champion(self, name: str, version: str) -> None:
-        """Only registry.promotion calls this, after the review gate said yes."""
-        self.client.set_registered_model_alias(name, CHAMPION, version)
-
-    def set_version_tags(self, name: str, version: str, tags: dict[str, Any]) -> None:
-        for key, value in tags.items():
-            self.client.set_model_version_tag(name, version, key, str(value))
-
-    def set_model_tag(self, name: str, key: str, value: str) -> None:
-        self.client.set_registered_model_tag(name, key, value)
-
     def model_tags(self, name: str) -> dict[str, str]:
-        return dict(self.client.get_registered_model(name).tags or {})
+        model = self._model(name)
+        if model is None:
+            raise RegistryError(f"no registered model {name!r} in {self.uri}")
+        return dict(model.tags or {})
 
     def version(self, name: str, version: str) -> Version:
         from mlflow.exceptions import MlflowException
@@ -139,18 +133,108 @@ class Registry:
         try:
             return self._version(self.client.get_model_version(name, version))
         except MlflowException as exc:
-            raise RegistryError(f"{name} has no version {version} in {self.uri}") from exc
+            if exc.error_code == ABSENT:
+                raise RegistryError(f"{name} has no version {version} in {self.uri}") from exc
+            raise self._failure(f"read {name} v{version}", exc) from exc
+
+    # -- writing -------------------------------------------------------------------------
+
+    def register(
+        self,
+        name: str,
+        model_uri: str,
+        run_id: str,
+        tags: dict[str, Any],
+        description: str = "",
+    ) -> Version:
+        """Create version N of ``name`` from a logged model, with its lineage tags."""
+        if self._model(name) is None:
+            with self._errors(f"create the registered model {name!r}"):
+                self.client.create_registered_model(
+                    name,
+                    description="Registered by the modelyard pipeline (`modelyard register`).",
+                )
+        model_id = (
+            model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
+        )
+        with self._errors(f"create a version of {name!r}"):
+            mv = self.client.create_model_version(
+                name,
+                source=model_uri,
+                run_id=run_id,
+                tags={k: str(v) for k, v in tags.items()},
+                description=description or None,
+                model_id=model_id,
+            )
+        return self._version(mv)
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        if alias == CHAMPION:
+            raise RegistryError("the pipeline never sets `champion`: promotion does (review gate)")
+        with self._errors(f"point @{alias} of {name} at v{version}"):
+            self.client.set_registered_model_alias(name, alias, version)
+
+    def set_champion(self, name: str, version: str) -> None:
+        """Only registry.promotion (and the webhook receiver's revert) call this."""
+        with self._errors(f"point @{CHAMPION} of {name} at v{version}"):
+            self.client.set_registered_model_alias(name, CHAMPION, version)
+
+    def clear_champion(self, name: str) -> None:
+        """Remove ``champion`` (the webhook receiver's revert when there was none before)."""
+        with self._errors(f"remove @{CHAMPION} of {name}"):
+            self.client.delete_registered_model_alias(name, CHAMPION)
+
+    def set_version_tags(self, name: str, version: str, tags: dict[str, Any]) -> None:
+        with self._errors(f"tag {name} v{version}"):
+            for key, value in tags.items():
+                self.client.set_model_version_tag(name, version, key, str(value))
+
+    def set_model_tag(self, name: str, key: str, value: str) -> None:
+        with self._errors(f"tag the registered model {name}"):
+            self.client.set_registered_model_tag(name, key, value)
+
+    def upsert_webhook(self, name: str, *, url: str, events: list[Any], secret: str) -> str:
+        """Create the webhook ``name``, or update it if it exists; returns its id."""
+        with self._errors(f"install the webhook {name!r}"):
+            for hook in self.client.list_webhooks():
+                if hook.name == name:
+                    self.client.update_webhook(
+                        hook.webhook_id, url=url, events=events, secret=secret
+                    )
+                    return str(hook.webhook_id)
+            created = self.client.create_webhook(name=name, url=url, events=events, secret=secret)
+        return str(created.webhook_id)
 
     # -- helpers -------------------------------------------------------------------------
 
-    def _exists(self, name: str) -> bool:
+    def _model(self, name: str) -> Any | None:
+        """The registered model, or None if it does not exist (and only then)."""
         from mlflow.exceptions import MlflowException
 
         try:
-            self.client.get_registered_model(name)
-        except MlflowException:
-            return False
-        return True
+            return self.client.get_registered_model(name)
+        except MlflowException as exc:
+            if exc.error_code == ABSENT:
+                return None
+            raise self._failure(f"read the registered model {name!r}", exc) from exc
+
+    @contextlib.contextmanager
+    def _errors(self, what: str) -> Iterator[None]:
+        """MLflow (and network/file) errors inside as RegistryError saying what failed."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            yield
+        except (MlflowException, OSError) as exc:
+            raise self._failure(what, exc) from exc
+
+    def _failure(self, what: str, exc: Exception) -> RegistryError:
+        code = getattr(exc, "error_code", type(exc).__name__)
+        return RegistryError(
+            f"cannot {what}: the MLflow registry at {self.uri} answered {code}: {exc}. "
+            "Check MLFLOW_TRACKING_URI, that the server is up, and the credentials "
+            "(MLFLOW_TRACKING_USERNAME/PASSWORD); nothing was assumed absent."
+        )
 
     def _version(self, mv: Any, aliases: list[str] | None = None) -> Version:
         return Version(

@@ -12,6 +12,8 @@ with HMAC-SHA256 over ``"{delivery_id}.{timestamp}.{body}"``.
   previous champion (or remove it), tag the version ``promotion.refused``, audit it.
 - A delivery that no longer matches the registry (``champion`` has moved on since; MLflow
   retries late deliveries) is ignored as stale.
+- A registry that cannot be read (auth, 5xx, network) is an error, logged as one, never
+  "stale"; ``modelyard registry reconcile`` catches up once the registry answers again.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from core.errors import RegistryError
 from registry import policy, promotion
 from registry.client import CHAMPION, Registry
 from registry.dispatch import Dispatcher
@@ -105,7 +108,7 @@ def handle(event: dict[str, Any], registry: Registry, dispatcher: Dispatcher) ->
         if previous:
             registry.set_champion(name, previous)
         else:
-            registry.client.delete_registered_model_alias(name, CHAMPION)
+            registry.clear_champion(name)
         registry.set_version_tags(name, version, {promotion.REFUSED: "; ".join(decision.reasons)})
         promotion.audit(
             registry,
@@ -214,6 +217,11 @@ class Receiver:
             event = self.jobs.get()
             try:
                 outcome = handle(event, self.registry, self.dispatcher)
+            except RegistryError as exc:
+                # The registry could not be read or changed: an error, never "stale".
+                # Keep serving; `modelyard registry reconcile` catches up once it is back.
+                log.error("webhook %s not handled: %s", event.get("data"), exc)
+                outcome = f"error:{type(exc).__name__}: {exc}"
             except Exception as exc:  # keep serving; the reconciler retries what failed
                 log.exception("webhook handling failed for %s", event.get("data"))
                 outcome = f"error:{type(exc).__name__}: {exc}"
@@ -223,10 +231,4 @@ class Receiver:
 
 def install(registry: Registry, url: str, secret: str, name: str = "modelyard-review-gate") -> str:
     """Register (or update) the webhook on the MLflow server; returns its id."""
-    for hook in registry.client.list_webhooks():
-        if hook.name == name:
-            registry.client.update_webhook(hook.webhook_id, url=url, events=EVENTS, secret=secret)
-            return str(hook.webhook_id)
-    return str(
-        registry.client.create_webhook(name=name, url=url, events=EVENTS, secret=secret).webhook_id
-    )
+    return registry.upsert_webhook(name, url=url, events=EVENTS, secret=secret)
