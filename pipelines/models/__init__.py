@@ -66,6 +66,35 @@ class Family(Protocol):
     def export_onnx(self, model: Any, n_features: int, path: Path, opset: int) -> None: ...
 
 
+def strip_debug_info(path: Path) -> None:
+    """Rewrite the ONNX file at ``path`` without the exporter's debugging aids, so the
+    same model gives the same bytes wherever the project and the venv live.
+
+    torch's dynamo exporter writes, on every node, the Python stack trace that made it
+    (absolute paths of this checkout and of the venv's site-packages), the FX node and
+    module hierarchy, plus graph-level notes naming shape symbols; skl2onnx and the
+    quantizer write doc strings. None of it is read by ONNX Runtime: only ``doc_string``
+    and ``metadata_props`` fields are cleared, in the graph, its nodes (and subgraphs),
+    values, initializers and functions. Weights, operators, names and opsets are untouched.
+    """
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    _strip(model)
+    with open(path, "wb") as fh:
+        fh.write(model.SerializeToString(deterministic=True))
+
+
+def _strip(message: Any) -> None:
+    """Clear ``doc_string`` and ``metadata_props`` in ``message`` and every message below it."""
+    for fd, value in message.ListFields():
+        if fd.name in ("doc_string", "metadata_props"):
+            message.ClearField(fd.name)
+        elif fd.message_type is not None:
+            for item in value if fd.is_repeated else [value]:
+                _strip(item)
+
+
 def family(name: str) -> Family:
     """The module implementing ``train.model`` (torch or scikit-learn, imported lazily)."""
     module: ModuleType

@@ -15,7 +15,14 @@ from torch import nn
 
 from core.errors import TrainingError
 from pipelines.config import Train
-from pipelines.models import INPUT_NAME, OUTPUT_NAME, Epoch, EpochCallback, Fitted
+from pipelines.models import (
+    INPUT_NAME,
+    OUTPUT_NAME,
+    Epoch,
+    EpochCallback,
+    Fitted,
+    strip_debug_info,
+)
 
 log = logging.getLogger(__name__)
 
@@ -230,6 +237,7 @@ class Adapter:
         if program is None:
             raise TrainingError("torch.onnx.export returned no program")
         program.save(str(path))
+        strip_debug_info(path)  # stack traces with this checkout's paths, FX notes
 
 
 def _n_classes(net: nn.Module) -> int:
