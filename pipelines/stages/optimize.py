@@ -32,7 +32,7 @@ import logging
 import platform
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,18 +119,23 @@ def choose(table: list[Row], metric: str, budget_points: float, tie_tolerance: f
 # -- CPU -------------------------------------------------------------------------------------
 
 
-def cpu_features() -> dict[str, Any]:
-    """The CPU's model and the SIMD flags that decide whether int8 can pay."""
+def cpu_features(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, Any]:
+    """The CPU's model and the SIMD flags that decide whether int8 can pay, read from
+    ``cpuinfo`` (Linux); elsewhere only the platform's processor name."""
+    text = cpuinfo.read_text() if cpuinfo.exists() else ""
+    return parse_cpuinfo(text, platform.processor() or platform.machine())
+
+
+def parse_cpuinfo(text: str, default_model: str) -> dict[str, Any]:
+    """``cpu_features`` of a /proc/cpuinfo text: the first CPU's flags and model name."""
     flags: set[str] = set()
-    model = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "flags" and not flags:
-                flags = set(value.split())
-            elif key.strip() == "model name":
-                model = value.strip()
+    model = default_model
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags" and not flags:
+            flags = set(value.split())
+        elif key.strip() == "model name":
+            model = value.strip()
     wanted = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni",
               "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")  # fmt: skip
     present = {f: f in flags for f in wanted}
@@ -174,8 +179,26 @@ def _preprocessed(src: Path, tmp: Path) -> Path:
     out = tmp / f"{src.stem}.pre.onnx"
     # Symbolic shape inference writes a temporary file into the working directory.
     with contextlib.chdir(tmp):
-        quant_pre_process(str(src.resolve()), str(out), skip_symbolic_shape=False)
+        try:
+            quant_pre_process(str(src.resolve()), str(out), skip_symbolic_shape=False)
+        except Exception as exc:  # onnxruntime raises a bare Exception for this case
+            if cannot_infer_shapes(exc):
+                raise NotApplicable(
+                    "ONNX Runtime's symbolic shape inference, which quantization needs, has no "
+                    f"rule for an operator of this graph ({exc})"
+                ) from exc
+            raise
     return out
+
+
+INCOMPLETE_SHAPES = "Incomplete symbolic shape inference"
+
+
+def cannot_infer_shapes(exc: BaseException) -> bool:
+    """Whether ``exc`` is onnxruntime's symbolic shape inference giving up on operators it
+    has no rule for (ONNX-ML's, for one): the one quantizer failure that means "does not
+    apply to this model". Any other error is a real failure and stops the stage."""
+    return type(exc) is Exception and str(exc) == INCOMPLETE_SHAPES
 
 
 def _check_quantized(path: Path) -> None:
@@ -203,24 +226,11 @@ def _quantizable(src: Path) -> None:
         )
 
 
-@contextlib.contextmanager
-def _quantizer_failures() -> Iterator[None]:
-    """The quantizer raises bare Exceptions on graphs it cannot handle (e.g. symbolic
-    shape inference on ONNX-ML operators): report them as not applicable, with the reason."""
-    try:
-        yield
-    except NotApplicable:
-        raise
-    except Exception as exc:  # onnxruntime.quantization raises plain Exception
-        raise NotApplicable(f"the quantizer could not handle this graph: {exc}") from exc
-
-
 def _dynamic_int8(src: Path, out: Path, tmp: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     _quantizable(src)
-    with _quantizer_failures():
-        quantize_dynamic(str(_preprocessed(src, tmp)), str(out), weight_type=QuantType.QInt8)
+    quantize_dynamic(str(_preprocessed(src, tmp)), str(out), weight_type=QuantType.QInt8)
     _check_quantized(out)
 
 
@@ -242,12 +252,16 @@ def _static_int8(src: Path, out: Path, tmp: Path, calibration: np.ndarray) -> No
             return next(self.batches, None)
 
     _quantizable(src)
-    with _quantizer_failures():
-        quantize_static(
-            str(_preprocessed(src, tmp)), str(out), Reader(), quant_format=QuantFormat.QDQ,
-            per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
-        )  # fmt: skip
+    quantize_static(
+        str(_preprocessed(src, tmp)),
+        str(out),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=CalibrationMethod.MinMax,
+    )
     _check_quantized(out)
 
 

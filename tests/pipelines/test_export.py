@@ -167,13 +167,20 @@ def _exported_in(clone: Path) -> bytes:
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "PYTHONPATH")}
     where = subprocess.run(
         [sys.executable, "-c", "import pipelines.models; print(pipelines.models.__file__)"],
-        cwd=clone, env=env, capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
+        cwd=clone,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     assert Path(where).resolve().is_relative_to(clone.resolve()), where  # the clone's own code
     proc = subprocess.run(
         [sys.executable, "-m", "modelyard.app", "export", "--params", str(clone / "params.yaml")],
-        cwd=clone, env=env, capture_output=True, text=True,
-    )  # fmt: skip
+        cwd=clone,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return (clone / "data/models/model.onnx").read_bytes()
 

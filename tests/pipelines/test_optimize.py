@@ -8,8 +8,9 @@ from pathlib import Path
 import onnx
 import pytest
 
-from pipelines.stages.optimize import METRICS, Row, choose
-from tests.conftest import REPO, Project, new_project
+from pipelines.stages import optimize
+from pipelines.stages.optimize import METRICS, NotApplicable, Row, choose
+from tests.conftest import FAST_TRAIN, REPO, Project, new_project
 
 
 def row(name: str, acc: float, p99: float, size: int = 1000, **other: float) -> Row:
@@ -72,6 +73,131 @@ def test_bad_input_is_refused() -> None:
         choose([row("int8", 0.9, 0.1)], "p99_ms_batch1", 0.5)
 
 
+# -- the CPU, read from /proc/cpuinfo ----------------------------------------------------------
+
+AVX2_ONLY = """processor\t: 0
+model name\t: AMD EPYC 7B12
+flags\t\t: fpu sse4_2 avx avx2 fma f16c
+processor\t: 1
+flags\t\t: fpu
+"""
+VNNI = "model name : Intel Xeon\nflags : sse4_2 avx avx2 avx512f avx512bw avx512_vnni amx_int8\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "model", "on", "int8"),
+    [
+        (AVX2_ONLY, "AMD EPYC 7B12", {"sse4_2", "avx", "avx2", "fma", "f16c"}, False),
+        (
+            VNNI,
+            "Intel Xeon",
+            {"sse4_2", "avx", "avx2", "avx512f", "avx512bw", "avx512_vnni", "amx_int8"},
+            True,
+        ),
+        ("", "x86_64", set(), False),  # no /proc/cpuinfo (macOS): the platform's name only
+    ],
+)
+def test_cpu_flags_come_from_the_first_cpu(text: str, model: str, on: set[str], int8: bool) -> None:
+    cpu = optimize.parse_cpuinfo(text, "x86_64")
+    assert cpu["model"] == model
+    assert {f for f, present in cpu["flags"].items() if present} == on
+    assert cpu["int8_acceleration"] is int8
+    assert ("no VNNI/AMX" in cpu["note"]) is not int8
+
+
+# -- which quantizer failures mean "not applicable" ------------------------------------------
+
+
+def tiny_model(path: Path, *, onnx_ml: bool) -> Path:
+    """features[N,4] -> (ONNX-ML Scaler ->) MatMul -> Softmax: probabilities[N,3]."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [
+        helper.make_node("MatMul", ["s" if onnx_ml else "features", "w"], ["m"]),
+        helper.make_node("Softmax", ["m"], ["probabilities"], axis=1),
+    ]
+    if onnx_ml:
+        nodes.insert(
+            0,
+            helper.make_node(
+                "Scaler",
+                ["features"],
+                ["s"],
+                domain="ai.onnx.ml",
+                offset=[0.0] * 4,
+                scale=[1.0] * 4,
+            ),
+        )
+    weight = np.arange(12, dtype=np.float32).reshape(4, 3) / 12
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, [None, 4])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 3])],
+        [numpy_helper.from_array(weight, "w")],
+    )
+    opsets = [helper.make_opsetid("", 18), helper.make_opsetid("ai.onnx.ml", 3)]
+    model = helper.make_model(graph, opset_imports=opsets, ir_version=10)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def test_the_quantizers_cannot_apply_case_is_recognised_exactly() -> None:
+    assert optimize.cannot_infer_shapes(Exception("Incomplete symbolic shape inference"))
+    assert not optimize.cannot_infer_shapes(Exception("Invalid model with cyclic graph"))
+    assert not optimize.cannot_infer_shapes(RuntimeError("Incomplete symbolic shape inference"))
+
+
+@pytest.mark.parametrize("variant", ["int8-dynamic", "int8-static"])
+def test_onnx_ml_operators_the_quantizer_cannot_follow_are_not_applicable(
+    tmp_path: Path, variant: str
+) -> None:
+    import numpy as np
+
+    src = tiny_model(tmp_path / "m.onnx", onnx_ml=True)
+    out = tmp_path / "q.onnx"
+    with pytest.raises(NotApplicable, match="symbolic shape inference"):
+        if variant == "int8-dynamic":
+            optimize._dynamic_int8(src, out, tmp_path)
+        else:
+            optimize._static_int8(src, out, tmp_path, np.ones((8, 4), np.float32))
+
+
+def test_a_real_quantizer_error_is_not_reported_as_not_applicable(tmp_path: Path) -> None:
+    """Calibration rows of the wrong width make ONNX Runtime fail inside the quantizer: that
+    is a bug to see, not a variant that "does not apply"."""
+    import numpy as np
+
+    src = tiny_model(tmp_path / "m.onnx", onnx_ml=False)
+    with pytest.raises(Exception, match="features") as caught:
+        optimize._static_int8(src, tmp_path / "q.onnx", tmp_path, np.ones((8, 5), np.float32))
+    assert not isinstance(caught.value, NotApplicable)
+    optimize._static_int8(src, tmp_path / "ok.onnx", tmp_path, np.ones((8, 4), np.float32))
+    assert "QuantizeLinear" in ops(tmp_path / "ok.onnx")  # the same model, quantized fine
+
+
+@pytest.mark.slow
+def test_an_error_while_building_a_variant_fails_the_stage(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import onnxruntime.quantization
+
+    project.set_params(train=FAST_TRAIN)
+    project.stages("ingest", "prepare", "validate", "train", "export")
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(onnxruntime.quantization, "quantize_dynamic", broken)
+    result = project.cli("optimize")
+    assert result.exit_code != 0
+    assert isinstance(result.exception, OSError), result.output
+    assert not (project.root / "data/models/optimized").exists()
+    assert not (project.root / "data/reports/optimize.json").exists()
+
+
 # -- the stage on real models -------------------------------------------------------------------
 
 
@@ -109,7 +235,19 @@ def test_stage_builds_measures_and_writes_the_choice(project: Project) -> None:
     chosen = report["chosen"]
     assert report["accuracy_drop_points"] <= 0.5 + 1e-9
     assert (folder / "model.onnx").read_bytes() == (folder / f"variants/{chosen}.onnx").read_bytes()
-    assert isinstance(report["cpu"]["int8_acceleration"], bool) and "avx2" in report["cpu"]["flags"]
+    # The CPU as this machine's /proc/cpuinfo describes it (read here, not by the stage).
+    flags = report["cpu"]["flags"]
+    present = set(
+        next(
+            line
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("flags")
+        )
+        .partition(":")[2]
+        .split()
+    )
+    assert {f for f, on in flags.items() if on} == present & set(flags)
+    assert report["cpu"]["int8_acceleration"] == bool(present & set(optimize.INT8_FLAGS))
     md = (project.root / "data/reports/optimize.md").read_text()
     assert f"Chosen: **{chosen}**" in md and "| int8-static |" in md
     assert (project.root / "data/reports/optimize.png").stat().st_size > 10_000
@@ -126,7 +264,8 @@ def test_sklearn_models_get_the_variants_that_apply(make_project: object) -> Non
     assert {"fp32", "fp32-ort"} <= set(report["variants"])
     assert "no weights to prune" in report["not_applicable"]["pruned"]
     for name in ("int8-dynamic", "int8-static"):  # ONNX-ML operators: nothing to quantize
-        assert name in report["not_applicable"] or name in report["variants"]
+        assert name not in report["variants"]
+        assert report["not_applicable"][name].startswith("no Conv/Gemm/MatMul operators")
     assert report["chosen"] in report["variants"]
 
 
