@@ -48,7 +48,7 @@ def main() -> None:
                 if done.returncode != 0:
                     sys.exit(f"{label}: {stage} failed:\n{done.stdout}\n{done.stderr}")
             seconds = time.perf_counter() - start
-            report = json.loads((root / "data/reports/optimize.json").read_text())
+            report = json.loads((root / "data/reports/optimize.details.json").read_text())
             table = (root / "data/reports/optimize.md").read_text()
             results[label] = {"seconds_ingest_to_optimize": seconds, **report}
             sections.append(f"### {label}\n\n{table}")

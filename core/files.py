@@ -9,13 +9,15 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import numbers
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 
@@ -63,6 +65,31 @@ def write_text(path: Path, text: str) -> None:
 
 def write_json(path: Path, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_jsonable) + "\n")
+
+
+def write_metrics(path: Path, metrics: Mapping[str, Any]) -> None:
+    """A DVC metrics file: numbers and booleans only, nested in mappings.
+
+    `dvc metrics show/diff` and `dvc exp show` make one column per leaf, so text,
+    lists and per-item tables belong in a report next to it (``<stage>.details.json``,
+    ``.md``, ``.html``), never here. Raises ValueError naming the first other leaf;
+    nothing is written then.
+    """
+    for key, value in _leaves(metrics):
+        if not isinstance(value, numbers.Real | np.bool_):
+            raise ValueError(
+                f"{path.name}: {key} = {value!r} is not a number; a metrics file holds "
+                "numbers and booleans only: put it in the stage's report"
+            )
+    write_json(path, metrics)
+
+
+def _leaves(value: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    if isinstance(value, Mapping):
+        for key, inner in value.items():
+            yield from _leaves(inner, f"{prefix}.{key}" if prefix else str(key))
+    else:
+        yield prefix, value
 
 
 def read_json(path: Path) -> Any:

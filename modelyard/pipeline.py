@@ -69,7 +69,6 @@ def _summary(params_file: Path, *, outcome: object | None) -> None:
     except OSError as exc:
         err_console.print(f"[red]no complete run yet ({exc}); run `modelyard run`[/]")
         raise typer.Exit(1) from None
-    lat = metrics["latency"]
     table = Table(title="modelyard: test-set metrics (ONNX Runtime)", show_header=True)
     for col in (
         "accuracy",
@@ -85,13 +84,13 @@ def _summary(params_file: Path, *, outcome: object | None) -> None:
         f"{metrics['macro_f1']:.4f}",
         f"{metrics['min_class_recall']:.3f}",
         f"{metrics['noise_invariance']:.3f}",
-        f"{lat['batch_1']['p50_ms']:.3f}/{lat['batch_1']['p99_ms']:.3f}",
-        f"{lat['batch_256']['p50_ms']:.2f}/{lat['batch_256']['p99_ms']:.2f}",
+        f"{metrics['p50_ms_batch1']:.3f}/{metrics['p99_ms_batch1']:.3f}",
+        f"{metrics['p50_ms_batch256']:.2f}/{metrics['p99_ms_batch256']:.2f}",
     )
     console.print(table)
     console.print(gates_table(gates))
     with contextlib.suppress(OSError):  # runs from before the optimize stage have no report
-        opt = files.read_json(reports / "optimize.json")
+        opt = files.read_json(reports / "optimize.details.json")
         console.print(
             f"optimize: served variant [bold]{opt['chosen']}[/] "
             f"({opt['speedup_vs_fp32']:.2f}x fp32 by {opt['metric']}, "
@@ -106,7 +105,7 @@ def _summary(params_file: Path, *, outcome: object | None) -> None:
         if where is not None and where != str(reg["version"]):
             state += f"; @{alias} points at v{where}"
     console.print(
-        f"[bold green]{reg['model']} v{reg['version']}[/]{state} @{alias}\n"
+        f"[bold green]{params.register_.model_name} v{reg['version']}[/]{state} @{alias}\n"
         "Next:\n"
         "  modelyard ui                      browse runs and the registry (MLflow UI)\n"
         "  dvc metrics show / dvc plots show metrics and plots DVC tracks\n"

@@ -6,9 +6,11 @@ latency (p50/p99 at batch 1 and 256) and behaviour (invariance to small noise, m
 per-class recall). If the champion pointer (``pipelines.pointer``) names a champion, that
 model is scored on the same test set and McNemar's exact test asks whether the challenger is significantly worse.
 
-Writes ``evaluate.json`` (metrics), ``gates.json`` (each gate, its value, threshold and
-verdict), ``confusion.csv`` and ``confusion.png`` (plots). It does not fail on a gate:
-``register`` reads ``gates.json`` and refuses, so the report is kept either way.
+Writes ``evaluate.json`` (the DVC metric: numbers only), ``evaluate.details.json`` (the
+full report: per-class scores, latency, the champion comparison), ``gates.json`` (each
+gate, its value, threshold and verdict), ``confusion.csv`` and ``confusion.png`` (plots).
+It does not fail on a gate: ``register`` reads ``gates.json`` and refuses, so the report
+is kept either way.
 """
 
 from __future__ import annotations
@@ -72,7 +74,8 @@ def run(params: Params, root: Path) -> Result:
     result = Result(metrics, gates)
 
     reports = root / paths.reports
-    files.write_json(reports / "evaluate.json", metrics)
+    files.write_metrics(reports / "evaluate.json", headline(metrics, gates))
+    files.write_json(reports / "evaluate.details.json", metrics)
     files.write_json(
         reports / "gates.json",
         {"passed": result.passed, "gates": {g.name: asdict(g) for g in gates}},
@@ -96,6 +99,23 @@ def run(params: Params, root: Path) -> Result:
         "accuracy %.4f, gates %s", metrics["accuracy"], "passed" if result.passed else "FAILED"
     )
     return result
+
+
+def headline(metrics: dict[str, Any], gates: list[Gate]) -> dict[str, float]:
+    """The DVC metric: test-set quality, behaviour, latency and how many gates failed."""
+    lat = metrics["latency"]
+    return {
+        "accuracy": metrics["accuracy"],
+        "macro_f1": metrics["macro_f1"],
+        "min_class_recall": metrics["min_class_recall"],
+        "noise_invariance": metrics["noise_invariance"],
+        "p50_ms_batch1": lat["batch_1"]["p50_ms"],
+        "p99_ms_batch1": lat["batch_1"]["p99_ms"],
+        "p50_ms_batch256": lat["batch_256"]["p50_ms"],
+        "p99_ms_batch256": lat["batch_256"]["p99_ms"],
+        "test_rows": metrics["test_rows"],
+        "gates_failed": sum(not g.passed for g in gates),
+    }
 
 
 def quality(y: np.ndarray, pred: np.ndarray, classes: list[Any]) -> dict[str, Any]:

@@ -20,9 +20,10 @@ quantized file with no quantized operator is reported as not applicable, not mea
 as if it were int8.
 
 Outputs: ``paths.optimized`` (a folder: ``model.onnx`` = the choice, ``variants/``),
-``optimize.json`` (DVC metric: choice + table + CPU), ``optimize.md``, ``optimize.png``
-(bar chart), all logged to the pipeline's MLflow run. ``evaluate`` and ``register`` use
-the chosen file; ``paths.onnx`` stays as the FP32 reference.
+``optimize.json`` (DVC metric: the chosen variant's numbers against fp32),
+``optimize.details.json`` (the choice, its reason, the table, the CPU), ``optimize.md``,
+``optimize.png`` (bar chart), all logged to the pipeline's MLflow run. ``evaluate`` and
+``register`` use the chosen file; ``paths.onnx`` stays as the FP32 reference.
 """
 
 from __future__ import annotations
@@ -384,7 +385,20 @@ def run(params: Params, root: Path, progress: Callable[[str], None] | None = Non
     return result
 
 
+def headline(result: Result, cfg: Optimize) -> dict[str, float]:
+    """The DVC metric: the served variant's numbers and how they compare with fp32."""
+    by_name = {r.variant: r for r in result.table}
+    chosen, ref = by_name[result.choice.variant], by_name[REFERENCE]
+    return {
+        "speedup_vs_fp32": speedup(ref, chosen, cfg.metric),
+        "size_ratio_vs_fp32": chosen.size_bytes / ref.size_bytes,
+        "accuracy_drop_points": (ref.accuracy - chosen.accuracy) * 100,
+        "size_bytes": chosen.size_bytes,
+    }
+
+
 def report(result: Result, cfg: Optimize) -> dict[str, Any]:
+    """The full report (``optimize.details.json``): choice, reason, table, CPU."""
     by_name = {r.variant: r for r in result.table}
     chosen, ref = by_name[result.choice.variant], by_name[REFERENCE]
     return {
@@ -463,7 +477,8 @@ def int8_verdict(result: Result, cfg: Optimize) -> str:
 
 
 def _write_reports(result: Result, cfg: Optimize, reports: Path) -> None:
-    files.write_json(reports / "optimize.json", report(result, cfg))
+    files.write_metrics(reports / "optimize.json", headline(result, cfg))
+    files.write_json(reports / "optimize.details.json", report(result, cfg))
     files.write_text(reports / "optimize.md", markdown(result, cfg))
     _plot(result, cfg, reports / "optimize.png")
 
@@ -506,5 +521,5 @@ def _log(result: Result, reports: Path, meta: dict[str, Any]) -> None:
                 "p99_ms_b1": r.p99_ms_batch1, "p50_ms_b256": r.p50_ms_batch256,
                 "p99_ms_b256": r.p99_ms_batch256, "rows_per_s": r.rows_per_s,
             }, prefix=f"optimize.{r.variant}.")  # fmt: skip
-        for name in ("optimize.json", "optimize.md", "optimize.png"):
+        for name in ("optimize.json", "optimize.details.json", "optimize.md", "optimize.png"):
             tracking.log_artifact(reports / name, "optimize")

@@ -1,13 +1,13 @@
 """register: a new registry version with its full lineage, only if every gate passed.
 
-Reads ``gates.json``, ``evaluate.json``, ``export.json``, ``optimize.json``,
-``validate.json``, the chosen ONNX file (``paths.optimized``), the schema, dvc.lock and git. Logs the ONNX model to the pipeline's MLflow run
+Reads ``gates.json``, ``evaluate.details.json``, ``export.json``,
+``optimize.details.json``, ``validate.json``, the chosen ONNX file (``paths.optimized``), the schema, dvc.lock and git. Logs the ONNX model to the pipeline's MLflow run
 (signature, input example, CPU provider, one file, the schema in its metadata),
 registers version N of ``register.model_name`` with the lineage tags, and points the
 ``challenger`` alias at it. It never touches ``champion``.
 
 Idempotent: if a version with the same ONNX sha256 exists, nothing new is created.
-Writes ``register.json`` (name, version).
+Writes ``register.json`` (the version number; the name is ``register.model_name``).
 """
 
 from __future__ import annotations
@@ -101,9 +101,9 @@ def lineage_tags(
     commit, dirty = lineage.git_commit(root, (paths.reports,))
     hashes = lineage.dvc_hashes(root, paths.raw, paths.prepared)
     validation = files.read_json(reports / "validate.json")
-    metrics = files.read_json(reports / "evaluate.json")
+    metrics = files.read_json(reports / "evaluate.details.json")
     export = files.read_json(reports / "export.json")
-    optimized = files.read_json(reports / "optimize.json")
+    optimized = files.read_json(reports / "optimize.details.json")
     chosen = optimized["variants"][optimized["chosen"]]
     fp32 = optimized["variants"]["fp32"]
     tags: dict[str, Any] = {
@@ -164,6 +164,5 @@ def describe(tags: dict[str, str]) -> str:
 
 def _write(reports: Path, result: Result) -> None:
     # No "created" flag here: a re-run must write the same file, or DVC would see a change.
-    files.write_json(
-        reports / "register.json", {"model": result.name, "version": int(result.version)}
-    )
+    # A DVC metric holds numbers only: the model's name is register.model_name.
+    files.write_metrics(reports / "register.json", {"version": int(result.version)})

@@ -100,7 +100,7 @@ def run(params: Params, root: Path, on_epoch: EpochCallback | None = None) -> Re
                 out / "meta.json",
                 {"family": cfg.model, "file": adapter.FILE, "run_id": run_id, **metrics},
             )
-        files.write_json(root / paths.report("train.json"), metrics)
+        files.write_metrics(root / paths.report("train.json"), metrics)
         files.write_csv(root / paths.report("train_curve.csv"), curve)
 
     log.info("trained %s: val accuracy %.4f", cfg.model, val_acc)

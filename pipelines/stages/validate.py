@@ -186,7 +186,7 @@ def _write_reports(
         "failed": result.failed,
         "rows": {"raw": len(raw), **{k: len(v) for k, v in splits.items()}},
     }
-    files.write_json(reports / "validate.json", summary)
+    files.write_metrics(reports / "validate.json", summary)
     files.write_text(reports / "validate.html", _html(result, summary))
 
 

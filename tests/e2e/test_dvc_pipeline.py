@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -227,3 +228,34 @@ def test_drift_with_no_github_retrains_locally_with_dvc_repro(repo: Path, tmp_pa
     assert "Data and pipelines are up to date" in proc.stdout + proc.stderr
     summary = json.loads((repo / ".modelyard/monitoring/summary.json").read_text())
     assert summary["status"] == "drift" and summary["model"] == "digits-classifier/1"
+
+
+def _leaves(value: Any, path: str = "") -> Iterator[tuple[str, Any]]:
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            yield from _leaves(inner, f"{path}.{key}" if path else str(key))
+    else:
+        yield path, value
+
+
+def test_metrics_files_hold_only_numbers_and_dvc_shows_them_narrow(repo: Path) -> None:
+    """Every declared metrics file holds numbers and booleans only (text, per-class lists
+    and CPU flags live in the reports), so `dvc metrics show` stays a readable table."""
+    declared = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
+    paths = {
+        next(iter(m)).replace("${paths.reports}", "data/reports")
+        for stage in declared.values()
+        for m in stage.get("metrics", [])
+    }
+    shown = json.loads(dvc(repo, "metrics", "show", "--json").stdout)[""]["data"]
+    assert set(shown) == paths  # every declared file exists after a run
+    for path, content in shown.items():
+        assert content["data"], path
+        for key, value in _leaves(content["data"]):
+            assert isinstance(value, int | float), f"{path}: {key} = {value!r} is not a number"
+
+    table = dvc(repo, "metrics", "show").stdout.splitlines()
+    columns = table[0].split()
+    assert len(columns) <= 40, f"{len(columns)} columns: {columns}"  # was 162
+    cells = [cell for line in table[1:] for cell in line.split()]
+    assert max(map(len, cells)) <= 26, max(cells, key=len)  # a path or a number; no sentence

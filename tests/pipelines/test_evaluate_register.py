@@ -66,7 +66,9 @@ def test_mcnemar_counts_discordant_pairs() -> None:
 @pytest.fixture
 def evaluated(project: Project) -> Project:
     project.set_params(train=FAST_TRAIN)
-    project.stages("ingest", "prepare", "validate", "train", "export", "optimize", "evaluate")
+    project.stages(
+        "champion", "ingest", "prepare", "validate", "train", "export", "optimize", "evaluate"
+    )
     return project
 
 
@@ -96,7 +98,7 @@ def test_register_writes_lineage_and_is_idempotent(evaluated: Project) -> None:
     assert version.tags["data.rows.raw"] == "1797"
     assert len(version.tags["onnx.sha256"]) == 64
     # What is registered is optimize's choice, named by its variant tag.
-    optimized = evaluated.report("optimize.json")
+    optimized = evaluated.report("optimize.details.json")
     assert version.tags["model.variant"] == optimized["chosen"]
     chosen_file = evaluated.root / "data/models/optimized/variants" / f"{optimized['chosen']}.onnx"
     from core.files import sha256 as file_sha
@@ -119,9 +121,7 @@ def test_register_writes_lineage_and_is_idempotent(evaluated: Project) -> None:
     assert again.exit_code == 0
     assert "already registered digits-classifier v1" in again.output
     assert len(registry.versions("digits-classifier")) == 1
-    assert evaluated.report("register.json") == {
-        "model": "digits-classifier", "version": 1,
-    }  # fmt: skip
+    assert evaluated.report("register.json") == {"version": 1}
 
     # The registered artifact is the same file, runnable, with the schema in its metadata.
     folder = registry.download("digits-classifier", version.version)
@@ -136,12 +136,13 @@ def test_challenger_is_compared_with_champion(evaluated: Project) -> None:
     evaluated.stages("register")
     registry = evaluated.registry()
     registry.client.set_registered_model_alias("digits-classifier", "champion", "1")
+    evaluated.stages("champion")  # the pointer evaluate reads (promote would write it)
 
     # A much weaker challenger: one epoch of training.
     evaluated.set_params(train={"epochs": 1}, evaluate={"min_accuracy": 0, "min_macro_f1": 0,
                          "min_class_recall": 0, "min_noise_invariance": 0})  # fmt: skip
     evaluated.stages("train", "export", "optimize", "evaluate")
-    champion = evaluated.report("evaluate.json")["champion"]
+    champion = evaluated.report("evaluate.details.json")["champion"]
     assert champion["version"] == "1" and champion["compared"] is True
     assert champion["only_champion_right"] > champion["only_challenger_right"]
     gates = evaluated.report("gates.json")["gates"]

@@ -209,7 +209,7 @@ def ops(path: Path) -> set[str]:
 def test_stage_builds_measures_and_writes_the_choice(project: Project) -> None:
     project.set_params(train={"epochs": 12, "patience": 4})
     project.stages("ingest", "prepare", "validate", "train", "export", "optimize")
-    report = project.report("optimize.json")
+    report = project.report("optimize.details.json")
     variants = report["variants"]
     assert set(variants) == {"fp32", "fp32-ort", "int8-dynamic", "int8-static", "pruned",
                              "pruned-int8-static"}  # fmt: skip
@@ -260,7 +260,7 @@ def test_stage_builds_measures_and_writes_the_choice(project: Project) -> None:
 def test_sklearn_models_get_the_variants_that_apply(make_project: object) -> None:
     project: Project = make_project(REPO / "pipelines/examples/wine.params.yaml")  # type: ignore[operator]
     project.stages("ingest", "prepare", "validate", "train", "export", "optimize")
-    report = project.report("optimize.json")
+    report = project.report("optimize.details.json")
     assert {"fp32", "fp32-ort"} <= set(report["variants"])
     assert "no weights to prune" in report["not_applicable"]["pruned"]
     for name in ("int8-dynamic", "int8-static"):  # ONNX-ML operators: nothing to quantize
@@ -288,7 +288,7 @@ def test_choice_flips_to_int8_for_the_wide_mlp_and_stays_fp32_for_the_cnn(tmp_pa
                 optimize={**project.params()["optimize"], "runs": 2000, "rounds": 10}
             )
         project.stages("ingest", "prepare", "validate", "train", "export", "optimize")
-        chosen[name] = project.report("optimize.json")
+        chosen[name] = project.report("optimize.details.json")
     assert chosen["cnn"]["chosen"] in {"fp32", "fp32-ort", "pruned"}, chosen["cnn"]["variants"]
     assert "int8" in chosen["wide"]["chosen"], chosen["wide"]["variants"]
     wide = chosen["wide"]["variants"]

@@ -88,7 +88,7 @@ def test_any_tabular_csv_with_string_labels(project: Project) -> None:
     assert schema["classes"] == ["setosa", "versicolor", "virginica"]
     (version,) = project.registry().versions("iris")
     assert version.tags["data.source"] == "data/sources/iris.csv"
-    assert set(project.report("evaluate.json")["per_class"]) == {
+    assert set(project.report("evaluate.details.json")["per_class"]) == {
         "setosa",
         "versicolor",
         "virginica",
