@@ -7,8 +7,10 @@
     ├── TrainingError            a model could not be trained
     ├── ExportParityError        ONNX and native predictions disagree
     ├── GateFailed               an evaluation gate failed; nothing is registered
-    ├── RegistryError            MLflow registry state is missing or inconsistent
-    │   └── PromotionRefused     the review gate said no (reasons in the message)
+    ├── RegistryError            the MLflow registry cannot be read, or its state is
+    │   │                        missing or inconsistent
+    │   ├── PromotionRefused     the review gate said no (reasons in the message)
+    │   └── SchemaMismatch       a model's features/classes differ from its registered name's
     ├── DeployError              containerize / push / kubectl failed or is unavailable
     ├── ExternalServiceError     GitHub or an alert webhook refused or was unreachable
     ├── MonitoringError          the drift job cannot run (no reference, unreadable log)
@@ -49,11 +51,15 @@ class GateFailed(ModelyardError):
 
 
 class RegistryError(ModelyardError):
-    """MLflow registry state is missing or inconsistent."""
+    """The MLflow registry cannot be read, or its state is missing or inconsistent."""
 
 
 class PromotionRefused(RegistryError):
     """The review gate refused to move `champion`."""
+
+
+class SchemaMismatch(RegistryError):
+    """A model's input features or classes differ from those registered under its name."""
 
 
 class DeployError(ModelyardError):

@@ -6,7 +6,10 @@ Reads ``gates.json``, ``evaluate.details.json``, ``export.json``,
 registers version N of ``register.model_name`` with the lineage tags, and points the
 ``challenger`` alias at it. It never touches ``champion``.
 
-Idempotent: if a version with the same ONNX sha256 exists, nothing new is created.
+Idempotent: if a version with the same ONNX sha256 exists, nothing new is created, and
+``challenger`` is pointed back at that version (this commit's candidate) if it had moved.
+Refuses (``SchemaMismatch``) a model whose features or classes differ from the newest
+version registered under the same name: another contract needs another name.
 Writes ``register.json`` (the version number; the name is ``register.model_name``).
 """
 
@@ -18,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from core import files
-from core.errors import GateFailed
+from core.errors import GateFailed, SchemaMismatch
 from pipelines import dataset, inference, lineage, tracking
 from pipelines.config import Params
 from pipelines.models import read_meta
@@ -61,11 +64,15 @@ def run(params: Params, root: Path) -> Result:
             existing.version,
             sha[:12],
         )
+        # This commit's candidate is that version: point the alias back at it, so
+        # "already registered vN (@challenger)" is true.
+        reclaim_alias(registry, cfg.model_name, alias=cfg.alias, version=existing.version)
         result = Result(cfg.model_name, existing.version, False, existing.tags)
         _write(reports, result)
         return result
 
     schema = dataset.load_schema(paths, root)
+    check_schema(registry, cfg.model_name, candidate=schema.as_dict())
     meta = read_meta(root / paths.native)
     tags = lineage_tags(params, root, sha, gates, meta)
     example = dataset.load_split(paths, "test", schema, root).x[:2]
@@ -91,6 +98,76 @@ def run(params: Params, root: Path) -> Result:
     _write(reports, result)
     log.info("registered %s v%s as @%s", cfg.model_name, version.version, cfg.alias)
     return result
+
+
+def reclaim_alias(registry: Registry, name: str, *, alias: str, version: str) -> None:
+    """Point ``alias`` at ``version`` if it points elsewhere (or nowhere), with a log line."""
+    now = registry.by_alias(name, alias)
+    if now is not None and now.version == version:
+        return
+    registry.set_alias(name, alias, version)
+    before = f"v{now.version}" if now is not None else "nowhere"
+    log.warning(
+        "@%s of %s moved from %s back to v%s (this commit's model)", alias, name, before, version
+    )
+
+
+def check_schema(registry: Registry, name: str, *, candidate: dict[str, Any]) -> None:
+    """Refuse to register a model under ``name`` if its features or classes differ from
+    the newest registered version's (read from that version's MLmodel metadata).
+
+    A model with another contract is another model: it needs its own name
+    (``register.model_name``). A name with no versions yet, or whose newest version
+    carries no schema, accepts any model.
+    """
+    versions = registry.versions(name)
+    if not versions:
+        return
+    latest = versions[-1]
+    registered = registry.model_metadata(name, latest.version).get("schema")
+    if not registered:
+        log.warning("%s v%s records no schema; not compared", name, latest.version)
+        return
+    differences = schema_difference(registered, candidate)
+    if differences:
+        raise SchemaMismatch(
+            f"refusing to register this model as {name}: its schema differs from "
+            f"{name} v{latest.version}'s:\n"
+            + "\n".join(f"  - {d}" for d in differences)
+            + "\nA model with other features or classes is another model: give it its own "
+            "name (params.yaml: register.model_name). Nothing was registered."
+        )
+
+
+def schema_difference(registered: dict[str, Any], candidate: dict[str, Any]) -> list[str]:
+    """What differs between two schemas (``dataset.Schema.as_dict()``), in words:
+    features removed, added or reordered, and classes. Empty: the same contract."""
+    old = [str(f["name"]) for f in registered.get("features", [])]
+    new = [str(f["name"]) for f in candidate.get("features", [])]
+    out: list[str] = []
+    old_set, new_set = set(old), set(new)
+    removed = [f for f in old if f not in new_set]
+    added = [f for f in new if f not in old_set]
+    if removed or added:
+        out.append(f"features: {len(old)} registered, {len(new)} now")
+    if removed:
+        out.append(f"features removed ({len(removed)}): {_some(removed)}")
+    if added:
+        out.append(f"features added ({len(added)}): {_some(added)}")
+    if not removed and not added and old != new:
+        at = next(i for i, (a, b) in enumerate(zip(old, new, strict=False)) if a != b)
+        out.append(f"features reordered: position {at} was {old[at]}, is {new[at]}")
+    old_classes = [str(c) for c in registered.get("classes", [])]
+    new_classes = [str(c) for c in candidate.get("classes", [])]
+    if old_classes != new_classes:
+        out.append(f"classes: {_some(old_classes)} registered; {_some(new_classes)} now")
+    return out
+
+
+def _some(items: list[str], limit: int = 8) -> str:
+    # No square brackets: the CLI prints messages through rich, which reads them as markup.
+    shown = ", ".join(items[:limit]) or "none"
+    return f"{shown}, ... {len(items) - limit} more" if len(items) > limit else shown
 
 
 def lineage_tags(
