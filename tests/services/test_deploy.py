@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from services import deploy
-from tests.conftest import FAST_TRAIN, Project, modelyard, new_project
+from tests.conftest import FAST_TRAIN, FakeGitHub, Project, modelyard, new_project
 
 pytestmark = pytest.mark.slow
 
@@ -75,7 +75,15 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Project, d
     project = new_project(base / "project")
     project.set_params(train=FAST_TRAIN)
     project.stages(
-        "ingest", "prepare", "validate", "train", "export", "optimize", "evaluate", "register"
+        "champion",
+        "ingest",
+        "prepare",
+        "validate",
+        "train",
+        "export",
+        "optimize",
+        "evaluate",
+        "register",
     )
     env = {"BENTOML_HOME": str(base / "bentoml"), "GITHUB_OUTPUT": str(base / "github_output")}
     out = modelyard(project.root, "build", "--model", f"{NAME}/1",
@@ -112,7 +120,7 @@ def test_containerize_runs_bentoml_containerize_and_pushes(
     recorded = calls(log)
     (build_call,) = [c for c in recorded if "build" in c["args"]]  # type: ignore[operator]
     assert image in build_call["args"]  # type: ignore[operator]
-    assert {"bento.yaml", "models", "src"} <= set(build_call["context_files"])  # type: ignore[arg-type]
+    assert {"bento.yaml", "models", "src"} <= set(build_call["context_files"])  # type: ignore[call-overload]
     assert "model.onnx" in build_call["onnx_files"]  # type: ignore[operator]
     assert "FROM " in build_call["dockerfile"]  # type: ignore[operator]
     assert recorded[-1]["args"] == ["push", image]
@@ -173,17 +181,59 @@ def test_the_base_manifests_deploy_the_image_the_overlay_replaces() -> None:
 
 
 def test_record_then_reconcile_is_in_sync(built: tuple[Project, dict[str, str]]) -> None:
+    """The reconciler deploys an undeployed champion once, waits while that deploy is
+    pending, and does nothing once `deploy record` says the champion runs."""
     from registry import promotion
 
     project, env = built
+    github = FakeGitHub()
+    env = {
+        **env,
+        "GITHUB_REPOSITORY": "acme/models",
+        "GITHUB_TOKEN": "gh-test-token",
+        "GITHUB_API_URL": github.url,
+    }
     params = ["--params", str(project.params_path)]
-    done = modelyard(project.root, "deploy", "record", NAME, "1", "--image", "ghcr.io/a/b:v1",
-                     "--target", "kubernetes", "--actor", "ci-bot", *params, env=env)  # fmt: skip
-    assert "deploy record: digits-classifier v1 runs ghcr.io/a/b:v1" in done.stdout
     registry = project.registry()
-    tags = registry.model_tags(NAME)
-    assert tags[promotion.DEPLOYED] == "1" and tags[promotion.DEPLOYED_IMAGE] == "ghcr.io/a/b:v1"
-    assert promotion.audit_log(registry, NAME)[-1]["event"] == "deployed"
+
+    def run(*args: str) -> str:
+        return str(modelyard(project.root, *args, *params, env=env).stdout).strip()
+
+    try:
+        # This project is not a git repository; a clone's training commit names its author.
+        registry.set_version_tags(NAME, "1", {"git.author": "dana@example.com"})
+        run("promote", NAME, "1", "--reviewer", "rui@example.com")
+        promoted = len(github.dispatched())
+        assert (
+            run("registry", "reconcile", NAME) == f"reconcile {NAME}: deploy:github:model-promoted"
+        )
+        assert github.dispatched()[promoted:] == [(NAME, "1")]
+        assert run("registry", "reconcile", NAME) == f"reconcile {NAME}: deploy-pending"
+        assert github.dispatched()[promoted:] == [(NAME, "1")]  # once
+
+        recorded = run(
+            "deploy",
+            "record",
+            NAME,
+            "1",
+            "--image",
+            "ghcr.io/a/b:v1",
+            "--target",
+            "kubernetes",
+            "--actor",
+            "ci-bot",
+        )
+        assert recorded == "deploy record: digits-classifier v1 runs ghcr.io/a/b:v1 on kubernetes"
+        tags = registry.model_tags(NAME)
+        assert (
+            tags[promotion.DEPLOYED] == "1" and tags[promotion.DEPLOYED_IMAGE] == "ghcr.io/a/b:v1"
+        )
+        assert promotion.audit_log(registry, NAME)[-1]["event"] == "deployed"
+        before = len(github.requests)
+        assert run("registry", "reconcile", NAME) == f"reconcile {NAME}: in-sync"
+        assert len(github.requests) == before  # in sync: nothing dispatched
+    finally:
+        github.close()
     missing = modelyard(project.root, "deploy", "record", NAME, "99", "--image", "x:y", *params,
                         env=env, check=False)  # fmt: skip
     assert missing.returncode == 1 and "no version 99" in missing.stderr
