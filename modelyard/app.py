@@ -8,13 +8,14 @@ from typing import Annotated
 
 import typer
 
-from modelyard import monitor, pipeline, promotion, serving, stages
+from modelyard import init, monitor, pipeline, promotion, serving, stages
 from modelyard.common import err_console
 
 app = typer.Typer(
     name="modelyard",
     help=(
         "From a commit to a monitored production API.\n\n"
+        "`init` describes a CSV/Parquet file of your own in params.yaml (and a data suite). "
         "The pipeline stages (ingest, prepare, validate, train, export, optimize, evaluate, "
         "register) are what `dvc repro` runs, one command each; `modelyard run` runs them all "
         "through DVC and prints a summary. Then: `promote`/`rollback` (the review gate), "
@@ -26,7 +27,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-for module in (stages, pipeline, promotion, serving, monitor):
+for module in (init, stages, pipeline, promotion, serving, monitor):
     app.registered_commands.extend(module.app.registered_commands)
 app.add_typer(promotion.registry_app, name="registry")
 app.add_typer(serving.deploy_app, name="deploy")

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core import tools
-from core.errors import PipelineFailed
-from pipelines import pointer, tracking
+from core.errors import ConfigError, PipelineFailed
+from pipelines import pointer, sources, tracking
 from pipelines.config import Params
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,29 @@ class Outcome:
     created: bool  # a new version in this store (False: it was already registered)
     alias: str
     alias_version: str | None  # where the alias points now
+
+
+def check_inputs(params: Params, root: Path) -> None:
+    """The files params name, before DVC runs anything: DVC's own error for a missing
+    dependency is a bare ``[Errno 2]`` naming neither the key nor the fix."""
+    missing = []
+    suite = params.validate_.suite
+    if not (root / suite).is_file():
+        missing.append(
+            f"validate.suite: {suite} does not exist. `modelyard init --source "
+            f"{params.paths.sources}/FILE --target COLUMN` writes one from your data; or write "
+            "your own (GX's JSON: data/expectations/wine.json is an example; "
+            '{"expectations": []} checks nothing beyond params), or point validate.suite at '
+            "an existing file"
+        )
+    source = params.ingest.source
+    if not sources.is_bundled(source) and not (root / source).is_file():
+        missing.append(
+            f"ingest.source: {source} does not exist. Put your CSV or Parquet file under "
+            f"{params.paths.sources}/ (and `dvc add` it), or use sklearn:<name>"
+        )
+    if missing:
+        raise ConfigError("nothing was run:\n  - " + "\n  - ".join(missing))
 
 
 def repro(root: Path, *, force: bool = False) -> None:
@@ -75,6 +98,7 @@ def run(
     from pipelines.stages import register
     from registry.client import Registry
 
+    check_inputs(params, root)
     tracking.configure(root)
     registry = Registry(tracking.tracking_uri(root))
     name = params.register_.model_name

@@ -162,7 +162,8 @@ def load_suite(path: Path) -> list[Expectation]:
     """The checked-in, user-editable suite: GX's JSON form of an ExpectationSuite."""
     if not path.exists():
         raise ConfigError(
-            f"validate.suite {path} does not exist; create it (see data/expectations/)"
+            f"validate.suite {path} does not exist: `modelyard init --source FILE --target "
+            "COLUMN` writes one from your data, or write your own (see data/expectations/)"
         )
     try:
         suite = files.read_json(path)
