@@ -15,8 +15,9 @@ app = typer.Typer()
 PARAMS = Path("params.yaml")
 
 INIT_CODES = (
-    "Exit codes: 0 written (or already so); 1 the data cannot be used as it is (a missing or "
-    "text target column, text or missing feature values, a label with under 3 rows); 2 a "
+    "Exit codes: 0 written (or already so); 1 the data cannot be used as it is (no such "
+    "target column; missing, float or boolean labels; one label or over 100; a label with "
+    "under 3 rows; text or missing feature values); 2 a "
     "usage error (the file is not under paths.sources, a bad --name, params.yaml missing) "
     "or a refusal to overwrite a different suite or params of your own without --force."
 )
@@ -38,7 +39,7 @@ def init(
     ] = False,
     params_file: ParamsOpt = PARAMS,
 ) -> None:
-    """Read SOURCE and write the params for it (ingest, data, validate, train, evaluate
+    """Read the --source file and write the params for it (ingest, data, validate, train, evaluate
     floors, register) and a Great Expectations suite, then print what it chose.
 
     Every other key of params.yaml, and its comments, stay as they are. Then:
