@@ -175,7 +175,7 @@ def compare_with_champion(
     if now != champ:
         raise RegistryError(
             f"the champion of {now.model} changed since {params.paths.report(pointer.FILE)} "
-            f"was written (file: v{champ.version}, registry: v{now.version}): run "
+            f"was written (it names {_named(champ)}, the registry now {_named(now)}): run "
             "`modelyard run` (or `modelyard champion`, then `dvc repro`) so evaluate compares "
             "with the current champion"
         )
@@ -206,6 +206,12 @@ def compare_with_champion(
         "accuracy": float((champ_pred == test.y).mean()),
         **mcnemar(test.y, pred, champ_pred),
     }
+
+
+def _named(champ: pointer.Pointer) -> str:
+    if champ.version is None:
+        return f"no champion of {champ.model}"
+    return f"{champ.model} v{champ.version} (sha256 {(champ.onnx_sha256 or '?')[:12]})"
 
 
 def decide(cfg: Evaluate, m: dict[str, Any]) -> list[Gate]:

@@ -84,6 +84,8 @@ def test_a_promotion_reruns_evaluate_and_nothing_else_does(repo: Path) -> None:
     assert stale.returncode != 0
     out = " ".join((stale.stdout + stale.stderr).split())
     assert f"the champion of {NAME} changed since {POINTER} was written" in out
+    assert f"it names {NAME} v{v1} (sha256 " in out
+    assert f"the registry now no champion of {NAME}" in out
 
     # `modelyard champion` brings the pointer up to date; evaluate re-runs without one.
     refreshed = modelyard(repo, "champion")
