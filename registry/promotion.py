@@ -29,16 +29,23 @@ DEPLOYED_AT = "deployed.at"
 DEPLOYED_TARGET = "deployed.target"
 
 
-def promote(registry: Registry, name: str, version: str, reviewer: str | None = None,
-            comment: str = "") -> tuple[Version, Version | None]:  # fmt: skip
+def promote(
+    registry: Registry, name: str, version: str, reviewer: str | None = None, comment: str = ""
+) -> tuple[Version, Version | None]:
     """Record the approval (if a reviewer is given), check the gate, move champion.
 
     Returns (new champion, previous champion). Raises PromotionRefused with the reasons.
     """
     if reviewer:
-        registry.set_version_tags(name, version, {
-            policy.APPROVAL_REVIEWER: reviewer, policy.APPROVAL_AT: _now(), policy.APPROVAL_COMMENT: comment,
-        })  # fmt: skip
+        registry.set_version_tags(
+            name,
+            version,
+            {
+                policy.APPROVAL_REVIEWER: reviewer,
+                policy.APPROVAL_AT: _now(),
+                policy.APPROVAL_COMMENT: comment,
+            },
+        )
     candidate = registry.version(name, version)
     decision = policy.decide(candidate.tags)
     if not decision.ok:
@@ -57,8 +64,14 @@ def promote(registry: Registry, name: str, version: str, reviewer: str | None = 
     registry.set_version_tags(
         name, version, {PROMOTED_AT: _now(), PROMOTED_BY: candidate.tags[policy.APPROVAL_REVIEWER]}
     )
-    audit(registry, name, "promote", version=version, previous=previous.version if previous else None,
-          by=candidate.tags[policy.APPROVAL_REVIEWER])  # fmt: skip
+    audit(
+        registry,
+        name,
+        "promote",
+        version=version,
+        previous=previous.version if previous else None,
+        by=candidate.tags[policy.APPROVAL_REVIEWER],
+    )
     return registry.version(name, version), previous
 
 
@@ -69,9 +82,10 @@ def rollback(registry: Registry, name: str, actor: str) -> tuple[Version, Versio
     if current is None:
         raise RegistryError(f"{name} has no champion to roll back from")
     earlier = [
-        v for v in registry.versions(name)
+        v
+        for v in registry.versions(name)
         if v.version != current.version and PROMOTED_AT in v.tags and policy.decide(v.tags).ok
-    ]  # fmt: skip
+    ]
     if not earlier:
         raise RegistryError(f"{name}: no earlier approved champion to roll back to")
     target = max(earlier, key=lambda v: v.tags[PROMOTED_AT])
@@ -83,8 +97,9 @@ def rollback(registry: Registry, name: str, actor: str) -> tuple[Version, Versio
     return registry.version(name, target.version), current
 
 
-def record_deployment(registry: Registry, name: str, version: str, image: str,
-                      target: str, by: str) -> Version:  # fmt: skip
+def record_deployment(
+    registry: Registry, name: str, version: str, image: str, target: str, by: str
+) -> Version:
     """The deploy workflow's last step: write down what now runs where, with an audit
     entry. Refuses a version that does not exist; a version that is no longer champion
     is recorded as it is (it is what runs) and the reconciler will deploy the champion."""

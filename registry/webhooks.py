@@ -121,8 +121,14 @@ def handle(event: dict[str, Any], registry: Registry, dispatcher: Dispatcher) ->
         log.warning("reverted @champion on %s v%s: %s", name, version, decision)
         return f"reverted:{previous or 'none'}"
     if promotion.PROMOTED_AT not in tags:  # moved in the UI after an approval there
-        registry.set_version_tags(name, version, {promotion.PROMOTED_AT: promotion._now(),
-                                                   promotion.PROMOTED_BY: tags[policy.APPROVAL_REVIEWER]})  # fmt: skip
+        registry.set_version_tags(
+            name,
+            version,
+            {
+                promotion.PROMOTED_AT: promotion._now(),
+                promotion.PROMOTED_BY: tags[policy.APPROVAL_REVIEWER],
+            },
+        )
         promotion.audit(
             registry,
             name,
@@ -145,9 +151,15 @@ def reconcile(registry: Registry, name: str, dispatcher: Dispatcher) -> str:
     if champion is None:
         return "no-champion"
     if not policy.decide(champion.tags).ok:
-        return handle({"entity": "model_version_alias", "action": "created",
-                       "data": {"name": name, "alias": CHAMPION, "version": champion.version}},
-                      registry, dispatcher)  # fmt: skip
+        return handle(
+            {
+                "entity": "model_version_alias",
+                "action": "created",
+                "data": {"name": name, "alias": CHAMPION, "version": champion.version},
+            },
+            registry,
+            dispatcher,
+        )
     tags = registry.model_tags(name)
     if tags.get(DEPLOYED) == champion.version:
         return "in-sync"
