@@ -42,6 +42,8 @@ TELEMETRY_OFF = {
     "DVC_NO_ANALYTICS": "1",
     # MLflow's per-file download bars are noise next to our own output.
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    # A registry outage is reported in seconds, not after MLflow's 7 retries (minutes).
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
 }
 
 

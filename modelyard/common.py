@@ -9,6 +9,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from core import settings
@@ -43,7 +44,8 @@ def guard(step: str, fn: Callable[[], T]) -> T:
     try:
         return fn()
     except ModelyardError as exc:
-        err_console.print(f"[bold red]{step} failed:[/] {exc}", highlight=False)
+        # The message is text, not markup: "[magnesium, proline]" must survive.
+        err_console.print(f"[bold red]{step} failed:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(exc.exit_code) from None
 
 
