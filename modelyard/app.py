@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from modelyard import init, monitor, pipeline, promotion, serving, stages
+from modelyard import init, monitor, pipeline, promotion, serving, stages, webapp
 from modelyard.common import err_console
 
 app = typer.Typer(
@@ -21,7 +21,7 @@ app = typer.Typer(
         "through DVC and prints a summary. Then: `promote`/`rollback` (the review gate), "
         "`registry` (webhook receiver, reconciler), `build`/`serve` (the Bento), `deploy` "
         "(image, Kubernetes, record), `monitor` (drift jobs, Evidently UI), "
-        "`simulate-traffic`, `diff` (CI's PR comment)."
+        "`simulate-traffic`, `diff` (CI's PR comment), `webapp` (the web application)."
     ),
     no_args_is_help=True,
     add_completion=False,
