@@ -32,6 +32,7 @@ for module in (init, stages, pipeline, promotion, serving, monitor):
 app.add_typer(promotion.registry_app, name="registry")
 app.add_typer(serving.deploy_app, name="deploy")
 app.add_typer(monitor.monitor_app, name="monitor")
+app.add_typer(webapp.webapp_app, name="webapp")
 
 OWN_LOGGERS = ("core", "pipelines", "registry", "services", "monitoring", "modelyard")
 TELEMETRY_OFF = {
