@@ -83,8 +83,14 @@ def full_data_verdict(log_dir: Path, model: str, params_file: Path) -> dict[str,
     current = monitor.to_frame(records, ref.features)
     del records
     usable = [f for f in ref.features if f not in ref.constant]
-    result = drift.compare(ref.frame, current, usable, params.monitor.drift_share,
-                           params.monitor.method, params.monitor.threshold)  # fmt: skip
+    result = drift.compare(
+        ref.frame,
+        current,
+        features=usable,
+        drift_share=params.monitor.drift_share,
+        method=params.monitor.method,
+        threshold=params.monitor.threshold,
+    )
     seconds = time.perf_counter() - start
     drifted = result.dataset_drift or result.prediction.drifted
     return {"status": "drift" if drifted else "ok", "drift_share": result.drift_share,

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from core import settings
 from core.errors import ModelyardError
-from modelyard.common import ParamsOpt, console, err_console, guard, load
+from modelyard.common import ParamsOpt, console, err_console, guard, load, log
 from modelyard.common import tracking as use_store
+
+if TYPE_CHECKING:
+    from monitoring.monitor import Summary
 
 app = typer.Typer()
 monitor_app = typer.Typer(
@@ -22,8 +25,13 @@ monitor_app = typer.Typer(
 PARAMS = Path("params.yaml")
 
 MONITOR_EXIT_CODES = (
-    "Exit codes: 0 no drift (or not enough data to judge); 1 drift; 2 the job could not run "
-    "(bad options or params, unreadable log, no reference, a registry or Evidently error)."
+    "Exit codes:\n\n"
+    "0  no drift, or not enough data to judge.\n\n"
+    "1  drift: the only verdict that exits 1 (also when the alert webhook failed; "
+    "summary.json records that).\n\n"
+    "2  the job failed: bad options or params, an unreadable log, no reference, records "
+    "that do not fit the model, a registry or Evidently error, any crash; or drift was "
+    "found but retraining failed (summary.json records the verdict and why)."
 )
 
 
@@ -57,89 +65,112 @@ def monitor_run(
         ),
     ] = None,
     retrain: Annotated[
-        bool, typer.Option(help="On drift, trigger retraining (monitor.retrain decides how).")
+        bool,
+        typer.Option(
+            help="On drift, retrain (monitor.retrain: auto): a `retrain` dispatch on GitHub "
+            "when GITHUB_REPOSITORY and GITHUB_TOKEN are set, else the pipeline here."
+        ),
     ] = True,
     params_file: ParamsOpt = PARAMS,
 ) -> None:
     """Compare a window of the inference log with the serving version's training data.
 
-    Writes report.html + summary.json under monitor.output/runs/<time>/ (and the latest
-    summary.json), adds the run to the Evidently workspace (`modelyard monitor ui`),
-    alerts and triggers retraining on drift.
+    Writes report.html under monitor.output/runs/<time>/ and adds the run to the
+    Evidently workspace (`modelyard monitor ui`). On drift, alerts and retrains. Then
+    writes summary.json (that folder's and the latest): the verdict and what the alert
+    and the retrain did.
     """
+    from core import github
     from monitoring import monitor
     from registry.client import Registry
 
-    def fail(exc: Exception) -> typer.Exit:
-        err_console.print(f"[bold red]monitor failed:[/] {exc}", highlight=False)
-        return typer.Exit(2)
+    def fail(message: str) -> typer.Exit:
+        err_console.print(f"[bold red]monitor failed:[/] {message}", highlight=False)
+        return typer.Exit(monitor.EXIT_FAILED)
 
     try:
         params, root = load(params_file)
         registry = Registry(use_store(root))
-        cfg = params.monitor
-        with console.status("reading the inference log and comparing with the reference..."):
-            summary = monitor.run(
-                cfg,
-                params.data,
-                params.validate_,
-                registry,
-                root,
-                _log_dir(root, log_dir),
-                since,
-                until,
-                params.seed,
+        with console.status("monitor run...") as status:
+            summary = monitor.job(
+                params,
+                registry=registry,
+                root=root,
+                log_dir=_log_dir(root, log_dir),
+                since=since,
+                until=until,
+                alert_url=alert_url or settings.current().alert_webhook_url,
+                retrain=retrain,
+                github=github.from_env(),
+                progress=status.update,
             )
     except ModelyardError as exc:
-        raise fail(exc) from None
+        raise fail(str(exc)) from None
+    except Exception as exc:  # a crash is a failure, never a verdict (exit 1 means drift)
+        log.debug("monitor run crashed", exc_info=exc)
+        raise fail(
+            f"unexpected {type(exc).__name__}: {exc} (a bug in modelyard or a library under "
+            "it; `modelyard -v monitor run ...` shows the traceback)"
+        ) from None
     _print_monitor(summary)
-    if summary.status == monitor.DRIFT:
-        url = alert_url or settings.current().alert_webhook_url
-        try:
-            if url:
-                summary.alert = monitor.alert(url, summary)
-                console.print(f"alert: {summary.alert}")
-            if retrain and cfg.retrain == "auto":
-                summary.retrain = monitor.retrain(summary, root)
-                console.print(f"retrain: {summary.retrain} (the new version still needs a review)")
-        except ModelyardError as exc:
-            raise fail(exc) from None
     raise typer.Exit(summary.exit_code)
 
 
-def _print_monitor(summary: Any) -> None:
-    colour = {"ok": "green", "drift": "bold red"}.get(summary.status, "yellow")
+def _print_monitor(summary: Summary) -> None:
+    from monitoring import monitor
+
+    colour = {monitor.OK: "green", monitor.DRIFT: "bold red"}.get(summary.status, "yellow")
     console.print(f"[{colour}]{summary.status}[/]: {summary.message}", highlight=False)
-    table = Table(title=f"window {summary.window['since']} .. {summary.window['until']}")
+    table = Table(title=f"window {summary.window.since} .. {summary.window.until}")
     table.add_column("model", no_wrap=True)
-    for col in ("predictions", "sampled", "malformed lines", "data quality", "feedback"):
+    for col in (
+        "predictions",
+        "sampled",
+        "left out",
+        "malformed lines",
+        "data quality",
+        "feedback",
+    ):
         table.add_column(col, justify="right")
     dq = summary.data_quality
     cls = summary.classification
+    unusable = summary.unusable.wrong_width + summary.unusable.not_numeric
     table.add_row(
         str(summary.model),
         str(summary.rows),
         str(summary.sampled),
+        str(unusable),
         str(summary.malformed_lines),
-        f"{dq['failed']}/{dq['evaluated']} failed" if dq else "-",
-        f"acc {cls.get('accuracy', float('nan')):.3f} on {cls['rows']}" if cls else "-",
+        f"{dq.failed}/{dq.evaluated} failed" if dq else "-",
+        f"acc {cls.metrics.get('accuracy', float('nan')):.3f} on {cls.rows}" if cls else "-",
     )
     console.print(table)
     if summary.scores:
-        top = sorted(summary.scores.items(), key=lambda kv: -kv[1]["score"])[:10]
+        top = sorted(summary.scores, key=lambda c: -c.score)[:10]
         drift_table = Table(title="most drifted features")
         for col in ("feature", "score", "method", "drifted"):
             drift_table.add_column(col)
-        for name, s in top:
-            mark = "[red]yes[/]" if s["drifted"] else "no"
-            drift_table.add_row(
-                name, f"{s['score']:.3f}", f"{s['method']} > {s['threshold']:g}", mark
-            )
+        for c in top:
+            mark = "[red]yes[/]" if c.drifted else "no"
+            drift_table.add_row(c.column, f"{c.score:.3f}", f"{c.method} > {c.threshold:g}", mark)
         console.print(drift_table)
     if summary.report:
         console.print(
             f"report: {summary.report}\nworkspace: {summary.workspace} (`modelyard monitor ui`)"
         )
+    if summary.status == monitor.DRIFT:
+        for step, outcome in (("alert", summary.alert), ("retrain", summary.retrain)):
+            if outcome is None:
+                continue
+            if outcome.status == monitor.FAILED:
+                style = "bold red" if step == "retrain" else "yellow"
+                what = "FAILED" if step == "retrain" else "failed (the verdict stands)"
+                console.print(f"[{style}]{step} {what}:[/] {outcome.detail}", highlight=False)
+            elif outcome.status == monitor.SKIPPED:
+                console.print(f"{step}: skipped ({outcome.detail})", highlight=False)
+            else:
+                console.print(f"{step}: {outcome.detail}", highlight=False)
+    console.print(f"summary: {summary.folder}/summary.json")
 
 
 @monitor_app.command("ui")

@@ -2,8 +2,9 @@
 
 - ``compare``: one Report over the features and the prediction: ``DataDriftPreset``
   (a drift test per feature + the drifted share) and ``ValueDrift`` on the prediction;
-  with feedback labels, ``ClassificationPreset`` too. Returns plain results and the
-  snapshot (for HTML and the workspace).
+  with feedback labels, ``ClassificationPreset`` too. Returns a frozen ``Comparison``
+  (plain results and the snapshots, for HTML and the workspace). Anything Evidently
+  raises comes out as ``MonitoringError``: no verdict without a comparison.
 - ``Workspace``: a local Evidently workspace with a dashboard (drifted share, prediction
   drift, rows per run) so ``evidently ui`` shows drift over time.
 """
@@ -23,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from core import tools
+from core.errors import MonitoringError
 
 log = logging.getLogger(__name__)
 
@@ -39,63 +41,75 @@ class ColumnDrift:
     drifted: bool
 
 
-@dataclass
+@dataclass(frozen=True)
 class Comparison:
-    columns: list[ColumnDrift]
+    columns: tuple[ColumnDrift, ...]
     drift_share: float  # share of drifted features
     dataset_drift: bool
     prediction: ColumnDrift
     quality: dict[str, float] = field(default_factory=dict)  # accuracy etc. with feedback
-    snapshots: list[Any] = field(default_factory=list)  # drift report [, classification report]
+    snapshots: tuple[Any, ...] = ()  # drift report [, classification report]
 
     @property
     def drifted_columns(self) -> list[str]:
         return [c.column for c in self.columns if c.drifted]
 
 
-def compare(reference: pd.DataFrame, current: pd.DataFrame, features: list[str],
-            drift_share: float, method: str | None = None, threshold: float | None = None,
-            labelled: tuple[pd.DataFrame, pd.DataFrame] | None = None,
-            timestamp: datetime | None = None, metadata: dict[str, str] | None = None,
-            ) -> Comparison:  # fmt: skip
+def compare(
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    *,
+    features: list[str],
+    drift_share: float,
+    method: str | None = None,
+    threshold: float | None = None,
+    labelled: tuple[pd.DataFrame, pd.DataFrame] | None = None,
+    timestamp: datetime | None = None,
+    metadata: dict[str, str] | None = None,
+) -> Comparison:
     """Drift of ``current`` against ``reference`` (both: the features + PREDICTION as a
     string). ``labelled``: (reference, current) frames with TARGET and PREDICTION for
-    classification quality."""
+    classification quality. Raises MonitoringError when Evidently cannot compare them."""
     from evidently import DataDefinition, Dataset, MulticlassClassification, Report
     from evidently.metrics import ValueDrift
     from evidently.presets import ClassificationPreset, DataDriftPreset
 
     definition = DataDefinition(numerical_columns=features, categorical_columns=[PREDICTION])
     metrics: list[Any] = [
-        DataDriftPreset(columns=features, drift_share=drift_share, method=method, threshold=threshold),
+        DataDriftPreset(
+            columns=features, drift_share=drift_share, method=method, threshold=threshold
+        ),
         ValueDrift(column=PREDICTION),
-    ]  # fmt: skip
+    ]
     report = Report(metrics, include_tests=True, metadata=metadata or {})
-    with _quiet():
+    with _evidently(f"the drift report ({len(current)} rows vs {len(reference)} reference rows)"):
         snapshot = report.run(
             Dataset.from_pandas(current[[*features, PREDICTION]], data_definition=definition),
             Dataset.from_pandas(reference[[*features, PREDICTION]], data_definition=definition),
             timestamp=timestamp,
         )
-    columns, share, prediction = _parse(snapshot.dict(), features)
-    result = Comparison(columns, share, share >= drift_share, prediction, snapshots=[snapshot])
-    if labelled is not None:
-        ref, cur = labelled
-        labels = sorted(set(ref[TARGET]) | set(cur[TARGET]) | set(cur[PREDICTION]))
-        cls_def = DataDefinition(
-            categorical_columns=[TARGET, PREDICTION],
-            classification=[MulticlassClassification(target=TARGET, prediction_labels=PREDICTION,
-                                                     labels={v: v for v in labels})],
-        )  # fmt: skip
-        with _quiet():
-            cls_snapshot = Report([ClassificationPreset()]).run(
-                Dataset.from_pandas(cur[[TARGET, PREDICTION]], data_definition=cls_def),
-                Dataset.from_pandas(ref[[TARGET, PREDICTION]], data_definition=cls_def),
-                timestamp=timestamp,
-            )
-        result.quality = _quality(cls_snapshot.dict())
-        result.snapshots.append(cls_snapshot)
-    return result
+        data = snapshot.dict()
+    columns, share, prediction = _parse(data, features)
+    if labelled is None:
+        return Comparison(columns, share, share >= drift_share, prediction, snapshots=(snapshot,))
+    ref, cur = labelled
+    labels = sorted(set(ref[TARGET]) | set(cur[TARGET]) | set(cur[PREDICTION]))
+    classification = MulticlassClassification(
+        target=TARGET, prediction_labels=PREDICTION, labels={v: v for v in labels}
+    )
+    cls_def = DataDefinition(
+        categorical_columns=[TARGET, PREDICTION], classification=[classification]
+    )
+    with _evidently(f"the classification report ({len(cur)} labelled rows)"):
+        cls_snapshot = Report([ClassificationPreset()]).run(
+            Dataset.from_pandas(cur[[TARGET, PREDICTION]], data_definition=cls_def),
+            Dataset.from_pandas(ref[[TARGET, PREDICTION]], data_definition=cls_def),
+            timestamp=timestamp,
+        )
+        quality = _quality(cls_snapshot.dict())
+    return Comparison(
+        columns, share, share >= drift_share, prediction, quality, (snapshot, cls_snapshot)
+    )
 
 
 def save_html(result: Comparison, path: Path) -> None:
@@ -108,7 +122,7 @@ def save_html(result: Comparison, path: Path) -> None:
 
 def _parse(
     data: dict[str, Any], features: list[str]
-) -> tuple[list[ColumnDrift], float, ColumnDrift]:
+) -> tuple[tuple[ColumnDrift, ...], float, ColumnDrift]:
     # Evidently's own verdict per column: its drift test's status (FAIL = drifted).
     status = {t["metric_config"]["metric_id"]: t["status"] for t in data.get("tests", [])}
     columns: dict[str, ColumnDrift] = {}
@@ -120,13 +134,19 @@ def _parse(
             share = float(metric["value"]["share"])
         elif kind == "ValueDrift" and metric["id"] in status:
             columns[config["column"]] = ColumnDrift(
-                config["column"], str(config["method"]), float(metric["value"]),
-                float(config["threshold"]), status[metric["id"]] == "FAIL",
-            )  # fmt: skip
+                column=config["column"],
+                method=str(config["method"]),
+                score=float(metric["value"]),
+                threshold=float(config["threshold"]),
+                drifted=status[metric["id"]] == "FAIL",
+            )
     missing = [f for f in [*features, PREDICTION] if f not in columns]
     if missing:
-        raise RuntimeError(f"Evidently returned no drift test for {missing}")
-    return [columns[f] for f in features], share, columns[PREDICTION]
+        raise MonitoringError(
+            f"Evidently returned no drift test for {missing}: its report format changed? "
+            "(monitoring/drift.py reads Evidently 0.7's snapshot.dict())"
+        )
+    return tuple(columns[f] for f in features), share, columns[PREDICTION]
 
 
 def _quality(data: dict[str, Any]) -> dict[str, float]:
@@ -142,14 +162,28 @@ def _quality(data: dict[str, Any]) -> dict[str, float]:
 
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Evidently's statistics divide by zero on near-constant columns; the results are
-    handled (constant reference columns are excluded upstream), the warnings are noise."""
+def _evidently(what: str) -> Iterator[None]:
+    """Run Evidently quietly; whatever it raises becomes a MonitoringError naming ``what``.
+
+    Evidently has no exception hierarchy of its own (an unknown stattest, an empty column
+    and a bad data definition raise ValueError, KeyError, its own StatTestNotFoundError,
+    ...), so this adapter, the only caller, turns all of them into the job's error: the
+    comparison could not be made, and the drift job must not report a verdict.
+    Its statistics divide by zero on near-constant columns; the results are handled
+    (constant reference columns are excluded upstream), the warnings are noise.
+    """
     saved = np.seterr(all="ignore")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
+    except MonitoringError:
+        raise
+    except Exception as exc:
+        raise MonitoringError(
+            f"Evidently could not compute {what}: {type(exc).__name__}: {exc}. "
+            "Check monitor.method / monitor.threshold in params.yaml and the window's records."
+        ) from exc
     finally:
         np.seterr(**saved)
 
@@ -172,17 +206,19 @@ def add_to_workspace(folder: Path, project_name: str, result: Comparison) -> str
         project = ws.create_project(
             project_name, description="modelyard drift over the inference log"
         )
-        project.dashboard.add_panel(line_plot_panel(
-            "Share of drifted features",
-            [PanelMetric(legend="share", metric="DriftedColumnsCount", metric_labels={"value_type": "share"})],
-            size="half"))  # fmt: skip
-        project.dashboard.add_panel(line_plot_panel(
-            "Drifted features", [PanelMetric(legend="count", metric="DriftedColumnsCount",
-                                             metric_labels={"value_type": "count"})], size="half"))  # fmt: skip
-        project.dashboard.add_panel(line_plot_panel(
-            "Prediction drift score",
-            [PanelMetric(legend="prediction", metric="ValueDrift", metric_labels={"column": PREDICTION})],
-            size="full"))  # fmt: skip
+        panels = [
+            ("Share of drifted features", "share", "DriftedColumnsCount", {"value_type": "share"}),
+            ("Drifted features", "count", "DriftedColumnsCount", {"value_type": "count"}),
+            ("Prediction drift score", "prediction", "ValueDrift", {"column": PREDICTION}),
+        ]
+        for title, legend, metric, labels in panels:
+            project.dashboard.add_panel(
+                line_plot_panel(
+                    title,
+                    [PanelMetric(legend=legend, metric=metric, metric_labels=labels)],
+                    size="full" if metric == "ValueDrift" else "half",
+                )
+            )
         project.save()
     for snap in result.snapshots:
         ws.add_run(project.id, snap, include_data=False)

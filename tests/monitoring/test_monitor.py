@@ -7,17 +7,16 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import BIN, FakeGitHub, free_port, kill_tree, modelyard, new_project
+from tests.conftest import BIN, FakeGitHub, Project, free_port, kill_tree, modelyard
+from tests.monitoring.conftest import Recorder
 from tests.services.test_http import KEYS, Server, call
 
 pytestmark = pytest.mark.slow
@@ -25,51 +24,50 @@ pytestmark = pytest.mark.slow
 LEFT_HALF = {f"pixel_{r * 8 + c}" for r in range(8) for c in range(4)}
 
 
-class Recorder:
-    """The alert webhook: records every JSON POST."""
-
-    def __init__(self) -> None:
-        self.payloads: list[dict[str, Any]] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                outer.payloads.append(
-                    json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                )
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                return
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/alert"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-
 class Monitoring:
     def __init__(self, server: Server, base: Path) -> None:
         self.server, self.base = server, base
         self.alerts, self.github = Recorder(), FakeGitHub()
-        self.env = {**server.env, "MODELYARD_ALERT_WEBHOOK_URL": self.alerts.url,
-                    "GITHUB_REPOSITORY": "acme/models", "GITHUB_TOKEN": "t0k",
-                    "GITHUB_API_URL": self.github.url}  # fmt: skip
+        self.env = {
+            **server.env,
+            "MODELYARD_ALERT_WEBHOOK_URL": self.alerts.url,
+            "GITHUB_REPOSITORY": "acme/models",
+            "GITHUB_TOKEN": "t0k",
+            "GITHUB_API_URL": self.github.url,
+        }
         self.params = ["--params", str(server.project.params_path)]
 
     def traffic(self, *args: str) -> tuple[str, str]:
         """Send traffic; the (since, until) ISO window that holds exactly it."""
         start = time.time()
-        modelyard(self.server.project.root, "simulate-traffic", "--url",
-                  f"http://127.0.0.1:{self.server.port}", *args, *self.params, env=self.env)  # fmt: skip
+        url = f"http://127.0.0.1:{self.server.port}"
+        modelyard(
+            self.server.project.root,
+            "simulate-traffic",
+            "--url",
+            url,
+            *args,
+            *self.params,
+            env=self.env,
+        )
         end = time.time() + 0.001
         time.sleep(0.05)
         return iso(start), iso(end)
 
     def monitor(self, window: tuple[str, str], *args: str) -> tuple[int, dict[str, Any], str]:
-        proc = modelyard(self.server.project.root, "monitor", "run", "--since", window[0],
-                         "--until", window[1], *args, *self.params, env=self.env, check=False)  # fmt: skip
+        proc = modelyard(
+            self.server.project.root,
+            "monitor",
+            "run",
+            "--since",
+            window[0],
+            "--until",
+            window[1],
+            *args,
+            *self.params,
+            env=self.env,
+            check=False,
+        )
         summary_file = self.server.project.root / ".modelyard/monitoring/summary.json"
         summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
         return proc.returncode, summary, proc.stdout + proc.stderr
@@ -80,17 +78,15 @@ def iso(ts: float) -> str:
 
 
 @pytest.fixture(scope="module")
-def mon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Monitoring]:
-    base = tmp_path_factory.mktemp("monitoring")
-    project = new_project(base / "project")
-    project.set_params(train={"epochs": 12, "patience": 4}, monitor={"min_rows": 200})
-    project.stages(
-        "ingest", "prepare", "validate", "train", "export", "optimize", "evaluate", "register"
-    )
+def mon(trained: Project) -> Iterator[Monitoring]:
+    base = trained.root.parent
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env.update(BENTOML_HOME=str(base / "bentoml"), MODELYARD_API_KEYS=",".join(KEYS),
-               MODELYARD_LOG_DIR=str(base / "log"))  # fmt: skip
-    server = Server(project, env, base / "log")
+    env.update(
+        BENTOML_HOME=str(base / "bentoml"),
+        MODELYARD_API_KEYS=",".join(KEYS),
+        MODELYARD_LOG_DIR=str(base / "log"),
+    )
+    server = Server(trained, env, base / "log")
     server.start()
     yield Monitoring(server, base)
     server.stop()
@@ -108,6 +104,16 @@ def test_clean_traffic_is_no_alarm(mon: Monitoring) -> None:
     assert summary["classification"]["accuracy"] > 0.8  # feedback labels joined by id
     assert summary["reference"]["uri"].startswith("runs:/")  # found through the registry
     assert Path(summary["report"]).stat().st_size > 100_000  # Evidently's HTML
+    assert summary["unusable"] == {"wrong_width": 0, "not_numeric": 0}
+    assert (
+        summary["alert"]
+        == summary["retrain"]
+        == {
+            "status": "skipped",
+            "detail": "no drift",
+            "version": None,
+        }
+    )
     assert mon.alerts.payloads == [] and mon.github.dispatches("retrain") == []
 
 
@@ -124,9 +130,14 @@ def test_drifted_traffic_alerts_on_the_right_features(mon: Monitoring) -> None:
     assert summary["prediction_drift"]["drifted"]
     (alert,) = mon.alerts.payloads
     assert alert["status"] == "drift" and set(alert["drifted_columns"]) == drifted
+    assert summary["alert"]["status"] == "sent"
     (retrain,) = mon.github.dispatches("retrain")
     assert retrain["model"] == summary["model"]
-    assert "retrain: github:retrain" in out
+    # A dispatch is a retrain requested, not a retrain done.
+    assert summary["retrain"]["status"] == "requested"
+    flat = " ".join(out.split())
+    assert "retrain: retrain requested on GitHub (acme/models" in flat
+    assert "retrained" not in flat
 
 
 def test_a_window_too_small_says_so(mon: Monitoring) -> None:
@@ -136,13 +147,16 @@ def test_a_window_too_small_says_so(mon: Monitoring) -> None:
     assert summary["status"] == "not-enough-data" and summary["rows"] == 50
     assert "not enough data" in out and summary["report"] is None
     assert summary["drifted_columns"] == []
+    assert summary["retrain"]["status"] == "skipped"
 
 
 def test_malformed_lines_are_skipped_and_counted(mon: Monitoring) -> None:
     start = time.time()
     bad = mon.server.log_dir / "inference-99990101T000000-1-0001.jsonl"
-    bad.write_text('{"type": "prediction", "ts": 1\n[1, 2, 3]\n{"type": "prediction", "ts": '
-                   f'{time.time()}, "features": "not a list"}}\n{{"torn": ')  # fmt: skip
+    bad.write_text(
+        '{"type": "prediction", "ts": 1\n[1, 2, 3]\n{"type": "prediction", "ts": '
+        f'{time.time()}, "features": "not a list"}}\n{{"torn": '
+    )
     window = mon.traffic("--rows", "300")
     code, summary, out = mon.monitor((iso(start), window[1]))
     assert code == 0, out
@@ -153,8 +167,16 @@ def test_malformed_lines_are_skipped_and_counted(mon: Monitoring) -> None:
 def test_errors_exit_2_and_say_what_to_do(mon: Monitoring) -> None:
     code, _, out = mon.monitor(("yesterday-ish", "now"))
     assert code == 2 and "not a time" in out
-    proc = modelyard(mon.server.project.root, "monitor", "run", "--log-dir", "/nonexistent",
-                     *mon.params, env=mon.env, check=False)  # fmt: skip
+    proc = modelyard(
+        mon.server.project.root,
+        "monitor",
+        "run",
+        "--log-dir",
+        "/nonexistent",
+        *mon.params,
+        env=mon.env,
+        check=False,
+    )
     assert proc.returncode == 2 and "no inference log at /nonexistent" in proc.stderr
 
 
@@ -163,8 +185,11 @@ def test_monitor_ui_shows_the_runs(mon: Monitoring) -> None:
     with open(mon.base / "ui.out", "w") as out:
         proc = subprocess.Popen(
             [str(BIN / "modelyard"), "monitor", "ui", "--port", str(port), *mon.params],
-            cwd=mon.server.project.root, env=mon.env, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            cwd=mon.server.project.root,
+            env=mon.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         deadline = time.monotonic() + 90
         projects: Any = None
@@ -182,12 +207,17 @@ def test_monitor_ui_shows_the_runs(mon: Monitoring) -> None:
         kill_tree(proc.pid)
 
 
-def test_unreachable_service_and_alert_webhook_are_clear_errors(mon: Monitoring) -> None:
+def test_unreachable_service_is_a_clear_error(mon: Monitoring) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
-    proc = modelyard(mon.server.project.root, "simulate-traffic", "--url", dead, "--rows", "5",
-                     *mon.params, env=mon.env, check=False)  # fmt: skip
+    proc = modelyard(
+        mon.server.project.root,
+        "simulate-traffic",
+        "--url",
+        dead,
+        "--rows",
+        "5",
+        *mon.params,
+        env=mon.env,
+        check=False,
+    )
     assert proc.returncode == 1 and "cannot reach the service" in proc.stderr
-    window = mon.traffic("--rows", "300", "--drift", "invert")
-    code, summary, out = mon.monitor(window, "--alert-url", f"{dead}/alert", "--no-retrain")
-    assert code == 2 and "cannot reach the alert webhook" in " ".join(out.split())
-    assert summary["status"] == "drift"  # the verdict and report were written before the alert

@@ -1,0 +1,255 @@
+"""The drift job's promises, through `modelyard monitor run` (in process, Typer's
+CliRunner) on windows written with the service's own log writer, against the trained
+project's real MLflow store and real Evidently:
+
+- a crash is never a verdict: records that do not fit the model, an Evidently error or
+  any unexpected exception exit 2 with a message, and write no summary;
+- only drift exits 1; an unreachable alert webhook leaves it drift, is recorded as
+  failed with its reason, and retraining still runs;
+- summary.json (the run's and the latest) is written after the alert and the retrain and
+  records both; a failed retrain exits 2 and is recorded too;
+- `--help` shows the exit-code table.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from tests.conftest import FakeGitHub, Project, free_port
+from tests.monitoring.conftest import MODEL, Recorder, split_rows, write_log
+
+pytestmark = pytest.mark.slow
+
+
+class Job:
+    """`modelyard monitor run` on one log folder of the trained project."""
+
+    def __init__(self, project: Project, log_dir: Path) -> None:
+        self.project, self.log_dir = project, log_dir
+        self.output = project.root / ".modelyard/monitoring"
+        self.model = f"{MODEL}/{project.registry().versions(MODEL)[-1].version}"
+
+    def write(self, features: list[list[Any]], predictions: list[Any]) -> None:
+        write_log(self.log_dir, features, predictions, self.model)
+
+    def run(self, *args: str, params: Path | None = None) -> tuple[int, str]:
+        from modelyard.app import app
+
+        result = CliRunner().invoke(
+            app,
+            [
+                "monitor",
+                "run",
+                "--log-dir",
+                str(self.log_dir),
+                "--since",
+                "1h",
+                *args,
+                "--params",
+                str(params or self.project.params_path),
+            ],
+        )
+        return result.exit_code, " ".join(result.output.split())
+
+    def runs(self) -> set[str]:
+        return {p.name for p in (self.output / "runs").glob("*")}
+
+    def latest(self) -> dict[str, Any]:
+        return dict(json.loads((self.output / "summary.json").read_text()))
+
+
+@pytest.fixture
+def job(trained: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Job]:
+    for name in ("MODELYARD_ALERT_WEBHOOK_URL", "GITHUB_REPOSITORY", "GITHUB_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    yield Job(trained, tmp_path / "log")
+
+
+@pytest.fixture
+def github(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeGitHub]:
+    fake = FakeGitHub()
+    monkeypatch.setenv("GITHUB_REPOSITORY", "acme/models")
+    monkeypatch.setenv("GITHUB_TOKEN", "t0k")
+    monkeypatch.setenv("GITHUB_API_URL", fake.url)
+    yield fake
+    fake.close()
+
+
+def dead_url(path: str = "") -> str:
+    return f"http://127.0.0.1:{free_port()}{path}"
+
+
+# -- a crash is not a verdict ---------------------------------------------------------------------
+
+
+def test_records_of_the_wrong_width_exit_2_and_write_no_verdict(job: Job) -> None:
+    job.write([[1.0] * 10] * 300, [0] * 300)
+    before = job.runs()
+
+    code, out = job.run()
+
+    assert code == 2, out
+    assert "monitor failed: only 0 of 300 sampled predictions can be compared" in out
+    assert "300 have 10 features (the reference has 64)" in out
+    assert job.runs() == before  # no report, no summary: there is no verdict
+
+
+def test_null_features_exit_2(job: Job) -> None:
+    features, labels = split_rows(job.project, 300)
+    for row in features:
+        row[5] = None  # the log holds what was written; the service would never
+    job.write(features, labels)
+
+    code, out = job.run()
+
+    assert code == 2, out
+    assert "300 have null or non-numeric features" in out
+
+
+def test_a_few_unusable_records_are_left_out_and_counted(job: Job) -> None:
+    features, labels = split_rows(job.project, 300)
+    features[:20] = [[1.0] * 10] * 20
+    features[20:30] = [[*row[:-1], "7"] for row in features[20:30]]
+    job.write(features, labels)
+
+    code, out = job.run()
+
+    assert code == 0, out
+    summary = job.latest()
+    assert summary["status"] == "ok" and summary["rows"] == 300
+    assert summary["unusable"] == {"wrong_width": 20, "not_numeric": 10}
+
+
+def test_an_evidently_error_exits_2(job: Job) -> None:
+    features, labels = split_rows(job.project, 300)
+    job.write(features, labels)
+    params = job.project.params()
+    params["monitor"]["method"] = "no-such-test"  # Evidently knows no such stattest
+    bad = job.project.root / "params-bad-method.yaml"
+    bad.write_text(yaml.safe_dump(params))
+    before = job.runs()
+
+    code, out = job.run(params=bad)
+
+    assert code == 2, out
+    assert "monitor failed: Evidently could not compute the drift report" in out
+    assert "StatTestNotFoundError: No stattest found of name no-such-test" in out
+    assert job.runs() == before
+
+
+def test_an_unexpected_crash_exits_2_not_1(job: Job) -> None:
+    features, labels = split_rows(job.project, 300)
+    job.write(features, labels)
+    assert job.run()[0] == 0  # builds the reference cache
+    cache = job.output / "reference" / f"{job.model.replace('/', '-v')}.parquet"
+    saved = cache.read_bytes()
+    cache.write_bytes(b"not parquet")
+    try:
+        code, out = job.run()
+    finally:
+        cache.write_bytes(saved)
+
+    assert code == 2, out
+    assert "monitor failed: unexpected ArrowInvalid" in out and "-v monitor run" in out
+
+
+# -- drift, the alert, the retrain, and the summary written after them ----------------------------
+
+
+def test_an_unreachable_alert_webhook_keeps_the_verdict_and_the_retrain(
+    job: Job, github: FakeGitHub
+) -> None:
+    features, labels = split_rows(job.project, 400, drift="occlude")
+    job.write(features, labels)
+    webhook = dead_url("/hooks/T000/s3cr3t-token")
+
+    code, out = job.run("--alert-url", webhook)
+
+    assert code == 1, out  # still drift, not an error
+    summary = job.latest()
+    assert summary["status"] == "drift"
+    assert summary["alert"]["status"] == "failed"
+    assert "cannot reach the alert webhook" in summary["alert"]["detail"]
+    assert "alert failed (the verdict stands): cannot reach the alert webhook" in out
+    assert "s3cr3t" not in json.dumps(summary) and "s3cr3t" not in out  # the URL's secret
+    (dispatch,) = github.dispatches("retrain")  # retraining still ran
+    assert dispatch["model"] == job.model
+    assert summary["retrain"]["status"] == "requested"
+    # The run's own summary.json is the latest, both written after the two steps.
+    assert json.loads((Path(summary["folder"]) / "summary.json").read_text()) == summary
+    assert {"alert", "retrain"} <= set(summary["seconds"])
+
+
+def test_the_alert_carries_the_verdict_and_the_summary_the_outcomes(
+    job: Job, github: FakeGitHub
+) -> None:
+    features, labels = split_rows(job.project, 400, drift="occlude")
+    job.write(features, labels)
+    alerts = Recorder()
+    try:
+        code, out = job.run("--alert-url", alerts.url)
+    finally:
+        alerts.close()
+
+    assert code == 1, out
+    (payload,) = alerts.payloads
+    summary = job.latest()
+    assert payload["status"] == "drift" and payload["drifted_columns"] == summary["drifted_columns"]
+    assert "alert" not in payload and "retrain" not in payload  # not known when it was sent
+    assert summary["alert"] == {"status": "sent", "detail": "HTTP 200", "version": None}
+    assert summary["retrain"]["status"] == "requested"
+    assert len(github.dispatches("retrain")) == 1
+
+
+def test_a_failed_retrain_exits_2_and_is_recorded(
+    job: Job, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GITHUB_REPOSITORY", "acme/models")
+    monkeypatch.setenv("GITHUB_TOKEN", "t0k")
+    monkeypatch.setenv("GITHUB_API_URL", dead_url())
+    features, labels = split_rows(job.project, 400, drift="occlude")
+    job.write(features, labels)
+
+    code, out = job.run()
+
+    assert code == 2, out
+    summary = job.latest()
+    assert summary["status"] == "drift"  # the verdict is kept ...
+    assert summary["retrain"]["status"] == "failed"  # ... and so is why the job failed
+    assert "cannot reach GitHub" in summary["retrain"]["detail"]
+    assert "retrain FAILED: cannot reach GitHub" in out
+    assert summary["alert"]["status"] == "skipped"  # no webhook configured
+
+
+def test_no_retrain_is_recorded_as_skipped(job: Job) -> None:
+    features, labels = split_rows(job.project, 400, drift="occlude")
+    job.write(features, labels)
+
+    code, out = job.run("--no-retrain")
+
+    assert code == 1, out
+    assert job.latest()["retrain"] == {
+        "status": "skipped",
+        "detail": "--no-retrain",
+        "version": None,
+    }
+
+
+def test_help_shows_the_exit_code_table() -> None:
+    from modelyard.app import app
+    from modelyard.monitor import MONITOR_EXIT_CODES
+
+    result = CliRunner().invoke(app, ["monitor", "run", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    shown = " ".join(result.output.split())
+    for entry in MONITOR_EXIT_CODES.split("\n\n"):
+        assert " ".join(entry.split()) in shown
+    assert "0 no drift" in shown and "1 drift: the only verdict" in shown
+    assert "2 the job failed" in shown and "retraining failed" in shown
