@@ -3,7 +3,6 @@ Kubernetes rollout, record) that .github/workflows/deploy.yml runs."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -79,22 +78,26 @@ def serve(
 ) -> None:
     """Build the Bento if needed and serve it (ONNX Runtime) with `bentoml serve`.
 
-    API keys come from MODELYARD_API_KEYS (comma-separated); the inference log goes to
-    MODELYARD_LOG_DIR (default .modelyard/inference-log).
+    API keys come from MODELYARD_API_KEYS (comma-separated; unset: no auth; set but
+    empty: the service refuses to start); the inference log goes to MODELYARD_LOG_DIR
+    (default .modelyard/inference-log). If the service refuses to start (a model file
+    that does not match the registry's sha256, an empty MODELYARD_API_KEYS), the command
+    stops it and exits 1 at once with the reason. Otherwise it runs until stopped and
+    exits with `bentoml serve`'s code.
     """
     from core import tools
+    from services import serve as bento_serve
 
     _, root = guard("serve", lambda: load(params_file))
     built = _build(params_file, model)
     log_dir = settings.current().log_dir or root / ".modelyard" / "inference-log"
     env = tools.env({"MODELYARD_LOG_DIR": str(log_dir)})
-    bentoml_bin = guard("serve", lambda: tools.binary("bentoml"))
     console.print(
         f"serving {built.name} v{built.version} on http://{host}:{port}  (POST /v1/predict, "
-        f"GET /v1/metadata, /readyz, /metrics); log: {log_dir}"
+        f"GET /v1/metadata, /docs.json, /readyz, /metrics); log: {log_dir}"
     )
-    cmd = [bentoml_bin, "serve", built.bento_tag, "--host", host, "--port", str(port)]
-    raise typer.Exit(subprocess.call(cmd, env=env))
+    code = guard("serve", lambda: bento_serve.run(built.bento_tag, host=host, port=port, env=env))
+    raise typer.Exit(code)
 
 
 @deploy_app.command("containerize", epilog=EXIT_CODES)

@@ -19,6 +19,7 @@ import logging
 import re
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,8 @@ from registry.client import Registry, Version
 
 log = logging.getLogger(__name__)
 
-SERVICE_FILES = ("services/service.py", "services/schema.py", "services/inference_log.py",
+SERVICE_FILES = ("services/service.py", "services/schema.py", "services/edge.py",
+                 "services/inference_log.py",
                  "services/bentofile.yaml", "services/requirements.txt")  # fmt: skip
 REF = re.compile(r"^(?P<name>[A-Za-z0-9_.-]+)(?:@(?P<alias>[A-Za-z0-9_-]+)|/(?P<version>\d+))$")
 
@@ -81,16 +83,18 @@ def build(ref: str, registry: Registry) -> Built:
         raise RegistryError(
             f"{version.name} v{version.version} has no onnx.sha256 tag: not registered by modelyard"
         )
-    folder = registry.download(version.name, version.version)
-    onnx_file = folder / "model.onnx"
-    actual = sha256(onnx_file)
-    if actual != expected:
-        raise RegistryError(
-            f"{version.name} v{version.version}: the downloaded model.onnx has sha256 {actual}, "
-            f"the registry tag says {expected}. The artifact changed after registration; refusing to build."
-        )
-    model_tag = f"{version.name}:v{version.version}-{actual[:12]}"
-    created = _import_model(bentoml, model_tag, onnx_file, _contract(version, folder, actual))
+    # The download is only needed until the model is in BentoML's store: never left behind.
+    with tempfile.TemporaryDirectory(prefix="modelyard-model-") as scratch:
+        folder = registry.download(version.name, version.version, Path(scratch))
+        onnx_file = folder / "model.onnx"
+        actual = sha256(onnx_file)
+        if actual != expected:
+            raise RegistryError(
+                f"{version.name} v{version.version}: the downloaded model.onnx has sha256 {actual}, "
+                f"the registry tag says {expected}. The artifact changed after registration; refusing to build."
+            )
+        model_tag = f"{version.name}:v{version.version}-{actual[:12]}"
+        created = _import_model(bentoml, model_tag, onnx_file, _contract(version, folder, actual))
 
     code = hashlib.sha256()
     for rel in SERVICE_FILES:
@@ -140,8 +144,11 @@ def _contract(version: Version, folder: Path, sha: str) -> dict[str, Any]:
 def _import_model(bentoml: Any, tag: str, onnx_file: Path, contract: dict[str, Any]) -> bool:
     if _exists(bentoml.models.get, tag, bentoml.exceptions.NotFound):
         return False
+    # onnx_sha256 travels in the model's labels and the Bento's: the service checks the
+    # file against them, not only against contract.json beside it.
     labels = {"mlflow_model": contract["name"], "mlflow_version": contract["version"],
-              "git_commit": str(contract["git_commit"]), "variant": contract["variant"]}  # fmt: skip
+              "git_commit": str(contract["git_commit"]), "variant": contract["variant"],
+              "onnx_sha256": contract["onnx_sha256"]}  # fmt: skip
     with bentoml.models.create(
         tag, labels=labels, metadata={"onnx_sha256": contract["onnx_sha256"]}
     ) as model:

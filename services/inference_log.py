@@ -13,6 +13,7 @@ Design (what the monitoring job relies on):
 - **Bounded.** Files rotate at ``max_bytes``; at most ``max_files`` are kept per
   directory, oldest deleted first.
 - **Cheap.** One syscall per request on the request path, no fsync there.
+- **Private.** The records hold raw inputs: the directory is 0700, the files 0600.
 """
 
 from __future__ import annotations
@@ -52,7 +53,11 @@ class InferenceLog:
         self._seq = 0
         self._dirty = False
         self._closed = threading.Event()
-        directory.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            directory.chmod(0o700)  # created earlier, or by someone else's umask
+        except PermissionError:
+            log.warning("inference log: cannot make %s private (0700): not its owner", directory)
         self._open_next()
         self._syncer = threading.Thread(target=self._sync_loop, args=(fsync_every,), daemon=True)
         self._syncer.start()
@@ -82,7 +87,8 @@ class InferenceLog:
         self._seq += 1
         name = f"{PREFIX}{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{self._seq:04d}{SUFFIX}"
         path = self.directory / name
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        os.fchmod(self._fd, 0o600)  # the mode above applies only to a new file
         self._size = os.fstat(self._fd).st_size
         if self._size and _last_byte(path) != b"\n":
             os.write(self._fd, b"\n")  # never glue a record to a torn one

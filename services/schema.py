@@ -3,18 +3,29 @@
 The training schema (``schema.json`` from ``prepare``, carried by every registered
 version) names the features in order, their allowed ranges and the classes. This module
 turns it into request validation that answers with a 4xx and a message naming the
-field and the problem. Pure: numpy and pydantic only, no BentoML, no training code.
+field and the problem, and into the OpenAPI document served at ``/docs.json``. Pure:
+numpy, orjson and pydantic only, no BentoML, no training code.
+
+JSON is parsed by orjson only: it refuses nesting deeper than 1024 levels and numbers
+that do not fit a double, so neither can reach the validation below.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+)
 
 MAX_BATCH = 256
 MAX_BODY_BYTES = 2 * 1024 * 1024
@@ -42,7 +53,8 @@ class PredictRequest(BaseModel):
 class FeedbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     id: str = Field(min_length=1, max_length=128, description="a prediction id from /v1/predict")
-    label: int | str
+    # Strict: `false` is not class 0 and `3.0` is not class 3.
+    label: StrictInt | StrictStr
 
 
 @dataclass(frozen=True)
@@ -65,37 +77,35 @@ class Contract:
     def parse_predict(self, body: bytes) -> np.ndarray:
         """The request body as a float32 [rows, features] array, or RequestError.
 
-        Fast path: orjson + one numpy conversion. Anything unusual (bad JSON, wrong
-        shape or types, booleans) takes the slow path through pydantic, whose errors
+        Fast path: orjson + one numpy conversion. Anything unusual (wrong shape or
+        types, strings, booleans) takes the slow path through pydantic, whose errors
         name the exact field.
         """
-        x = self._fast(body)
+        data = _load(body)
+        x = self._fast(data, body)
         if x is None:
-            rows = _model(PredictRequest, body).inputs
+            rows = _model(PredictRequest, data).inputs
             x = self._shape(rows)
         return self._check_values(x)
 
-    def _fast(self, body: bytes) -> np.ndarray | None:
-        if len(body) > MAX_BODY_BYTES or b"true" in body or b"false" in body:
+    def _fast(self, data: Any, body: bytes) -> np.ndarray | None:
+        if b"true" in body or b"false" in body:
+            return None  # numpy would read a boolean as 0/1
+        if not isinstance(data, dict) or len(data) != 1:
+            return None
+        rows = data.get("inputs")
+        if not isinstance(rows, list) or not rows:
             return None
         try:
-            data = orjson.loads(body)
-            rows = data["inputs"]
-            if (
-                not isinstance(data, dict)
-                or len(data) != 1
-                or not isinstance(rows, list)
-                or not rows
-            ):
-                return None
-            x = np.array(rows, dtype=np.float64)
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            x = np.array(rows)
+        except ValueError:  # rows of different lengths
             return None
-        if x.ndim != 2:
+        # Only numbers: numpy would otherwise parse strings such as "1" or " 1_0 ".
+        if x.ndim != 2 or x.dtype.kind not in "iuf":
             return None
         if x.shape[1] != len(self.features) or len(x) > self.max_batch:
             return self._shape(rows)  # raises with the precise message
-        return x
+        return x.astype(np.float64, copy=False)
 
     def _shape(self, rows: list[Any]) -> np.ndarray:
         if len(rows) > self.max_batch:
@@ -133,21 +143,30 @@ class Contract:
         return x.astype(np.float32)
 
     def parse_feedback(self, body: bytes) -> FeedbackRequest:
-        req = _model(FeedbackRequest, body)
-        if str(req.label) not in {str(c) for c in self.classes}:
+        req: FeedbackRequest = _model(FeedbackRequest, _load(body))
+        # Same type and value: the label 7 is not the class "7", nor the other way round.
+        if not any(type(req.label) is type(c) and req.label == c for c in self.classes):
             raise RequestError(
                 422, "label", f"{req.label!r} is not one of the classes {self.classes}"
             )
         return req
 
 
-def _model(model: type[BaseModel], body: bytes) -> Any:
-    if len(body) > MAX_BODY_BYTES:
-        raise RequestError(413, "body", f"{len(body)} bytes; at most {MAX_BODY_BYTES}")
+def _load(body: bytes) -> Any:
     try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise RequestError(400, "body", f"not valid JSON ({exc})") from None
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        detail = str(exc)  # orjson's words, with the position
+        if "infinity" in detail:
+            problem = "a number is too large for a 64-bit float"
+        elif "depth limit" in detail:
+            problem = "nested too deeply"
+        else:
+            problem = "not valid JSON"
+        raise RequestError(400, "body", f"{problem} ({detail})") from None
+
+
+def _model(model: type[BaseModel], data: Any) -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -166,5 +185,234 @@ def _model(model: type[BaseModel], body: bytes) -> Any:
 
 
 def _short(value: Any) -> str:
-    text = json.dumps(value) if not isinstance(value, str) else repr(value)
+    """A short description of a value for an error message. Containers are named, not
+    printed: a body nested a thousand levels deep must not be rendered back."""
+    if isinstance(value, dict):
+        return f"an object with {len(value)} keys"
+    if isinstance(value, list):
+        return f"a list of {len(value)}"
+    text = repr(value) if isinstance(value, str) else orjson.dumps(value).decode()
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+# -- OpenAPI -------------------------------------------------------------------------------
+
+
+def _error_response(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+
+
+def openapi(
+    contract: Contract, *, max_body: int, auth: bool, title: str, version: str
+) -> dict[str, Any]:
+    feats: list[dict[str, Any]] = []
+    for name, lo, hi in zip(contract.features, contract.low, contract.high, strict=True):
+        item: dict[str, Any] = {"title": name, "type": "number"}
+        if np.isfinite(lo):
+            item["minimum"] = float(lo)
+        if np.isfinite(hi):
+            item["maximum"] = float(hi)
+        feats.append(item)
+    width, n_classes = len(contract.features), len(contract.classes)
+    label = {"enum": list(contract.classes), "description": "one of the model's classes"}
+    limits = (
+        f"At most {contract.max_batch} rows per request and {max_body} bytes per body "
+        "(413 beyond either)."
+    )
+    bad = {
+        "400": _error_response("The body is not JSON (syntax, nesting, a number too large)."),
+        "413": _error_response(limits),
+        "422": _error_response("The JSON does not match the schema; `field` names where."),
+    }
+    security: list[dict[str, list[str]]] = [{"bearer": []}, {"apiKey": []}] if auth else []
+    if auth:
+        bad["401"] = _error_response("Missing or invalid API key.")
+
+    def op(
+        summary: str, ok: dict[str, Any], request: str | None, errors: dict[str, Any]
+    ) -> dict[str, Any]:
+        spec: dict[str, Any] = {
+            "summary": summary,
+            "security": security,
+            "responses": {
+                "200": {
+                    "description": "OK",
+                    "content": {"application/json": {"schema": ok}},
+                },
+                **errors,
+            },
+        }
+        if request:
+            spec["requestBody"] = {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": {"$ref": f"#/components/schemas/{request}"}}
+                },
+            }
+        return spec
+
+    text = {"text/plain": {"schema": {"type": "string"}}}
+    probe = {"responses": {"200": {"description": "OK", "content": text}}, "security": []}
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": title,
+            "version": version,
+            "description": (
+                "Predictions from one registered model version, served with ONNX Runtime. "
+                f"Each row holds the {width} features in order ({contract.features[0]} .. "
+                f"{contract.features[-1]}) within their training ranges. {limits} "
+                'Every error is JSON: {"error": {"field", "message"}}.'
+            ),
+        },
+        "paths": {
+            "/v1/predict": {
+                "post": op(
+                    "Predict the class of each row",
+                    {"$ref": "#/components/schemas/PredictResponse"},
+                    "PredictRequest",
+                    bad,
+                )
+            },
+            "/v1/feedback": {
+                "post": op(
+                    "Record the true label of a prediction (for monitoring)",
+                    {"$ref": "#/components/schemas/FeedbackResponse"},
+                    "FeedbackRequest",
+                    bad,
+                )
+            },
+            "/v1/metadata": {
+                "get": op(
+                    "The served model: version, lineage, metrics, features, classes",
+                    {"$ref": "#/components/schemas/Metadata"},
+                    None,
+                    {k: v for k, v in bad.items() if k == "401"},
+                )
+            },
+            "/livez": {"get": {"summary": "Liveness probe (open)", **probe}},
+            "/readyz": {"get": {"summary": "Readiness probe: the model is loaded (open)", **probe}},
+            "/metrics": {"get": {"summary": "Prometheus metrics (open)", **probe}},
+        },
+        "components": {
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "An API key"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+            },
+            "schemas": {
+                "Row": {
+                    "type": "array",
+                    "description": f"The {width} features, in this order.",
+                    "prefixItems": feats,
+                    "items": False,
+                    "minItems": width,
+                    "maxItems": width,
+                },
+                "PredictRequest": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["inputs"],
+                    "properties": {
+                        "inputs": {
+                            "type": "array",
+                            "minItems": 1,
+                            "maxItems": contract.max_batch,
+                            "items": {"$ref": "#/components/schemas/Row"},
+                        }
+                    },
+                },
+                "PredictResponse": {
+                    "type": "object",
+                    "required": ["request_id", "model", "predictions"],
+                    "properties": {
+                        "request_id": {"type": "string"},
+                        "model": {"type": "string", "description": "NAME/VERSION"},
+                        "predictions": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["id", "label", "probabilities"],
+                                "properties": {
+                                    "id": {"type": "string", "description": "for /v1/feedback"},
+                                    "label": label,
+                                    "probabilities": {
+                                        "type": "array",
+                                        "description": "one per class, in class order",
+                                        "minItems": n_classes,
+                                        "maxItems": n_classes,
+                                        "items": {"type": "number", "minimum": 0, "maximum": 1},
+                                    },
+                                },
+                            },
+                        },
+                    },
+                },
+                "FeedbackRequest": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["id", "label"],
+                    "properties": {
+                        "id": {
+                            "type": "string",
+                            "minLength": 1,
+                            "maxLength": 128,
+                            "description": "a prediction id from /v1/predict",
+                        },
+                        "label": label,
+                    },
+                },
+                "FeedbackResponse": {
+                    "type": "object",
+                    "required": ["id", "label", "recorded"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "label": label,
+                        "recorded": {"type": "boolean"},
+                    },
+                },
+                "Metadata": {
+                    "type": "object",
+                    "required": ["name", "version", "onnx_sha256", "features", "classes"],
+                    "properties": {
+                        "name": {"type": "string"},
+                        "version": {"type": "string"},
+                        "variant": {"type": "string"},
+                        "git_commit": {"type": ["string", "null"]},
+                        "data_md5": {"type": ["string", "null"]},
+                        "onnx_sha256": {"type": "string"},
+                        "metrics": {"type": "object", "additionalProperties": {"type": "number"}},
+                        "features": {
+                            "type": "array",
+                            "items": {"type": "string"},
+                            "minItems": width,
+                            "maxItems": width,
+                        },
+                        "classes": {"type": "array", "minItems": n_classes, "maxItems": n_classes},
+                        "max_batch": {"type": "integer"},
+                        "max_body_bytes": {"type": "integer"},
+                        "auth": {"enum": ["api-key", "disabled"]},
+                    },
+                },
+                "Error": {
+                    "type": "object",
+                    "required": ["error"],
+                    "properties": {
+                        "error": {
+                            "type": "object",
+                            "required": ["field", "message"],
+                            "properties": {
+                                "field": {
+                                    "type": "string",
+                                    "description": "where: inputs[0][3], body, ...",
+                                },
+                                "message": {"type": "string", "description": "what is wrong"},
+                            },
+                        }
+                    },
+                },
+            },
+        },
+    }

@@ -5,15 +5,25 @@ schema, lineage and the file's sha256), chosen at build time with
 ``--arg model_tag=NAME:VERSION`` (``modelyard build`` does this). The service knows only
 that contract: it imports the schema module and nothing from training.
 
-Routes (the API under ``/v1`` is a Starlette app mounted in the Bento):
+Routes (a Starlette app mounted in the Bento; every error is JSON):
 
 - ``POST /v1/predict``   ``{"inputs": [[...], ...]}`` -> labels, probabilities, ids
 - ``POST /v1/feedback``  ``{"id": "<prediction id>", "label": ...}``
 - ``GET  /v1/metadata``  model name, version, variant, commit, data hash, metrics
-- ``GET  /livez``, ``/readyz``, ``/metrics`` from BentoML (open, no key needed)
+- ``GET  /docs.json``    the OpenAPI 3.1 document of all of it
+- ``GET  /metrics``      Prometheus (open), ``GET /livez``, ``/readyz`` from BentoML (open)
 
 Auth: ``MODELYARD_API_KEYS`` (comma-separated; several may be active so keys can be
-rotated), sent as ``Authorization: Bearer <key>`` or ``X-API-Key``.
+rotated), sent as ``Authorization: Bearer <key>`` or ``X-API-Key``. Unset: the API is
+open (with a warning). Set but holding no key: the service refuses to start.
+
+Integrity: the service refuses to start unless ``model.onnx`` hashes to the sha256 the
+registry recorded, as the Bento's own label carries it (``modelyard build`` writes it),
+and unless ``contract.json`` and the model store's record say the same.
+
+Environment: ``MODELYARD_LOG_DIR``, ``MODELYARD_MAX_BODY_BYTES`` (2 MB),
+``MODELYARD_HEADER_TIMEOUT_SECONDS`` (10), ``MODELYARD_ORT_THREADS`` (1),
+``MODELYARD_LOG_FSYNC_SECONDS`` (1).
 """
 
 from __future__ import annotations
@@ -35,11 +45,12 @@ import orjson
 from pydantic import BaseModel
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
+from services import edge
 from services.inference_log import InferenceLog
-from services.schema import Contract, RequestError
+from services.schema import MAX_BODY_BYTES, Contract, RequestError, openapi
 
 log = logging.getLogger("modelyard.service")
 
@@ -53,7 +64,15 @@ class BuildArgs(BaseModel):
 ARGS = bentoml.use_arguments(BuildArgs)
 
 
-# -- the /v1 API -------------------------------------------------------------------------------
+class StartupRefused(RuntimeError):
+    """The service will not serve: a tampered model, or a configuration that would
+    serve something other than what was asked for. The message says what to do."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"refusing to start: {message}")
+
+
+# -- the routes ----------------------------------------------------------------------------
 
 
 def _state() -> Classifier:
@@ -61,26 +80,15 @@ def _state() -> Classifier:
     return svc
 
 
-def _error(err: RequestError) -> JSONResponse:
-    return JSONResponse(err.body(), status_code=err.status)
-
-
-async def _body(request: Request, svc: Classifier) -> bytes:
-    svc.authorize(request.headers)
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > svc.max_body:
-        raise RequestError(413, "body", f"{declared} bytes; at most {svc.max_body}")
-    return await request.body()
-
-
 async def predict(request: Request) -> Response:
     svc = _state()
     started = time.perf_counter()
     try:
-        x = svc.contract.parse_predict(await _body(request, svc))
+        svc.authorize(request.headers)
+        x = svc.contract.parse_predict(await edge.read_body(request, svc.max_body))
     except RequestError as err:
         svc.rejected.labels(reason=str(err.status)).inc()
-        return _error(err)
+        return edge.refuse(err)
     body = svc.predict(x)
     svc.latency.observe(time.perf_counter() - started)
     return Response(body, media_type="application/json")
@@ -89,12 +97,16 @@ async def predict(request: Request) -> Response:
 async def feedback(request: Request) -> Response:
     svc = _state()
     try:
-        fb = svc.contract.parse_feedback(await _body(request, svc))
+        svc.authorize(request.headers)
+        fb = svc.contract.parse_feedback(await edge.read_body(request, svc.max_body))
     except RequestError as err:
         svc.rejected.labels(reason=str(err.status)).inc()
-        return _error(err)
+        return edge.refuse(err)
     svc.log.append([{"type": "feedback", "id": fb.id, "label": fb.label, "ts": time.time()}])
-    return JSONResponse({"id": fb.id, "label": fb.label, "recorded": True})
+    return Response(
+        orjson.dumps({"id": fb.id, "label": fb.label, "recorded": True}),
+        media_type="application/json",
+    )
 
 
 async def metadata(request: Request) -> Response:
@@ -102,35 +114,73 @@ async def metadata(request: Request) -> Response:
     try:
         svc.authorize(request.headers)
     except RequestError as err:
-        return _error(err)
-    return JSONResponse(svc.metadata)
+        return edge.refuse(err)
+    return Response(svc.metadata_json, media_type="application/json")
 
 
+async def docs(request: Request) -> Response:
+    return Response(_state().docs_json, media_type="application/json")
+
+
+async def metrics(request: Request) -> Response:
+    # BentoML's own metrics are off (they label requests by raw path: unbounded), so the
+    # service exposes the workers' shared Prometheus registry itself.
+    import prometheus_client
+    from prometheus_client import multiprocess
+
+    registry = prometheus_client.CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return Response(
+        prometheus_client.generate_latest(registry),
+        media_type=prometheus_client.CONTENT_TYPE_LATEST,
+    )
+
+
+ROUTES: dict[str, frozenset[str]] = {
+    "/v1/predict": frozenset({"POST"}),
+    "/v1/feedback": frozenset({"POST"}),
+    "/v1/metadata": frozenset({"GET"}),
+    "/docs.json": frozenset({"GET"}),
+    "/metrics": frozenset({"GET"}),
+    # BentoML's, matched before this app; listed so a wrong method gets a JSON 405.
+    "/livez": frozenset({"GET"}),
+    "/healthz": frozenset({"GET"}),
+    "/readyz": frozenset({"GET"}),
+    "/schema.json": frozenset({"GET"}),
+}
+ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"]
+
+# Mounted at "/": BentoML matches its own routes (/livez, /readyz, ...) first, then these;
+# the last route claims every other path and method, so no request reaches Starlette's
+# plain-text 404/405 or its trailing-slash redirect (which echoes the Host header).
 api = Starlette(
     routes=[
-        Route("/predict", predict, methods=["POST"]),
-        Route("/feedback", feedback, methods=["POST"]),
-        Route("/metadata", metadata, methods=["GET"]),
+        Route("/v1/predict", predict, methods=["POST"]),
+        Route("/v1/feedback", feedback, methods=["POST"]),
+        Route("/v1/metadata", metadata, methods=["GET"]),
+        Route("/docs.json", docs, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        Route("/{path:path}", edge.fallback(ROUTES), methods=ALL_METHODS),
     ]
 )
 
 
-# -- the service ---------------------------------------------------------------------------------
+# -- the service ---------------------------------------------------------------------------
 
-
-# BentoML's per-request work (access log, OpenTelemetry span, traffic metrics) is most of
-# a small model's latency (see README: serving benchmark). The hot API paths skip it:
-# they keep their own Prometheus metrics (modelyard_*) and the inference log instead.
+# BentoML's per-request work (access log, OpenTelemetry span) is most of a small model's
+# latency (see README: serving benchmark). The hot API paths skip it: they keep their own
+# Prometheus metrics (modelyard_*) and the inference log instead.
 HOT_PATHS = ("/v1/predict", "/v1/feedback")
 
 
 @bentoml.service(
     name="modelyard",
     traffic={"timeout": 10},
+    metrics={"enabled": False},
     logging={"access": {"skip_paths": [*OPEN_PATHS, *HOT_PATHS]}},
     tracing={"excluded_urls": list(HOT_PATHS)},
 )
-@bentoml.asgi_app(api, path="/v1")
+@bentoml.asgi_app(api, path="/")
 class Classifier:
     """ONNX Runtime inference for one registered model version."""
 
@@ -139,16 +189,12 @@ class Classifier:
     def __init__(self) -> None:
         import onnxruntime as ort
 
+        edge.limit_header_time(float(os.environ.get("MODELYARD_HEADER_TIMEOUT_SECONDS", "10")))
+        self.keys = _api_keys(os.environ.get("MODELYARD_API_KEYS"))
         onnx_path = Path(self.bento_model.path_of("model.onnx"))
         with open(self.bento_model.path_of("contract.json")) as fh:
             contract: dict[str, Any] = json.load(fh)
-        actual = _sha256(onnx_path)
-        if actual != contract["onnx_sha256"]:
-            raise RuntimeError(
-                f"refusing to start: {onnx_path} has sha256 {actual}, but the registry recorded "
-                f"{contract['onnx_sha256']} for {contract['name']} v{contract['version']}. "
-                "Rebuild the Bento with `modelyard build`."
-            )
+        self._check_integrity(onnx_path, contract)
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(os.environ.get("MODELYARD_ORT_THREADS", "1"))
         options.inter_op_num_threads = 1
@@ -159,14 +205,7 @@ class Classifier:
         self.contract = Contract.from_schema(contract["schema"])
         self.classes = self.contract.classes
         self.model_ref = f"{contract['name']}/{contract['version']}"
-        self.max_body = int(os.environ.get("MODELYARD_MAX_BODY_BYTES", str(2 * 1024 * 1024)))
-        self.keys = [
-            k.strip().encode()
-            for k in os.environ.get("MODELYARD_API_KEYS", "").split(",")
-            if k.strip()
-        ]
-        if not self.keys:
-            log.warning("MODELYARD_API_KEYS is not set: the API is open to anyone who can reach it")
+        self.max_body = int(os.environ.get("MODELYARD_MAX_BODY_BYTES", str(MAX_BODY_BYTES)))
         self.metadata = {
             "name": contract["name"],
             "version": contract["version"],
@@ -178,33 +217,110 @@ class Classifier:
             "features": self.contract.features,
             "classes": self.classes,
             "max_batch": self.contract.max_batch,
+            "max_body_bytes": self.max_body,
             "auth": "api-key" if self.keys else "disabled",
         }
+        self.metadata_json = orjson.dumps(self.metadata)
+        self.docs_json = orjson.dumps(
+            openapi(
+                self.contract,
+                max_body=self.max_body,
+                auth=bool(self.keys),
+                title=f"modelyard: {contract['name']}",
+                version=str(contract["version"]),
+            )
+        )
         self.log = InferenceLog(
             Path(os.environ.get("MODELYARD_LOG_DIR", "inference-log")),
             fsync_every=float(os.environ.get("MODELYARD_LOG_FSYNC_SECONDS", "1.0")),
         )
-        self.predictions = bentoml.metrics.Counter(
-            name="modelyard_predictions",
-            documentation="Predictions served, by predicted class",
-            labelnames=["model", "label"],
-        )
-        self.rejected = bentoml.metrics.Counter(
-            name="modelyard_rejected_requests",
-            documentation="Requests refused before inference, by HTTP status",
-            labelnames=["reason"],
-        )
-        self.latency = bentoml.metrics.Histogram(
-            name="modelyard_predict_seconds",
-            documentation="Time in /v1/predict from request to response body",
-            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
-        )
+        self._metrics()
         log.info("serving %s from %s", self.model_ref, onnx_path)
         # Everything loaded so far lives as long as the worker. Without this, each full GC
         # pass walks that whole heap and stalls requests for tens of ms (our p99 tail).
         gc.freeze()
         # Fewer, younger collections: the request path allocates little that lives on.
         gc.set_threshold(50_000, 20, 1_000)
+
+    def _metrics(self) -> None:
+        # Imported here, not at module level: the worker sets PROMETHEUS_MULTIPROC_DIR
+        # before it builds the service, and prometheus_client reads it on import.
+        from prometheus_client import Counter, Histogram
+
+        self.predictions = Counter(
+            "modelyard_predictions",
+            "Predictions served, by predicted class",
+            labelnames=["model", "label"],
+        )
+        self.rejected = Counter(
+            "modelyard_rejected_requests",
+            "Requests refused before inference, by HTTP status",
+            labelnames=["reason"],
+        )
+        self.latency = Histogram(
+            "modelyard_predict_seconds",
+            "Time in /v1/predict from request to response body",
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+        )
+
+    def _check_integrity(self, onnx_path: Path, contract: dict[str, Any]) -> None:
+        """Refuse to start unless model.onnx is the file the registry recorded.
+
+        The reference is the sha256 in the Bento's own labels (``modelyard build`` copies
+        the registry's ``onnx.sha256`` tag there), which lives outside the model's folder:
+        rewriting model.onnx together with contract.json, or the model store's record,
+        does not pass. Served from source (no Bento), the model store's record is the
+        reference. contract.json, the model store's record and the model tag's sha256
+        prefix must all agree with it.
+        """
+        actual = _sha256(onnx_path)
+        info = self.bento_model.info  # the stored model (BentoML resolves the class attribute)
+        claims: dict[str, str | None] = {
+            "contract.json": contract.get("onnx_sha256"),
+            "the model store's label": info.labels.get("onnx_sha256"),
+            "the model store's metadata": info.metadata.get("onnx_sha256"),
+        }
+        bento = SERVICE.bento  # set when served from a Bento, None from source
+        if bento is not None:
+            reference, source = bento.info.labels.get("onnx_sha256"), f"the Bento {bento.tag}"
+            if not reference:
+                raise StartupRefused(
+                    f"{source} has no onnx_sha256 label. Rebuild it with `modelyard build`."
+                )
+            labelled = (bento.info.labels.get("model"), bento.info.labels.get("model_version"))
+            if labelled != (contract.get("name"), str(contract.get("version"))):
+                raise StartupRefused(
+                    f"{source} is labelled {labelled[0]} v{labelled[1]}, but its model's "
+                    f"contract.json says {contract.get('name')} v{contract.get('version')}. "
+                    "Rebuild the Bento with `modelyard build`."
+                )
+        else:
+            source = f"the model store's record of {self.bento_model.tag}"
+            reference = claims["the model store's label"] or claims["the model store's metadata"]
+            if not reference:
+                raise StartupRefused(
+                    f"{source} holds no onnx_sha256; import the model with `modelyard build`."
+                )
+            log.warning("served from source, not a Bento: checking against %s", source)
+        if actual != reference:
+            raise StartupRefused(
+                f"{onnx_path} has sha256 {actual}, but {source} records {reference} (the "
+                f"registry's value for {contract.get('name')} v{contract.get('version')}). "
+                "The model file was changed after the build; rebuild with `modelyard build`."
+            )
+        for where, claim in claims.items():
+            if claim is not None and claim != reference:
+                raise StartupRefused(
+                    f"{where} says the model's sha256 is {claim}, but {source} records "
+                    f"{reference}. The model's files were changed after the build; rebuild "
+                    "with `modelyard build`."
+                )
+        suffix = (self.bento_model.tag.version or "").rsplit("-", 1)[-1]
+        if len(suffix) == 12 and not reference.startswith(suffix):
+            raise StartupRefused(
+                f"the model tag {self.bento_model.tag} names sha256 {suffix}..., but {source} "
+                f"records {reference}. Rebuild with `modelyard build`."
+            )
 
     def authorize(self, headers: Any) -> None:
         if not self.keys:
@@ -252,6 +368,27 @@ class Classifier:
             },
             option=orjson.OPT_SERIALIZE_NUMPY,
         )
+
+
+# The decorators made Classifier a bentoml Service (mypy still sees the class).
+SERVICE: Any = Classifier
+SERVICE.add_asgi_middleware(edge.RequestCounter, routes=frozenset(ROUTES))
+
+
+def _api_keys(raw: str | None) -> list[bytes]:
+    """The accepted keys. Unset: none (the API is open, with a warning). Set but holding
+    no key (empty, blanks, commas): a refusal, since whoever set it meant to lock the
+    API and an open one would be a silent mistake."""
+    if raw is None:
+        log.warning("MODELYARD_API_KEYS is not set: the API is open to anyone who can reach it")
+        return []
+    keys = [k.strip().encode() for k in raw.split(",") if k.strip()]
+    if not keys:
+        raise StartupRefused(
+            f"MODELYARD_API_KEYS is set but holds no key ({raw!r}). Set it to one or more "
+            "comma-separated keys, or unset it to serve the API without auth."
+        )
+    return keys
 
 
 def _sha256(path: Path) -> str:

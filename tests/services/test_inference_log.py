@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -87,3 +88,24 @@ def test_kill_9_loses_no_acknowledged_record(tmp_path: Path) -> None:
     ids = [r["id"] for r in read(tmp_path, stats)]
     assert ids[: acked + 1] == list(range(acked + 1))  # every acknowledged record, in order
     assert stats.malformed <= 1  # at most the one write in flight when killed
+
+
+def test_log_is_private_to_its_owner(tmp_path: Path) -> None:
+    """The records hold raw inputs: directory 0700, files 0600, whatever the umask, and an
+    existing directory or file with looser modes is tightened."""
+    old = os.umask(0o000)  # the loosest umask: nothing may rely on it
+    try:
+        fresh = tmp_path / "fresh" / "log"
+        InferenceLog(fresh).close()
+        existing = tmp_path / "existing"
+        existing.mkdir(mode=0o777)
+        existing.chmod(0o777)
+        log = InferenceLog(existing)
+        log.append([{"id": 1}])
+        log.close()
+    finally:
+        os.umask(old)
+    for directory in (fresh, existing):
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+        files = list(directory.glob("inference-*.jsonl"))
+        assert files and {stat.S_IMODE(f.stat().st_mode) for f in files} == {0o600}

@@ -1,4 +1,5 @@
-"""Request validation: every bad request is a 4xx that names the field and the problem."""
+"""Request validation: every bad request is a 4xx that names the field and the problem;
+the OpenAPI document says what a valid request is."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from services.schema import MAX_BODY_BYTES, Contract, RequestError
+from services.schema import Contract, RequestError, openapi
 
 SCHEMA = {
     "target": "label",
@@ -49,9 +50,19 @@ def test_valid_rows_become_float32() -> None:
             "a = 17 is outside the training range [0, 16]",
         ),
         (body({"inputs": [[1, 0, 0], [1, -2, 0]]}), 422, "inputs[1][1]", "b = -2"),
-        (b'{"inputs": [[1, 0, NaN]]}', 422, "inputs[0][2]", "finite"),
+        (b'{"inputs": [[1, 0, NaN]]}', 400, "body", "not valid JSON"),  # NaN is not JSON
         (body({"inputs": [[1, 0, 0]] * 5}), 413, "inputs", "at most 4 per request"),
-        (b" " * (MAX_BODY_BYTES + 1), 413, "body", "at most"),
+        # Strings that numpy would happily read as numbers.
+        (body({"inputs": [["1", 0, 0]]}), 422, "inputs[0][0]", "expected a number (got '1')"),
+        (body({"inputs": [[" 1_0 ", 0, 0]]}), 422, "inputs[0][0]", "got ' 1_0 '"),
+        (body({"inputs": [[1, 0, "1e3"]]}), 422, "inputs[0][2]", "expected a number"),
+        # A boolean among numbers (numpy would make it 0/1), and only booleans.
+        (body({"inputs": [[True, True, True]]}), 422, "inputs[0][0]", "got true"),
+        # Too large for a double; deeper than orjson's 1024 levels; deep but parseable.
+        (b'{"inputs": [[' + b"9" * 400 + b", 0, 0]]}", 400, "body", "number is too large"),
+        (b"[" * 2000 + b"]" * 2000, 400, "body", "nested too deeply"),
+        (b"[" * 1000 + b"]" * 1000, 422, "body", "(got a list of 1)"),
+        (b'{"inputs": [' + b"[" * 1000 + b"]" * 1000 + b"]}", 422, "inputs[0][0]", "a list"),
     ],
 )
 def test_bad_requests_name_the_problem(
@@ -71,3 +82,39 @@ def test_feedback_label_must_be_a_class() -> None:
     with pytest.raises(RequestError) as err:
         CONTRACT.parse_feedback(body({"label": 1}))
     assert err.value.field == "id"
+
+
+@pytest.mark.parametrize("label", [False, True, 1.0, 3.0, "1", None], ids=repr)
+def test_feedback_label_is_strict(label: object) -> None:
+    """`false` is not class 0, `1.0` not class 1, "1" not class 1."""
+    with pytest.raises(RequestError) as err:
+        CONTRACT.parse_feedback(body({"id": "x-0", "label": label}))
+    assert (err.value.status, err.value.field) == (422, "label")
+
+
+def test_string_classes_take_string_labels_only() -> None:
+    named = Contract.from_schema({**SCHEMA, "classes": ["cat", "dog", "1"]})
+    assert named.parse_feedback(body({"id": "x", "label": "dog"})).label == "dog"
+    assert named.parse_feedback(body({"id": "x", "label": "1"})).label == "1"
+    with pytest.raises(RequestError, match="not one of the classes"):
+        named.parse_feedback(body({"id": "x", "label": 1}))
+
+
+def test_openapi_document_names_features_ranges_classes_and_limits() -> None:
+    doc = openapi(CONTRACT, max_body=1000, auth=True, title="t", version="1")
+    schemas = doc["components"]["schemas"]
+    assert schemas["Row"]["prefixItems"] == [
+        {"title": "a", "type": "number", "minimum": 0.0, "maximum": 16.0},
+        {"title": "b", "type": "number", "minimum": -1.0, "maximum": 1.0},
+        {"title": "c", "type": "number"},  # no range in the schema: none in the document
+    ]
+    assert schemas["PredictRequest"]["properties"]["inputs"]["maxItems"] == 4
+    assert schemas["FeedbackRequest"]["properties"]["label"]["enum"] == [0, 1, 2]
+    probabilities = schemas["PredictResponse"]["properties"]["predictions"]["items"]
+    assert probabilities["properties"]["probabilities"]["maxItems"] == 3
+    assert "1000 bytes" in doc["info"]["description"]
+    predict = doc["paths"]["/v1/predict"]["post"]
+    assert predict["security"] == [{"bearer": []}, {"apiKey": []}] and "401" in predict["responses"]
+    open_doc = openapi(CONTRACT, max_body=1000, auth=False, title="t", version="1")
+    assert open_doc["paths"]["/v1/predict"]["post"]["security"] == []
+    assert "401" not in open_doc["paths"]["/v1/predict"]["post"]["responses"]
