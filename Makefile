@@ -13,7 +13,7 @@ export BENTOML_DO_NOT_TRACK := true
 export GX_ANALYTICS_ENABLED := false
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: help setup run serve test check lint format lock clean bench bench-monitoring bench-optimize
+.PHONY: help setup system-tools run serve test check lint format lock clean bench bench-monitoring bench-optimize
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -46,7 +46,20 @@ bench-monitoring: setup ## Drift job over 1M logged rows vs Evidently on all row
 bench-optimize: setup ## The optimize stage's measured table for the CNN and the wide MLP
 	$(BIN)/python benchmarks/optimize.py
 
-test: setup ## Run the test suite (real MLflow, DVC, GX, ONNX Runtime)
+# The container tests build, push and run a real OCI image with these Debian/Ubuntu packages
+# (no Docker daemon needed). Installed only when missing, with apt as root (or passwordless
+# sudo, as on GitHub's runners); elsewhere those tests report skipped and say why.
+SYSTEM_TOOLS := buildah docker-registry mmdebstrap
+system-tools: ## Install buildah, docker-registry, mmdebstrap with apt when missing
+	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	[ -z "$$missing" ] && exit 0; \
+	if [ "$$(id -u)" = 0 ]; then sudo=""; elif sudo -n true 2>/dev/null; then sudo="sudo -n"; \
+	else echo "system-tools: not root and no sudo: not installing$$missing (the image tests will be skipped)"; exit 0; fi; \
+	command -v apt-get >/dev/null || { echo "system-tools: no apt-get: install$$missing yourself (the image tests will be skipped)"; exit 0; }; \
+	echo "system-tools: installing$$missing"; \
+	$$sudo apt-get -o DPkg::Lock::Timeout=600 update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends$$missing debian-archive-keyring
+
+test: setup system-tools ## Run the test suite (real MLflow, DVC, GX, ONNX Runtime, buildah)
 	$(BIN)/pytest
 
 check: setup ## Lint and type-check (what CI runs)

@@ -100,26 +100,88 @@ def serve(
     raise typer.Exit(code)
 
 
+@deploy_app.command("base-image", epilog=EXIT_CODES)
+def deploy_base_image(
+    tag: Annotated[str, typer.Option(help="The tag in buildah's local storage.")] = (
+        "localhost/modelyard-base:bookworm-py3.11"
+    ),
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where the Debian root filesystem is kept between builds "
+            "[default: ~/.cache/modelyard]."
+        ),
+    ] = None,
+) -> None:
+    """Build a python:3.11-slim stand-in from Debian packages (mmdebstrap + buildah).
+
+    For machines that cannot pull from Docker Hub: pass it to `deploy containerize
+    --base-image`. The root filesystem is cached in --cache-dir (later builds take
+    seconds). Needs root, mmdebstrap and buildah (`make system-tools`).
+    """
+    from services import image
+
+    base = guard("base-image", lambda: image.base_image(tag, cache_dir=cache_dir))
+    reused = "cached" if base.reused_rootfs else "new"
+    console.print(f"base-image: {base.tag} (root filesystem {reused}: {base.rootfs})")
+
+
 @deploy_app.command("containerize", epilog=EXIT_CODES)
 def deploy_containerize(
-    bento: Annotated[
-        str, typer.Option(help="Bento tag NAME:VERSION (as `modelyard build` prints).")
-    ],
-    repository: Annotated[
-        str, typer.Option(help="Image repository, e.g. ghcr.io/OWNER/REPO (lower-cased).")
-    ],
-    push: Annotated[bool, typer.Option(help="docker push the image after building it.")] = True,
+    model: Annotated[str, typer.Argument(help="NAME/VERSION or NAME@ALIAS in the registry.")],
+    push: Annotated[
+        str | None,
+        typer.Option(
+            help="Push to this registry path (e.g. ghcr.io/OWNER/REPO) and record the "
+            "image's digest on the version."
+        ),
+    ] = None,
+    backend: Annotated[
+        str, typer.Option(help="The image builder: docker (needs an engine) or buildah.")
+    ] = "docker",
+    base_image: Annotated[
+        str | None,
+        typer.Option(
+            help="Build FROM this local image instead of the Dockerfile's python:3.11-slim "
+            "(see `deploy base-image`)."
+        ),
+    ] = None,
+    tls_verify: Annotated[
+        bool, typer.Option(help="Require HTTPS to the registry (buildah only).")
+    ] = True,
+    params_file: ParamsOpt = PARAMS,
 ) -> None:
-    """`bentoml containerize` the Bento and push the image (needs a Docker engine).
+    """Build the version's Bento, then its OCI image with `bentoml containerize`.
 
-    The image is REPOSITORY/<bento name>:<bento version>; in GitHub Actions it is also
-    written to the step output `image`.
+    The image is REGISTRY/<model>:<bento version>. With --push it is pushed, and its
+    digest is recorded on the registry version (tags deployed.image_digest and
+    deployed.image = REGISTRY/<model>@sha256:...), which is what Kubernetes deploys. In
+    GitHub Actions the step outputs are image (by digest), digest and bento_tag.
     """
-    from services import deploy
+    from services import image
 
-    image = guard("containerize", lambda: deploy.containerize(bento, repository, push))
-    console.print(f"containerize: {image.ref}{' (pushed)' if push else ''}")
-    github_output(image=image.ref)
+    built = _build(params_file, model)
+    made = guard(
+        "containerize",
+        lambda: image.containerize(
+            built.bento_tag,
+            backend=backend,  # type: ignore[arg-type]  # checked by containerize
+            registry=push,
+            base_image=base_image,
+            tls_verify=tls_verify,
+        ),
+    )
+    if made.digest is None:
+        console.print(f"containerize: {made.ref} (built in {made.seconds:.0f} s, not pushed)")
+        github_output(image=made.ref, bento_tag=built.bento_tag)
+        return
+    registry = open_registry(params_file)
+    guard("containerize", lambda: image.record(registry, built.name, built.version, made))
+    console.print(
+        f"containerize: {made.by_digest} (built in {made.seconds:.0f} s, pushed; "
+        f"recorded on {built.name} v{built.version})"
+    )
+    github_output(image=made.by_digest, digest=made.digest, bento_tag=built.bento_tag)
 
 
 @deploy_app.command("apply", epilog=EXIT_CODES)

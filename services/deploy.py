@@ -1,56 +1,28 @@
-"""Ship a built Bento: container image, registry push, Kubernetes rollout.
+"""Roll a pushed image out to Kubernetes: ``modelyard deploy apply``.
 
-The deploy workflow (``.github/workflows/deploy.yml``) calls these through
-``modelyard deploy containerize|apply``; they wrap the tools' own commands:
-
-- ``bentoml containerize <bento> -t <image>`` (BentoML generates the Dockerfile and
-  drives ``docker``), then ``docker push <image>``;
-- ``kubectl apply -k <overlay>``: an overlay over ``services/k8s`` whose ``images:``
-  entry points the Deployment at the pushed image, then ``kubectl rollout status``.
-
-Both need tools this repository does not install (a Docker engine, a cluster); each
-step says which one is missing and where it runs instead.
+``kubectl apply -k <overlay>``: an overlay over ``services/k8s`` whose ``images:``
+entry points the Deployment at the pushed image, then ``kubectl rollout status``. The
+image itself is built and pushed by ``services/image.py``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from core import tools
 from core.errors import ConfigError, DeployError
 
 log = logging.getLogger(__name__)
 
 K8S_BASE = Path(__file__).resolve().parent / "k8s"
 DEPLOYMENT = "modelyard"
-BENTO_TAG = re.compile(r"^[a-z0-9][a-z0-9_.-]*:[A-Za-z0-9_.-]+$")
-
-
-@dataclass(frozen=True)
-class Image:
-    ref: str  # registry/owner/name:tag
-    bento_tag: str
-
-
-def image_ref(repository: str, bento_tag: str) -> str:
-    """``ghcr.io/Owner/Repo`` + ``digits-classifier:v3-ab12`` ->
-    ``ghcr.io/owner/repo/digits-classifier:v3-ab12`` (registries want lower case)."""
-    if not BENTO_TAG.match(bento_tag):
-        raise ConfigError(
-            f"--bento {bento_tag!r}: expected NAME:VERSION, as `modelyard build` prints"
-        )
-    name, version = bento_tag.split(":")
-    return f"{repository.rstrip('/').lower()}/{name}:{version}"
 
 
 def _tool(name: str, why: str) -> str:
@@ -65,18 +37,6 @@ def _run(cmd: list[str], what: str, env: dict[str, str] | None = None) -> None:
     done = subprocess.run(cmd, env=env, stdout=sys.stderr, stderr=subprocess.STDOUT, check=False)
     if done.returncode != 0:
         raise DeployError(f"{what} failed (exit {done.returncode}): {' '.join(cmd)}")
-
-
-def containerize(bento_tag: str, repository: str, push: bool = True) -> Image:
-    """Build the Bento's OCI image with ``bentoml containerize`` and push it."""
-    ref = image_ref(repository, bento_tag)
-    docker = _tool("docker", "`bentoml containerize` needs a Docker engine. There is none on "
-                   "this machine; the deploy workflow runs this step on GitHub's ubuntu runner.")  # fmt: skip
-    bentoml = tools.binary("bentoml")
-    _run([bentoml, "containerize", bento_tag, "--image-tag", ref], "bentoml containerize")
-    if push:
-        _run([docker, "push", ref], "docker push (is the registry login done?)")
-    return Image(ref, bento_tag)
 
 
 def overlay(image: str, namespace: str | None = None) -> dict[str, object]:
@@ -95,15 +55,19 @@ def overlay(image: str, namespace: str | None = None) -> dict[str, object]:
     return kustomization
 
 
-def apply(image: str, namespace: str | None = None, timeout_s: int = 300,
-          kubeconfig: str | None = None) -> None:  # fmt: skip
+def apply(
+    image: str, namespace: str | None = None, timeout_s: int = 300, kubeconfig: str | None = None
+) -> None:
     """``kubectl apply -k`` the overlay and wait for the rollout to finish.
 
     ``kubeconfig`` is a kubeconfig's content (the workflow's KUBE_CONFIG secret); it is
     written to a private temporary file for kubectl and removed afterwards.
     """
-    kubectl = _tool("kubectl", "install kubectl and configure cluster credentials "
-                    "(the deploy workflow skips this step when KUBE_CONFIG is not set).")  # fmt: skip
+    kubectl = _tool(
+        "kubectl",
+        "install kubectl and configure cluster credentials "
+        "(the deploy workflow skips this step when KUBE_CONFIG is not set).",
+    )
     ns = ["--namespace", namespace] if namespace else []
     with tempfile.TemporaryDirectory(prefix="modelyard-deploy-") as tmp:
         env = {**os.environ}
@@ -118,5 +82,15 @@ def apply(image: str, namespace: str | None = None, timeout_s: int = 300,
             yaml.safe_dump(overlay(image, namespace), sort_keys=False)
         )
         _run([kubectl, "apply", "-k", str(layer), *ns], "kubectl apply", env)
-        _run([kubectl, "rollout", "status", f"deployment/{DEPLOYMENT}", f"--timeout={timeout_s}s",
-              *ns], "kubectl rollout status", env)  # fmt: skip
+        _run(
+            [
+                kubectl,
+                "rollout",
+                "status",
+                f"deployment/{DEPLOYMENT}",
+                f"--timeout={timeout_s}s",
+                *ns,
+            ],
+            "kubectl rollout status",
+            env,
+        )

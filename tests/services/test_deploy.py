@@ -1,9 +1,7 @@
-"""`modelyard deploy containerize|apply|record`: the steps of deploy.yml, run here.
+"""`modelyard build|deploy apply|deploy record`: the steps of deploy.yml, run here.
 
-There is no Docker engine and no cluster on this machine, so `docker` and `kubectl` are
-recording stand-ins on PATH (the boundary we cannot reach). Everything above them is
-real: the registry version, `modelyard build`, `bentoml containerize` driving "docker",
-the kustomize overlay, and the record in MLflow that the reconciler reads.
+(`deploy containerize` builds, pushes and runs a real image in test_image.py.) There is
+no cluster on this machine, so `kubectl` is a recording stand-in on PATH for `apply`.
 """
 
 from __future__ import annotations
@@ -23,24 +21,6 @@ from tests.conftest import FAST_TRAIN, FakeGitHub, Project, modelyard, new_proje
 pytestmark = pytest.mark.slow
 
 NAME = "digits-classifier"
-
-FAKE_DOCKER = """#!/usr/bin/env bash
-# Records each call (args + the build context's files) as one JSON line.
-python3 - "$@" <<'PY'
-import json, os, sys
-args = sys.argv[1:]
-entry = {"args": args}
-if "build" in args:
-    context = args[-1]
-    entry["context_files"] = sorted(os.listdir(context)) if os.path.isdir(context) else []
-    entry["dockerfile"] = open(args[args.index("--file") + 1]).read()
-    entry["onnx_files"] = [f for _, _, fs in os.walk(context) for f in fs if f.endswith(".onnx")]
-with open(os.environ["FAKE_LOG"], "a") as log:
-    log.write(json.dumps(entry) + "\\n")
-if args[:1] == ["version"]:
-    print('"27.3.1"')
-PY
-"""
 
 FAKE_KUBECTL = """#!/usr/bin/env bash
 python3 - "$@" <<'PY'
@@ -86,8 +66,9 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Project, d
         "register",
     )
     env = {"BENTOML_HOME": str(base / "bentoml"), "GITHUB_OUTPUT": str(base / "github_output")}
-    out = modelyard(project.root, "build", "--model", f"{NAME}/1",
-                    "--params", str(project.params_path), env=env)  # fmt: skip
+    out = modelyard(
+        project.root, "build", "--model", f"{NAME}/1", "--params", str(project.params_path), env=env
+    )
     assert "build: built Bento" in out.stdout
     yield project, env
 
@@ -99,64 +80,25 @@ def test_build_writes_the_step_outputs(built: tuple[Project, dict[str, str]]) ->
     assert outputs["bento_tag"].startswith(f"{NAME}:v1-")
 
 
-def test_containerize_runs_bentoml_containerize_and_pushes(
-    built: tuple[Project, dict[str, str]], tmp_path: Path
-) -> None:
-    project, env = built
-    bento = dict(line.split("=", 1) for line in Path(env["GITHUB_OUTPUT"]).read_text().split())[
-        "bento_tag"
-    ]
-    tools = tmp_path / "bin"
-    tools.mkdir()
-    fake_tool(tools, "docker", FAKE_DOCKER)
-    log, out = tmp_path / "docker.jsonl", tmp_path / "out"
-    run_env = {**env, "FAKE_LOG": str(log), "GITHUB_OUTPUT": str(out),
-               "PATH": f"{tools}{os.pathsep}{os.environ['PATH']}"}  # fmt: skip
-    done = modelyard(project.root, "deploy", "containerize", "--bento", bento,
-                     "--repository", "ghcr.io/Acme/Models", env=run_env)  # fmt: skip
-    image = f"ghcr.io/acme/models/{bento}"  # lower-cased for the registry
-    assert f"containerize: {image} (pushed)" in done.stdout
-    assert out.read_text() == f"image={image}\n"
-    recorded = calls(log)
-    (build_call,) = [c for c in recorded if "build" in c["args"]]  # type: ignore[operator]
-    assert image in build_call["args"]  # type: ignore[operator]
-    assert {"bento.yaml", "models", "src"} <= set(build_call["context_files"])  # type: ignore[call-overload]
-    assert "model.onnx" in build_call["onnx_files"]  # type: ignore[operator]
-    assert "FROM " in build_call["dockerfile"]  # type: ignore[operator]
-    assert recorded[-1]["args"] == ["push", image]
-
-
-def test_containerize_without_docker_says_where_it_runs(
-    built: tuple[Project, dict[str, str]], tmp_path: Path
-) -> None:
-    project, env = built
-    empty = tmp_path / "bin"
-    empty.mkdir()
-    no_docker = {**env, "PATH": f"{empty}{os.pathsep}/usr/bin:/bin"}
-    done = modelyard(project.root, "deploy", "containerize", "--bento", f"{NAME}:v1-x",
-                     "--repository", "ghcr.io/acme/models", env=no_docker, check=False)  # fmt: skip
-    assert done.returncode == 1
-    assert "needs a Docker engine" in " ".join(done.stderr.split())
-    bad = modelyard(project.root, "deploy", "containerize", "--bento", "not a tag",
-                    "--repository", "ghcr.io/acme/models", env=env, check=False)  # fmt: skip
-    assert bad.returncode == 2 and "NAME:VERSION" in bad.stderr
-
-
 def test_apply_renders_the_overlay_and_waits_for_the_rollout(tmp_path: Path) -> None:
     tools = tmp_path / "bin"
     tools.mkdir()
     fake_tool(tools, "kubectl", FAKE_KUBECTL)
     log = tmp_path / "kubectl.jsonl"
     image = "ghcr.io/acme/models/digits-classifier:v3-abc"
-    env = {"FAKE_LOG": str(log), "PATH": f"{tools}{os.pathsep}{os.environ['PATH']}",
-           "KUBE_CONFIG": "apiVersion: v1\nkind: Config\n"}  # fmt: skip
+    env = {
+        "FAKE_LOG": str(log),
+        "PATH": f"{tools}{os.pathsep}{os.environ['PATH']}",
+        "KUBE_CONFIG": "apiVersion: v1\nkind: Config\n",
+    }
     done = modelyard(tmp_path, "deploy", "apply", "--image", image, "--namespace", "ml", env=env)
     assert "deployment/modelyard runs" in done.stdout
     apply_call, rollout = calls(log)
     overlay = yaml.safe_load(apply_call["kustomization"])  # type: ignore[arg-type]
     assert overlay["resources"] == [str(deploy.K8S_BASE)]
-    assert overlay["images"] == [{"name": "modelyard", "newName": image.rsplit(":", 1)[0],
-                                  "newTag": "v3-abc"}]  # fmt: skip
+    assert overlay["images"] == [
+        {"name": "modelyard", "newName": image.rsplit(":", 1)[0], "newTag": "v3-abc"}
+    ]
     assert overlay["namespace"] == "ml"
     assert apply_call["kubeconfig_mode"] == "0o600"
     assert apply_call["kubeconfig_content"] == env["KUBE_CONFIG"]
@@ -234,6 +176,16 @@ def test_record_then_reconcile_is_in_sync(built: tuple[Project, dict[str, str]])
         assert len(github.requests) == before  # in sync: nothing dispatched
     finally:
         github.close()
-    missing = modelyard(project.root, "deploy", "record", NAME, "99", "--image", "x:y", *params,
-                        env=env, check=False)  # fmt: skip
+    missing = modelyard(
+        project.root,
+        "deploy",
+        "record",
+        NAME,
+        "99",
+        "--image",
+        "x:y",
+        *params,
+        env=env,
+        check=False,
+    )
     assert missing.returncode == 1 and "no version 99" in missing.stderr

@@ -1,0 +1,311 @@
+"""A Bento becomes an OCI image, pushed and known by its digest.
+
+    modelyard deploy containerize NAME/VERSION --push REGISTRY [--backend buildah]
+
+1. ``bentoml containerize`` builds the Bento's own generated Dockerfile with the chosen
+   backend: ``docker`` (GitHub's runners) or ``buildah`` (no daemon; runs ``RUN`` steps
+   with ``BUILDAH_ISOLATION=chroot``, which is how the tests build here);
+2. ``--base-image IMAGE`` builds FROM a local image instead of the Dockerfile's
+   ``python:3.11-slim`` (tagged under that name in the builder's local storage, built with
+   pull-never): for machines that cannot reach Docker Hub. ``base_image()`` builds a
+   compatible one from Debian packages with mmdebstrap;
+3. the image is pushed and its manifest digest read back from the push;
+   ``REGISTRY/NAME@sha256:...`` is what Kubernetes deploys (``services/deploy.py``).
+
+The image is slimmed by ``services/image-slim.sh`` (the Bento's ``docker.setup_script``,
+run after the Python packages are installed): BentoML's Dockerfile installs
+build-essential and git for source builds, and the service needs neither at run time.
+buildah commits a build as one layer, so removing them makes the image smaller.
+
+Reads the BentoML store (``$BENTOML_HOME``) and the builder's local image storage;
+writes images there and to the registry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from core import tools
+from core.errors import ConfigError, DeployError
+
+if TYPE_CHECKING:
+    from registry.client import Registry
+
+log = logging.getLogger(__name__)
+
+Backend = Literal["docker", "buildah"]
+BACKENDS: tuple[Backend, ...] = ("docker", "buildah")
+BENTO_TAG = re.compile(r"^[a-z0-9][a-z0-9_.-]*:[A-Za-z0-9_.-]+$")
+REGISTRY_PATH = re.compile(r"^[a-z0-9.-]+(:\d+)?(/[a-z0-9._-]+)*$")
+DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+# What BentoML's Dockerfile needs from `python:3.11-slim`, from Debian's own packages:
+# python3.11 (the Bento's venv links to it), pip (installs uv), venv, the CA store.
+BASE_SUITE = "bookworm"
+BASE_PACKAGES = ("python3.11", "python3-venv", "python3-pip", "ca-certificates")
+BASE_TAG = "localhost/modelyard-base:bookworm-py3.11"
+HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+BASE_CONTAINERFILE = """\
+# python:3.11-slim's role, from Debian packages (built by `modelyard deploy base-image`).
+FROM scratch
+ADD rootfs.tar /
+# The host's CA bundle: TLS to PyPI may pass a proxy whose CA only the host trusts.
+COPY ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
+RUN rm -f /usr/lib/python3*/EXTERNALLY-MANAGED \\
+ && ln -sf /usr/bin/python3.11 /usr/local/bin/python3 \\
+ && ln -sf /usr/bin/python3.11 /usr/local/bin/python
+ENV LANG=C.UTF-8 SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt \\
+    PIP_CERT=/etc/ssl/certs/ca-certificates.crt UV_NATIVE_TLS=1
+CMD ["python3"]
+"""
+
+
+@dataclass(frozen=True)
+class Image:
+    """A built (and maybe pushed) image of one Bento."""
+
+    bento_tag: str
+    ref: str  # REGISTRY/NAME:TAG as built
+    digest: str | None  # the manifest digest in the registry, after a push
+    seconds: float  # build time
+
+    @property
+    def by_digest(self) -> str:
+        """``REGISTRY/NAME@sha256:...``: the reference that always means these bytes."""
+        if self.digest is None:
+            raise DeployError(f"{self.ref} was not pushed: it has no registry digest")
+        return f"{self.ref.rpartition(':')[0]}@{self.digest}"
+
+
+@dataclass(frozen=True)
+class BaseImage:
+    tag: str
+    rootfs: Path
+    reused_rootfs: bool
+
+
+def image_ref(registry: str | None, bento_tag: str) -> str:
+    """``ghcr.io/Acme/Models`` + ``digits-classifier:v3-ab12`` ->
+    ``ghcr.io/acme/models/digits-classifier:v3-ab12`` (registries want lower case);
+    without a registry, ``localhost/digits-classifier:v3-ab12``."""
+    if not BENTO_TAG.match(bento_tag):
+        raise ConfigError(f"{bento_tag!r}: expected a Bento tag NAME:VERSION")
+    prefix = (registry or "localhost").rstrip("/").lower()
+    if not REGISTRY_PATH.match(prefix):
+        raise ConfigError(
+            f"--push {registry!r}: expected a registry path such as ghcr.io/acme/models"
+        )
+    return f"{prefix}/{bento_tag}"
+
+
+def _tool(name: str, why: str) -> str:
+    found = shutil.which(name)
+    if found is None:
+        raise DeployError(f"`{name}` is not on PATH: {why}")
+    return found
+
+
+def _run(
+    cmd: list[str], what: str, env: dict[str, str] | None = None, *, capture: bool = False
+) -> str:
+    """Run a tool; its output goes to stderr (the build log) unless ``capture``, when its
+    stdout is returned."""
+    log.info("$ %s", " ".join(cmd))
+    out = subprocess.PIPE if capture else sys.stderr
+    done = subprocess.run(cmd, env=env, stdout=out, stderr=sys.stderr, text=True)
+    if done.returncode != 0:
+        raise DeployError(f"{what} failed (exit {done.returncode}): {' '.join(cmd)}")
+    return done.stdout or ""
+
+
+def _builder(backend: Backend) -> str:
+    if backend == "docker":
+        return _tool(
+            "docker",
+            "the docker backend needs a Docker engine (GitHub's runners "
+            "have one); without one use --backend buildah",
+        )
+    return _tool("buildah", "install it (`make system-tools`: apt-get install buildah)")
+
+
+def dockerfile_base(bento_tag: str) -> str:
+    """The image the Bento's generated Dockerfile starts FROM, fully qualified."""
+    import bentoml
+
+    try:
+        bento = bentoml.get(bento_tag)
+    except bentoml.exceptions.NotFound as exc:
+        raise ConfigError(
+            f"no Bento {bento_tag} in the BentoML store ($BENTOML_HOME): build it first"
+        ) from exc
+    dockerfile = Path(bento.path_of("env/docker/Dockerfile")).read_text()
+    found = re.search(r"^FROM\s+(\S+)", dockerfile, flags=re.M)
+    if found is None:
+        raise DeployError(f"{bento_tag}: its Dockerfile has no FROM line")
+    return qualify(found[1])
+
+
+def qualify(name: str) -> str:
+    """Docker Hub's short names in full: ``python:3.11-slim`` ->
+    ``docker.io/library/python:3.11-slim`` (what buildah's storage calls it)."""
+    first = name.split("/", 1)[0]
+    if "/" in name and ("." in first or ":" in first or first == "localhost"):
+        return name
+    return f"docker.io/{name}" if "/" in name else f"docker.io/library/{name}"
+
+
+def containerize(
+    bento_tag: str,
+    *,
+    backend: Backend = "docker",
+    registry: str | None = None,
+    base_image: str | None = None,
+    tls_verify: bool = True,
+) -> Image:
+    """Build the Bento's image with ``bentoml containerize``; push it when ``registry``
+    is given and return it with its manifest digest."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"--backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+    ref = image_ref(registry, bento_tag)
+    builder = _builder(backend)
+    bentoml_bin = tools.binary("bentoml")
+    opts: list[str] = []
+    if base_image:
+        stock = dockerfile_base(bento_tag)
+        log.info("building FROM %s in place of %s", base_image, stock)
+        _run([builder, "tag", base_image, stock], f"{backend} tag {base_image}")
+        if backend == "buildah":
+            opts += ["--opt", "pull-never"]
+    started = time.perf_counter()
+    _run(
+        [bentoml_bin, "containerize", bento_tag, "--backend", backend, "--image-tag", ref, *opts],
+        "bentoml containerize",
+        tools.env(),
+    )
+    seconds = time.perf_counter() - started
+    digest = push(ref, backend=backend, tls_verify=tls_verify) if registry else None
+    return Image(bento_tag, ref, digest, seconds)
+
+
+def push(ref: str, *, backend: Backend, tls_verify: bool = True) -> str:
+    """Push ``ref`` to its registry; the manifest digest the registry now holds."""
+    builder = _builder(backend)
+    if backend == "buildah":
+        with tempfile.TemporaryDirectory(prefix="modelyard-push-") as tmp:
+            digest_file = Path(tmp) / "digest"
+            _run(
+                [
+                    builder,
+                    "push",
+                    f"--tls-verify={str(tls_verify).lower()}",
+                    "--digestfile",
+                    str(digest_file),
+                    ref,
+                    f"docker://{ref}",
+                ],
+                "buildah push (is the registry login done?)",
+            )
+            digest = digest_file.read_text().strip()
+    else:
+        if not tls_verify:
+            raise ConfigError(
+                "--no-tls-verify is for buildah; docker reads its own insecure-registries setting"
+            )
+        _run([builder, "push", ref], "docker push (is the registry login done?)")
+        repository = ref.rpartition(":")[0]
+        digests = _run(
+            [builder, "inspect", "--format", '{{join .RepoDigests "\\n"}}', ref],
+            "docker inspect",
+            capture=True,
+        ).split()
+        found = [d.rpartition("@")[2] for d in digests if d.rpartition("@")[0] == repository]
+        digest = found[0] if found else ""
+    if not DIGEST.match(digest):
+        raise DeployError(f"pushed {ref} but could not read its digest (got {digest!r})")
+    return digest
+
+
+def base_image(
+    tag: str = BASE_TAG,
+    *,
+    cache_dir: Path | None = None,
+    ca_bundle: Path | None = HOST_CA_BUNDLE,
+) -> BaseImage:
+    """Build a python:3.11-slim stand-in from Debian packages into buildah's storage.
+
+    The root filesystem (mmdebstrap, ~1 min) is cached in ``cache_dir`` under a name
+    derived from the suite and the package list, so later builds only re-run the short
+    Containerfile (~10 s).
+    """
+    buildah = _tool("buildah", "install it (`make system-tools`: apt-get install buildah)")
+    cache_dir = cache_dir or Path.home() / ".cache" / "modelyard"
+    key = hashlib.sha256(" ".join((BASE_SUITE, *BASE_PACKAGES)).encode()).hexdigest()[:12]
+    context = cache_dir / f"base-{BASE_SUITE}-{key}"
+    rootfs = context / "rootfs.tar"
+    reused = rootfs.exists()
+    if not reused:
+        mmdebstrap = _tool(
+            "mmdebstrap",
+            "install it (`make system-tools`: apt-get install "
+            "mmdebstrap), or pass --base-image an image you have",
+        )
+        context.mkdir(parents=True, exist_ok=True)
+        partial = context / f".rootfs.{os.getpid()}.tar"
+        try:
+            _run(
+                [
+                    mmdebstrap,
+                    "--variant=minbase",
+                    f"--include={','.join(BASE_PACKAGES)}",
+                    BASE_SUITE,
+                    str(partial),
+                ],
+                "mmdebstrap",
+            )
+            os.replace(partial, rootfs)  # a crash never leaves a half tarball under the name
+        finally:
+            partial.unlink(missing_ok=True)
+    bundle = context / "ca-certificates.crt"
+    if ca_bundle is not None and ca_bundle.exists():
+        shutil.copyfile(ca_bundle, bundle)
+    elif not bundle.exists():
+        raise ConfigError(f"no CA bundle at {ca_bundle}: pass one the build can trust")
+    (context / "Containerfile").write_text(BASE_CONTAINERFILE)
+    _run(
+        [
+            buildah,
+            "build",
+            "--layers=false",
+            "-f",
+            str(context / "Containerfile"),
+            "-t",
+            tag,
+            str(context),
+        ],
+        "buildah build (base image)",
+    )
+    return BaseImage(tag, rootfs, reused)
+
+
+# Version tags: the image built for a registry version (by digest), which `deploy apply`
+# and the deploy workflow deploy. A version is *deployed* only once `deploy record` says so.
+IMAGE_DIGEST_TAG = "deployed.image_digest"
+IMAGE_REF_TAG = "deployed.image"
+
+
+def record(registry: Registry, name: str, version: str, image: Image) -> None:
+    """Write the pushed image's digest on the registry version it was built from."""
+    registry.set_version_tags(
+        name, version, {IMAGE_DIGEST_TAG: image.digest, IMAGE_REF_TAG: image.by_digest}
+    )

@@ -1,0 +1,417 @@
+"""A registry version becomes a real OCI image, pushed to a real registry, that answers a
+real prediction from inside the image.
+
+Real tools, no stand-ins: mmdebstrap builds a python:3.11-slim stand-in from Debian
+packages (Docker Hub is unreachable here; the root filesystem is cached in
+~/.cache/modelyard, so only the first session pays for it), ``bentoml containerize
+--backend buildah`` builds the Bento's own Dockerfile, buildah pushes it to Debian's
+``docker-registry`` on a free loopback port, and ``buildah run --isolation chroot`` (host
+network) runs the image pulled back from that registry by digest. One image is built per
+session; the tests below share it.
+
+Without buildah, docker-registry or mmdebstrap (``make system-tools`` installs them as
+root), or without root, the image tests report skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.metadata
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+from services import build
+from tests.conftest import FAST_TRAIN, REPO, Project, free_port, kill_tree, modelyard, new_project
+
+NAME = "digits-classifier"
+TOOLS = ("buildah", "docker-registry", "mmdebstrap")
+BASE = "localhost/modelyard-base:bookworm-py3.11"
+KEY = "image-test-key"
+ENTRYPOINT = "/home/bentoml/bento/env/docker/entrypoint.sh"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+
+
+def missing_tools() -> str | None:
+    """Why the image tests cannot run here, or None."""
+    absent = [tool for tool in TOOLS if shutil.which(tool) is None]
+    if absent:
+        return (
+            f"{', '.join(absent)} not installed: `make system-tools` installs them "
+            "(apt-get, as root, on Debian/Ubuntu)"
+        )
+    if os.geteuid() != 0:
+        return "buildah (chroot isolation, vfs storage) and mmdebstrap run as root here"
+    return None
+
+
+def http(
+    url: str, *, method: str = "GET", body: Any = None, headers: dict[str, str] | None = None
+) -> tuple[int, bytes, dict[str, str]]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, r.read(), dict(r.headers)
+    except urllib.error.HTTPError as e:
+        return e.code, e.read(), dict(e.headers)
+
+
+def wait_for(url: str, proc: subprocess.Popen[bytes] | None, what: str, seconds: int) -> None:
+    for _ in range(seconds * 4):
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"{what} exited with {proc.returncode} before it was ready")
+        try:
+            if http(url)[0] == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.25)
+    raise AssertionError(f"{what} not ready at {url} after {seconds} s")
+
+
+@dataclass(frozen=True)
+class Pushed:
+    project: Project
+    env: dict[str, str]  # buildah's storage + isolation, BENTOML_HOME
+    registry: str  # 127.0.0.1:PORT
+    outputs: dict[str, str]  # the command's GitHub step outputs
+    stdout: str
+
+
+def storage_env(root: Path, driver: str) -> dict[str, str]:
+    root.mkdir(parents=True, exist_ok=True)
+    conf = root / "storage.conf"
+    conf.write_text(
+        f'[storage]\ndriver = "{driver}"\ngraphroot = "{root / "storage"}"\n'
+        f'runroot = "{root / "run"}"\n'
+    )
+    return {**os.environ, "CONTAINERS_STORAGE_CONF": str(conf), "BUILDAH_ISOLATION": "chroot"}
+
+
+@pytest.fixture(scope="module")
+def buildah_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """Buildah's own image storage for this session: overlay where the kernel lets us
+    mount it (a container shares its image's layers), else vfs (full copies, slower)."""
+    reason = missing_tools()
+    if reason:
+        pytest.skip(reason)
+    root = tmp_path_factory.mktemp("containers")
+    env = storage_env(root, "overlay")
+    probe = subprocess.run(["buildah", "from", "scratch"], env=env, capture_output=True, text=True)
+    mounted = (
+        probe.returncode == 0
+        and subprocess.run(
+            ["buildah", "mount", probe.stdout.strip()], env=env, capture_output=True
+        ).returncode
+        == 0
+    )
+    subprocess.run(["buildah", "rm", "--all"], env=env, capture_output=True)
+    if not mounted:
+        shutil.rmtree(root, ignore_errors=True)
+        env = storage_env(root, "vfs")
+    yield env
+    subprocess.run(["buildah", "rm", "--all"], env=env, capture_output=True)
+    subprocess.run(["buildah", "rmi", "--all", "--force"], env=env, capture_output=True)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def oci_registry(
+    buildah_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """Debian's docker-registry (the CNCF distribution registry) on a free loopback port."""
+    folder = tmp_path_factory.mktemp("registry")
+    addr = f"127.0.0.1:{free_port()}"
+    config = folder / "config.yml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "version": 0.1,
+                "log": {"level": "warn"},
+                "storage": {"filesystem": {"rootdirectory": str(folder / "data")}},
+                "http": {"addr": addr},
+            }
+        )
+    )
+    with open(folder / "registry.log", "wb") as out:
+        proc = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=out, stderr=out)
+    try:
+        wait_for(f"http://{addr}/v2/", proc, "docker-registry", 20)
+        yield addr
+    finally:
+        kill_tree(proc.pid)
+
+
+@pytest.fixture(scope="module")
+def pushed(
+    buildah_env: dict[str, str], oci_registry: str, tmp_path_factory: pytest.TempPathFactory
+) -> Pushed:
+    """The one image build of the session: version 1 -> Bento -> image -> registry."""
+    base = tmp_path_factory.mktemp("image")
+    project = new_project(base / "project")
+    project.set_params(train=FAST_TRAIN)
+    project.stages(
+        "ingest",
+        "prepare",
+        "validate",
+        "train",
+        "export",
+        "optimize",
+        "champion",
+        "evaluate",
+        "register",
+    )
+    outputs = base / "github_output"
+    env = {**buildah_env, "BENTOML_HOME": str(base / "bentoml"), "GITHUB_OUTPUT": str(outputs)}
+    made = modelyard(project.root, "deploy", "base-image", env=env)  # cache: ~/.cache/modelyard
+    assert f"base-image: {BASE}" in made.stdout
+    started = time.perf_counter()
+    done = modelyard(
+        project.root,
+        "deploy",
+        "containerize",
+        f"{NAME}/1",
+        "--backend",
+        "buildah",
+        "--base-image",
+        BASE,
+        "--push",
+        f"{oci_registry}/modelyard",
+        "--no-tls-verify",
+        "--params",
+        str(project.params_path),
+        env=env,
+    )
+    sys.stderr.write(f"\n[image] containerize + push took {time.perf_counter() - started:.0f} s\n")
+    found = dict(line.split("=", 1) for line in outputs.read_text().split())
+    return Pushed(project, env, oci_registry, found, " ".join(done.stdout.split()))
+
+
+def manifest(registry: str, repository: str, reference: str) -> tuple[int, dict[str, Any], str]:
+    status, body, headers = http(
+        f"http://{registry}/v2/{repository}/manifests/{reference}",
+        headers={"Accept": OCI_MANIFEST},
+    )
+    digest = {k.lower(): v for k, v in headers.items()}.get("docker-content-digest", "")
+    return status, (json.loads(body) if status == 200 else {}), digest
+
+
+@pytest.mark.slow
+def test_the_recorded_digest_is_the_manifest_the_registry_serves(pushed: Pushed) -> None:
+    image, digest = pushed.outputs["image"], pushed.outputs["digest"]
+    repository = f"modelyard/{NAME}"
+    assert image == f"{pushed.registry}/{repository}@{digest}"
+    assert f"containerize: {image}" in pushed.stdout and "recorded on digits-classifier v1" in (
+        pushed.stdout
+    )
+    # The registry holds it under the Bento's version, and that tag's manifest is the digest.
+    catalog = json.loads(http(f"http://{pushed.registry}/v2/_catalog")[1])
+    assert catalog["repositories"] == [repository]
+    tag = pushed.outputs["bento_tag"].split(":")[1]
+    status, body, served = manifest(pushed.registry, repository, tag)
+    assert status == 200 and served == digest
+    assert body["mediaType"] == OCI_MANIFEST
+    by_digest = manifest(pushed.registry, repository, digest)
+    assert by_digest[0] == 200 and by_digest[2] == digest
+    size = sum(layer["size"] for layer in body["layers"])
+    sys.stderr.write(f"\n[image] {len(body['layers'])} layers, {size / 1e6:.0f} MB compressed\n")
+    # ... and the registry version says which image is its own.
+    tags = pushed.project.registry().version(NAME, "1").tags
+    assert tags["deployed.image_digest"] == digest
+    assert tags["deployed.image"] == image
+
+
+@pytest.fixture(scope="module")
+def container(pushed: Pushed) -> Iterator[str]:
+    """A working container of the image pulled back from the registry by its digest."""
+    done = subprocess.run(
+        ["buildah", "from", "--tls-verify=false", f"docker://{pushed.outputs['image']}"],
+        env=pushed.env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    name = done.stdout.strip().splitlines()[-1]
+    yield name
+    subprocess.run(["buildah", "rm", name], env=pushed.env, capture_output=True)
+
+
+def expected_labels(project: Project, rows: np.ndarray) -> list[Any]:
+    """What the registered model itself predicts for ``rows`` (ONNX Runtime, here)."""
+    import onnxruntime as ort
+
+    folder = project.registry().download(NAME, "1")
+    session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    probs = session.run(["probabilities"], {session.get_inputs()[0].name: rows})[0]
+    classes = json.loads((project.root / "data/prepared/schema.json").read_text())["classes"]
+    return [classes[i] for i in probs.argmax(axis=1)]
+
+
+@pytest.mark.slow
+def test_the_image_serves_a_real_prediction(pushed: Pushed, container: str) -> None:
+    import pandas as pd
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            "buildah",
+            "run",
+            "--env",
+            f"MODELYARD_API_KEYS={KEY}",
+            container,
+            "--",
+            ENTRYPOINT,
+            "bentoml",
+            "serve",
+            "--port",
+            str(port),
+        ],
+        env=pushed.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_for(f"{url}/readyz", proc, "the service in the image", 120)
+        test = pd.read_parquet(pushed.project.root / "data/prepared/test.parquet")
+        rows = test.drop(columns=["label"]).to_numpy(dtype=np.float32)[:5]
+        auth = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+        status, body, _ = http(
+            f"{url}/v1/predict", method="POST", body={"inputs": rows.tolist()}, headers=auth
+        )
+        assert status == 200, body
+        predictions = json.loads(body)["predictions"]
+        assert [p["label"] for p in predictions] == expected_labels(pushed.project, rows)
+        assert all(abs(sum(p["probabilities"]) - 1) < 1e-4 for p in predictions)
+        status, body, _ = http(f"{url}/v1/metadata", headers=auth)
+        assert status == 200 and json.loads(body)["version"] == "1"
+        assert http(f"{url}/v1/predict", method="POST", body={"inputs": rows.tolist()})[0] == 401
+    finally:
+        kill_tree(proc.pid)
+
+
+@pytest.mark.slow
+def test_the_image_runs_as_the_bento_user_without_build_tools(
+    pushed: Pushed, container: str
+) -> None:
+    probe = (
+        "id -u; for t in gcc cc make git uv pip pip3; do command -v $t || true; done; "
+        "/app/.venv/bin/python -c 'import services.service'"
+    )
+    done = subprocess.run(
+        ["buildah", "run", container, "--", "sh", "-c", f"cd /home/bentoml/bento/src && {probe}"],
+        env=pushed.env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr  # the service imports with what the image has
+    uid, *found = done.stdout.split()
+    assert uid == "1034"  # BentoML's user, not root: the k8s securityContext relies on it
+    assert found == [], f"build-only tools shipped in the image: {found}"
+
+
+@pytest.mark.slow
+def test_containerize_refuses_a_bad_backend_or_registry(pushed: Pushed) -> None:
+    args = ["deploy", "containerize", f"{NAME}/1", "--params", str(pushed.project.params_path)]
+    bad = modelyard(pushed.project.root, *args, "--backend", "podman", env=pushed.env, check=False)
+    assert bad.returncode == 2 and "expected one of docker, buildah" in bad.stderr
+    upper = modelyard(
+        pushed.project.root,
+        *args,
+        "--backend",
+        "buildah",
+        "--push",
+        "not a registry",
+        env=pushed.env,
+        check=False,
+    )
+    assert upper.returncode == 2 and "expected a registry path" in " ".join(upper.stderr.split())
+    missing = modelyard(
+        pushed.project.root,
+        "deploy",
+        "containerize",
+        f"{NAME}/7",
+        "--params",
+        str(pushed.project.params_path),
+        env=pushed.env,
+        check=False,
+    )
+    assert missing.returncode == 1 and "no version 7" in missing.stderr
+
+
+# -- the Bento's requirements, without building anything -----------------------------------
+
+
+def imported_distributions(files: list[Path]) -> dict[str, str]:
+    """Third-party distribution -> the module a service file imports from it."""
+    provided = importlib.metadata.packages_distributions()
+    found: dict[str, str] = {}
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                if top in sys.stdlib_module_names or top in {"services", "__future__"}:
+                    continue
+                assert top in provided, f"{path.name} imports {top}, which nothing installs here"
+                for dist in provided[top]:
+                    found[canonical(dist)] = top
+    return found
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def requirement_pins(path: Path) -> dict[str, str]:
+    pins = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            pins[canonical(name)] = version
+    return pins
+
+
+def test_the_bento_requirements_cover_every_import_of_the_service() -> None:
+    """The image installs services/requirements.txt (plus BentoML itself): every package
+    the Bento's code imports must be named there, pinned as in requirements.lock. (orjson
+    was missing once: the image built, then could not import the service.)"""
+    spec = yaml.safe_load((REPO / build.BENTOFILE).read_text())
+    code = [REPO / rel for rel in build.service_files(REPO) if rel.endswith(".py")]
+    assert {p.name for p in code} >= {"service.py", "schema.py", "inference_log.py"}
+    pins = requirement_pins(REPO / spec["python"]["requirements_txt"])
+    imported = imported_distributions(code)
+    unlisted = {
+        dist: module for dist, module in imported.items() if dist not in pins and dist != "bentoml"
+    }
+    assert not unlisted, f"imported by the service, not in its requirements: {unlisted}"
+    lock = requirement_pins(REPO / "requirements.lock")
+    for dist, version in pins.items():
+        assert lock.get(dist) == version, f"{dist}=={version}, requirements.lock: {lock.get(dist)}"
+
+
+def test_the_requirements_check_catches_an_unlisted_import(tmp_path: Path) -> None:
+    service = tmp_path / "service.py"
+    service.write_text("import json\nimport orjson\nfrom pydantic import BaseModel\n")
+    assert imported_distributions([service]) == {"orjson": "orjson", "pydantic": "pydantic"}
