@@ -59,8 +59,17 @@ def webapp(
     root = webapp_build.code_root()
     env = tools.env({"MODELYARD_API_URL": api})
     console.print(f"web app on http://{host}:{port}  (model API: {api})")
-    cmd = [bentoml_bin, "serve", "services.webapp.service:WebApp", "--working-dir", str(root),
-           "--host", host, "--port", str(port)]  # fmt: skip
+    cmd = [
+        bentoml_bin,
+        "serve",
+        "services.webapp.service:WebApp",
+        "--working-dir",
+        str(root),
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
     raise typer.Exit(subprocess.call(cmd, env=env, cwd=root))
 
 

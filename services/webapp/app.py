@@ -384,7 +384,14 @@ async def batch(request: Request) -> Response:
     )
 
 
+POST_ONLY = ("/predict", "/feedback", "/batch")
+
+
 async def not_found(request: Request) -> Response:
+    if request.url.path in POST_ONLY:
+        raise HTTPException(
+            405, "This address takes the forms on the Try it page.", headers={"Allow": "POST"}
+        )
     raise HTTPException(404, "There is no such page here.")
 
 
@@ -435,9 +442,11 @@ async def _api_error(request: Request, exc: Exception) -> Response:
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    return _error_page(
+    response = _error_page(
         request, exc.status_code, TITLES.get(exc.status_code, "Error"), str(exc.detail)
     )
+    response.headers.update(exc.headers or {})
+    return response
 
 
 async def _server_error(request: Request, exc: Exception) -> Response:

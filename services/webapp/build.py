@@ -58,8 +58,17 @@ def build() -> Built:
     else:
         log.info("Bento %s exists; nothing to build", tag)
         return Built(tag, False)
-    cmd = [tools.binary("bentoml"), "build", "-f", BENTOFILE, "--name", NAME,
-           "--version", tag.split(":")[1], "."]  # fmt: skip
+    cmd = [
+        tools.binary("bentoml"),
+        "build",
+        "-f",
+        BENTOFILE,
+        "--name",
+        NAME,
+        "--version",
+        tag.split(":")[1],
+        ".",
+    ]
     proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, env=tools.env())
     if proc.returncode != 0:
         raise DeployError(f"bentoml build of the web app failed:\n{proc.stdout}\n{proc.stderr}")

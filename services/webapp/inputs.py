@@ -131,7 +131,8 @@ def rasterize(strokes: Sequence[Sequence[tuple[float, float]]], image: Image) ->
         segs.append(np.stack([xy[:-1], xy[1:]], axis=1))
     seg = np.concatenate(segs)  # [S, 2 (ends), 2 (x, y)]
     centers = np.stack(np.meshgrid(np.arange(size) + 0.5, np.arange(size) + 0.5), -1).reshape(-1, 2)
-    dist = _distance_to_segments(centers, seg)  # [size*size]
+    # Rounded so that equal distances stay equal whatever the canvas's size or offset.
+    dist = np.round(_distance_to_segments(centers, seg), 6)  # [size*size]
     # The pen width that turns INK of the bitmap on: threshold at that quantile.
     on_count = round(INK * size * size)
     threshold = np.partition(dist, on_count - 1)[on_count - 1]
