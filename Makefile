@@ -13,7 +13,7 @@ export BENTOML_DO_NOT_TRACK := true
 export GX_ANALYTICS_ENABLED := false
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: help setup system-tools run serve test check lint format lock clean bench bench-monitoring bench-optimize
+.PHONY: help setup system-tools browser-tools bench-webapp run serve test check lint format lock clean bench bench-monitoring bench-optimize
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -46,6 +46,9 @@ bench-monitoring: setup ## Drift job over 1M logged rows vs Evidently on all row
 bench-optimize: setup ## The optimize stage's measured table for the CNN and the wide MLP
 	$(BIN)/python benchmarks/optimize.py
 
+bench-webapp: setup browser-tools ## Web app: page load, draw-to-prediction p50/p95 (chromium), overhead vs the API (after make run)
+	$(BIN)/python benchmarks/webapp.py
+
 # The container tests build, push and run a real OCI image with these Debian/Ubuntu packages
 # (no Docker daemon needed). Installed only when missing, with apt as root (or passwordless
 # sudo, as on GitHub's runners); elsewhere those tests report skipped and say why.
@@ -59,7 +62,20 @@ system-tools: ## Install buildah, docker-registry, mmdebstrap with apt when miss
 	echo "system-tools: installing$$missing"; \
 	$$sudo apt-get -o DPkg::Lock::Timeout=600 update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends$$missing debian-archive-keyring
 
-test: setup system-tools ## Run the test suite (real MLflow, DVC, GX, ONNX Runtime, buildah)
+# The browser tests drive Debian's chromium with Playwright (never `playwright install`,
+# which downloads a browser build). Installed only when missing, like system-tools;
+# without it those tests report skipped and say why.
+browser-tools: ## Install chromium with apt when missing (for the browser tests)
+	@if command -v chromium >/dev/null || command -v chromium-browser >/dev/null || [ -n "$$MODELYARD_CHROMIUM" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then sudo=""; elif sudo -n true 2>/dev/null; then sudo="sudo -n"; \
+	else echo "browser-tools: not root and no sudo: not installing chromium (the browser tests will be skipped)"; exit 0; fi; \
+	command -v apt-get >/dev/null || { echo "browser-tools: no apt-get: install chromium yourself (the browser tests will be skipped)"; exit 0; }; \
+	$$sudo apt-get -o DPkg::Lock::Timeout=600 update -qq; \
+	if ! apt-cache show chromium >/dev/null 2>&1; then echo "browser-tools: no chromium package here (the browser tests will be skipped)"; exit 0; fi; \
+	echo "browser-tools: installing chromium"; \
+	DEBIAN_FRONTEND=noninteractive $$sudo apt-get -o DPkg::Lock::Timeout=600 install -y -qq chromium
+
+test: setup system-tools browser-tools ## Run the test suite (real MLflow, DVC, GX, ONNX Runtime, buildah)
 	$(BIN)/pytest
 
 check: setup ## Lint and type-check (what CI runs)

@@ -48,7 +48,7 @@ def browser() -> Iterator[Any]:
     executable = chromium()
     if executable is None:
         pytest.skip(
-            "chromium is not installed: `make test-tools` installs it (apt, as root), or "
+            "chromium is not installed: `make browser-tools` installs it (apt, as root), or "
             "set MODELYARD_CHROMIUM to a Chromium binary"
         )
     try:
