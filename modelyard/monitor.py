@@ -31,7 +31,8 @@ MONITOR_EXIT_CODES = (
     "summary.json records that).\n\n"
     "2  the job failed: bad options or params, an unreadable log, no reference, records "
     "that do not fit the model, a registry or Evidently error, any crash; or drift was "
-    "found but retraining failed (summary.json records the verdict and why)."
+    "found but retraining failed (summary.json records the verdict and why).\n\n"
+    "130  interrupted (Ctrl-C): no verdict."
 )
 
 
@@ -104,6 +105,7 @@ def monitor_run(
                 github=github.from_env(),
                 progress=status.update,
             )
+        _print_monitor(summary)
     except ModelyardError as exc:
         raise fail(str(exc)) from None
     except Exception as exc:  # a crash is a failure, never a verdict (exit 1 means drift)
@@ -112,7 +114,6 @@ def monitor_run(
             f"unexpected {type(exc).__name__}: {exc} (a bug in modelyard or a library under "
             "it; `modelyard -v monitor run ...` shows the traceback)"
         ) from None
-    _print_monitor(summary)
     raise typer.Exit(summary.exit_code)
 
 

@@ -32,8 +32,16 @@ Kind = Literal["none", "noise", "shift", "invert", "occlude"]
 KINDS: tuple[str, ...] = ("none", "noise", "shift", "invert", "occlude")
 
 
-def distort(x: np.ndarray, kind: str, strength: float, low: float, high: float,
-            rng: np.random.Generator, shape: tuple[int, int] = (8, 8)) -> np.ndarray:  # fmt: skip
+def distort(
+    x: np.ndarray,
+    kind: str,
+    *,
+    strength: float,
+    low: float,
+    high: float,
+    rng: np.random.Generator,
+    shape: tuple[int, int] = (8, 8),
+) -> np.ndarray:
     """A drifted copy of ``x`` (rows of flattened images)."""
     if kind == "none":
         return x.copy()
@@ -53,12 +61,11 @@ def distort(x: np.ndarray, kind: str, strength: float, low: float, high: float,
     return np.clip(images, low, high).reshape(len(x), -1)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Sent:
     requests: int = 0
     rows: int = 0
     feedback: int = 0
-    errors: int = 0
 
 
 class Client:
@@ -78,25 +85,33 @@ class Client:
         return dict(reply or {})
 
 
-def send(client: Client, x: np.ndarray, labels: list[Any], rows: int, batch: int,
-         feedback_share: float, rng: np.random.Generator,
-         progress: Callable[[int], None] | None = None) -> Sent:  # fmt: skip
+def send(
+    client: Client,
+    x: np.ndarray,
+    labels: list[Any],
+    *,
+    rows: int,
+    batch: int,
+    feedback_share: float,
+    rng: np.random.Generator,
+    progress: Callable[[int], None] | None = None,
+) -> Sent:
     """Send ``rows`` rows drawn (cycling) from ``x``, ``batch`` per request."""
-    sent = Sent()
+    requests = sent_rows = feedback = 0
     order = np.resize(rng.permutation(len(x)), rows)
     for start in range(0, rows, batch):
         idx = order[start : start + batch]
         payload = [[float(v) for v in row] for row in x[idx]]
         reply = client.post("/v1/predict", {"inputs": payload})
-        sent.requests += 1
-        sent.rows += len(idx)
+        requests += 1
+        sent_rows += len(idx)
         for pred, i in zip(reply["predictions"], idx, strict=True):
             if feedback_share > 0 and rng.random() < feedback_share:
                 client.post("/v1/feedback", {"id": pred["id"], "label": labels[i]})
-                sent.feedback += 1
+                feedback += 1
         if progress:
             progress(len(idx))
-    return sent
+    return Sent(requests=requests, rows=sent_rows, feedback=feedback)
 
 
 def batches(rows: int, batch: int) -> int:
@@ -132,6 +147,17 @@ def simulate(
         float(frame[features].max().max()),
     )
     rng = np.random.default_rng(seed)
-    x = distort(frame[features].to_numpy(np.float64), drift, strength, low, high, rng)
+    x = distort(
+        frame[features].to_numpy(np.float64), drift, strength=strength, low=low, high=high, rng=rng
+    )
     labels = frame[params.data.target].tolist()
-    return send(Client(url, api_key), x, labels, rows, batch, feedback, rng, progress)
+    return send(
+        Client(url, api_key),
+        x,
+        labels,
+        rows=rows,
+        batch=batch,
+        feedback_share=feedback,
+        rng=rng,
+        progress=progress,
+    )

@@ -81,7 +81,7 @@ def split_rows(
     features = params.data.feature_names
     low, high = params.data.feature_range or (0.0, 16.0)
     x = np.resize(split[features].to_numpy(np.float64), (n, len(features)))
-    x = traffic.distort(x, drift, 1.0, low, high, np.random.default_rng(0))
+    x = traffic.distort(x, drift, strength=1.0, low=low, high=high, rng=np.random.default_rng(0))
     labels = np.resize(split[params.data.target].to_numpy(), n)
     return x.tolist(), [int(v) for v in labels]
 

@@ -3,7 +3,7 @@ CliRunner) on windows written with the service's own log writer, against the tra
 project's real MLflow store and real Evidently:
 
 - a crash is never a verdict: records that do not fit the model, an Evidently error or
-  any unexpected exception exit 2 with a message, and write no summary;
+  any unexpected exception exit 2 with a message, and write no summary; Ctrl-C exits 130;
 - only drift exits 1; an unreachable alert webhook leaves it drift, is recorded as
   failed with its reason, and retraining still runs;
 - summary.json (the run's and the latest) is written after the alert and the retrain and
@@ -14,6 +14,10 @@ project's real MLflow store and real Evidently:
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +26,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from tests.conftest import FakeGitHub, Project, free_port
+from tests.conftest import BIN, FakeGitHub, Project, free_port, kill_tree
 from tests.monitoring.conftest import MODEL, Recorder, split_rows, write_log
 
 pytestmark = pytest.mark.slow
@@ -160,6 +164,41 @@ def test_an_unexpected_crash_exits_2_not_1(job: Job) -> None:
     assert "monitor failed: unexpected ArrowInvalid" in out and "-v monitor run" in out
 
 
+def test_an_interrupted_job_exits_130_not_1(job: Job) -> None:
+    """Ctrl-C is the shell's 130 (Typer's), never 1: that would read as drift."""
+    job.log_dir.mkdir(parents=True)
+    fifo = job.log_dir / "inference-20990101T000000-1-0001.jsonl"
+    os.mkfifo(fifo)  # reading it blocks until a writer writes: the job stays mid-read
+    before = job.runs()
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    cmd = [str(BIN / "modelyard"), "monitor", "run", "--log-dir", str(job.log_dir)]
+    proc = subprocess.Popen(
+        [*cmd, "--since", "1h", "--params", str(job.project.params_path)],
+        cwd=job.project.root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    writer = None
+    try:
+        deadline = time.monotonic() + 120
+        while writer is None:  # until the job has the log open for reading
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            try:
+                writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:  # ENXIO: no reader yet
+                time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if writer is not None:
+            os.close(writer)
+        kill_tree(proc.pid)
+    assert proc.returncode == 130, out + err
+    assert job.runs() == before  # no verdict, no report
+
+
 # -- drift, the alert, the retrain, and the summary written after them ----------------------------
 
 
@@ -253,3 +292,4 @@ def test_help_shows_the_exit_code_table() -> None:
         assert " ".join(entry.split()) in shown
     assert "0 no drift" in shown and "1 drift: the only verdict" in shown
     assert "2 the job failed" in shown and "retraining failed" in shown
+    assert "130 interrupted" in shown
