@@ -125,7 +125,7 @@ def rasterize(strokes: Sequence[Sequence[tuple[float, float]]], image: Image) ->
     # Segments in bitmap coordinates; a single-point stroke is a segment of length 0.
     segs = []
     for s in strokes:
-        xy = np.array(s, dtype=np.float64) * scale + offset
+        xy = _thin(np.array(s, dtype=np.float64) * scale + offset)
         if len(xy) == 1:
             xy = np.vstack([xy, xy])
         segs.append(np.stack([xy[:-1], xy[1:]], axis=1))
@@ -142,16 +142,36 @@ def rasterize(strokes: Sequence[Sequence[tuple[float, float]]], image: Image) ->
     return [float(v) for v in values.reshape(-1)]
 
 
+def _thin(xy: np.ndarray, step: float = 0.5) -> np.ndarray:
+    """The stroke without points closer than ``step`` bitmap pixels to the last kept one
+    (a mouse reports several per bitmap pixel; the pen is ~10 pixels wide, so this changes
+    nothing the model sees). The first and last points always stay."""
+    points = xy.tolist()
+    keep = [0]
+    for i in range(1, len(points)):
+        last = points[keep[-1]]
+        if math.hypot(points[i][0] - last[0], points[i][1] - last[1]) >= step:
+            keep.append(i)
+    if keep[-1] != len(points) - 1:
+        keep.append(len(points) - 1)
+    return xy[keep]
+
+
 def _distance_to_segments(p: np.ndarray, seg: np.ndarray) -> np.ndarray:
-    a, b = seg[:, 0], seg[:, 1]  # [S, 2]
-    ab = b - a
-    length2 = (ab**2).sum(axis=1)  # [S]
-    ap = p[:, None, :] - a[None, :, :]  # [P, S, 2]
-    t = np.where(length2 > 0, (ap * ab).sum(axis=2) / np.where(length2 > 0, length2, 1), 0.0)
-    t = np.clip(t, 0.0, 1.0)
-    nearest = a[None] + t[..., None] * ab[None]
-    d: np.ndarray = np.sqrt(((p[:, None, :] - nearest) ** 2).sum(axis=2)).min(axis=1)
-    return d
+    """Each point's distance to the nearest segment: one pass over the segments, each a
+    vector operation over the points (a drawing has hundreds of segments, the bitmap
+    a thousand points)."""
+    px, py = p[:, 0], p[:, 1]
+    best = np.full(len(p), np.inf)
+    for (ax, ay), (bx, by) in seg:
+        dx, dy = bx - ax, by - ay
+        length2 = dx * dx + dy * dy
+        if length2 > 0:
+            t = np.clip(((px - ax) * dx + (py - ay) * dy) / length2, 0.0, 1.0)
+        else:
+            t = np.zeros_like(px)
+        np.minimum(best, (px - ax - t * dx) ** 2 + (py - ay - t * dy) ** 2, out=best)
+    return np.sqrt(best)
 
 
 def parse_form(form: Mapping[str, str], features: Sequence[Feature]) -> list[float]:
