@@ -42,14 +42,18 @@ def request_json(
     body: Any = None,
     *,
     headers: dict[str, str] | None = None,
+    auth: tuple[str, str] | None = None,
+    accept: frozenset[int] = frozenset(),
     timeout: float = 15.0,
     attempts: int = 3,
     what: str = "",
 ) -> tuple[int, Any]:
-    """Send ``body`` as JSON; return (status, parsed reply or None).
+    """Send ``body`` as JSON (with HTTP basic ``auth`` if given); return (status,
+    parsed reply or None).
 
-    Raises ExternalServiceError naming ``what`` (else the URL) on an HTTP error, an
-    unreachable server after ``attempts`` tries, or a reply that is not JSON.
+    Raises ExternalServiceError naming ``what`` (else the URL) on an HTTP error other than
+    the ``accept``-ed statuses (a caller that tells a 401 from an outage), an unreachable
+    server after ``attempts`` tries, or a reply that is not JSON.
     """
     name = what or url
     content = json.dumps(body, default=str).encode() if body is not None else None
@@ -66,6 +70,7 @@ def request_json(
             url,
             content=content,
             headers={"Content-Type": "application/json", **(headers or {})},
+            auth=auth,
             timeout=timeout,
         )
         if response.status_code in RETRY_STATUS:
@@ -84,7 +89,7 @@ def request_json(
             ) from last
     except httpx.HTTPError as exc:
         raise ExternalServiceError(f"cannot reach {name} at {url}: {exc}") from exc
-    if response.is_error:
+    if response.is_error and response.status_code not in accept:
         raise ExternalServiceError(
             f"{name} refused {method} {url}: HTTP {response.status_code} {response.text[:300]!r}"
         )
@@ -93,7 +98,17 @@ def request_json(
     try:
         return response.status_code, response.json()
     except ValueError as exc:
+        if response.status_code in accept:
+            return response.status_code, None
         raise ExternalServiceError(
             f"{name} answered {method} {url} with something that is not JSON: "
             f"{response.text[:200]!r}"
         ) from exc
+
+
+def is_up(url: str, *, timeout: float = 2.0) -> bool:
+    """A readiness probe: whether GET ``url`` answers 200 now (one try, no retries)."""
+    try:
+        return httpx.get(url, timeout=timeout).status_code == 200
+    except httpx.HTTPError:
+        return False

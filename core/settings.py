@@ -10,6 +10,7 @@ Bento and reads its own few variables (``MODELYARD_API_KEYS``, ``MODELYARD_LOG_D
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import Field, SecretStr
@@ -26,6 +27,19 @@ class Settings(BaseSettings):
     )
 
     mlflow_tracking_uri: str | None = Field(None, validation_alias="MLFLOW_TRACKING_URI")
+    # Who this process is on a team server (basic-auth): a person, the CI trainer, the gate.
+    mlflow_username: str | None = Field(None, validation_alias="MLFLOW_TRACKING_USERNAME")
+    mlflow_password: SecretStr | None = Field(None, validation_alias="MLFLOW_TRACKING_PASSWORD")
+    # `modelyard registry server`: the admin password the auth app creates the admin with.
+    mlflow_admin_password: SecretStr | None = Field(
+        None, validation_alias="MLFLOW_AUTH_ADMIN_PASSWORD"
+    )
+    # The review gate (team mode): its signing key, its own database, where it listens.
+    gate_key: SecretStr | None = Field(None, validation_alias="MODELYARD_GATE_KEY")
+    gate_database_url: SecretStr | None = Field(
+        None, validation_alias="MODELYARD_GATE_DATABASE_URL"
+    )
+    gate_url: str | None = Field(None, validation_alias="MODELYARD_GATE_URL")
     github_repository: str | None = Field(None, validation_alias="GITHUB_REPOSITORY")
     github_token: SecretStr | None = Field(None, validation_alias="GITHUB_TOKEN")
     github_api_url: str = Field(GITHUB_API, validation_alias="GITHUB_API_URL")
@@ -36,6 +50,8 @@ class Settings(BaseSettings):
     log_dir: Path | None = Field(None, validation_alias="MODELYARD_LOG_DIR")
     alert_webhook_url: str | None = Field(None, validation_alias="MODELYARD_ALERT_WEBHOOK_URL")
     api_keys: str | None = Field(None, validation_alias="MODELYARD_API_KEYS")
+    # `deploy apply --webapp-image`: the web application's replicas share it (form signing).
+    webapp_secret: SecretStr | None = Field(None, validation_alias="MODELYARD_WEBAPP_SECRET")
     dvc_remote_url: str | None = Field(None, validation_alias="DVC_REMOTE_URL")
     kube_config: SecretStr | None = Field(None, validation_alias="KUBE_CONFIG")
 
@@ -43,6 +59,12 @@ class Settings(BaseSettings):
     def first_api_key(self) -> str | None:
         keys = [k.strip() for k in (self.api_keys or "").split(",") if k.strip()]
         return keys[0] if keys else None
+
+    def mlflow_credentials(self) -> tuple[str, str] | None:
+        """(username, password) for the MLflow server, if both are set."""
+        if self.mlflow_username and self.mlflow_password:
+            return self.mlflow_username, self.mlflow_password.get_secret_value()
+        return None
 
     def actor(self, given: str | None = None) -> str:
         """Who runs a command, for an audit entry: given, else the CI actor, else $USER."""
@@ -52,3 +74,9 @@ class Settings(BaseSettings):
 def current() -> Settings:
     """The environment as it is now."""
     return Settings()
+
+
+def variable(name: str) -> str | None:
+    """One variable whose name is data, not code (a team member's ``password_env``);
+    empty counts as unset, as above."""
+    return os.environ.get(name) or None

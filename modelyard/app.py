@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from modelyard import init, monitor, pipeline, promotion, serving, stages, webapp
+from modelyard import init, monitor, pipeline, promotion, serving, stages, team, webapp
 from modelyard.common import err_console
 
 app = typer.Typer(
@@ -30,6 +30,8 @@ app = typer.Typer(
 for module in (init, stages, pipeline, promotion, serving, monitor):
     app.registered_commands.extend(module.app.registered_commands)
 app.add_typer(promotion.registry_app, name="registry")
+promotion.registry_app.registered_commands.extend(team.app.registered_commands)
+promotion.registry_app.add_typer(team.users_app, name="users")
 app.add_typer(serving.deploy_app, name="deploy")
 app.add_typer(monitor.monitor_app, name="monitor")
 app.add_typer(webapp.webapp_app, name="webapp")

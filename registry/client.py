@@ -137,7 +137,29 @@ class Registry:
                 raise RegistryError(f"{name} has no version {version} in {self.uri}") from exc
             raise self._failure(f"read {name} v{version}", exc) from exc
 
+    def experiment_id(self, name: str) -> str | None:
+        """The id of experiment ``name``; None if it does not exist."""
+        with self._errors(f"read the experiment {name!r}"):
+            found = self.client.get_experiment_by_name(name)
+        return str(found.experiment_id) if found is not None else None
+
     # -- writing -------------------------------------------------------------------------
+
+    def ensure_experiment(self, name: str) -> tuple[str, bool]:
+        """(id, created?) of experiment ``name``, created if missing."""
+        found = self.experiment_id(name)
+        if found is not None:
+            return found, False
+        with self._errors(f"create the experiment {name!r}"):
+            return str(self.client.create_experiment(name)), True
+
+    def ensure_model(self, name: str, description: str = "") -> bool:
+        """Create the registered model ``name`` if missing; True if it was created."""
+        if self._model(name) is not None:
+            return False
+        with self._errors(f"create the registered model {name!r}"):
+            self.client.create_registered_model(name, description=description or None)
+        return True
 
     def register(
         self,

@@ -1,0 +1,182 @@
+"""Who may do what on the team's MLflow server: ``team.yaml``, and applying it.
+
+``team.yaml`` names the trainer's experiment, the two registered models and every user
+with one role::
+
+    experiment: modelyard                   # the CI trainer's runs (params: tracking.experiment)
+    models:
+      candidates: digits-classifier         # CI registers here (params: register.model_name)
+      production: digits-classifier-prod    # `champion` lives here; only the gate writes
+    users:
+      dana: {role: data_scientist, github: dana-gh}
+      ci-trainer: {role: trainer}
+      rui: {role: reviewer, github: rui-gh}
+      gate: {role: gate}
+
+Why two models: creating a version and moving an alias need the same right (update) on a
+registered model, so one model cannot let the trainer register while forbidding it to move
+``champion``. The trainer may update ``candidates``; only the gate may update
+``production`` (it copies an approved candidate there and moves ``champion``); everyone
+else reads. Only the trainer may write to the experiment, so a run there was produced by
+the trainer: that is what the gate trusts as evidence.
+
+``apply`` makes the server match the file and is idempotent: it creates the experiment,
+the two models and missing users (password from ``password_env``, default
+``MODELYARD_PASSWORD_<USER>``), sets each listed user's grants on those three resources
+to its role's, and changes nothing else (existing passwords, other users, other resources).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from core.errors import ConfigError
+from registry.auth import AuthAPI, Grant
+from registry.client import Registry
+
+Role = Literal["data_scientist", "trainer", "reviewer", "gate"]
+Resource = Literal["experiment", "candidates", "production"]
+
+# What each role may do on the three resources (MLflow: READ < EDIT < MANAGE).
+ACCESS: dict[str, dict[Resource, str]] = {
+    "data_scientist": {"experiment": "READ", "candidates": "READ", "production": "READ"},
+    "trainer": {"experiment": "EDIT", "candidates": "EDIT", "production": "READ"},
+    "reviewer": {"experiment": "READ", "candidates": "READ", "production": "READ"},
+    "gate": {"experiment": "READ", "candidates": "READ", "production": "EDIT"},
+}
+MIN_PASSWORD = 12  # MLflow refuses shorter ones
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Member(_Strict):
+    role: Role
+    # The login CI records as the author of a training run (GITHUB_ACTOR): four eyes
+    # compares a reviewer's login and this with the run's author.
+    github: str | None = None
+    password_env: str | None = None
+
+
+class Models(_Strict):
+    candidates: str
+    production: str
+
+
+class Team(_Strict):
+    experiment: str
+    models: Models
+    users: dict[str, Member] = Field(min_length=1)
+
+    def users_with(self, role: str) -> list[str]:
+        return sorted(name for name, m in self.users.items() if m.role == role)
+
+    def role(self, username: str) -> str | None:
+        member = self.users.get(username)
+        return member.role if member else None
+
+    def identities(self, username: str) -> set[str]:
+        """Every name ``username`` is known by (its MLflow login, its GitHub login),
+        lower-cased: four eyes refuses a reviewer any of whose names authored the run."""
+        member = self.users.get(username)
+        names = {username, member.github if member and member.github else ""}
+        return {n.lower() for n in names if n}
+
+    def password_env(self, username: str) -> str:
+        member = self.users[username]
+        return member.password_env or "MODELYARD_PASSWORD_" + re.sub(
+            r"[^A-Z0-9]", "_", username.upper()
+        )
+
+
+def load(path: Path) -> Team:
+    """team.yaml, checked (an unknown key or role is an error naming where)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            raw = yaml.safe_load(fh) or {}
+        team = Team.model_validate(raw)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path} not found: write the team file (see README, team mode)") from exc
+    except (yaml.YAMLError, ValidationError) as exc:
+        raise ConfigError(f"{path} is not a valid team file:\n{exc}") from exc
+    if not team.users_with("gate"):
+        raise ConfigError(f"{path}: no user has role gate (the account that moves champion)")
+    if team.models.candidates == team.models.production:
+        raise ConfigError(f"{path}: models.candidates and models.production must differ")
+    return team
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What ``apply`` changed (empty lists: the server already matched the file)."""
+
+    created: list[str] = field(default_factory=list)  # resources and users
+    granted: list[str] = field(default_factory=list)  # "user: PERMISSION on resource"
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.created or self.granted)
+
+
+def grants_for(team: Team, experiment_id: str) -> dict[str, list[Grant]]:
+    """Each listed user's grants, from its role. Pure."""
+    ids: dict[Resource, tuple[str, str]] = {
+        "experiment": ("experiment", experiment_id),
+        "candidates": ("registered_model", team.models.candidates),
+        "production": ("registered_model", team.models.production),
+    }
+    return {
+        name: [Grant(*ids[res], perm) for res, perm in ACCESS[member.role].items()]
+        for name, member in sorted(team.users.items())
+    }
+
+
+def apply(
+    team: Team, *, admin: AuthAPI, registry: Registry, password: Callable[[str], str | None]
+) -> Applied:
+    """Make the server match ``team`` (see the module docstring). ``password`` reads an
+    environment variable by name (new users only). Raises ConfigError, before changing
+    anything, if a new user's password is missing or too short."""
+    missing = [u for u in sorted(team.users) if admin.get_user(u) is None]
+    passwords = {u: password(team.password_env(u)) or "" for u in missing}
+    problems = [
+        f"{u}: set {team.password_env(u)} (at least {MIN_PASSWORD} characters)"
+        for u in missing
+        if len(passwords[u]) < MIN_PASSWORD
+    ]
+    if problems:
+        raise ConfigError("new users need a password:\n  " + "\n  ".join(problems))
+
+    created: list[str] = []
+    experiment_id, made = registry.ensure_experiment(team.experiment)
+    if made:
+        created.append(f"experiment {team.experiment}")
+    for model in (team.models.candidates, team.models.production):
+        if registry.ensure_model(model):
+            created.append(f"registered model {model}")
+    for user in missing:
+        admin.create_user(user, passwords[user])
+        created.append(f"user {user}")
+
+    granted: list[str] = []
+    for user, wanted in grants_for(team, experiment_id).items():
+        have = {(g.resource_type, g.resource_id): g.permission for g in admin.grants(user)}
+        for grant in wanted:
+            now = have.get((grant.resource_type, grant.resource_id))
+            if now == grant.permission:
+                continue
+            if now is not None:
+                admin.revoke(user, grant.resource_type, grant.resource_id)
+            admin.grant(user, grant)
+            granted.append(
+                f"{user}: {grant.permission} on {grant.resource_type} {grant.resource_id}"
+            )
+    return Applied(created, granted)

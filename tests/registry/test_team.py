@@ -1,0 +1,171 @@
+"""Team mode, prevention: a real `modelyard registry server` (basic-auth app, PostgreSQL),
+the team applied with `modelyard registry users apply`, and each account trying what its
+role must not do. The server itself answers 403: nothing to revert."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+import yaml
+
+from registry.client import Registry
+from tests.registry.conftest import (
+    ADMIN,
+    CANDIDATES,
+    EXPERIMENT,
+    PRODUCTION,
+    TeamServer,
+    as_user,
+    password,
+    team_yaml,
+)
+
+pytestmark = pytest.mark.slow
+
+
+def test_the_server_has_users_and_keeps_its_state_in_postgresql(
+    team_server: TeamServer, team_file: Path
+) -> None:
+    me = httpx.get(f"{team_server.uri}/api/2.0/mlflow/users/current", auth=ADMIN).json()
+    assert me == {"is_basic_auth": True, "user": {"id": 1, "is_admin": True, "username": "admin"}}
+    assert httpx.get(f"{team_server.uri}/api/2.0/mlflow/users/current").status_code == 401
+    bad = httpx.get(f"{team_server.uri}/api/2.0/mlflow/users/current", auth=("dana", "nope"))
+    assert bad.status_code == 401
+    # The registry lives in PostgreSQL (the gate's database is on the same server).
+    engine = sa.create_engine(team_server.gate_database_url.replace("/modelyard_gate?", "/mlflow?"))
+    with engine.connect() as conn:
+        names = {r[0] for r in conn.execute(sa.text("SELECT name FROM registered_models"))}
+        users = sa.create_engine(
+            team_server.gate_database_url.replace("/modelyard_gate?", "/mlflow_auth?")
+        )
+        with users.connect() as auth:
+            logins = {r[0] for r in auth.execute(sa.text("SELECT username FROM users"))}
+    engine.dispose()
+    users.dispose()
+    assert {CANDIDATES, PRODUCTION} <= names
+    assert {"admin", "dana", "ci", "rui", "lee", "gate"} <= logins
+    # Artifacts go through the server (proxied), not to a path clients must reach.
+    with as_user(team_server, "dana"):
+        experiment = Registry(team_server.uri).client.get_experiment_by_name(EXPERIMENT)
+    assert experiment.artifact_location.startswith("mlflow-artifacts:")
+
+
+def test_users_apply_is_idempotent_and_repairs_a_changed_grant(
+    team_server: TeamServer, team_file: Path
+) -> None:
+    again = team_server.apply(team_file)
+    assert again.returncode == 0, again.stderr
+    assert "nothing changed" in again.stdout
+
+    # Someone gave dana update rights on production by hand; apply takes them back.
+    admin = httpx.Client(base_url=f"{team_server.uri}/api/3.0/mlflow/users/permissions", auth=ADMIN)
+    grant = {"username": "dana", "resource_type": "registered_model", "resource_id": PRODUCTION}
+    assert admin.post("/revoke", json=grant).status_code == 200
+    assert admin.post("/grant", json={**grant, "permission": "EDIT"}).status_code == 200
+    repaired = team_server.apply(team_file)
+    assert repaired.returncode == 0, repaired.stderr
+    assert f"granted dana: READ on registered_model {PRODUCTION}" in repaired.stdout
+    now = admin.get("/get", params=grant).json()
+    assert now["permission"] == "READ"
+
+
+def test_a_new_user_without_a_password_is_refused_and_nothing_is_created(
+    team_server: TeamServer, tmp_path: Path
+) -> None:
+    users = {**{k: v for k, v in team_yaml()["users"].items()}, "eve": {"role": "data_scientist"}}
+    path = tmp_path / "team.yaml"
+    path.write_text(yaml.safe_dump({**team_yaml(), "users": users}))
+    result = team_server.apply(path)
+    assert result.returncode == 2
+    assert "eve: set MODELYARD_PASSWORD_EVE" in result.stderr
+    found = httpx.get(
+        f"{team_server.uri}/api/2.0/mlflow/users/get", params={"username": "eve"}, auth=ADMIN
+    )
+    assert found.status_code == 404
+
+
+def test_users_apply_needs_the_admin(team_server: TeamServer, team_file: Path) -> None:
+    result = team_server.apply(
+        team_file, MLFLOW_TRACKING_USERNAME="dana", MLFLOW_TRACKING_PASSWORD=password("dana")
+    )
+    assert result.returncode == 1
+    assert "403" in result.stderr and "admin" in result.stderr
+
+
+# -- what each role may not do: the server answers 403 ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def versions(team_server: TeamServer, team_file: Path) -> dict[str, str]:
+    """A candidate registered by the trainer, copied to production by the gate."""
+    with as_user(team_server, "ci"):
+        candidate = Registry(team_server.uri).client.create_model_version(
+            CANDIDATES, source="s3://modelyard-test/model"
+        )
+    with as_user(team_server, "gate"):
+        client = Registry(team_server.uri).client
+        copied = client.copy_model_version(f"models:/{CANDIDATES}/{candidate.version}", PRODUCTION)
+        client.set_registered_model_alias(PRODUCTION, "champion", copied.version)
+    return {"candidate": str(candidate.version), "production": str(copied.version)}
+
+
+Action = Callable[[Any, dict[str, str]], Any]
+ACTIONS: dict[str, Action] = {
+    "move champion": lambda c, v: c.set_registered_model_alias(
+        PRODUCTION, "champion", v["production"]
+    ),
+    "remove champion": lambda c, v: c.delete_registered_model_alias(PRODUCTION, "champion"),
+    "write an approval tag": lambda c, v: c.set_model_version_tag(
+        PRODUCTION, v["production"], "approval.reviewer", "rui"
+    ),
+    # what copy_model_version does (without its wrapping of the server's answer)
+    "copy a candidate to production": lambda c, v: c.create_model_version(
+        PRODUCTION, source=f"models:/{CANDIDATES}/{v['candidate']}"
+    ),
+    "tag a candidate": lambda c, v: c.set_model_version_tag(
+        CANDIDATES, v["candidate"], "gates.passed", "True"
+    ),
+    "register a candidate": lambda c, v: c.create_model_version(CANDIDATES, source="s3://x/m"),
+}
+FORBIDDEN = [
+    ("dana", "move champion"),
+    ("dana", "remove champion"),
+    ("dana", "write an approval tag"),
+    ("dana", "copy a candidate to production"),
+    ("dana", "tag a candidate"),
+    ("dana", "register a candidate"),
+    ("ci", "move champion"),
+    ("ci", "write an approval tag"),
+    ("ci", "copy a candidate to production"),
+    ("rui", "move champion"),
+    ("rui", "write an approval tag"),
+    ("rui", "tag a candidate"),
+]
+
+
+@pytest.mark.parametrize(("user", "action"), FORBIDDEN, ids=[f"{u}-{a}" for u, a in FORBIDDEN])
+def test_the_server_refuses(
+    team_server: TeamServer, versions: dict[str, str], user: str, action: str
+) -> None:
+    from mlflow.exceptions import MlflowException
+
+    with as_user(team_server, user), pytest.raises(MlflowException) as refused:
+        ACTIONS[action](Registry(team_server.uri).client, versions)
+    assert refused.value.get_http_status_code() == 403, str(refused.value)
+    with as_user(team_server, "gate"):
+        registry = Registry(team_server.uri)
+        assert registry.by_alias(PRODUCTION, "champion").version == versions["production"]
+        assert "approval.reviewer" not in registry.version(PRODUCTION, versions["production"]).tags
+
+
+def test_the_roles_that_should_can(team_server: TeamServer, versions: dict[str, str]) -> None:
+    with as_user(team_server, "ci"):
+        ACTIONS["tag a candidate"](Registry(team_server.uri).client, versions)
+        ACTIONS["register a candidate"](Registry(team_server.uri).client, versions)
+    with as_user(team_server, "gate"):
+        ACTIONS["move champion"](Registry(team_server.uri).client, versions)
