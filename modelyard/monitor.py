@@ -36,6 +36,9 @@ MONITOR_EXIT_CODES = (
 )
 
 
+FAILED = 2  # the table's "the job failed" (monitoring.monitor.EXIT_FAILED, importing it is slow)
+
+
 def _log_dir(root: Path, given: Path | None) -> Path:
     return given or settings.current().log_dir or root / ".modelyard" / "inference-log"
 
@@ -81,15 +84,16 @@ def monitor_run(
     writes summary.json (that folder's and the latest): the verdict and what the alert
     and the retrain did.
     """
-    from core import github
-    from monitoring import monitor
-    from registry.client import Registry
 
     def fail(message: str) -> typer.Exit:
         err_console.print(f"[bold red]monitor failed:[/] {message}", highlight=False)
-        return typer.Exit(monitor.EXIT_FAILED)
+        return typer.Exit(FAILED)
 
     try:
+        from core import github
+        from monitoring import monitor
+        from registry.client import Registry
+
         params, root = load(params_file)
         registry = Registry(use_store(root))
         with console.status("monitor run...") as status:

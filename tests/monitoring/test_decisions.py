@@ -30,6 +30,14 @@ def test_exit_code(status: str, retrain: Outcome | None, code: int) -> None:
     assert monitor.exit_code(status, retrain) == code
 
 
+def test_the_cli_fails_with_the_jobs_failure_code() -> None:
+    from modelyard.monitor import FAILED, MONITOR_EXIT_CODES
+
+    assert FAILED == monitor.EXIT_FAILED == 2
+    codes = [entry.split()[0] for entry in MONITOR_EXIT_CODES.split("\n\n")[1:]]
+    assert codes == ["0", "1", "2", "130"]
+
+
 def test_a_failed_alert_does_not_change_the_exit_code() -> None:
     summary = monitor.Summary(
         status=monitor.DRIFT,
