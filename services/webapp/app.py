@@ -144,11 +144,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Route("/feedback", feedback, methods=["POST"]),
             Route("/batch", batch, methods=["POST"]),
             Route("/model", model_card, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
             Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
             # Everything else is ours too (a 404 page, not the framework's plain text).
             Route("/{path:path}", not_found, methods=["GET", "POST", "HEAD"]),
         ],
-        middleware=[Middleware(guard.Guard, limits=limits, too_many=too_many)],
+        middleware=[Middleware(guard.Guard, limits=limits, too_many=too_many, routes=ROUTES)],
         exception_handlers={
             ApiError: _api_error,
             HTTPException: _http_error,
@@ -158,6 +159,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
     )
     app.state.holder = holder
     return app
+
+
+ROUTES = frozenset({"/", "/predict", "/feedback", "/batch", "/model", "/metrics"})
 
 
 # -- pages ---------------------------------------------------------------------------------------
@@ -387,6 +391,22 @@ async def batch(request: Request) -> Response:
 POST_ONLY = ("/predict", "/feedback", "/batch")
 
 
+async def metrics(request: Request) -> Response:
+    """Prometheus metrics of every worker (BentoML's per-path metrics are off)."""
+    import prometheus_client
+    from prometheus_client import multiprocess
+
+    registry: Any = prometheus_client.REGISTRY
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = prometheus_client.CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    guard.counters()  # listed from the first scrape on, before any request
+    return Response(
+        prometheus_client.generate_latest(registry),
+        media_type=prometheus_client.CONTENT_TYPE_LATEST,
+    )
+
+
 async def not_found(request: Request) -> Response:
     if request.url.path in POST_ONLY:
         raise HTTPException(
@@ -411,8 +431,17 @@ def _error_page(request: Request, status: int, title: str, message: str) -> Resp
     return _page(request, state, "error.html", status=status, title=title, message=message)
 
 
+API_ERROR_KINDS = (
+    (ServiceUnavailable, "unavailable"),
+    (Unauthorized, "unauthorized"),
+    (RequestRefused, "refused"),
+)
+
+
 async def _api_error(request: Request, exc: Exception) -> Response:
     log.warning("model API: %s", exc)
+    kind = next((k for cls, k in API_ERROR_KINDS if isinstance(exc, cls)), "bad_response")
+    guard.counters()[1].labels(kind=kind).inc()
     if isinstance(exc, ServiceUnavailable):
         return _error_page(
             request,

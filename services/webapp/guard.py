@@ -8,6 +8,9 @@ limit, and security headers on every response.
   cross-site (``Sec-Fetch-Site``) are refused outright.
 - **Signed ids**: the feedback form carries the prediction id with its HMAC, so feedback
   through this app is only ever about a prediction this app showed.
+- **Metrics**: every response counted by route and status; the route label is one of the
+  app's routes or ``other``, so random paths cannot grow ``/metrics`` without bound
+  (BentoML's own per-path metrics are off for this service).
 - **Rate limit**: a token bucket per client (``burst`` at once, ``rate`` per minute after
   that); static files are not counted. Over it: 429 with ``Retry-After``. The client is
   the peer address, or with N trusted proxies in front the address the first of them saw
@@ -24,6 +27,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
+from typing import Any
 
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -119,6 +124,25 @@ def client_key(scope: Scope, proxy_hops: int) -> str:
     return hops[-proxy_hops] if len(hops) >= proxy_hops else str(address)
 
 
+@cache
+def counters() -> tuple[Any, Any]:
+    """(requests by route and status, model API failures by kind). Created on first use,
+    in the worker, after BentoML set PROMETHEUS_MULTIPROC_DIR."""
+    from prometheus_client import Counter
+
+    requests = Counter(
+        "modelyard_webapp_requests",
+        'Web app responses by route and status (unknown paths: route="other")',
+        labelnames=["route", "status"],
+    )
+    api_errors = Counter(
+        "modelyard_webapp_api_errors",
+        "Model API calls that failed, by kind (unavailable, unauthorized, refused, bad_response)",
+        labelnames=["kind"],
+    )
+    return requests, api_errors
+
+
 class Guard:
     """ASGI middleware: the rate limit (a 429 page from ``too_many``) and security headers.
 
@@ -131,11 +155,13 @@ class Guard:
         *,
         limits: Callable[[], tuple[RateLimiter, int] | None],
         too_many: Callable[[Scope, float], ASGIApp],
+        routes: frozenset[str],
         exempt: tuple[str, ...] = ("/static/",),
     ) -> None:
         self.app = app
         self.limits = limits
         self.too_many = too_many
+        self.routes = routes
         self.exempt = exempt
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -143,15 +169,18 @@ class Guard:
             await self.app(scope, receive, send)
             return
         path: str = scope.get("path", "")
-        static = path.startswith(self.exempt)
+        static = path.startswith(self.exempt) or path == "/metrics"
         headers = [
             (k.encode(), v.encode())
             for k, v in HEADERS.items()
             if not (static and k == "cache-control")
         ]
 
+        route = "/static" if static else (path if path in self.routes else "other")
+
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
+                counters()[0].labels(route=route, status=str(message["status"])).inc()
                 present = {k.lower() for k, _ in message.get("headers", [])}
                 extra = [(k, v) for k, v in headers if k not in present]
                 message = {**message, "headers": [*message.get("headers", []), *extra]}

@@ -3,7 +3,7 @@ own Bento (``services/webapp/bentofile.yaml``), image and Deployment.
 
 It holds no model: the Starlette app (``app.py``) is mounted at ``/`` and reads its
 settings (``MODELYARD_API_URL``, ``MODELYARD_API_KEY``, ...) from the environment when it
-starts. BentoML adds ``/livez``, ``/readyz`` and ``/metrics``; the web app stays ready while
+starts. BentoML adds ``/livez`` and ``/readyz``; ``/metrics`` is the app's own; the web app stays ready while
 the model API is down (its pages say so), so a slow API never takes the pages away.
 """
 
@@ -17,6 +17,8 @@ from services.webapp.app import create_app
 @bentoml.service(
     name="modelyard-webapp",
     traffic={"timeout": 60},
+    # BentoML labels its request metrics by raw path (unbounded); the app counts by route.
+    metrics={"enabled": False},
     logging={"access": {"skip_paths": ["/livez", "/readyz", "/metrics", "/static"]}},
 )
 @bentoml.asgi_app(create_app(), path="/")

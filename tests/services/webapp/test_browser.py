@@ -199,6 +199,17 @@ def test_a_bad_csv_row_is_named_by_line_and_feature(
     page.context.close()
 
 
+def test_the_served_web_app_counts_its_requests(digits_web: Proc) -> None:
+    import httpx
+
+    httpx.get(digits_web.url + "/")
+    httpx.get(digits_web.url + "/no-such-page")
+    text = httpx.get(digits_web.url + "/metrics").text
+    assert 'modelyard_webapp_requests_total{route="/",status="200"}' in text
+    assert 'modelyard_webapp_requests_total{route="other",status="404"}' in text
+    assert "no-such-page" not in text
+
+
 def test_an_api_that_refuses_the_web_apps_key_gives_a_clear_page(digits_api: LiveApi) -> None:
     settings = Settings(api_url=digits_api.url, api_key="not-the-key", secret=b"k")
     with TestClient(create_app(settings), raise_server_exceptions=False) as web:

@@ -15,8 +15,8 @@ import pytest
 from tests.conftest import REPO, modelyard
 
 WEBAPP = REPO / "services" / "webapp"
-# Installed in every Bento image by BentoML itself (Starlette is its web framework).
-PROVIDED = {"bentoml", "starlette"}
+# Installed in every Bento image by BentoML itself (its web framework and its metrics).
+PROVIDED = {"bentoml", "starlette", "prometheus_client"}
 # Files that run inside the web app's Bento (build.py runs in the build environment).
 SHIPPED = [
     REPO / "services/client.py",

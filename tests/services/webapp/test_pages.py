@@ -72,6 +72,16 @@ def test_unknown_pages_and_methods_get_a_page(web: TestClient) -> None:
     assert wrong.status_code == 405 and "<html" in wrong.text
 
 
+def test_metrics_count_by_route_never_by_raw_path(web: TestClient) -> None:
+    web.get("/")
+    web.get("/wp-admin/setup-config.php")
+    text = web.get("/metrics").text
+    assert 'modelyard_webapp_requests_total{route="/",status="503"}' in text
+    assert 'modelyard_webapp_requests_total{route="other",status="404"}' in text
+    assert "wp-admin" not in text
+    assert 'modelyard_webapp_api_errors_total{kind="unavailable"}' in text
+
+
 def test_too_many_requests_from_one_client_get_429_with_retry_after() -> None:
     settings = dead_api(rate_per_minute=6, burst=3, api_tries=1)
     with TestClient(create_app(settings), raise_server_exceptions=False) as web:
