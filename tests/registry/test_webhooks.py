@@ -129,17 +129,28 @@ class Loop:
             check=check,
         )
 
-    def register(self, **over: str) -> str:
-        tags = {"onnx.sha256": "ab" * 32, "gates.passed": "True", "validation.success": "True",
-                "git.author": "dana@example.com", "git.commit": "0123456789ab", **over}  # fmt: skip
+    def register(self, name: str, **over: str) -> str:
+        tags = {
+            "onnx.sha256": "ab" * 32,
+            "gates.passed": "True",
+            "validation.success": "True",
+            "git.author": "dana@example.com",
+            "git.commit": "0123456789ab",
+            **over,
+        }
         # a remote-looking source: the server refuses local paths; nothing downloads it here
         return self.registry.register(
-            NAME, "s3://modelyard-test/model", run_id="", tags=tags
+            name, "s3://modelyard-test/model", run_id="", tags=tags
         ).version
 
-    def champion(self) -> str | None:
-        found = self.registry.by_alias(NAME, "champion")
+    def champion(self, name: str) -> str | None:
+        found = self.registry.by_alias(name, "champion")
         return found.version if found else None
+
+    def promote(self, name: str, version: str) -> None:
+        """Promote through the review gate and wait for the listener's deploy dispatch."""
+        self.cli("promote", name, version, "--reviewer", "rui@example.com")
+        wait_for(lambda: (name, version) in self.github.dispatched(), 60, f"deploy of v{version}")
 
     def close(self) -> None:
         self.stop_listener()
@@ -149,6 +160,8 @@ class Loop:
 
 @pytest.fixture(scope="module")
 def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
+    """One MLflow server, listener and stand-in GitHub for the module. Each test works on a
+    registered model of its own (``name``), so none depends on what another did before."""
     lp = Loop(tmp_path_factory.mktemp("webhooks"))
     try:
         yield lp
@@ -156,77 +169,107 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
         lp.close()
 
 
+@pytest.fixture
+def name(request: pytest.FixtureRequest) -> str:
+    return f"{NAME}-{request.node.name.removeprefix('test_')[:40]}"
+
+
 @pytest.mark.slow
-def test_promotion_dispatches_the_deploy(loop: Loop) -> None:
-    v1, v2 = loop.register(), loop.register()
+def test_promotion_dispatches_the_deploy(loop: Loop, name: str) -> None:
+    v1, v2 = loop.register(name), loop.register(name)
     assert (v1, v2) == ("1", "2")
-    loop.cli("promote", NAME, v1, "--reviewer", "rui@example.com")
-    wait_for(lambda: (NAME, v1) in loop.github.dispatched(), 60, "the deploy dispatch")
-    request = loop.github.requests[-1]
+    loop.cli("promote", name, v1, "--reviewer", "rui@example.com")
+    wait_for(lambda: (name, v1) in loop.github.dispatched(), 60, "the deploy dispatch")
+    (request,) = [
+        r
+        for r in loop.github.requests
+        if (r["body"] or {}).get("client_payload", {}).get("name") == name
+    ]
     assert request["path"] == "/repos/acme/models/dispatches"
     assert request["auth"] == "Bearer gh-test-token"
     assert request["body"] == {
         "event_type": "model-promoted",
-        "client_payload": {"name": NAME, "version": v1},
+        "client_payload": {"name": name, "version": v1},
     }
 
 
 @pytest.mark.slow
-def test_forged_signature_is_rejected_and_triggers_nothing(loop: Loop) -> None:
-    before = len(loop.github.requests)
-    body = json.dumps({"entity": "model_version_alias", "action": "created",
-                       "data": {"name": NAME, "alias": "champion", "version": "2"}}).encode()  # fmt: skip
-    req = urllib.request.Request(f"http://127.0.0.1:{loop.listen_port}/webhook", data=body, method="POST",
-                                 headers=headers(body, "forged-1", secret="not-the-secret"))  # fmt: skip
+def test_forged_signature_is_rejected_and_triggers_nothing(loop: Loop, name: str) -> None:
+    v1, v2 = loop.register(name), loop.register(name)
+    loop.promote(name, v1)
+    body = json.dumps(
+        {
+            "entity": "model_version_alias",
+            "action": "created",
+            "data": {"name": name, "alias": "champion", "version": v2},
+        }
+    ).encode()
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{loop.listen_port}/webhook",
+        data=body,
+        method="POST",
+        headers=headers(body, f"forged-{name}", secret="not-the-secret"),
+    )
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(req, timeout=5)
     assert err.value.code == 401
     time.sleep(2)
-    assert len(loop.github.requests) == before
-    assert loop.champion() == "1"
+    assert loop.github.dispatched().count((name, v2)) == 0
+    assert loop.champion(name) == v1
 
 
 @pytest.mark.slow
-def test_unapproved_alias_move_is_reverted(loop: Loop) -> None:
-    before = len(loop.github.requests)
-    loop.registry.client.set_registered_model_alias(NAME, "champion", "2")  # what the UI does
-    wait_for(lambda: loop.champion() == "1", 60, "the revert")
-    assert "no approval" in loop.registry.version(NAME, "2").tags["promotion.refused"]
+def test_unapproved_alias_move_is_reverted(loop: Loop, name: str) -> None:
+    v1, v2 = loop.register(name), loop.register(name)
+    loop.promote(name, v1)
+    loop.registry.client.set_registered_model_alias(name, "champion", v2)  # what the UI does
+    wait_for(lambda: loop.champion(name) == v1, 60, "the revert")
+    assert "no approval" in loop.registry.version(name, v2).tags["promotion.refused"]
     time.sleep(1)
-    assert (NAME, "2") not in loop.github.dispatched()[before:]
+    assert (name, v2) not in loop.github.dispatched()
 
 
 @pytest.mark.slow
-def test_reconciler_catches_a_dropped_delivery(loop: Loop) -> None:
+def test_reconciler_catches_a_dropped_delivery(loop: Loop, name: str) -> None:
+    v1 = loop.register(name)
     loop.stop_listener()  # deliveries now go nowhere
-    loop.cli("promote", NAME, "2", "--reviewer", "rui@example.com")
-    assert loop.champion() == "2"
-    assert (NAME, "2") not in loop.github.dispatched()
+    try:
+        loop.cli("promote", name, v1, "--reviewer", "rui@example.com")
+        assert loop.champion(name) == v1
+        assert (name, v1) not in loop.github.dispatched()
 
-    first = loop.cli("registry", "reconcile", NAME)
-    assert "deploy:github:model-promoted" in first.stdout
-    assert loop.github.dispatched().count((NAME, "2")) == 1
-    again = loop.cli("registry", "reconcile", NAME)
-    assert "deploy-pending" in again.stdout
-    assert loop.github.dispatched().count((NAME, "2")) == 1  # idempotent
-    loop.start_listener()
+        first = loop.cli("registry", "reconcile", name)
+        assert "deploy:github:model-promoted" in first.stdout
+        assert loop.github.dispatched().count((name, v1)) == 1
+        again = loop.cli("registry", "reconcile", name)
+        assert "deploy-pending" in again.stdout
+        assert loop.github.dispatched().count((name, v1)) == 1  # idempotent
+    finally:
+        loop.start_listener()
 
 
 @pytest.mark.slow
-def test_rollback_restores_the_previous_champion(loop: Loop) -> None:
-    result = loop.cli("rollback", NAME, "--actor", "oncall")
-    assert "v2 -> v1" in result.stdout
-    assert loop.champion() == "1"
+def test_rollback_restores_the_previous_champion(loop: Loop, name: str) -> None:
+    v1, v2 = loop.register(name), loop.register(name)
+    loop.promote(name, v1)
+    loop.promote(name, v2)
+    result = loop.cli("rollback", name, "--actor", "oncall")
+    assert f"v{v2} -> v{v1}" in result.stdout
+    assert loop.champion(name) == v1
     # the listener sees an approved champion and triggers its deploy
-    wait_for(lambda: loop.github.dispatched()[-1:] == [(NAME, "1")], 60, "the rollback deploy")
+    wait_for(lambda: loop.github.dispatched().count((name, v1)) == 2, 60, "the rollback deploy")
 
 
 @pytest.mark.slow
-def test_a_late_delivery_for_an_old_move_deploys_nothing(loop: Loop) -> None:
+def test_a_late_delivery_for_an_old_move_deploys_nothing(loop: Loop, name: str) -> None:
     """MLflow retries deliveries; one that arrives after champion moved on is stale."""
     from registry.webhooks import handle
 
-    assert loop.champion() == "1"
+    v1, v2 = loop.register(name), loop.register(name)
+    loop.promote(name, v1)
+    loop.promote(name, v2)
+    loop.cli("rollback", name, "--actor", "oncall")
+    assert loop.champion(name) == v1
     sent: list[tuple[str, str]] = []
 
     class Recorder:
@@ -234,7 +277,10 @@ def test_a_late_delivery_for_an_old_move_deploys_nothing(loop: Loop) -> None:
             sent.append((name, version))
             return "recorded"
 
-    late = {"entity": "model_version_alias", "action": "created",
-            "data": {"name": NAME, "alias": "champion", "version": "2"}}  # fmt: skip
+    late = {
+        "entity": "model_version_alias",
+        "action": "created",
+        "data": {"name": name, "alias": "champion", "version": v2},
+    }
     assert handle(late, loop.registry, Recorder()) == "stale"
-    assert sent == [] and loop.champion() == "1"
+    assert sent == [] and loop.champion(name) == v1
