@@ -184,23 +184,128 @@ def deploy_containerize(
     github_output(image=made.by_digest, digest=made.digest, bento_tag=built.bento_tag)
 
 
-@deploy_app.command("apply", epilog=EXIT_CODES)
-def deploy_apply(
-    image: Annotated[str, typer.Option(help="The pushed image, REGISTRY/NAME:TAG.")],
-    namespace: Annotated[str | None, typer.Option(help="Kubernetes namespace.")] = None,
-    timeout: Annotated[int, typer.Option(help="Seconds to wait for the rollout.")] = 300,
-) -> None:
-    """`kubectl apply -k` services/k8s with IMAGE, then wait for the rollout.
+EnvOpt = Annotated[
+    str, typer.Option("--env", help="staging or production (services/k8s/overlays).")
+]
+ReleaseModel = Annotated[
+    str, typer.Argument(help="NAME/VERSION (or NAME@ALIAS) of the registered model to deploy.")
+]
+ImageOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="The API's image, REGISTRY/NAME@sha256:... Default: the one `deploy "
+        "containerize --push` recorded on the version (tag deployed.image)."
+    ),
+]
+WebappImageOpt = Annotated[
+    str | None,
+    typer.Option(help="Also deploy the web application, from this image (by digest)."),
+]
+MonitorImageOpt = Annotated[
+    str | None,
+    typer.Option(help="Also deploy the drift CronJob, from this image (by digest)."),
+]
+TimeoutOpt = Annotated[int, typer.Option(help="Seconds to wait for each rollout.")]
 
-    Cluster credentials: $KUBE_CONFIG (a kubeconfig's content, as the workflow's secret),
-    else kubectl's own configuration ($KUBECONFIG, ~/.kube/config).
+
+def _release(
+    params_file: Path,
+    env: str,
+    model: str,
+    image: str | None,
+    webapp_image: str | None,
+    monitor_image: str | None,
+) -> Any:
+    from services import build, deploy
+    from services import image as images
+
+    match = build.REF.match(model)
+    if image is None or not match or not match["version"]:
+        registry = open_registry(params_file)
+        version = guard("deploy", lambda: build.resolve(registry, model))
+        name, number = version.name, version.version
+        if image is None:
+            image = guard("deploy", lambda: images.recorded(version))
+    else:
+        name, number = match["name"], match["version"]
+    return guard(
+        "deploy",
+        lambda: deploy.Release(env, image, name, number, webapp_image, monitor_image),
+    )
+
+
+def _secrets() -> Any:
+    from services import deploy
+
+    current = settings.current()
+    secret = current.webapp_secret
+    return deploy.Secrets(current.api_keys or "", secret.get_secret_value() if secret else None)
+
+
+@deploy_app.command("render", epilog=EXIT_CODES)
+def deploy_render(
+    model: ReleaseModel,
+    env: EnvOpt = "staging",
+    image: ImageOpt = None,
+    webapp_image: WebappImageOpt = None,
+    monitor_image: MonitorImageOpt = None,
+    params_file: ParamsOpt = PARAMS,
+) -> None:
+    """Print the manifests `deploy apply` would apply (kubectl kustomize), Secret included.
+
+    Keys come from MODELYARD_API_KEYS (and MODELYARD_WEBAPP_SECRET with --webapp-image).
     """
     from services import deploy
 
+    release = _release(params_file, env, model, image, webapp_image, monitor_image)
+    typer.echo(guard("deploy render", lambda: deploy.render(release, _secrets())), nl=False)
+
+
+@deploy_app.command("apply", epilog=EXIT_CODES)
+def deploy_apply(
+    model: ReleaseModel,
+    env: EnvOpt = "staging",
+    image: ImageOpt = None,
+    webapp_image: WebappImageOpt = None,
+    monitor_image: MonitorImageOpt = None,
+    timeout: TimeoutOpt = 300,
+    params_file: ParamsOpt = PARAMS,
+) -> None:
+    """Apply the release to the environment's namespace and wait for the rollout.
+
+    The API-keys Secret is made from MODELYARD_API_KEYS (the deploy workflow passes the
+    repository secret). Cluster credentials: $KUBE_CONFIG (a kubeconfig's content, as the
+    workflow's secret), else kubectl's own configuration. On a failed rollout nothing is
+    undone here: the workflow runs `deploy undo`.
+    """
+    from services import deploy
+
+    release = _release(params_file, env, model, image, webapp_image, monitor_image)
+    guard(
+        "deploy apply",
+        lambda: deploy.apply(release, _secrets(), timeout_s=timeout, kubeconfig=_kubeconfig()),
+    )
+    console.print(
+        f"deploy apply: {release.namespace}/{deploy.API} runs {release.model} "
+        f"v{release.version} ({release.image})"
+    )
+
+
+@deploy_app.command("undo", epilog=EXIT_CODES)
+def deploy_undo(env: EnvOpt = "staging", timeout: TimeoutOpt = 300) -> None:
+    """`kubectl rollout undo` the API in ENV: back to the previous ReplicaSet."""
+    from services import deploy
+
+    guard(
+        "deploy undo",
+        lambda: deploy.undo(env, timeout_s=timeout, kubeconfig=_kubeconfig()),
+    )
+    console.print(f"deploy undo: {deploy.namespace(env)}/{deploy.API} rolled back")
+
+
+def _kubeconfig() -> str | None:
     secret = settings.current().kube_config
-    kubeconfig = secret.get_secret_value() if secret else None
-    guard("deploy apply", lambda: deploy.apply(image, namespace, timeout, kubeconfig))
-    console.print(f"deploy apply: deployment/{deploy.DEPLOYMENT} runs {image}")
+    return secret.get_secret_value() if secret else None
 
 
 @deploy_app.command("record", epilog=EXIT_CODES)

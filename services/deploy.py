@@ -1,19 +1,38 @@
-"""Roll a pushed image out to Kubernetes: ``modelyard deploy apply``.
+"""Roll a pushed image out to Kubernetes: ``modelyard deploy render|apply|undo``.
 
-``kubectl apply -k <overlay>``: an overlay over ``services/k8s`` whose ``images:``
-entry points the Deployment at the pushed image, then ``kubectl rollout status``. The
-image itself is built and pushed by ``services/image.py``.
+The manifests live in ``services/k8s``: a kustomize ``base`` (the model API, its
+autoscaler, disruption budget, network policy, Ingress, the shared inference-log volume
+and the drift CronJob), ``overlays/<env>`` (namespace, host, scale) and
+``components/webapp`` (the web application, when its image is given). A release adds,
+in a temporary overlay over ``overlays/<env>``:
+
+- the image **by digest** (``REGISTRY/NAME@sha256:...``, as ``deploy containerize``
+  records it on the version): a tag can move, a digest cannot;
+- the model's name and version as labels (and the change-cause ``kubectl rollout
+  history`` shows);
+- the ``modelyard-api-keys`` Secret from ``MODELYARD_API_KEYS`` (in the workflow, a
+  GitHub secret), through a secretGenerator: its name carries a hash of the content, so
+  a rotated key rolls the pods.
+
+``render`` is ``kubectl kustomize`` of that overlay; ``apply`` applies exactly that and
+waits for the rollout; ``undo`` is ``kubectl rollout undo``. Reads ``services/k8s``;
+writes only the temporary overlay (keys at 0600, removed afterwards) and the cluster.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -21,76 +40,231 @@ from core.errors import ConfigError, DeployError
 
 log = logging.getLogger(__name__)
 
-K8S_BASE = Path(__file__).resolve().parent / "k8s"
-DEPLOYMENT = "modelyard"
+K8S = Path(__file__).resolve().parent / "k8s"
+ENVIRONMENTS = ("staging", "production")
+API = "modelyard-api"
+WEBAPP = "modelyard-webapp"
+MONITOR = "modelyard-monitor"
+SECRET = "modelyard-api-keys"
+MODEL_LABEL = "modelyard.dev/model"
+VERSION_LABEL = "modelyard.dev/model-version"
+BY_DIGEST = re.compile(r"^(?P<name>[a-z0-9][a-z0-9._:/-]*)@(?P<digest>sha256:[0-9a-f]{64})$")
+LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$")
 
 
-def _tool(name: str, why: str) -> str:
-    found = shutil.which(name)
+@dataclass(frozen=True)
+class Release:
+    """What one deploy puts into one environment."""
+
+    env: str
+    image: str  # the API's image, REGISTRY/NAME@sha256:...
+    model: str
+    version: str
+    webapp_image: str | None = None
+    monitor_image: str | None = None  # the project's own image, for the drift CronJob
+
+    def __post_init__(self) -> None:
+        if self.env not in ENVIRONMENTS:
+            raise ConfigError(f"--env {self.env!r}: expected one of {', '.join(ENVIRONMENTS)}")
+        refs = (
+            ("--image", self.image),
+            ("--webapp-image", self.webapp_image),
+            ("--monitor-image", self.monitor_image),
+        )
+        for option, ref in refs:
+            if ref is not None and not BY_DIGEST.match(ref):
+                raise ConfigError(
+                    f"{option} {ref!r}: deploy by digest, REGISTRY/NAME@sha256:<64 hex> "
+                    "(what `modelyard deploy containerize --push` prints and records)"
+                )
+        for what, value in (("model name", self.model), ("model version", self.version)):
+            if not LABEL_VALUE.match(value):
+                raise ConfigError(f"{what} {value!r} cannot be a Kubernetes label value")
+
+    @property
+    def namespace(self) -> str:
+        return namespace(self.env)
+
+
+@dataclass(frozen=True)
+class Secrets:
+    """The Secret's content: the API's keys (comma-separated; the first is the web
+    application's) and the web application's form-signing secret."""
+
+    api_keys: str
+    webapp_secret: str | None = None
+
+    def env_file(self, webapp: bool) -> str:
+        keys = [k.strip() for k in self.api_keys.split(",") if k.strip()]
+        if not keys:
+            raise ConfigError(
+                "MODELYARD_API_KEYS is empty: the API would be open to anyone. Set it (in "
+                "the deploy workflow: the repository secret MODELYARD_API_KEYS)"
+            )
+        if any("\n" in k or "=" in k for k in keys):
+            raise ConfigError("MODELYARD_API_KEYS: a key may not hold '=' or a line break")
+        lines = [f"keys={','.join(keys)}"]
+        if webapp:
+            if not self.webapp_secret:
+                raise ConfigError(
+                    "MODELYARD_WEBAPP_SECRET is not set: the web application's replicas "
+                    "need one shared secret to sign their forms"
+                )
+            lines += [f"webapp-key={keys[0]}", f"webapp-secret={self.webapp_secret}"]
+        return "\n".join(lines) + "\n"
+
+
+def namespace(env: str) -> str:
+    """The namespace ``overlays/<env>`` deploys into."""
+    spec = yaml.safe_load((K8S / "overlays" / env / "kustomization.yaml").read_text())
+    return str(spec["namespace"])
+
+
+def overlay(release: Release, folder: Path) -> dict[str, Any]:
+    """The kustomization of one release, written in ``folder``: every path in it is
+    relative to ``folder`` (kustomize v5 refuses an absolute one)."""
+    images, components = [], []
+    for placeholder, ref, component in (
+        (API, release.image, None),
+        (WEBAPP, release.webapp_image, "webapp"),
+        (MONITOR, release.monitor_image, "drift"),
+    ):
+        if ref is None:
+            continue
+        name, _, digest = ref.partition("@")
+        images.append({"name": placeholder, "newName": name, "digest": digest})
+        if component:
+            components.append(os.path.relpath(K8S / "components" / component, folder))
+    labels = {MODEL_LABEL: release.model, VERSION_LABEL: release.version}
+    cause = f"{release.model} v{release.version} ({release.image})"
+    model_patch = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": API,
+            "labels": labels,
+            "annotations": {"kubernetes.io/change-cause": cause},
+        },
+        "spec": {"template": {"metadata": {"labels": labels}}},
+    }
+    spec: dict[str, Any] = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "namespace": release.namespace,
+        "resources": [os.path.relpath(K8S / "overlays" / release.env, folder)],
+        "components": components,
+        "labels": [
+            {
+                "pairs": {
+                    "app.kubernetes.io/part-of": "modelyard",
+                    "app.kubernetes.io/instance": release.env,
+                },
+                "includeTemplates": True,
+            }
+        ],
+        "images": images,
+        "secretGenerator": [{"name": SECRET, "envs": ["api-keys.env"]}],
+        "patches": [{"patch": yaml.safe_dump(model_patch, sort_keys=False)}],
+    }
+    if not components:
+        del spec["components"]
+    return spec
+
+
+@contextmanager
+def _overlay_dir(release: Release, secrets: Secrets) -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="modelyard-deploy-") as tmp:
+        folder = Path(tmp) / "overlay"
+        folder.mkdir()
+        keys = folder / "api-keys.env"
+        keys.touch(mode=0o600)
+        keys.write_text(secrets.env_file(webapp=release.webapp_image is not None))
+        (folder / "kustomization.yaml").write_text(
+            yaml.safe_dump(overlay(release, folder), sort_keys=False)
+        )
+        yield folder
+
+
+def _kubectl() -> str:
+    found = shutil.which("kubectl")
     if found is None:
-        raise DeployError(f"`{name}` is not on PATH: {why}")
+        raise DeployError("`kubectl` is not on PATH: install kubectl 1.27+ (kustomize v5)")
     return found
 
 
-def _run(cmd: list[str], what: str, env: dict[str, str] | None = None) -> None:
+def _run(cmd: list[str], what: str, env: dict[str, str] | None = None) -> str:
     log.info("$ %s", " ".join(cmd))
-    done = subprocess.run(cmd, env=env, stdout=sys.stderr, stderr=subprocess.STDOUT, check=False)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if done.returncode != 0:
-        raise DeployError(f"{what} failed (exit {done.returncode}): {' '.join(cmd)}")
+        raise DeployError(
+            f"{what} failed (exit {done.returncode}): {' '.join(cmd)}\n{done.stderr.strip()}"
+        )
+    if done.stderr:
+        sys.stderr.write(done.stderr)
+    return done.stdout
 
 
-def overlay(image: str, namespace: str | None = None) -> dict[str, object]:
-    """The kustomization that deploys ``image`` over the base in services/k8s."""
-    name, _, tag = image.rpartition(":")
-    if not name or "/" in tag:
-        raise ConfigError(f"--image {image!r}: expected REGISTRY/NAME:TAG")
-    kustomization: dict[str, object] = {
-        "apiVersion": "kustomize.config.k8s.io/v1beta1",
-        "kind": "Kustomization",
-        "resources": [str(K8S_BASE)],
-        "images": [{"name": "modelyard", "newName": name, "newTag": tag}],
-    }
-    if namespace:
-        kustomization["namespace"] = namespace
-    return kustomization
+def render(release: Release, secrets: Secrets) -> str:
+    """The manifests ``apply`` would apply, as YAML (``kubectl kustomize``)."""
+    kubectl = _kubectl()
+    with _overlay_dir(release, secrets) as folder:
+        return _run([kubectl, "kustomize", str(folder)], "kubectl kustomize")
 
 
-def apply(
-    image: str, namespace: str | None = None, timeout_s: int = 300, kubeconfig: str | None = None
-) -> None:
-    """``kubectl apply -k`` the overlay and wait for the rollout to finish.
-
-    ``kubeconfig`` is a kubeconfig's content (the workflow's KUBE_CONFIG secret); it is
-    written to a private temporary file for kubectl and removed afterwards.
-    """
-    kubectl = _tool(
-        "kubectl",
-        "install kubectl and configure cluster credentials "
-        "(the deploy workflow skips this step when KUBE_CONFIG is not set).",
-    )
-    ns = ["--namespace", namespace] if namespace else []
-    with tempfile.TemporaryDirectory(prefix="modelyard-deploy-") as tmp:
-        env = {**os.environ}
+@contextmanager
+def _cluster(kubeconfig: str | None) -> Iterator[dict[str, str]]:
+    """kubectl's environment: ``kubeconfig`` (a kubeconfig's content, the workflow's
+    KUBE_CONFIG secret) in a private temporary file, else kubectl's own configuration."""
+    env = dict(os.environ)
+    with tempfile.TemporaryDirectory(prefix="modelyard-kube-") as tmp:
         if kubeconfig:
             config = Path(tmp) / "kubeconfig"
             config.touch(mode=0o600)
             config.write_text(kubeconfig)
             env["KUBECONFIG"] = str(config)
-        layer = Path(tmp) / "overlay"
-        layer.mkdir()
-        (layer / "kustomization.yaml").write_text(
-            yaml.safe_dump(overlay(image, namespace), sort_keys=False)
-        )
-        _run([kubectl, "apply", "-k", str(layer), *ns], "kubectl apply", env)
+        yield env
+
+
+def apply(
+    release: Release, secrets: Secrets, *, timeout_s: int = 300, kubeconfig: str | None = None
+) -> None:
+    """Apply the rendered release and wait until every Deployment in it has rolled out.
+
+    Raises DeployError when kubectl fails or the rollout does not finish in time; the
+    caller decides whether to ``undo``."""
+    kubectl = _kubectl()
+    manifests = render(release, secrets)
+    ns = ["--namespace", release.namespace]
+    with _cluster(kubeconfig) as env, tempfile.TemporaryDirectory() as tmp:
+        rendered = Path(tmp) / "release.yaml"
+        rendered.touch(mode=0o600)  # it holds the keys
+        rendered.write_text(manifests)
+        _run([kubectl, "apply", "-f", str(rendered), *ns], "kubectl apply", env)
+        for deployment in (API, WEBAPP) if release.webapp_image else (API,):
+            _run(
+                [
+                    kubectl,
+                    "rollout",
+                    "status",
+                    f"deployment/{deployment}",
+                    *ns,
+                    f"--timeout={timeout_s}s",
+                ],
+                f"rollout of {deployment}",
+                env,
+            )
+
+
+def undo(env_name: str, *, timeout_s: int = 300, kubeconfig: str | None = None) -> None:
+    """``kubectl rollout undo`` the API: back to the previous ReplicaSet (image, labels)."""
+    if env_name not in ENVIRONMENTS:
+        raise ConfigError(f"--env {env_name!r}: expected one of {', '.join(ENVIRONMENTS)}")
+    kubectl = _kubectl()
+    ns = ["--namespace", namespace(env_name)]
+    with _cluster(kubeconfig) as env:
+        _run([kubectl, "rollout", "undo", f"deployment/{API}", *ns], "kubectl rollout undo", env)
         _run(
-            [
-                kubectl,
-                "rollout",
-                "status",
-                f"deployment/{DEPLOYMENT}",
-                f"--timeout={timeout_s}s",
-                *ns,
-            ],
-            "kubectl rollout status",
+            [kubectl, "rollout", "status", f"deployment/{API}", *ns, f"--timeout={timeout_s}s"],
+            "rollout (undo)",
             env,
         )

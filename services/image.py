@@ -37,10 +37,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from core import tools
-from core.errors import ConfigError, DeployError
+from core.errors import ConfigError, DeployError, RegistryError
 
 if TYPE_CHECKING:
-    from registry.client import Registry
+    from registry.client import Registry, Version
 
 log = logging.getLogger(__name__)
 
@@ -309,3 +309,14 @@ def record(registry: Registry, name: str, version: str, image: Image) -> None:
     registry.set_version_tags(
         name, version, {IMAGE_DIGEST_TAG: image.digest, IMAGE_REF_TAG: image.by_digest}
     )
+
+
+def recorded(version: Version) -> str:
+    """The image ``deploy containerize --push`` recorded on ``version``, by digest."""
+    found = version.tags.get(IMAGE_REF_TAG)
+    if not found:
+        raise RegistryError(
+            f"{version.name} v{version.version} has no {IMAGE_REF_TAG} tag: run `modelyard "
+            f"deploy containerize {version.name}/{version.version} --push REGISTRY` first"
+        )
+    return found

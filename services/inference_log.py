@@ -134,16 +134,17 @@ class ReadStats:
 def read(
     directory: Path, stats: ReadStats | None = None, newer_than: float | None = None
 ) -> Iterator[dict[str, Any]]:
-    """Every complete record in ``directory``, oldest file first; malformed lines are
-    skipped and counted in ``stats``. ``newer_than`` (a UNIX time) skips whole files last
-    written before it: none of their records can be newer."""
+    """Every complete record in ``directory`` and its direct subfolders (one per pod when
+    several replicas share the volume), oldest file first; malformed lines are skipped and
+    counted in ``stats``. ``newer_than`` (a UNIX time) skips whole files last written
+    before it: none of their records can be newer."""
     stats = stats if stats is not None else ReadStats()
-    for path in sorted(
-        directory.glob(f"{PREFIX}*{SUFFIX}"), key=lambda p: (p.stat().st_mtime, p.name)
-    ):
+    pattern = f"{PREFIX}*{SUFFIX}"
+    files = [*directory.glob(pattern), *directory.glob(f"*/{pattern}")]
+    for path in sorted(files, key=lambda p: (p.stat().st_mtime, p.name)):
         if newer_than is not None and path.stat().st_mtime < newer_than:
             continue
-        stats.files.append(path.name)
+        stats.files.append(str(path.relative_to(directory)))
         with open(path, "rb") as fh:
             for line in fh:
                 if not line.endswith(b"\n"):

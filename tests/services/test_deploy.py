@@ -1,52 +1,22 @@
-"""`modelyard build|deploy apply|deploy record`: the steps of deploy.yml, run here.
+"""`modelyard build` and `deploy record`: the first and last steps of deploy.yml.
 
-(`deploy containerize` builds, pushes and runs a real image in test_image.py.) There is
-no cluster on this machine, so `kubectl` is a recording stand-in on PATH for `apply`.
+The steps between are tested with the real tools: `deploy containerize` (buildah, a
+registry, the image answering from inside) in test_image.py, `deploy render|apply|undo`
+(kubectl kustomize, strict schema validation) in test_k8s.py.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import stat
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
-from services import deploy
 from tests.conftest import FAST_TRAIN, FakeGitHub, Project, modelyard, new_project
 
 pytestmark = pytest.mark.slow
 
 NAME = "digits-classifier"
-
-FAKE_KUBECTL = """#!/usr/bin/env bash
-python3 - "$@" <<'PY'
-import json, os, sys
-args = sys.argv[1:]
-entry = {"args": args, "kubeconfig": os.environ.get("KUBECONFIG")}
-if args[:2] == ["apply", "-k"]:
-    entry["kustomization"] = open(os.path.join(args[2], "kustomization.yaml")).read()
-    cfg = os.environ.get("KUBECONFIG")
-    if cfg:
-        entry["kubeconfig_mode"] = oct(os.stat(cfg).st_mode & 0o777)
-        entry["kubeconfig_content"] = open(cfg).read()
-with open(os.environ["FAKE_LOG"], "a") as log:
-    log.write(json.dumps(entry) + "\\n")
-PY
-"""
-
-
-def fake_tool(folder: Path, name: str, script: str) -> None:
-    path = folder / name
-    path.write_text(script)
-    path.chmod(path.stat().st_mode | stat.S_IEXEC)
-
-
-def calls(log: Path) -> list[dict[str, object]]:
-    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
 
 @pytest.fixture(scope="module")
@@ -78,48 +48,6 @@ def test_build_writes_the_step_outputs(built: tuple[Project, dict[str, str]]) ->
     outputs = dict(line.split("=", 1) for line in Path(env["GITHUB_OUTPUT"]).read_text().split())
     assert outputs["model_name"] == NAME and outputs["model_version"] == "1"
     assert outputs["bento_tag"].startswith(f"{NAME}:v1-")
-
-
-def test_apply_renders_the_overlay_and_waits_for_the_rollout(tmp_path: Path) -> None:
-    tools = tmp_path / "bin"
-    tools.mkdir()
-    fake_tool(tools, "kubectl", FAKE_KUBECTL)
-    log = tmp_path / "kubectl.jsonl"
-    image = "ghcr.io/acme/models/digits-classifier:v3-abc"
-    env = {
-        "FAKE_LOG": str(log),
-        "PATH": f"{tools}{os.pathsep}{os.environ['PATH']}",
-        "KUBE_CONFIG": "apiVersion: v1\nkind: Config\n",
-    }
-    done = modelyard(tmp_path, "deploy", "apply", "--image", image, "--namespace", "ml", env=env)
-    assert "deployment/modelyard runs" in done.stdout
-    apply_call, rollout = calls(log)
-    overlay = yaml.safe_load(apply_call["kustomization"])  # type: ignore[arg-type]
-    assert overlay["resources"] == [str(deploy.K8S_BASE)]
-    assert overlay["images"] == [
-        {"name": "modelyard", "newName": image.rsplit(":", 1)[0], "newTag": "v3-abc"}
-    ]
-    assert overlay["namespace"] == "ml"
-    assert apply_call["kubeconfig_mode"] == "0o600"
-    assert apply_call["kubeconfig_content"] == env["KUBE_CONFIG"]
-    assert not Path(str(apply_call["kubeconfig"])).exists()  # removed afterwards
-    assert rollout["args"][:3] == ["rollout", "status", "deployment/modelyard"]  # type: ignore[index]
-
-
-def test_the_base_manifests_deploy_the_image_the_overlay_replaces() -> None:
-    base = yaml.safe_load((deploy.K8S_BASE / "kustomization.yaml").read_text())
-    docs = {
-        name: yaml.safe_load((deploy.K8S_BASE / name).read_text()) for name in base["resources"]
-    }
-    container = docs["deployment.yaml"]["spec"]["template"]["spec"]["containers"][0]
-    assert container["image"] == "modelyard"  # what overlay()'s images: entry matches
-    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
-    assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
-    volume = docs["deployment.yaml"]["spec"]["template"]["spec"]["volumes"][0]
-    assert (
-        volume["persistentVolumeClaim"]["claimName"]
-        == docs["inference-log-pvc.yaml"]["metadata"]["name"]
-    )
 
 
 def test_record_then_reconcile_is_in_sync(built: tuple[Project, dict[str, str]]) -> None:

@@ -20,7 +20,9 @@ import importlib.metadata
 import json
 import os
 import re
+import shlex
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -35,7 +37,7 @@ import numpy as np
 import pytest
 import yaml
 
-from services import build
+from services import build, inference_log
 from tests.conftest import FAST_TRAIN, REPO, Project, free_port, kill_tree, modelyard, new_project
 
 NAME = "digits-classifier"
@@ -71,10 +73,15 @@ def http(
         return e.code, e.read(), dict(e.headers)
 
 
-def wait_for(url: str, proc: subprocess.Popen[bytes] | None, what: str, seconds: int) -> None:
+def wait_for(
+    url: str, proc: subprocess.Popen[bytes] | None, what: str, seconds: int, log: Path | None = None
+) -> None:
     for _ in range(seconds * 4):
         if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"{what} exited with {proc.returncode} before it was ready")
+            said = log.read_text()[-3000:] if log else ""
+            raise AssertionError(
+                f"{what} exited with {proc.returncode} before it was ready\n{said}"
+            )
         try:
             if http(url)[0] == 200:
                 return
@@ -323,6 +330,114 @@ def test_the_image_runs_as_the_bento_user_without_build_tools(
     uid, *found = done.stdout.split()
     assert uid == "1034"  # BentoML's user, not root: the k8s securityContext relies on it
     assert found == [], f"build-only tools shipped in the image: {found}"
+
+
+def run_as_deployed(
+    pushed: Pushed, container: str, volume: Path, argv: list[str], *, background: bool = False
+) -> Any:
+    """Run ``argv`` from the image the way the rendered staging Deployment runs it: its
+    user and groups, a read-only root filesystem, an empty writable /tmp, the log volume
+    at its mount path, and its env as Kubernetes expands it (pod name, secret key).
+    unshare + chroot: a mount namespace of its own, the host's network; /etc/hosts and
+    resolv.conf are bind-mounted as the kubelet does."""
+    done = modelyard(
+        REPO,
+        "deploy",
+        "render",
+        f"{NAME}/1",
+        "--env",
+        "staging",
+        "--image",
+        pushed.outputs["image"],
+        env={"MODELYARD_API_KEYS": KEY},
+    )
+    (api,) = [d for d in yaml.safe_load_all(done.stdout) if d and d["kind"] == "Deployment"]
+    pod = api["spec"]["template"]["spec"]
+    (spec,) = pod["containers"]
+    user = pod["securityContext"]
+    assert spec["securityContext"]["readOnlyRootFilesystem"] is True
+    mounts = {m["mountPath"]: m["name"] for m in spec["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    log_mount = next(p for p, n in mounts.items() if "persistentVolumeClaim" in volumes[n])
+    assert "emptyDir" in volumes[mounts["/tmp"]]
+    config = json.loads(
+        subprocess.run(
+            ["buildah", "inspect", "--type", "container", container],
+            env=pushed.env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )["OCIv1"]["config"]
+    env = dict(item.split("=", 1) for item in config["Env"])
+    for item in spec["env"]:
+        if "value" in item:
+            env[item["name"]] = re.sub(r"\$\((\w+)\)", lambda m: env[m[1]], item["value"])
+        elif "fieldRef" in item["valueFrom"]:
+            env[item["name"]] = "modelyard-api-5d8c7-x2x9q"  # metadata.name of this "pod"
+        else:
+            env[item["name"]] = KEY  # the generated Secret holds the keys given to render
+    # fsGroup: the volume belongs to that group, group-writable, setgid.
+    os.chown(volume, 0, user["fsGroup"])
+    volume.chmod(0o2775)
+    root = subprocess.run(
+        ["buildah", "mount", container], env=pushed.env, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assignments = " ".join(shlex.quote(f"{k}={v}") for k, v in env.items())
+    command = " ".join(shlex.quote(a) for a in argv)
+    script = f"""set -e
+mount --bind {root} {root}
+mkdir -p {root}{log_mount}
+mount -t proc proc {root}/proc
+mount --rbind /dev {root}/dev
+mount -t tmpfs -o mode=1777 tmpfs {root}/tmp
+mount --bind {volume} {root}{log_mount}
+touch {root}/etc/hosts {root}/etc/resolv.conf
+mount --bind /etc/hosts {root}/etc/hosts
+mount --bind /etc/resolv.conf {root}/etc/resolv.conf
+mount -o remount,bind,ro {root}
+exec chroot --userspec={user["runAsUser"]}:{user["runAsGroup"]} --groups={user["fsGroup"]} \
+  {root} /usr/bin/env -i {assignments} sh -c 'cd {config["WorkingDir"]} && exec "$@"' - {command}
+"""
+    cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script]
+    if background:
+        with open(volume.parent / "serve.log", "wb") as out:
+            return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    return subprocess.run(cmd, capture_output=True, text=True)
+
+
+@pytest.mark.slow
+def test_the_image_serves_as_the_deployment_runs_it(
+    pushed: Pushed, container: str, tmp_path: Path
+) -> None:
+    """The manifests' promises hold for this image: it serves with a read-only root
+    filesystem as uid 1034, writes only to /tmp and to its own folder of the log volume."""
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    probe = run_as_deployed(
+        pushed, container, volume, ["sh", "-c", "id -u; touch /home/bentoml/probe"]
+    )
+    assert probe.stdout.split() == ["1034"] and "Read-only file system" in probe.stderr
+    port = free_port()
+    proc = run_as_deployed(
+        pushed, container, volume, [ENTRYPOINT, "--port", str(port)], background=True
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_for(f"{url}/readyz", proc, "the service, run as deployed", 120, tmp_path / "serve.log")
+        auth = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+        row = [[0.0] * 64]
+        status, body, _ = http(
+            f"{url}/v1/predict", method="POST", body={"inputs": row}, headers=auth
+        )
+        assert status == 200, body
+    finally:
+        kill_tree(proc.pid)
+    (folder,) = volume.iterdir()  # the pod's own folder, private to the service's user
+    assert folder.name == "modelyard-api-5d8c7-x2x9q"
+    assert folder.stat().st_uid == 1034 and stat.S_IMODE(folder.stat().st_mode) == 0o700
+    records = list(inference_log.read(volume))  # what the drift CronJob reads
+    assert [r["type"] for r in records] == ["prediction"]
 
 
 @pytest.mark.slow

@@ -109,3 +109,18 @@ def test_log_is_private_to_its_owner(tmp_path: Path) -> None:
         assert stat.S_IMODE(directory.stat().st_mode) == 0o700
         files = list(directory.glob("inference-*.jsonl"))
         assert files and {stat.S_IMODE(f.stat().st_mode) for f in files} == {0o600}
+
+
+def test_read_covers_every_pods_folder(tmp_path: Path) -> None:
+    """Several replicas share one volume, each writing its own folder (MODELYARD_LOG_DIR=
+    /var/log/modelyard/<pod> in services/k8s); the drift job reads the volume's root."""
+    for pod, ids in (("api-7d9-a", [1, 2]), ("api-7d9-b", [3])):
+        log = InferenceLog(tmp_path / pod)
+        log.append([{"id": i} for i in ids])
+        log.close()
+    stray = tmp_path / "api-7d9-a" / "deeper"
+    stray.mkdir()
+    (stray / "inference-x.jsonl").write_text('{"id": 99}\n')  # not a pod's folder: ignored
+    stats = ReadStats()
+    assert sorted(r["id"] for r in read(tmp_path, stats)) == [1, 2, 3]
+    assert sorted(f.split("/")[0] for f in stats.files) == ["api-7d9-a", "api-7d9-b"]

@@ -1,0 +1,401 @@
+"""services/k8s as a cluster would receive it: every overlay and every release rendered by
+the real `kubectl kustomize` (kustomize v5), validated strictly against the Kubernetes
+schema (kubernetes-validate, offline), then checked against the rules a scaling,
+locked-down deployment needs. There is no cluster here: `deploy apply` and `deploy undo`
+are run with real kubectl against an address where nothing listens.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from services import deploy
+from tests.conftest import REPO, free_port, modelyard
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("kubectl") is None, reason="kubectl (1.27+, kustomize v5) is not installed"
+)
+
+DIGEST = "sha256:" + "ab" * 32
+IMAGE = f"ghcr.io/acme/models/digits-classifier@{DIGEST}"
+WEBAPP = f"ghcr.io/acme/models/modelyard-webapp@sha256:{'cd' * 32}"
+MONITOR = f"ghcr.io/acme/models/modelyard-monitor@sha256:{'ef' * 32}"
+KEYS = "key-one,key-two"
+# The cluster's kubectl (1.32) and the newest schema the validator knows.
+K8S_VERSIONS = ("1.32.0", kubernetes_validate.latest_version())
+NAMESPACED = {
+    "Deployment",
+    "Service",
+    "HorizontalPodAutoscaler",
+    "PodDisruptionBudget",
+    "NetworkPolicy",
+    "Ingress",
+    "PersistentVolumeClaim",
+    "CronJob",
+    "Secret",
+    "ServiceAccount",
+}
+
+
+def kustomize(folder: Path) -> list[dict[str, Any]]:
+    done = subprocess.run(["kubectl", "kustomize", str(folder)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+
+
+def render(env: str, *extra: str, keys: str = KEYS) -> list[dict[str, Any]]:
+    """What `modelyard deploy apply` would apply: `deploy render`, the same code path."""
+    done = modelyard(
+        REPO,
+        "deploy",
+        "render",
+        "digits-classifier/3",
+        "--env",
+        env,
+        "--image",
+        IMAGE,
+        *extra,
+        env={"MODELYARD_API_KEYS": keys, "MODELYARD_WEBAPP_SECRET": "form-secret"},
+    )
+    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
+
+
+def pod_specs(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    specs = {name: d["spec"]["template"] for name, d in by_kind(docs, "Deployment").items()}
+    for name, job in by_kind(docs, "CronJob").items():
+        specs[name] = job["spec"]["jobTemplate"]["spec"]["template"]
+    return specs
+
+
+def validate(docs: list[dict[str, Any]]) -> None:
+    for version in K8S_VERSIONS:
+        for doc in docs:
+            try:
+                kubernetes_validate.validate(doc, version, strict=True)
+            except kubernetes_validate.ValidationError as exc:
+                raise AssertionError(
+                    f"{doc['kind']}/{doc['metadata']['name']} is invalid for Kubernetes "
+                    f"{version}: {exc.message} at {list(exc.path)}"
+                ) from None
+
+
+OVERLAYS = sorted((deploy.K8S / "overlays").iterdir())
+
+
+def test_every_overlay_is_one_of_the_environments() -> None:
+    assert [p.name for p in OVERLAYS] == sorted(deploy.ENVIRONMENTS)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
+def test_every_overlay_renders_and_validates_strictly(overlay: Path) -> None:
+    docs = kustomize(overlay)
+    assert {d["kind"] for d in docs} >= {
+        "Deployment",
+        "HorizontalPodAutoscaler",
+        "Ingress",
+        "PodDisruptionBudget",
+        "NetworkPolicy",
+    }
+    validate(docs)
+    for component in sorted((deploy.K8S / "components").iterdir()):
+        assert (component / "kustomization.yaml").exists(), component
+
+
+@pytest.mark.parametrize("env", deploy.ENVIRONMENTS)
+def test_a_full_release_validates_strictly(env: str) -> None:
+    docs = render(env, "--webapp-image", WEBAPP, "--monitor-image", MONITOR)
+    assert set(by_kind(docs, "Deployment")) == {"modelyard-api", "modelyard-webapp"}
+    assert set(by_kind(docs, "CronJob")) == {"modelyard-drift"}
+    validate(docs)
+
+
+def test_the_validation_can_fail() -> None:
+    """A misspelt field (`replica`) and a wrong type are refused, as a cluster would."""
+    (deployment,) = by_kind(render("staging"), "Deployment").values()
+    broken = {**deployment, "spec": {**deployment["spec"], "replica": 2}}
+    with pytest.raises(AssertionError, match="'replica' was unexpected"):
+        validate([broken])
+    ports = [{"name": "http", "containerPort": "3000"}]
+    container = {**deployment["spec"]["template"]["spec"]["containers"][0], "ports": ports}
+    wrong = yaml.safe_load(yaml.safe_dump(deployment))
+    wrong["spec"]["template"]["spec"]["containers"] = [container]
+    with pytest.raises(AssertionError, match="'3000' is not of type"):
+        validate([wrong])
+
+
+@pytest.fixture(scope="module", params=deploy.ENVIRONMENTS)
+def release(request: pytest.FixtureRequest) -> tuple[str, list[dict[str, Any]]]:
+    env = str(request.param)
+    return env, render(env, "--webapp-image", WEBAPP, "--monitor-image", MONITOR)
+
+
+def test_every_pod_is_locked_down(release: tuple[str, list[dict[str, Any]]]) -> None:
+    _, docs = release
+    for name, template in pod_specs(docs).items():
+        spec = template["spec"]
+        assert spec["automountServiceAccountToken"] is False, name
+        assert spec["imagePullSecrets"] == [{"name": "modelyard-registry"}], name
+        pod = spec["securityContext"]
+        assert pod["runAsNonRoot"] is True and pod["runAsUser"] == 1034, name
+        assert pod["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        writable = {v["name"] for v in spec["volumes"] if "emptyDir" in v}
+        for container in spec["containers"]:
+            assert deploy.BY_DIGEST.match(container["image"]), container["image"]
+            ctx = container["securityContext"]
+            assert ctx == {
+                "allowPrivilegeEscalation": False,
+                "readOnlyRootFilesystem": True,
+                "capabilities": {"drop": ["ALL"]},
+            }, name
+            mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+            assert mounts.get("/tmp") in writable, f"{name}: no writable /tmp"
+            limits, requests = container["resources"]["limits"], container["resources"]["requests"]
+            assert set(limits) == set(requests) == {"cpu", "memory"}, name
+
+
+def test_the_services_probe_scale_and_survive_disruption(
+    release: tuple[str, list[dict[str, Any]]],
+) -> None:
+    env, docs = release
+    hpas, pdbs = by_kind(docs, "HorizontalPodAutoscaler"), by_kind(docs, "PodDisruptionBudget")
+    services = by_kind(docs, "Service")
+    for name, deployment in by_kind(docs, "Deployment").items():
+        spec = deployment["spec"]
+        assert "replicas" not in spec, f"{name}: an apply would reset the autoscaler's count"
+        assert spec["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
+        assert spec["revisionHistoryLimit"] >= 2  # `rollout undo` has something to go back to
+        labels = spec["template"]["metadata"]["labels"]
+        assert all(labels[k] == v for k, v in spec["selector"]["matchLabels"].items())
+        (container,) = spec["template"]["spec"]["containers"]
+        assert container["startupProbe"]["httpGet"]["path"] == "/readyz"
+        assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
+        port = container["ports"][0]["containerPort"]
+        notes = spec["template"]["metadata"]["annotations"]
+        assert notes["prometheus.io/scrape"] == "true" and notes["prometheus.io/port"] == str(port)
+        assert notes["prometheus.io/path"] == "/metrics"
+        hpa = hpas[name]["spec"]
+        assert hpa["scaleTargetRef"] == {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "name": name,
+        }
+        assert hpa["metrics"][0]["resource"]["name"] == "cpu"
+        assert 1 <= hpa["minReplicas"] < hpa["maxReplicas"]
+        assert pdbs[name]["spec"]["selector"]["matchLabels"] == spec["selector"]["matchLabels"]
+        assert services[name]["spec"]["selector"] == spec["selector"]["matchLabels"]
+    api_hpa = hpas["modelyard-api"]["spec"]
+    assert api_hpa["minReplicas"] >= (3 if env == "production" else 1)
+
+
+def test_the_model_is_labelled_and_deployed_by_digest(
+    release: tuple[str, list[dict[str, Any]]],
+) -> None:
+    _, docs = release
+    api = by_kind(docs, "Deployment")["modelyard-api"]
+    expected = {deploy.MODEL_LABEL: "digits-classifier", deploy.VERSION_LABEL: "3"}
+    for labels in (api["metadata"]["labels"], api["spec"]["template"]["metadata"]["labels"]):
+        assert expected.items() <= labels.items()
+    assert api["spec"]["template"]["spec"]["containers"][0]["image"] == IMAGE
+    assert IMAGE in api["metadata"]["annotations"]["kubernetes.io/change-cause"]
+    assert deploy.MODEL_LABEL not in api["spec"]["selector"]["matchLabels"]  # immutable
+
+
+def test_one_tls_ingress_is_the_entry_point(release: tuple[str, list[dict[str, Any]]]) -> None:
+    _, docs = release
+    (ingress,) = by_kind(docs, "Ingress").values()
+    (rule,) = ingress["spec"]["rules"]
+    (tls,) = ingress["spec"]["tls"]
+    assert tls["hosts"] == [rule["host"]] and tls["secretName"]
+    routes = {p["path"]: p["backend"]["service"]["name"] for p in rule["http"]["paths"]}
+    assert routes == {"/v1": "modelyard-api", "/": "modelyard-webapp"}
+    services = by_kind(docs, "Service")
+    for path in rule["http"]["paths"]:
+        backend = path["backend"]["service"]
+        assert backend["port"]["name"] in {
+            p["name"] for p in services[backend["name"]]["spec"]["ports"]
+        }
+    for doc in docs:
+        if doc["kind"] == "Service":
+            assert doc["spec"].get("type", "ClusterIP") == "ClusterIP", "only the Ingress is public"
+
+
+def test_network_policies_admit_only_their_callers(
+    release: tuple[str, list[dict[str, Any]]],
+) -> None:
+    _, docs = release
+    policies = by_kind(docs, "NetworkPolicy")
+    api = policies["modelyard-api"]["spec"]
+    assert api["policyTypes"] == ["Ingress", "Egress"] and api["egress"] == []
+    (rule,) = api["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 3000}]
+    callers = [
+        peer.get("podSelector", {}).get("matchLabels") or peer["namespaceSelector"]["matchLabels"]
+        for peer in rule["from"]
+    ]
+    assert {"app.kubernetes.io/name": "modelyard-webapp"} in callers
+    web = policies["modelyard-webapp"]["spec"]
+    reaches = [t for e in web["egress"] for t in e["to"]]
+    assert {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "modelyard-api"}}} in reaches
+    selected = {
+        p["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/name"] for p in policies.values()
+    }
+    assert selected == {"modelyard-api", "modelyard-webapp"}
+
+
+def test_each_replica_logs_to_its_own_folder_and_the_cronjob_reads_all(
+    release: tuple[str, list[dict[str, Any]]],
+) -> None:
+    _, docs = release
+    (claim,) = by_kind(docs, "PersistentVolumeClaim").values()
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]  # pods on any node
+    api = by_kind(docs, "Deployment")["modelyard-api"]["spec"]["template"]["spec"]
+    env = {e["name"]: e for e in api["containers"][0]["env"]}
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    log_dir = env["MODELYARD_LOG_DIR"]["value"]
+    assert log_dir.endswith("/$(POD_NAME)")  # Kubernetes expands it per pod
+    root = log_dir.rsplit("/", 1)[0]
+    mounts = {m["mountPath"]: m for m in api["containers"][0]["volumeMounts"]}
+    volumes = {v["name"]: v for v in api["volumes"]}
+    assert (
+        volumes[mounts[root]["name"]]["persistentVolumeClaim"]["claimName"]
+        == claim["metadata"]["name"]
+    )
+    assert api["securityContext"]["fsGroup"] == api["securityContext"]["runAsGroup"]
+    job = by_kind(docs, "CronJob")["modelyard-drift"]["spec"]
+    assert job["concurrencyPolicy"] == "Forbid" and job["jobTemplate"]["spec"]["backoffLimit"] == 0
+    pod = job["jobTemplate"]["spec"]["template"]["spec"]
+    (drift,) = pod["containers"]
+    assert drift["args"][:2] == ["monitor", "run"]
+    assert {e["name"]: e.get("value") for e in drift["env"]}["MODELYARD_LOG_DIR"] == root
+    job_mounts = {m["mountPath"]: m for m in drift["volumeMounts"]}
+    job_volumes = {v["name"]: v for v in pod["volumes"]}
+    assert job_mounts[root]["readOnly"] is True
+    source = job_volumes[job_mounts[root]["name"]]["persistentVolumeClaim"]
+    assert source["claimName"] == claim["metadata"]["name"]
+    # The log is private to its writer (0700/0600): the job reads as the same user.
+    assert pod["securityContext"]["runAsUser"] == api["securityContext"]["runAsUser"]
+
+
+def test_the_api_keys_secret_is_generated_and_referenced(
+    release: tuple[str, list[dict[str, Any]]],
+) -> None:
+    env, docs = release
+    (secret,) = by_kind(docs, "Secret").values()
+    assert re.fullmatch(r"modelyard-api-keys-[a-z0-9]{10}", secret["metadata"]["name"])
+    data = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    assert data == {"keys": KEYS, "webapp-key": "key-one", "webapp-secret": "form-secret"}
+    refs = [
+        e["valueFrom"]["secretKeyRef"]
+        for d in by_kind(docs, "Deployment").values()
+        for e in d["spec"]["template"]["spec"]["containers"][0]["env"]
+        if "secretKeyRef" in e.get("valueFrom", {})
+    ]
+    assert {r["name"] for r in refs} == {secret["metadata"]["name"]}
+    assert {r["key"] for r in refs} == set(data)
+    namespace = deploy.namespace(env)
+    assert {d["metadata"].get("namespace") for d in docs if d["kind"] in NAMESPACED} == {namespace}
+
+
+def test_a_rotated_key_renames_the_secret_so_pods_roll() -> None:
+    first = by_kind(render("staging"), "Secret")
+    second = by_kind(render("staging", keys="key-three,key-one"), "Secret")
+    assert first.keys() != second.keys()
+
+
+def test_the_release_overlay_uses_relative_paths_only(tmp_path: Path) -> None:
+    """kustomize v5 refuses an absolute path in resources ("new root ... cannot be
+    absolute"): the overlay `deploy apply` writes names the environment relatively."""
+    release = deploy.Release("production", IMAGE, "digits-classifier", "3", WEBAPP, MONITOR)
+    spec = deploy.overlay(release, tmp_path)
+    for path in [*spec["resources"], *spec["components"]]:
+        assert not os.path.isabs(path) and (tmp_path / path).resolve().is_dir(), path
+    assert spec["images"][0] == {
+        "name": "modelyard-api",
+        "newName": IMAGE.split("@")[0],
+        "digest": DIGEST,
+    }
+
+
+def test_render_refuses_a_tag_no_keys_or_an_unknown_environment() -> None:
+    def run(*args: str, keys: str = KEYS) -> subprocess.CompletedProcess[str]:
+        return modelyard(
+            REPO,
+            "deploy",
+            "render",
+            "digits-classifier/3",
+            *args,
+            env={"MODELYARD_API_KEYS": keys},
+            check=False,
+        )
+
+    tag = run("--image", "ghcr.io/acme/models/digits-classifier:v3")
+    assert tag.returncode == 2 and "deploy by digest" in " ".join(tag.stderr.split())
+    open_api = run("--image", IMAGE, keys=" , ")
+    assert open_api.returncode == 2 and "MODELYARD_API_KEYS is empty" in open_api.stderr
+    no_secret = run("--image", IMAGE, "--webapp-image", WEBAPP)
+    assert no_secret.returncode == 2 and "MODELYARD_WEBAPP_SECRET" in no_secret.stderr
+    unknown = run("--image", IMAGE, "--env", "qa")
+    assert unknown.returncode == 2 and "expected one of staging, production" in unknown.stderr
+
+
+def test_apply_and_undo_report_an_unreachable_cluster(tmp_path: Path) -> None:
+    """Real kubectl, real kubeconfig, nothing listening: exit 1 naming the failed step,
+    and the kubeconfig written for kubectl is gone afterwards."""
+    kubeconfig = yaml.safe_dump(
+        {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "current-context": "c",
+            "clusters": [
+                {
+                    "name": "c",
+                    "cluster": {
+                        "server": f"https://127.0.0.1:{free_port()}",
+                        "insecure-skip-tls-verify": True,
+                    },
+                }
+            ],
+            "users": [{"name": "u", "user": {"token": "t"}}],
+            "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+        }
+    )
+    env = {"MODELYARD_API_KEYS": KEYS, "KUBE_CONFIG": kubeconfig, "TMPDIR": str(tmp_path)}
+    applied = modelyard(
+        REPO,
+        "deploy",
+        "apply",
+        "digits-classifier/3",
+        "--env",
+        "staging",
+        "--image",
+        IMAGE,
+        "--timeout",
+        "5",
+        env=env,
+        check=False,
+    )
+    assert applied.returncode == 1, applied.stdout + applied.stderr
+    message = " ".join(applied.stderr.split())
+    assert "kubectl apply failed" in message and "connection refused" in message
+    undone = modelyard(
+        REPO, "deploy", "undo", "--env", "production", "--timeout", "5", env=env, check=False
+    )
+    assert undone.returncode == 1 and "kubectl rollout undo failed" in " ".join(
+        undone.stderr.split()
+    )
+    assert list(tmp_path.iterdir()) == []  # no kubeconfig, overlay or keys left behind
