@@ -73,6 +73,63 @@ def test_bad_input_is_refused() -> None:
         choose([row("int8", 0.9, 0.1)], "p99_ms_batch1", 0.5)
 
 
+# -- the int8 verdict, from a table ---------------------------------------------------------
+
+
+def verdict(table: list[Row], cpu_int8: bool = True, budget: float = 0.5) -> str:
+    from pipelines.config import Optimize
+
+    cfg = Optimize(metric="p50_ms_batch1", accuracy_budget=budget)
+    choice = choose(table, cfg.metric, cfg.accuracy_budget, cfg.tie_tolerance)
+    result = optimize.Result(choice, table, {}, {"int8_acceleration": cpu_int8})
+    return optimize.int8_verdict(result, cfg)
+
+
+def test_speedup_is_how_many_times_better_than_the_reference() -> None:
+    ref, fast = row("fp32", 0.99, 0.2, p50=0.2), row("int8", 0.99, 0.1, p50=0.1)
+    assert optimize.speedup(ref, fast, "p50_ms_batch1") == pytest.approx(2.0)
+    assert optimize.speedup(fast, ref, "p50_ms_batch1") == pytest.approx(0.5)
+    assert optimize.speedup(ref, row("x", 0.99, 0.0, p50=0.0), "p50_ms_batch1") == 1.0
+
+
+@pytest.mark.parametrize(
+    ("table", "cpu_int8", "says"),
+    [
+        (
+            [row("fp32", 0.99, 0.2, p50=0.2), row("int8-static", 0.99, 0.1, p50=0.1)],
+            True,
+            "int8 pays here: int8-static is 2.00x fp32 by p50_ms_batch1.",
+        ),
+        (
+            [row("fp32", 0.99, 0.2, p50=0.2), row("int8-static", 0.98, 0.1, p50=0.1)],
+            True,
+            "int8: int8-static is 2.00x fp32 by p50_ms_batch1 but over the accuracy budget",
+        ),
+        (
+            [row("fp32", 0.99, 0.1, p50=0.1), row("int8-dynamic", 0.99, 0.4, p50=0.4)],
+            True,
+            "int8 does not pay here (even with VNNI/AMX): the best int8 variant, int8-dynamic, "
+            "is 0.25x fp32",
+        ),
+        (
+            [row("fp32", 0.99, 0.1, p50=0.1), row("int8-dynamic", 0.99, 0.4, p50=0.4)],
+            False,
+            "int8 does not pay here (without VNNI/AMX)",
+        ),
+        (
+            [row("fp32", 0.99, 0.1, p50=0.1), row("fp32-ort", 0.99, 0.1, p50=0.1)],
+            True,
+            "int8: not applicable to this model.",
+        ),
+    ],
+    ids=["pays", "over-budget", "slower-with-vnni", "slower-without-vnni", "no-int8"],
+)
+def test_the_int8_verdict_says_what_the_table_shows(
+    table: list[Row], cpu_int8: bool, says: str
+) -> None:
+    assert says in verdict(table, cpu_int8)
+
+
 # -- the CPU, read from /proc/cpuinfo ----------------------------------------------------------
 
 AVX2_ONLY = """processor\t: 0
