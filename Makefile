@@ -66,7 +66,7 @@ system-tools: ## Install buildah, docker-registry, mmdebstrap with apt when miss
 # which downloads a browser build). Installed only when missing, like system-tools;
 # without it those tests report skipped and say why.
 browser-tools: ## Install chromium with apt when missing (for the browser tests)
-	@if command -v chromium >/dev/null || command -v chromium-browser >/dev/null || [ -n "$$MODELYARD_CHROMIUM" ]; then exit 0; fi; \
+	@if command -v chromium >/dev/null || command -v google-chrome >/dev/null || [ -n "$$MODELYARD_CHROMIUM" ]; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ]; then sudo=""; elif sudo -n true 2>/dev/null; then sudo="sudo -n"; \
 	else echo "browser-tools: not root and no sudo: not installing chromium (the browser tests will be skipped)"; exit 0; fi; \
 	command -v apt-get >/dev/null || { echo "browser-tools: no apt-get: install chromium yourself (the browser tests will be skipped)"; exit 0; }; \

@@ -119,11 +119,12 @@ def webapp_server(api_url: str, base: Path, **settings: str) -> Proc:
 
 
 def chromium() -> str | None:
-    """Debian's chromium (or $MODELYARD_CHROMIUM), if installed."""
+    """Debian's chromium (or $MODELYARD_CHROMIUM), if installed; else Google Chrome, which
+    GitHub's Ubuntu runners carry (Ubuntu's own chromium is a snap)."""
     configured = os.environ.get("MODELYARD_CHROMIUM")
     if configured:
         return configured if Path(configured).exists() else None
-    for name in ("/usr/bin/chromium", "chromium", "chromium-browser"):
+    for name in ("/usr/bin/chromium", "chromium", "google-chrome", "google-chrome-stable"):
         found = shutil.which(name)
         if found:
             return found
