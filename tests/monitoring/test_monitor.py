@@ -87,9 +87,11 @@ def mon(trained: Project) -> Iterator[Monitoring]:
         MODELYARD_LOG_DIR=str(base / "log"),
     )
     server = Server(trained, env, base / "log")
-    server.start()
-    yield Monitoring(server, base)
-    server.stop()
+    try:
+        server.start()  # a server that never gets ready is stopped too
+        yield Monitoring(server, base)
+    finally:
+        server.stop()
 
 
 def test_clean_traffic_is_no_alarm(mon: Monitoring) -> None:
