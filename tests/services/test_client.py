@@ -64,6 +64,13 @@ def test_metadata_is_typed(client: Client) -> None:
     assert meta.max_batch == 256
     assert len(meta.onnx_sha256) == 64
     assert 0.5 < meta.metrics["accuracy"] <= 1
+    assert meta.max_body_bytes and meta.max_body_bytes > 0
+
+
+def test_feature_schema_carries_the_training_ranges(client: Client) -> None:
+    features = client.feature_schema()
+    assert [f.name for f in features] == [f"pixel_{i}" for i in range(64)]
+    assert {(f.min, f.max) for f in features} == {(0.0, 16.0)}
 
 
 def test_predict_batches_large_inputs_to_max_batch_and_keeps_order(digits_api: LiveApi) -> None:

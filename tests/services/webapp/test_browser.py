@@ -245,6 +245,9 @@ def test_a_tabular_model_gets_a_form_from_its_features(
     assert page.locator("#pad").count() == 0
     labels = page.locator("#feature-form label span").all_inner_texts()
     assert labels == features
+    # The training ranges (from the API's /docs.json) bound each field.
+    assert page.get_attribute("#f0", "max") == "200"
+    assert page.get_attribute("#f12", "max") == "2000"
     for i, value in enumerate(row):
         page.fill(f"#f{i}", repr(value))
     page.click("#predict")
