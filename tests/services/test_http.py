@@ -129,7 +129,13 @@ class Server:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     base = tmp_path_factory.mktemp("serving")
     project = new_project(base / "project")
-    project.set_params(train=FAST_TRAIN)
+    # Optimize picks int8 (any int8 no slower than twice FP32 ties, and the smaller file
+    # wins): the served file is then not the FP32 export, and tests can tell them apart.
+    project.set_params(
+        train=FAST_TRAIN,
+        optimize={"variants": ["fp32", "int8-static"], "tie_tolerance": 0.99,
+                  "accuracy_budget": 5.0},
+    )  # fmt: skip
     project.stages(
         "champion", "ingest", "prepare", "validate", "train", "export", "optimize", "evaluate",
         "register",
@@ -160,6 +166,10 @@ def test_predict_matches_the_model_it_serves(server: Server, tmp_path: Path) -> 
     (version,) = server.project.registry().versions("digits-classifier")
     folder = server.project.registry().download(version.name, version.version, tmp_path)
     served = (folder / "model.onnx").read_bytes()
+    export = (server.project.root / "data/models/model.onnx").read_bytes()
+    assert version.tags["model.variant"] == "int8-static" and served != export, (
+        "the fixture should register optimize's int8 choice, not the FP32 export"
+    )
     _, meta = call(server.port, "GET", "/v1/metadata")
     assert meta["onnx_sha256"] == hashlib.sha256(served).hexdigest() == version.tags["onnx.sha256"]
     assert meta["variant"] == version.tags["model.variant"]
