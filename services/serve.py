@@ -54,9 +54,15 @@ def run(
     cmd = [tools.binary("bentoml"), "serve", bento_tag, "--host", host, "--port", str(port)]
     # Its own session: a Ctrl+C reaches it once, forwarded, not twice.
     proc = subprocess.Popen(
-        cmd, env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, errors="replace", bufsize=1, start_new_session=True,
-    )  # fmt: skip
+        cmd,
+        env=dict(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        bufsize=1,
+        start_new_session=True,
+    )
     tail: collections.deque[str] = collections.deque(maxlen=200)
     reader = threading.Thread(target=_copy, args=(proc.stdout, out, tail), daemon=True)
     reader.start()

@@ -350,11 +350,19 @@ class Classifier:
         ids = [f"{request_id}-{i}" for i in range(len(x))]
         self.log.append(
             [
-                {"type": "prediction", "id": ids[i], "request_id": request_id, "ts": now, "model": self.model_ref,
-                 "features": x[i], "prediction": labels[i], "probabilities": rounded[i]}
+                {
+                    "type": "prediction",
+                    "id": ids[i],
+                    "request_id": request_id,
+                    "ts": now,
+                    "model": self.model_ref,
+                    "features": x[i],
+                    "prediction": labels[i],
+                    "probabilities": rounded[i],
+                }
                 for i in range(len(x))
             ]
-        )  # fmt: skip
+        )
         for label in labels:
             self.predictions.labels(model=self.model_ref, label=str(label)).inc()
         return orjson.dumps(

@@ -41,16 +41,28 @@ MAX_BODY = 2 * 1024 * 1024
 HEADER_TIMEOUT = 2  # seconds: MODELYARD_HEADER_TIMEOUT_SECONDS of the test server
 
 
-def call(port: int, method: str, path: str, body: Any = None, key: str | None = KEYS[0],
-         raw: bytes | None = None, headers: dict[str, str] | None = None
-         ) -> tuple[int, Any]:  # fmt: skip
+def call(
+    port: int,
+    method: str,
+    path: str,
+    body: Any = None,
+    key: str | None = KEYS[0],
+    raw: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, Any]:
     status, payload, _ = call_full(port, method, path, body, key, raw, headers)
     return status, payload
 
 
-def call_full(port: int, method: str, path: str, body: Any = None, key: str | None = KEYS[0],
-              raw: bytes | None = None, headers: dict[str, str] | None = None
-              ) -> tuple[int, Any, dict[str, str]]:  # fmt: skip
+def call_full(
+    port: int,
+    method: str,
+    path: str,
+    body: Any = None,
+    key: str | None = KEYS[0],
+    raw: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, Any, dict[str, str]]:
     """Status, body (parsed if JSON) and headers; redirects are not followed."""
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
     sent = {"Content-Type": "application/json", **(headers or {})}
@@ -91,10 +103,19 @@ class Server:
         self.out_path = self.log_dir.parent / f"server-{self.port}.out"
         with open(self.out_path, "w") as out:
             self.proc = subprocess.Popen(
-                [str(BIN / "modelyard"), "serve", "--params", str(self.project.params_path),
-                 "--port", str(self.port)],
-                env=self.env, stdout=out, stderr=subprocess.STDOUT, text=True,
-            )  # fmt: skip
+                [
+                    str(BIN / "modelyard"),
+                    "serve",
+                    "--params",
+                    str(self.project.params_path),
+                    "--port",
+                    str(self.port),
+                ],
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
         if wait:
             self.wait_ready()
 
@@ -133,20 +154,34 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     # wins): the served file is then not the FP32 export, and tests can tell them apart.
     project.set_params(
         train=FAST_TRAIN,
-        optimize={"variants": ["fp32", "int8-static"], "tie_tolerance": 0.99,
-                  "accuracy_budget": 5.0},
-    )  # fmt: skip
+        optimize={
+            "variants": ["fp32", "int8-static"],
+            "tie_tolerance": 0.99,
+            "accuracy_budget": 5.0,
+        },
+    )
     project.stages(
-        "champion", "ingest", "prepare", "validate", "train", "export", "optimize", "evaluate",
+        "champion",
+        "ingest",
+        "prepare",
+        "validate",
+        "train",
+        "export",
+        "optimize",
+        "evaluate",
         "register",
-    )  # fmt: skip
+    )
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     # The server's own temp dir: what the build downloads there must not stay.
     (base / "tmp").mkdir()
-    env.update(BENTOML_HOME=str(base / "bentoml"), MODELYARD_API_KEYS=",".join(KEYS),
-               MODELYARD_LOG_DIR=str(base / "log"), TMPDIR=str(base / "tmp"),
-               MODELYARD_HEADER_TIMEOUT_SECONDS=str(HEADER_TIMEOUT))  # fmt: skip
+    env.update(
+        BENTOML_HOME=str(base / "bentoml"),
+        MODELYARD_API_KEYS=",".join(KEYS),
+        MODELYARD_LOG_DIR=str(base / "log"),
+        TMPDIR=str(base / "tmp"),
+        MODELYARD_HEADER_TIMEOUT_SECONDS=str(HEADER_TIMEOUT),
+    )
     srv = Server(project, env, base / "log")
     srv.start()
     yield srv
@@ -215,9 +250,21 @@ DEEP = 1000  # levels of nesting: Python's json module recursed into a 500 on th
         ({"raw": b"[" * 5000 + b"]" * 5000}, 400, "body", "nested too deeply"),
         ({"raw": b'{"inputs": [[' + b"9" * 400 + b", 0]]}"}, 400, "body", "number is too large"),
     ],
-    ids=["width", "range", "type", "numeric-string", "underscored-string", "field", "json",
-         "batch", "deep-body", "deep-inputs", "too-deep", "400-digit-int"],
-)  # fmt: skip
+    ids=[
+        "width",
+        "range",
+        "type",
+        "numeric-string",
+        "underscored-string",
+        "field",
+        "json",
+        "batch",
+        "deep-body",
+        "deep-inputs",
+        "too-deep",
+        "400-digit-int",
+    ],
+)
 def test_bad_requests_get_4xx_with_the_field(
     server: Server, kwargs: dict, status: int, field: str, needle: str
 ) -> None:
@@ -426,8 +473,10 @@ def test_metrics_count_predictions_per_class(server: Server) -> None:
     served_before = sum(_samples(server.port, "modelyard_predict_seconds_count").values())
 
     _, body = call(server.port, "POST", "/v1/predict", {"inputs": rows(server.project, 20)})
-    assert call(server.port, "POST", "/v1/predict", {"inputs": rows(server.project, 1)},
-                key=None)[0] == 401  # fmt: skip
+    assert (
+        call(server.port, "POST", "/v1/predict", {"inputs": rows(server.project, 1)}, key=None)[0]
+        == 401
+    )
 
     after = _samples(server.port, predictions)
     expected: dict[tuple[tuple[str, str], ...], float] = {}
@@ -472,9 +521,12 @@ def test_the_service_keeps_to_its_openapi_document(server: Server) -> None:
     for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
 
         @settings(
-            max_examples=150, deadline=None, database=None, derandomize=True,
+            max_examples=150,
+            deadline=None,
+            database=None,
+            derandomize=True,
             suppress_health_check=list(HealthCheck),
-        )  # fmt: skip
+        )
         @given(case=schema.as_strategy(generation_mode=mode))
         def check(case: Any) -> None:
             exercised.add(f"{case.method} {case.path}")

@@ -76,8 +76,12 @@ while True:
 
 
 def test_kill_9_loses_no_acknowledged_record(tmp_path: Path) -> None:
-    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path)], stdout=subprocess.PIPE,
-                            text=True, cwd=Path(__file__).resolve().parents[2])  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     assert proc.stdout is not None
     acked = -1
     while acked < 3000:
