@@ -32,6 +32,14 @@ class _Retryable(Exception):
         self.response = response
 
 
+def redact(url: str) -> str:
+    """The URL as an error message may show it: scheme, host and port only. Webhook URLs
+    (Slack, Teams, ...) carry their secret in the path or the query."""
+    parts = httpx.URL(url)
+    shown = f"{parts.scheme}://{parts.host}" + (f":{parts.port}" if parts.port else "")
+    return shown + ("/..." if parts.raw_path not in (b"", b"/") else "")
+
+
 def _retryable(exc: BaseException) -> bool:
     return isinstance(exc, _Retryable | httpx.ConnectError | httpx.ConnectTimeout)
 
@@ -55,7 +63,8 @@ def request_json(
     the ``accept``-ed statuses (a caller that tells a 401 from an outage), an unreachable
     server after ``attempts`` tries, or a reply that is not JSON.
     """
-    name = what or url
+    shown = redact(url)
+    name = what or shown
     content = json.dumps(body, default=str).encode() if body is not None else None
 
     @retry(
@@ -85,13 +94,13 @@ def request_json(
             response = last.response
         else:
             raise ExternalServiceError(
-                f"cannot reach {name} at {url} after {attempts} tries: {last}"
+                f"cannot reach {name} at {shown} after {attempts} tries: {last}"
             ) from last
     except httpx.HTTPError as exc:
-        raise ExternalServiceError(f"cannot reach {name} at {url}: {exc}") from exc
+        raise ExternalServiceError(f"cannot reach {name} at {shown}: {exc}") from exc
     if response.is_error and response.status_code not in accept:
         raise ExternalServiceError(
-            f"{name} refused {method} {url}: HTTP {response.status_code} {response.text[:300]!r}"
+            f"{name} refused {method} {shown}: HTTP {response.status_code} {response.text[:300]!r}"
         )
     if not response.content.strip():
         return response.status_code, None
@@ -101,7 +110,7 @@ def request_json(
         if response.status_code in accept:
             return response.status_code, None
         raise ExternalServiceError(
-            f"{name} answered {method} {url} with something that is not JSON: "
+            f"{name} answered {method} {shown} with something that is not JSON: "
             f"{response.text[:200]!r}"
         ) from exc
 

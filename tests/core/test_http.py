@@ -100,3 +100,21 @@ def test_nobody_listening_is_an_error_after_the_retries() -> None:
     url = f"http://127.0.0.1:{free_port()}/webhook"
     with pytest.raises(ExternalServiceError, match=r"cannot reach GitHub at .* after 2 tries"):
         http.request_json("POST", url, {}, attempts=2, what="GitHub")
+
+
+def test_errors_never_show_a_webhook_secret(script: Any) -> None:
+    server = script((404, b"no such hook"))
+    with pytest.raises(ExternalServiceError) as caught:
+        http.request_json("POST", f"{server.url}/services/T000/B000/s3cr3t?token=t0k", {})
+    assert "s3cr3t" not in str(caught.value) and "t0k" not in str(caught.value)
+    assert server.url in str(caught.value)
+    closed = f"http://127.0.0.1:{free_port()}/hooks/s3cr3t"
+    with pytest.raises(ExternalServiceError) as caught:
+        http.request_json("POST", closed, {}, attempts=1)
+    assert "s3cr3t" not in str(caught.value)
+
+
+def test_redact_keeps_scheme_host_and_port() -> None:
+    assert http.redact("https://hooks.slack.com/services/T/B/x") == "https://hooks.slack.com/..."
+    assert http.redact("http://127.0.0.1:8080/") == "http://127.0.0.1:8080"
+    assert http.redact("https://api.github.com") == "https://api.github.com"
