@@ -12,7 +12,7 @@ limit, and security headers on every response.
   app's routes or ``other``, so random paths cannot grow ``/metrics`` without bound
   (BentoML's own per-path metrics are off for this service).
 - **Rate limit**: a token bucket per client (``burst`` at once, ``rate`` per minute after
-  that); static files are not counted. Over it: 429 with ``Retry-After``. The client is
+  that); static files and ``/metrics`` are not counted. Over it: 429 with ``Retry-After``. The client is
   the peer address, or with N trusted proxies in front the address the first of them saw
   (X-Forwarded-For, counted from the right, so a client cannot pick its own).
 """
@@ -169,7 +169,7 @@ class Guard:
             await self.app(scope, receive, send)
             return
         path: str = scope.get("path", "")
-        static = path.startswith(self.exempt) or path == "/metrics"
+        static = path.startswith(self.exempt)
         headers = [
             (k.encode(), v.encode())
             for k, v in HEADERS.items()
@@ -186,7 +186,8 @@ class Guard:
                 message = {**message, "headers": [*message.get("headers", []), *extra]}
             await send(message)
 
-        limits = None if static else self.limits()
+        # Static files and Prometheus' scrapes do not count against a client's rate.
+        limits = None if static or path == "/metrics" else self.limits()
         if limits is not None:
             limiter, hops = limits
             wait = limiter.take(client_key(scope, hops))

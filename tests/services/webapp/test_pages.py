@@ -80,6 +80,8 @@ def test_metrics_count_by_route_never_by_raw_path(web: TestClient) -> None:
     assert 'modelyard_webapp_requests_total{route="other",status="404"}' in text
     assert "wp-admin" not in text
     assert 'modelyard_webapp_api_errors_total{kind="unavailable"}' in text
+    again = web.get("/metrics").text
+    assert 'modelyard_webapp_requests_total{route="/metrics",status="200"}' in again
 
 
 def test_too_many_requests_from_one_client_get_429_with_retry_after() -> None:
@@ -89,6 +91,7 @@ def test_too_many_requests_from_one_client_get_429_with_retry_after() -> None:
         static = web.get("/static/style.css")
     assert statuses == [503, 503, 503, 429]
     assert static.status_code == 200  # static files are not counted
+    assert web.get("/metrics").status_code == 200  # nor Prometheus' scrapes
 
 
 def test_the_429_page_says_how_long_to_wait() -> None:
