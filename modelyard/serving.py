@@ -314,16 +314,28 @@ def deploy_record(
     version: Annotated[str, typer.Argument(help="The version now deployed.")],
     image: Annotated[str, typer.Option(help="The image that runs it.")],
     target: Annotated[
-        str, typer.Option(help="Where it runs (cluster/namespace, or 'image-only').")
+        str, typer.Option(help="The environment it runs in: staging or production.")
     ] = "production",
     actor: Annotated[
         str | None, typer.Option(help="Who deployed (audit). Default: $GITHUB_ACTOR or $USER.")
     ] = None,
     params_file: ParamsOpt = PARAMS,
 ) -> None:
-    """Record the deployed version on the registered model (the reconciler reads it)."""
-    from registry import promotion
+    """Record the deployed version on the registered model (the reconciler reads it).
 
+    Only a rollout that passed its smoke test is recorded: an image that was built and
+    pushed but runs nowhere is not deployed (exit 2 for any other --target).
+    """
+    from registry import promotion
+    from services import deploy
+
+    if target not in deploy.ENVIRONMENTS:
+        err_console.print(
+            f"deploy record failed: --target {target!r}: expected one of "
+            f"{', '.join(deploy.ENVIRONMENTS)}; an image that runs nowhere is not deployed",
+            highlight=False,
+        )
+        raise typer.Exit(2)
     registry = open_registry(params_file)
     who = settings.current().actor(actor)
     guard(
@@ -331,3 +343,60 @@ def deploy_record(
         lambda: promotion.record_deployment(registry, name, version, image, target, who),
     )
     console.print(f"deploy record: {name} v{version} runs {image} on {target}")
+
+
+@deploy_app.command("smoke", epilog=EXIT_CODES)
+def deploy_smoke(
+    url: Annotated[str, typer.Argument(help="The live service, e.g. https://models.example.com.")],
+    model: Annotated[str, typer.Option(help="NAME/VERSION it must serve.")],
+    params_file: ParamsOpt = PARAMS,
+) -> None:
+    """Smoke-test a live endpoint: /readyz, /v1/metadata names MODEL, and one probe row
+    gets the label the registered artifact itself gives it.
+
+    The API key is the first of MODELYARD_API_KEYS. Exit 1 when a check fails (the
+    deploy workflow then rolls back with `deploy undo`).
+    """
+    from services import build, smoke
+
+    match = build.REF.match(model)
+    if not match or not match["version"]:
+        err_console.print(f"deploy smoke failed: --model {model!r}: expected NAME/VERSION")
+        raise typer.Exit(2)
+    name, version = match["name"], match["version"]
+    registry = open_registry(params_file)
+    expected = guard("deploy smoke", lambda: smoke.probe(registry, name, version))
+    passed = guard(
+        "deploy smoke",
+        lambda: smoke.check(
+            url,
+            name=name,
+            version=version,
+            api_key=settings.current().first_api_key,
+            expected=expected,
+        ),
+    )
+    console.print(f"deploy smoke: {passed.url} serves {passed.model}; probe -> {passed.label!r}")
+
+
+@deploy_app.command("record-failure", epilog=EXIT_CODES)
+def deploy_record_failure(
+    name: Annotated[str, typer.Argument(help="Registered model name.")],
+    version: Annotated[str, typer.Argument(help="The version whose rollout failed.")],
+    env: EnvOpt = "production",
+    reason: Annotated[str, typer.Option(help="What failed (the step).")] = "rollout failed",
+    actor: Annotated[
+        str | None, typer.Option(help="Who deployed (audit). Default: $GITHUB_ACTOR or $USER.")
+    ] = None,
+    params_file: ParamsOpt = PARAMS,
+) -> None:
+    """Write a failed rollout on the version (tags deploy.failed.*) and in the audit log."""
+    from services import deploy
+
+    registry = open_registry(params_file)
+    who = settings.current().actor(actor)
+    guard(
+        "deploy record-failure",
+        lambda: deploy.record_failure(registry, name, version, env=env, reason=reason, by=who),
+    )
+    console.print(f"deploy record-failure: {name} v{version} failed on {env}: {reason}")

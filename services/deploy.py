@@ -31,12 +31,16 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from core.errors import ConfigError, DeployError
+
+if TYPE_CHECKING:
+    from registry.client import Registry
 
 log = logging.getLogger(__name__)
 
@@ -268,3 +272,22 @@ def undo(env_name: str, *, timeout_s: int = 300, kubeconfig: str | None = None) 
             "rollout (undo)",
             env,
         )
+
+
+def record_failure(
+    registry: Registry, name: str, version: str, *, env: str, reason: str, by: str
+) -> None:
+    """A rollout of ``version`` to ``env`` failed (and was undone): say so on the version
+    and in the model's audit log, so nobody mistakes it for a deployed one."""
+    from registry import promotion
+
+    if env not in ENVIRONMENTS:
+        raise ConfigError(f"--env {env!r}: expected one of {', '.join(ENVIRONMENTS)}")
+    registry.version(name, version)  # refuses a version that does not exist
+    at = datetime.now(UTC).isoformat(timespec="seconds")
+    registry.set_version_tags(
+        name,
+        version,
+        {"deploy.failed.env": env, "deploy.failed.at": at, "deploy.failed.reason": reason},
+    )
+    promotion.audit(registry, name, "deploy-failed", version=version, env=env, reason=reason, by=by)

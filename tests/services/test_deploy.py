@@ -7,12 +7,26 @@ registry, the image answering from inside) in test_image.py, `deploy render|appl
 
 from __future__ import annotations
 
+import contextlib
+import os
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
-from tests.conftest import FAST_TRAIN, FakeGitHub, Project, modelyard, new_project
+from tests.conftest import (
+    BIN,
+    FAST_TRAIN,
+    FakeGitHub,
+    Project,
+    free_port,
+    kill_tree,
+    modelyard,
+    new_project,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -89,11 +103,11 @@ def test_record_then_reconcile_is_in_sync(built: tuple[Project, dict[str, str]])
             "--image",
             "ghcr.io/a/b:v1",
             "--target",
-            "kubernetes",
+            "production",
             "--actor",
             "ci-bot",
         )
-        assert recorded == "deploy record: digits-classifier v1 runs ghcr.io/a/b:v1 on kubernetes"
+        assert recorded == "deploy record: digits-classifier v1 runs ghcr.io/a/b:v1 on production"
         tags = registry.model_tags(NAME)
         assert (
             tags[promotion.DEPLOYED] == "1" and tags[promotion.DEPLOYED_IMAGE] == "ghcr.io/a/b:v1"
@@ -117,3 +131,138 @@ def test_record_then_reconcile_is_in_sync(built: tuple[Project, dict[str, str]])
         check=False,
     )
     assert missing.returncode == 1 and "no version 99" in missing.stderr
+
+
+@pytest.fixture(scope="module")
+def serving(built: tuple[Project, dict[str, str]]) -> Iterator[str]:
+    """`modelyard serve` of version 1 (a real `bentoml serve`) on a free port."""
+    project, env = built
+    port = free_port()
+    log = project.root / "serve.out"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [
+                str(BIN / "modelyard"),
+                "serve",
+                "--model",
+                f"{NAME}/1",
+                "--port",
+                str(port),
+                "--params",
+                str(project.params_path),
+            ],
+            cwd=project.root,
+            env={**os.environ, **env, "MODELYARD_API_KEYS": "smoke-key"},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(480):
+            assert proc.poll() is None, log.read_text()
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            time.sleep(0.25)
+        yield url
+    finally:
+        kill_tree(proc.pid)
+
+
+def test_smoke_passes_against_the_version_it_serves(
+    built: tuple[Project, dict[str, str]], serving: str
+) -> None:
+    project, env = built
+    smoke = ["deploy", "smoke", serving, "--params", str(project.params_path)]
+    keyed = {**env, "MODELYARD_API_KEYS": "smoke-key"}
+    done = modelyard(project.root, *smoke, "--model", f"{NAME}/1", env=keyed)
+    assert f"deploy smoke: {serving} serves {NAME}/1; probe -> " in done.stdout
+    # The probe's label is the registered artifact's own answer (checked inside); the
+    # label it printed is one of the model's classes.
+    label = done.stdout.split("probe -> ")[1].strip()
+    assert int(label) in range(10)
+
+
+def test_smoke_fails_on_another_version_a_bad_key_or_no_service(
+    built: tuple[Project, dict[str, str]], serving: str
+) -> None:
+    project, env = built
+    smoke = ["deploy", "smoke", "--params", str(project.params_path)]
+    keyed = {**env, "MODELYARD_API_KEYS": "smoke-key"}
+    # Version 2 exists (the same artifact, copied), but the live service still serves 1.
+    project.registry().client.copy_model_version(f"models:/{NAME}/1", NAME)
+    other = modelyard(project.root, *smoke, serving, "--model", f"{NAME}/2", env=keyed, check=False)
+    assert other.returncode == 1
+    assert f"serves {NAME}/1, expected {NAME}/2" in " ".join(other.stderr.split())
+    bad_key = modelyard(
+        project.root,
+        *smoke,
+        serving,
+        "--model",
+        f"{NAME}/1",
+        env={**env, "MODELYARD_API_KEYS": "wrong"},
+        check=False,
+    )
+    assert bad_key.returncode == 1 and "HTTP 401" in " ".join(bad_key.stderr.split())
+    gone = modelyard(
+        project.root,
+        *smoke,
+        f"http://127.0.0.1:{free_port()}",
+        "--model",
+        f"{NAME}/1",
+        env=keyed,
+        check=False,
+    )
+    assert gone.returncode == 1 and "unreachable" in gone.stderr
+
+
+def test_a_failed_rollout_is_recorded_and_an_image_only_run_is_not_a_deploy(
+    built: tuple[Project, dict[str, str]],
+) -> None:
+    from registry import promotion
+
+    project, env = built
+    params = ["--params", str(project.params_path)]
+    registry = project.registry()
+    before = registry.model_tags(NAME).get(promotion.DEPLOYED)
+    image_only = modelyard(
+        project.root,
+        "deploy",
+        "record",
+        NAME,
+        "1",
+        "--image",
+        "r/x@sha256:1",
+        "--target",
+        "image-only",
+        *params,
+        env=env,
+        check=False,
+    )
+    assert image_only.returncode == 2 and "runs nowhere is not deployed" in image_only.stderr
+    assert registry.model_tags(NAME).get(promotion.DEPLOYED) == before  # nothing recorded
+    done = modelyard(
+        project.root,
+        "deploy",
+        "record-failure",
+        NAME,
+        "1",
+        "--env",
+        "staging",
+        "--reason",
+        "smoke test failed",
+        "--actor",
+        "ci-bot",
+        *params,
+        env=env,
+    )
+    assert "failed on staging: smoke test failed" in done.stdout
+    tags = registry.version(NAME, "1").tags
+    assert tags["deploy.failed.env"] == "staging"
+    assert tags["deploy.failed.reason"] == "smoke test failed"
+    entry = promotion.audit_log(registry, NAME)[-1]
+    assert entry["event"] == "deploy-failed" and entry["env"] == "staging"
+    missing = modelyard(
+        project.root, "deploy", "record-failure", NAME, "9", *params, env=env, check=False
+    )
+    assert missing.returncode == 1 and "no version 9" in " ".join(missing.stderr.split())
