@@ -15,7 +15,15 @@ pytestmark = pytest.mark.slow
 def test_build_from_registry_version(project: Project, tmp_path: Path) -> None:
     project.set_params(train=FAST_TRAIN)
     project.stages(
-        "ingest", "prepare", "validate", "train", "export", "optimize", "evaluate", "register"
+        "ingest",
+        "prepare",
+        "validate",
+        "train",
+        "export",
+        "optimize",
+        "champion",
+        "evaluate",
+        "register",
     )
     env = {"BENTOML_HOME": str(tmp_path / "bentoml")}
     params = ["--params", str(project.params_path)]
