@@ -91,7 +91,7 @@ def test_every_job_installs_through_the_cached_setup(path: Path) -> None:
         uses = [s.get("uses") for s in job["steps"]]
         assert "./.github/actions/setup" in uses, f"{path.name}:{name} skips the cached setup"
         setup = next(s for s in job["steps"] if s.get("uses") == "./.github/actions/setup")
-        assert setup.get("with", {}).get("dvc-cache") == "true", f"{name}: no DVC cache"
+        assert setup.get("with", {}).get("dvc-cache", "none") in {"none", "restore"}, name
     action = yaml.safe_load((REPO / ".github/actions/setup/action.yml").read_text())
     paths = [s.get("with", {}).get("path") for s in action["runs"]["steps"]]
     assert ".venv" in paths and ".dvc/cache" in paths
@@ -148,6 +148,8 @@ def test_run_steps_call_make_or_a_modelyard_command_line_the_cli_accepts(
     if argv[0] == "make":
         assert len(argv) == 2 and argv[1] in make_targets(), f"{where}: {argv}"
         return
+    if argv == ["echo", "$PWD/.venv/bin", ">>", "$GITHUB_PATH"]:
+        return  # runner plumbing (the setup action): later steps find the venv's tools
     assert argv[0] == ".venv/bin/modelyard", f"{where}: run steps call make or modelyard: {argv}"
     words = parse_with_the_cli(argv[1:]).split()
     assert words and argv[1 : 1 + len(words)] == words, f"{where}: {argv} reached {words}"

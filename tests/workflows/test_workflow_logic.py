@@ -1,0 +1,276 @@
+"""What the workflows do, not only how they are written: their `if:` conditions,
+concurrency groups and cache keys evaluated for the situations the issue names (a push to
+main, a fork's pull request, a failed smoke test, no cluster...), and the repository files
+GitHub reads (dependabot.yml, CODEOWNERS).
+
+GitHub's expression language is small; `evaluate` covers the part these workflows use
+(contexts, ==, !=, !, &&, ||, parentheses, strings, status functions). A step's `if:`
+without a status function runs only after success, as on GitHub.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+
+GITHUB = REPO / ".github"
+CONTEXT = re.compile(r"\b(?:github|vars|steps|env|inputs|secrets|runner|matrix)(?:\.[\w-]+)+")
+STATUS = ("success()", "failure()", "always()", "cancelled()")
+
+
+def load(path: Path) -> dict[Any, Any]:
+    return {("on" if k is True else k): v for k, v in yaml.safe_load(path.read_text()).items()}
+
+
+def evaluate(expression: str, ctx: dict[str, Any]) -> Any:
+    """One GitHub expression (with or without ``${{ }}``) in the context ``ctx``: a flat
+    mapping of dotted names (``github.ref``, ``steps.build.outcome``) and statuses."""
+    text = expression.strip()
+    if text.startswith("${{") and text.endswith("}}"):
+        text = text[3:-2]
+    strings: list[str] = []
+
+    def keep(match: re.Match[str]) -> str:
+        strings.append(match[0])
+        return f"__s{len(strings) - 1}__"
+
+    code = re.sub(r"'[^']*'", keep, text)
+    code = CONTEXT.sub(lambda m: f"ctx.get({m[0]!r}, '')", code)
+    for status in STATUS:
+        code = code.replace(status, f"ctx[{status!r}]")
+    code = code.replace("&&", " and ").replace("||", " or ")
+    code = re.sub(r"!(?!=)", " not ", code)
+    for literal, value in (("true", "True"), ("false", "False"), ("null", "None")):
+        code = re.sub(rf"\b{literal}\b", value, code)
+    code = re.sub(r"__s(\d+)__", lambda m: strings[int(m[1])], code)
+    return eval(code, {"ctx": ctx})
+
+
+def render(template: str, ctx: dict[str, Any]) -> str:
+    """A string with ``${{ }}`` parts, as GitHub substitutes them."""
+    return re.sub(r"\$\{\{(.*?)\}\}", lambda m: str(evaluate(m[1], ctx)), template)
+
+
+def runs(condition: str | None, ctx: dict[str, Any]) -> bool:
+    condition = condition or "success()"
+    if not any(status in condition for status in STATUS):
+        condition = f"success() && ({condition.strip().removeprefix('${{').removesuffix('}}')})"
+    return bool(evaluate(condition, ctx))
+
+
+def test_the_evaluator_follows_githubs_rules() -> None:
+    ctx = {"github.ref": "refs/heads/main", "success()": True, "failure()": False}
+    assert evaluate("github.ref == 'refs/heads/main' && 'a' || 'b'", ctx) == "a"
+    assert evaluate("${{ !(github.ref != 'refs/heads/main') }}", ctx) is True
+    assert evaluate("vars.MISSING != ''", ctx) is False  # a missing context is empty
+    assert runs("github.ref == 'refs/heads/x'", ctx) is False
+    assert runs("github.ref == 'refs/heads/main'", {**ctx, "success()": False}) is False
+    assert runs("failure()", {**ctx, "failure()": True}) is True
+    assert evaluate("true && !false", ctx) is True
+
+
+# -- ci.yml ------------------------------------------------------------------------------
+
+
+def test_concurrency_never_cancels_main_but_supersedes_a_branch() -> None:
+    concurrency = load(GITHUB / "workflows/ci.yml")["concurrency"]
+
+    def group(ref: str, run_id: int) -> tuple[str, bool]:
+        ctx = {"github.ref": ref, "github.run_id": run_id}
+        cancel = concurrency["cancel-in-progress"]
+        return render(concurrency["group"], ctx), bool(
+            evaluate(cancel, ctx) if isinstance(cancel, str) else cancel
+        )
+
+    first, second = group("refs/heads/main", 101), group("refs/heads/main", 102)
+    assert first[0] != second[0], "two runs on main share a group: the queued one is replaced"
+    assert first[1] is False and second[1] is False
+    pr_first, pr_second = group("refs/pull/7/merge", 103), group("refs/pull/7/merge", 104)
+    assert pr_first == pr_second and pr_first[1] is True
+
+
+def comment_step() -> dict[str, Any]:
+    job = load(GITHUB / "workflows/ci.yml")["jobs"]["pipeline"]
+    (step,) = [s for s in job["steps"] if "modelyard diff" in s.get("run", "")]
+    return step
+
+
+@pytest.mark.parametrize(
+    ("event", "head", "comments"),
+    [
+        ("pull_request", "acme/models", True),
+        ("pull_request", "someone/models-fork", False),  # read-only token, no secrets
+        ("push", "", False),
+    ],
+)
+def test_a_fork_pull_request_skips_the_comment(event: str, head: str, comments: bool) -> None:
+    ctx = {
+        "github.event_name": event,
+        "github.repository": "acme/models",
+        "github.event.pull_request.head.repo.full_name": head,
+        "success()": True,
+    }
+    assert runs(comment_step().get("if"), ctx) is comments
+
+
+def dvc_cache_steps() -> list[tuple[str, str, str]]:
+    """(file, job, action) of every step that touches .dvc/cache."""
+    found = []
+    for path in sorted((GITHUB / "workflows").glob("*.yml")):
+        for job_name, job in load(path)["jobs"].items():
+            for step in job["steps"]:
+                if step.get("with", {}).get("path") == ".dvc/cache":
+                    found.append((path.name, job_name, step["uses"].split("@")[0]))
+    action = load(GITHUB / "actions/setup/action.yml")
+    for step in action["runs"]["steps"]:
+        if step.get("with", {}).get("path") == ".dvc/cache":
+            found.append(("actions/setup", "*", step["uses"].split("@")[0]))
+    return found
+
+
+def test_only_the_pipeline_job_saves_the_dvc_cache() -> None:
+    """actions/cache saves at the end of every job that restored it: a job that ran no
+    stage would save a partial cache under the new key. Jobs restore; one job saves."""
+    assert sorted(dvc_cache_steps()) == [
+        ("actions/setup", "*", "actions/cache/restore"),
+        ("ci.yml", "pipeline", "actions/cache/save"),
+    ]
+    job = load(GITHUB / "workflows/ci.yml")["jobs"]["pipeline"]
+    names = [s.get("run") or s.get("uses", "").split("@")[0] for s in job["steps"]]
+    assert names.index("make run") < names.index("actions/cache/save")  # after every stage ran
+    action = load(GITHUB / "actions/setup/action.yml")
+    (restore,) = [s for s in action["runs"]["steps"] if "cache/restore" in s.get("uses", "")]
+    (save,) = [s for s in job["steps"] if "cache/save" in s.get("uses", "")]
+    assert save["with"]["key"] == restore["with"]["key"]
+
+
+# -- the shared setup ---------------------------------------------------------------------
+
+
+def test_the_setup_puts_the_venv_on_path_after_installing_it() -> None:
+    steps = load(GITHUB / "actions/setup/action.yml")["runs"]["steps"]
+    commands = [s.get("run", "") for s in steps]
+    install = commands.index("make setup")
+    (path_step,) = [i for i, c in enumerate(commands) if "GITHUB_PATH" in c]
+    assert path_step > install
+    assert commands[path_step] == 'echo "$PWD/.venv/bin" >> "$GITHUB_PATH"'
+
+
+def test_the_venv_cache_key_names_the_exact_interpreter() -> None:
+    steps = load(GITHUB / "actions/setup/action.yml")["runs"]["steps"]
+    (python,) = [s for s in steps if s.get("uses", "").startswith("actions/setup-python@")]
+    (venv,) = [s for s in steps if s.get("with", {}).get("path") == ".venv"]
+    key = venv["with"]["key"]
+    ctx = {"runner.os": "Linux", "runner.arch": "X64"}
+    exact = {**ctx, f"steps.{python['id']}.outputs.python-version": "3.11.10"}
+    other = {**ctx, f"steps.{python['id']}.outputs.python-version": "3.11.9"}
+    key = key.replace("hashFiles('requirements.lock', 'pyproject.toml')", "'h'")
+    assert render(key, exact) != render(key, other)  # a patch release is another venv
+    assert "3.11.10" in render(key, exact) and "X64" in render(key, exact)
+
+
+# -- monitor.yml ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("runner", "scheduled"), [("", False), ("modelyard-log", True)])
+def test_the_drift_job_runs_only_on_the_runner_with_the_log(runner: str, scheduled: bool) -> None:
+    (job,) = load(GITHUB / "workflows/monitor.yml")["jobs"].values()
+    ctx = {"vars.MONITOR_RUNNER": runner, "success()": True}
+    assert runs(job.get("if"), ctx) is scheduled
+    assert job["runs-on"] == "${{ vars.MONITOR_RUNNER }}"  # no fallback to a hosted runner
+
+
+# -- deploy.yml -----------------------------------------------------------------------------
+
+
+def simulate(cluster: bool, fails: set[str]) -> list[str]:
+    """The modelyard commands deploy.yml runs when the steps with ids in ``fails`` fail."""
+    (job,) = load(GITHUB / "workflows/deploy.yml")["jobs"].values()
+    ctx: dict[str, Any] = {"env.KUBE_CONFIG": "apiVersion: v1" if cluster else ""}
+    failed, ran = False, []
+    for step in job["steps"]:
+        state = {**ctx, "success()": not failed, "failure()": failed, "always()": True}
+        outcome = "skipped"
+        if runs(step.get("if"), state):
+            outcome = "failure" if step.get("id") in fails else "success"
+            if "run" in step:
+                words = step["run"].split()
+                ran.append(" ".join(w for w in words[1:4] if not w.startswith(("$", '"', "-"))))
+        if "id" in step:
+            ctx[f"steps.{step['id']}.outcome"] = outcome
+        failed = failed or outcome == "failure"
+    return ran
+
+
+def test_deploy_without_a_cluster_builds_the_image_and_records_no_deploy() -> None:
+    assert simulate(cluster=False, fails=set()) == ["deploy containerize"]
+
+
+def test_deploy_goes_through_staging_and_its_smoke_test_to_production() -> None:
+    assert simulate(cluster=True, fails=set()) == [
+        "deploy containerize",
+        "deploy apply",
+        "deploy smoke",
+        "deploy apply",
+        "deploy smoke",
+        "deploy record",
+    ]
+
+
+@pytest.mark.parametrize("failing", ["staging", "staging_smoke"])
+def test_a_failed_staging_rollout_is_recorded_undone_and_goes_no_further(failing: str) -> None:
+    ran = simulate(cluster=True, fails={failing})
+    assert ran[-2:] == ["deploy record-failure", "deploy undo"]
+    assert ran.count("deploy apply") == 1 and "deploy record" not in ran
+
+
+@pytest.mark.parametrize("failing", ["production", "production_smoke"])
+def test_a_failed_production_rollout_is_recorded_and_undone_there(failing: str) -> None:
+    ran = simulate(cluster=True, fails={failing})
+    assert ran[-2:] == ["deploy record-failure", "deploy undo"]
+    assert ran.count("deploy undo") == 1 and "deploy record" not in ran
+    (job,) = load(GITHUB / "workflows/deploy.yml")["jobs"].values()
+    undo = [s for s in job["steps"] if "deploy undo" in s.get("run", "")]
+    assert [u["run"].split()[-1] for u in undo] == ["staging", "production"]
+
+
+def test_a_failed_image_build_touches_no_environment() -> None:
+    assert simulate(cluster=True, fails={"image"}) == ["deploy containerize"]
+
+
+# -- repository files GitHub reads -------------------------------------------------------------
+
+
+def test_dependabot_updates_the_python_packages_and_the_actions() -> None:
+    config = yaml.safe_load((GITHUB / "dependabot.yml").read_text())
+    assert config["version"] == 2
+    updates = {u["package-ecosystem"]: u for u in config["updates"]}
+    assert set(updates) == {"pip", "github-actions"}
+    for update in updates.values():
+        assert update["directory"] == "/" and update["schedule"]["interval"] in {"daily", "weekly"}
+
+
+def test_codeowners_patterns_match_files_and_name_owners() -> None:
+    tracked = subprocess.run(
+        ["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    lines = [
+        line.split()
+        for line in (GITHUB / "CODEOWNERS").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert lines[0][0] == "*", "a default owner first: later lines override it"
+    for pattern, *owners in lines:
+        assert owners and all(re.fullmatch(r"@[\w.-]+(/[\w.-]+)?", o) for o in owners), pattern
+        if pattern != "*":
+            prefix = pattern.lstrip("/")
+            assert any(f == prefix or f.startswith(prefix) for f in tracked), pattern
+    covered = {p.lstrip("/") for p, *_ in lines}
+    assert {"services/k8s/", ".github/"} <= covered
