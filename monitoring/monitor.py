@@ -40,6 +40,7 @@ import logging
 import math
 import random
 import re
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -199,8 +200,10 @@ def _build_reference(
     schema = files.read_json(folder / "schema.json")
     features = [f["name"] for f in schema["features"]]
     classes = list(schema["classes"])
-    model = registry.download(name, version) / "model.onnx"
-    probs = inference.predict_proba(inference.session(model), split[features].to_numpy(np.float32))
+    with tempfile.TemporaryDirectory(prefix="modelyard-model-") as scratch:
+        model = registry.download(name, version, Path(scratch)) / "model.onnx"
+        session = inference.session(model)
+    probs = inference.predict_proba(session, split[features].to_numpy(np.float32))
     frame = split[features].astype("float64")
     frame[drift.PREDICTION] = [str(classes[i]) for i in probs.argmax(axis=1)]
     frame[drift.TARGET] = split[schema["target"]].astype(str).to_numpy()

@@ -16,6 +16,7 @@ is kept either way.
 from __future__ import annotations
 
 import logging
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -181,15 +182,16 @@ def compare_with_champion(
         )
     if champ.version is None:
         return None
-    folder = registry.download(champ.model, champ.version)
-    onnx_file = folder / "model.onnx"
-    if champ.onnx_sha256 and files.sha256(onnx_file) != champ.onnx_sha256:
-        raise RegistryError(
-            f"champion {champ.model} v{champ.version}: its model.onnx does not match the "
-            f"onnx.sha256 the registry recorded ({champ.onnx_sha256[:12]}...): the artifact "
-            "was changed after registration; investigate before comparing against it"
-        )
-    sess = inference.session(onnx_file)
+    # The download is needed only until the session holds the model: never left behind.
+    with tempfile.TemporaryDirectory(prefix="modelyard-model-") as scratch:
+        onnx_file = registry.download(champ.model, champ.version, Path(scratch)) / "model.onnx"
+        if champ.onnx_sha256 and files.sha256(onnx_file) != champ.onnx_sha256:
+            raise RegistryError(
+                f"champion {champ.model} v{champ.version}: its model.onnx does not match the "
+                f"onnx.sha256 the registry recorded ({champ.onnx_sha256[:12]}...): the artifact "
+                "was changed after registration; investigate before comparing against it"
+            )
+        sess = inference.session(onnx_file)
     n_inputs = sess.get_inputs()[0].shape[1]
     if n_inputs != len(schema.feature_names):
         log.warning(

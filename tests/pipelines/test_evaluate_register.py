@@ -3,6 +3,8 @@ duplicate, and a challenger is compared with the champion."""
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -132,7 +134,9 @@ def test_register_writes_lineage_and_is_idempotent(evaluated: Project) -> None:
     assert "CPUExecutionProvider" in mlmodel and "pixel_63" in mlmodel
 
 
-def test_challenger_is_compared_with_champion(evaluated: Project) -> None:
+def test_challenger_is_compared_with_champion(
+    evaluated: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     evaluated.stages("register")
     registry = evaluated.registry()
     registry.client.set_registered_model_alias("digits-classifier", "champion", "1")
@@ -141,7 +145,12 @@ def test_challenger_is_compared_with_champion(evaluated: Project) -> None:
     # A much weaker challenger: one epoch of training.
     evaluated.set_params(train={"epochs": 1}, evaluate={"min_accuracy": 0, "min_macro_f1": 0,
                          "min_class_recall": 0, "min_noise_invariance": 0})  # fmt: skip
-    evaluated.stages("train", "export", "optimize", "evaluate")
+    evaluated.stages("train", "export", "optimize")
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    evaluated.stages("evaluate")
+    assert list(scratch.iterdir()) == []  # the champion's download is not left behind
     champion = evaluated.report("evaluate.details.json")["champion"]
     assert champion["version"] == "1" and champion["compared"] is True
     assert champion["only_champion_right"] > champion["only_challenger_right"]
