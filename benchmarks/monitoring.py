@@ -41,8 +41,15 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
 
-def write_log(folder: Path, x: np.ndarray, labels: np.ndarray, rows: int, model: str,
-              kind: str, rng: np.random.Generator) -> float:  # fmt: skip
+def write_log(
+    folder: Path,
+    x: np.ndarray,
+    labels: np.ndarray,
+    rows: int,
+    model: str,
+    kind: str,
+    rng: np.random.Generator,
+) -> float:
     from services.inference_log import InferenceLog
 
     start = time.perf_counter()
@@ -58,10 +65,21 @@ def write_log(folder: Path, x: np.ndarray, labels: np.ndarray, rows: int, model:
             dark = rng.random(len(idx)) < 0.25
             feats.reshape(-1, 8, 8)[dark, :, :4] = 0
         request = f"r{first}"
-        writer.append([{"type": "prediction", "id": f"{request}-{i}", "request_id": request,
-                        "ts": now, "model": model, "features": feats[i],
-                        "prediction": int(labels[idx[i]]),
-                        "probabilities": np.full(10, 0.1)} for i in range(len(idx))])  # fmt: skip
+        writer.append(
+            [
+                {
+                    "type": "prediction",
+                    "id": f"{request}-{i}",
+                    "request_id": request,
+                    "ts": now,
+                    "model": model,
+                    "features": feats[i],
+                    "prediction": int(labels[idx[i]]),
+                    "probabilities": np.full(10, 0.1),
+                }
+                for i in range(len(idx))
+            ]
+        )
     writer.close()
     return time.perf_counter() - start
 
@@ -76,8 +94,9 @@ def full_data_verdict(log_dir: Path, model: str, params_file: Path) -> dict[str,
     params = config.load(params_file)
     root = params_file.resolve().parent
     tracking.configure(root)
-    ref = monitor.reference_for(Registry(tracking.tracking_uri(root)), model,
-                                root / params.monitor.output / "reference")  # fmt: skip
+    ref = monitor.reference_for(
+        Registry(tracking.tracking_uri(root)), model, root / params.monitor.output / "reference"
+    )
     start = time.perf_counter()
     records = [r for r in read(log_dir) if r.get("type") == "prediction"]
     current = monitor.to_frame(records, ref.features)
@@ -93,8 +112,13 @@ def full_data_verdict(log_dir: Path, model: str, params_file: Path) -> dict[str,
     )
     seconds = time.perf_counter() - start
     drifted = result.dataset_drift or result.prediction.drifted
-    return {"status": "drift" if drifted else "ok", "drift_share": result.drift_share,
-            "drifted_columns": result.drifted_columns, "rows": len(current), "seconds": seconds}  # fmt: skip
+    return {
+        "status": "drift" if drifted else "ok",
+        "drift_share": result.drift_share,
+        "drifted_columns": result.drifted_columns,
+        "rows": len(current),
+        "seconds": seconds,
+    }
 
 
 def main() -> None:
@@ -123,9 +147,14 @@ def main() -> None:
     features = params.data.feature_names
     x, labels = test[features].to_numpy(np.float32), test[params.data.target].to_numpy()
 
-    results: dict[str, Any] = {"rows": args.rows, "features": len(features), "model": model,
-                               "sample_rows": params.monitor.sample_rows, "machine": machine(),
-                               "runs": {}}  # fmt: skip
+    results: dict[str, Any] = {
+        "rows": args.rows,
+        "features": len(features),
+        "model": model,
+        "sample_rows": params.monitor.sample_rows,
+        "machine": machine(),
+        "runs": {},
+    }
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     env.pop("MODELYARD_ALERT_WEBHOOK_URL", None)
     for kind in args.kinds.split(","):
@@ -139,16 +168,38 @@ def main() -> None:
                 flush=True,
             )
             start = time.perf_counter()
-            proc = subprocess.run([str(BIN / "modelyard"), "monitor", "run", "--log-dir", str(log_dir),
-                                   "--since", "1h", "--no-retrain", "--params", str(args.params)],
-                                  cwd=root, env=env, capture_output=True, text=True)  # fmt: skip
+            proc = subprocess.run(
+                [
+                    str(BIN / "modelyard"),
+                    "monitor",
+                    "run",
+                    "--log-dir",
+                    str(log_dir),
+                    "--since",
+                    "1h",
+                    "--no-retrain",
+                    "--params",
+                    str(args.params),
+                ],
+                cwd=root,
+                env=env,
+                capture_output=True,
+                text=True,
+            )
             job_s = time.perf_counter() - start
             if proc.returncode not in (0, 1):
                 sys.exit(f"monitor run failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
             summary = json.loads((root / params.monitor.output / "summary.json").read_text())
-            run = {"job_seconds": job_s, "exit_code": proc.returncode, "status": summary["status"],
-                   "drift_share": summary["drift_share"], "drifted_columns": summary["drifted_columns"],
-                   "stage_seconds": summary["seconds"], "log_mb": size / 1e6, "rows": summary["rows"]}  # fmt: skip
+            run = {
+                "job_seconds": job_s,
+                "exit_code": proc.returncode,
+                "status": summary["status"],
+                "drift_share": summary["drift_share"],
+                "drifted_columns": summary["drifted_columns"],
+                "stage_seconds": summary["seconds"],
+                "log_mb": size / 1e6,
+                "rows": summary["rows"],
+            }
             print(
                 f"[{kind}] monitor run: {job_s:.1f} s, {summary['status']}, share "
                 f"{summary['drift_share']:.3f}, stages {summary['seconds']}",

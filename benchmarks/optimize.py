@@ -43,8 +43,13 @@ def main() -> None:
             (root / "data/sources").mkdir()
             start = time.perf_counter()
             for stage in STAGES:
-                done = subprocess.run([str(BIN / "modelyard"), stage], cwd=root, env=env,
-                                      capture_output=True, text=True)  # fmt: skip
+                done = subprocess.run(
+                    [str(BIN / "modelyard"), stage],
+                    cwd=root,
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                )
                 if done.returncode != 0:
                     sys.exit(f"{label}: {stage} failed:\n{done.stdout}\n{done.stderr}")
             seconds = time.perf_counter() - start

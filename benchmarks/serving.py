@@ -50,8 +50,12 @@ def free_port() -> int:
 
 
 def post(url: str, body: bytes) -> int:
-    req = urllib.request.Request(url, data=body, method="POST",
-                                 headers={"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"})  # fmt: skip
+    req = urllib.request.Request(
+        url,
+        data=body,
+        method="POST",
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"},
+    )
     try:
         with urllib.request.urlopen(req, timeout=5) as r:
             return int(r.status)
@@ -90,8 +94,10 @@ def wrk(url: str, body: str, duration: int, connections: int) -> dict[str, Any]:
         fh.write(LUA.format(key=KEY, body=body))
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", fh.name, url],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     os.unlink(fh.name)
     return parse_wrk(out)
 
@@ -151,9 +157,14 @@ def main() -> None:
         64: json.dumps({"inputs": x[:64].tolist()}),
     }
 
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "MODELYARD_API_KEYS": KEY,
-           "MODELYARD_LOG_DIR": tempfile.mkdtemp(prefix="bench-log-"),
-           "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # fmt: skip
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": uri,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "MODELYARD_API_KEYS": KEY,
+        "MODELYARD_LOG_DIR": tempfile.mkdtemp(prefix="bench-log-"),
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    }
     modelyard = [
         str(BIN / "modelyard"),
         "serve",
@@ -162,8 +173,17 @@ def main() -> None:
         "--model",
         f"{name}/{version}",
     ]
-    mlflow = [str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{name}/{version}",
-              "--env-manager", "local", "-h", "127.0.0.1"]  # fmt: skip
+    mlflow = [
+        str(BIN / "mlflow"),
+        "models",
+        "serve",
+        "-m",
+        f"models:/{name}/{version}",
+        "--env-manager",
+        "local",
+        "-h",
+        "127.0.0.1",
+    ]
     flask = [sys.executable, str(HERE / "flask_baseline.py"), str(model_dir / "model.onnx")]
     servers = {  # label: (command for a port, path)
         "modelyard (BentoML, auth + log)": (
@@ -190,8 +210,11 @@ def main() -> None:
                 r = wrk(url, body, args.duration, args.connections)
                 r["rows_per_s"] = r["rps"] * rows
                 results[label][rows] = r
-                print(f"  {rows:>2} row(s): {r['rps']:.0f} req/s, p50 {r['p50_ms']:.2f} ms, "
-                      f"p99 {r['p99_ms']:.2f} ms, errors {r['errors']}", flush=True)  # fmt: skip
+                print(
+                    f"  {rows:>2} row(s): {r['rps']:.0f} req/s, p50 {r['p50_ms']:.2f} ms, "
+                    f"p99 {r['p99_ms']:.2f} ms, errors {r['errors']}",
+                    flush=True,
+                )
         finally:
             stop(proc)
 
@@ -206,8 +229,12 @@ def main() -> None:
 
 
 def machine() -> dict[str, Any]:
-    return {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
-            "date": time.strftime("%Y-%m-%d")}  # fmt: skip
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
 
 
 def render(results: dict[str, dict[int, dict[str, Any]]], args: argparse.Namespace) -> str:

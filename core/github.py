@@ -25,8 +25,11 @@ class GitHub:
 
     def dispatch(self, event: str, payload: dict[str, str]) -> str:
         """``repository_dispatch``: starts the workflows listening for ``event``."""
-        self._call("POST", f"/repos/{self.repository}/dispatches",
-                   {"event_type": event, "client_payload": payload})  # fmt: skip
+        self._call(
+            "POST",
+            f"/repos/{self.repository}/dispatches",
+            {"event_type": event, "client_payload": payload},
+        )
         log.info("dispatched %s to %s: %s", event, self.repository, payload)
         return f"github:{event}"
 
@@ -35,15 +38,21 @@ class GitHub:
         comments = self._call("GET", f"/repos/{self.repository}/issues/{pr}/comments?per_page=100")
         for comment in comments or []:
             if marker in comment.get("body", ""):
-                self._call("PATCH", f"/repos/{self.repository}/issues/comments/{comment['id']}",
-                           {"body": body})  # fmt: skip
+                self._call(
+                    "PATCH",
+                    f"/repos/{self.repository}/issues/comments/{comment['id']}",
+                    {"body": body},
+                )
                 return "updated"
         self._call("POST", f"/repos/{self.repository}/issues/{pr}/comments", {"body": body})
         return "created"
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        headers = {"Authorization": f"Bearer {self.token}", "Accept": "application/vnd.github+json",
-                   "X-GitHub-Api-Version": "2022-11-28"}  # fmt: skip
+        headers = {
+            "Authorization": f"Bearer {self.token}",
+            "Accept": "application/vnd.github+json",
+            "X-GitHub-Api-Version": "2022-11-28",
+        }
         return http.request_json(
             method,
             f"{self.api_url.rstrip('/')}{path}",

@@ -177,11 +177,23 @@ Variant = Literal["fp32", "fp32-ort", "int8-dynamic", "int8-static", "pruned", "
 
 
 class Optimize(Section):
-    variants: list[Variant] = ["fp32", "fp32-ort", "int8-dynamic", "int8-static", "pruned",
-                               "pruned-int8-static"]  # fmt: skip
+    variants: list[Variant] = [
+        "fp32",
+        "fp32-ort",
+        "int8-dynamic",
+        "int8-static",
+        "pruned",
+        "pruned-int8-static",
+    ]
     # The selection: lowest value of this metric within the accuracy budget.
-    metric: Literal["p99_ms_batch1", "p50_ms_batch1", "p99_ms_batch256", "p50_ms_batch256",
-                    "neg_rows_per_s", "size_bytes"] = "p50_ms_batch1"  # fmt: skip
+    metric: Literal[
+        "p99_ms_batch1",
+        "p50_ms_batch1",
+        "p99_ms_batch256",
+        "p50_ms_batch256",
+        "neg_rows_per_s",
+        "size_bytes",
+    ] = "p50_ms_batch1"
     accuracy_budget: Annotated[float, Field(ge=0)] = 0.5  # max drop vs fp32, accuracy points
     tie_tolerance: Annotated[float, Field(ge=0, lt=1)] = 0.02  # relative; ties -> smaller file
     threads: Annotated[int, Field(ge=1)] = 1

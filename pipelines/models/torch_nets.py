@@ -57,13 +57,15 @@ class CNN(nn.Module):
         self.shape = (h, w)
         self.scale = Standardize(torch.zeros(n_features), torch.ones(n_features))
         self.body = nn.Sequential(
-            nn.Conv2d(1, c1, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(1, c1, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(c1, c2, 3, padding=1),
+            nn.ReLU(),
             nn.MaxPool2d(2),
             nn.Flatten(),
             nn.Dropout(arch["dropout"]),
             nn.Linear(c2 * (h // 2) * (w // 2), n_classes),
-        )  # fmt: skip
+        )
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         x = self.scale(features).reshape(-1, 1, *self.shape)
@@ -167,8 +169,16 @@ class Adapter:
         n_params = sum(p.numel() for p in net.parameters())
         return Fitted(net, history, best[1], n_params)
 
-    def prune(self, model: Any, sparsity: float, x: np.ndarray, y: np.ndarray, epochs: int,
-              cfg: Train, seed: int) -> Any:  # fmt: skip
+    def prune(
+        self,
+        model: Any,
+        sparsity: float,
+        x: np.ndarray,
+        y: np.ndarray,
+        epochs: int,
+        cfg: Train,
+        seed: int,
+    ) -> Any:
         """A copy of ``model`` with the ``sparsity`` share of its conv/linear weights (by
         global L1 magnitude) set to zero, fine-tuned ``epochs`` epochs with the mask held."""
         from torch.nn.utils import prune

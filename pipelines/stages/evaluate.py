@@ -62,8 +62,10 @@ def run(params: Params, root: Path) -> Result:
     pred = probs.argmax(1)
 
     metrics: dict[str, Any] = quality(test.y, pred, schema.classes)
-    lat = {f"batch_{b}": asdict(inference.latency(sess, test.x, b, runs))
-           for b, runs in ((1, cfg.latency_runs), (256, max(10, cfg.latency_runs // 10)))}  # fmt: skip
+    lat = {
+        f"batch_{b}": asdict(inference.latency(sess, test.x, b, runs))
+        for b, runs in ((1, cfg.latency_runs), (256, max(10, cfg.latency_runs // 10)))
+    }
     metrics["latency"] = lat
     rng = np.random.default_rng(params.seed)
     metrics["noise_invariance"] = noise_invariance(sess, test.x, pred, schema, cfg.noise_scale, rng)
@@ -139,9 +141,13 @@ def quality(y: np.ndarray, pred: np.ndarray, classes: list[Any]) -> dict[str, An
 
 
 def noise_invariance(
-    sess: Any, x: np.ndarray, pred: np.ndarray, schema: dataset.Schema, scale: float,
+    sess: Any,
+    x: np.ndarray,
+    pred: np.ndarray,
+    schema: dataset.Schema,
+    scale: float,
     rng: np.random.Generator,
-) -> float:  # fmt: skip
+) -> float:
     """Share of test predictions unchanged under Gaussian noise of ``scale`` x train std."""
     std = np.array([f.get("train_std", 0.0) for f in schema.features], dtype=np.float32)
     noisy = x + rng.normal(size=x.shape).astype(np.float32) * std * scale
@@ -160,8 +166,11 @@ def mcnemar(y: np.ndarray, challenger: np.ndarray, champion: np.ndarray) -> dict
     only_challenger = int((ch_right & ~cp_right).sum())
     n = only_champion + only_challenger
     p = 1.0 if n == 0 else float(binomtest(only_champion, n, 0.5).pvalue)
-    return {"only_champion_right": only_champion, "only_challenger_right": only_challenger,
-            "p_value": p}  # fmt: skip
+    return {
+        "only_champion_right": only_champion,
+        "only_challenger_right": only_challenger,
+        "p_value": p,
+    }
 
 
 def compare_with_champion(
@@ -229,12 +238,19 @@ def decide(cfg: Evaluate, m: dict[str, Any]) -> list[Gate]:
     if champ and champ.get("compared"):
         worse = champ["only_champion_right"] > champ["only_challenger_right"]
         significant = champ["p_value"] < cfg.champion_alpha
-        gates.append(Gate(
-            "not_worse_than_champion", champ["p_value"], cfg.champion_alpha, ">=",
-            passed=not (worse and significant),
-            detail=(f"champion v{champ['version']}: accuracy {champ['accuracy']:.4f} vs "
-                    f"{m['accuracy']:.4f}, McNemar p={champ['p_value']:.3g}"),
-        ))  # fmt: skip
+        gates.append(
+            Gate(
+                "not_worse_than_champion",
+                champ["p_value"],
+                cfg.champion_alpha,
+                ">=",
+                passed=not (worse and significant),
+                detail=(
+                    f"champion v{champ['version']}: accuracy {champ['accuracy']:.4f} vs "
+                    f"{m['accuracy']:.4f}, McNemar p={champ['p_value']:.3g}"
+                ),
+            )
+        )
     return gates
 
 
@@ -257,8 +273,15 @@ def plot_confusion(
     ax.imshow(cm, cmap="Blues")
     for (i, j), v in np.ndenumerate(cm):
         if v:
-            ax.text(j, i, str(v), ha="center", va="center",
-                    color="white" if v > cm.max() / 2 else "black", fontsize=8)  # fmt: skip
+            ax.text(
+                j,
+                i,
+                str(v),
+                ha="center",
+                va="center",
+                color="white" if v > cm.max() / 2 else "black",
+                fontsize=8,
+            )
     ax.set_xticks(range(len(labels)), labels)
     ax.set_yticks(range(len(labels)), labels)
     ax.set_xlabel("predicted")

@@ -48,8 +48,14 @@ from pipelines.config import Optimize, Params
 log = logging.getLogger(__name__)
 
 REFERENCE = "fp32"
-METRICS = ("p99_ms_batch1", "p50_ms_batch1", "p99_ms_batch256", "p50_ms_batch256",
-           "neg_rows_per_s", "size_bytes")  # fmt: skip
+METRICS = (
+    "p99_ms_batch1",
+    "p50_ms_batch1",
+    "p99_ms_batch256",
+    "p50_ms_batch256",
+    "neg_rows_per_s",
+    "size_bytes",
+)
 INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8", "avx512_bf16")
 
 
@@ -82,8 +88,13 @@ class Choice:
     rejected: dict[str, str]  # variant -> why it was not eligible
 
 
-def choose(table: list[Row], metric: str, budget_points: float, tie_tolerance: float = 0.0,
-           reference: str = REFERENCE) -> Choice:  # fmt: skip
+def choose(
+    table: list[Row],
+    metric: str,
+    budget_points: float,
+    tie_tolerance: float = 0.0,
+    reference: str = REFERENCE,
+) -> Choice:
     """The fastest variant by ``metric`` (lower is better) whose accuracy is at most
     ``budget_points`` percentage points below the reference's. Variants within
     ``tie_tolerance`` (relative) of the fastest are tied; ties go to the smaller file,
@@ -109,11 +120,15 @@ def choose(table: list[Row], metric: str, budget_points: float, tie_tolerance: f
     pick = min(tied, key=lambda r: (r.size_bytes, r.variant != reference, r.variant))
     others = ", ".join(r.variant for r in tied if r is not pick)
     fastest = min(tied, key=lambda r: r.metric(metric))
-    reason = (f"{metric} {pick.metric(metric):.4g}, the best of {len(eligible)} variants within "
-              f"{budget_points:g} accuracy points of {reference}")  # fmt: skip
+    reason = (
+        f"{metric} {pick.metric(metric):.4g}, the best of {len(eligible)} variants within "
+        f"{budget_points:g} accuracy points of {reference}"
+    )
     if others:
-        reason += (f", give or take {tie_tolerance:.0%} (fastest: {fastest.variant} at {best:.4g}); "
-                   f"tied with {others}, so the smaller file (then {reference}) wins")  # fmt: skip
+        reason += (
+            f", give or take {tie_tolerance:.0%} (fastest: {fastest.variant} at {best:.4g}); "
+            f"tied with {others}, so the smaller file (then {reference}) wins"
+        )
     return Choice(pick.variant, reason, [r.variant for r in eligible], rejected)
 
 
@@ -137,8 +152,21 @@ def parse_cpuinfo(text: str, default_model: str) -> dict[str, Any]:
             flags = set(value.split())
         elif key.strip() == "model name":
             model = value.strip()
-    wanted = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni",
-              "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")  # fmt: skip
+    wanted = (
+        "sse4_2",
+        "avx",
+        "avx2",
+        "fma",
+        "f16c",
+        "avx512f",
+        "avx512bw",
+        "avx512_vnni",
+        "avx_vnni",
+        "avx512_bf16",
+        "amx_tile",
+        "amx_int8",
+        "amx_bf16",
+    )
     present = {f: f in flags for f in wanted}
     vnni = any(present[f] for f in INT8_FLAGS)
     return {
@@ -206,8 +234,15 @@ def _check_quantized(path: Path) -> None:
     import onnx
 
     ops = {n.op_type for n in onnx.load(str(path)).graph.node}
-    quantized = {"QuantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger",
-                 "QLinearConv", "QLinearMatMul", "DynamicQuantizeMatMul"}  # fmt: skip
+    quantized = {
+        "QuantizeLinear",
+        "DynamicQuantizeLinear",
+        "MatMulInteger",
+        "ConvInteger",
+        "QLinearConv",
+        "QLinearMatMul",
+        "DynamicQuantizeMatMul",
+    }
     if not ops & quantized:
         raise NotApplicable(
             f"no operator of this model was quantized (ops: {', '.join(sorted(ops))})"
@@ -246,8 +281,12 @@ def _static_int8(src: Path, out: Path, tmp: Path, calibration: np.ndarray) -> No
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.batches = iter([{inference.INPUT_NAME: calibration[i : i + 32]}
-                                 for i in range(0, len(calibration), 32)])  # fmt: skip
+            self.batches = iter(
+                [
+                    {inference.INPUT_NAME: calibration[i : i + 32]}
+                    for i in range(0, len(calibration), 32)
+                ]
+            )
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.batches, None)
@@ -269,8 +308,13 @@ def _static_int8(src: Path, out: Path, tmp: Path, calibration: np.ndarray) -> No
 # -- measurement -------------------------------------------------------------------------------
 
 
-def measure(built: dict[str, Path], x_val: np.ndarray, y_val: np.ndarray, cfg: Optimize,
-            progress: Callable[[str], None] | None = None) -> list[Row]:  # fmt: skip
+def measure(
+    built: dict[str, Path],
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    cfg: Optimize,
+    progress: Callable[[str], None] | None = None,
+) -> list[Row]:
     """Accuracy on the validation split, size, and latency of every variant.
 
     Latency is taken in ``cfg.rounds`` interleaved rounds (each round times every variant
@@ -295,12 +339,18 @@ def measure(built: dict[str, Path], x_val: np.ndarray, y_val: np.ndarray, cfg: O
     for name, sess in sessions.items():
         accuracy = float((inference.predict_proba(sess, x_val).argmax(1) == y_val).mean())
         t1, t256 = np.concatenate(one[name]) * 1e3, np.concatenate(big[name]) * 1e3
-        rows.append(Row(
-            name, accuracy, built[name].stat().st_size,
-            float(np.median(t1)), float(np.median([np.percentile(r * 1e3, 99) for r in one[name]])),
-            float(np.median(t256)), float(np.median([np.percentile(r * 1e3, 99) for r in big[name]])),
-            float(256 / (t256.mean() / 1e3)),
-        ))  # fmt: skip
+        rows.append(
+            Row(
+                name,
+                accuracy,
+                built[name].stat().st_size,
+                float(np.median(t1)),
+                float(np.median([np.percentile(r * 1e3, 99) for r in one[name]])),
+                float(np.median(t256)),
+                float(np.median([np.percentile(r * 1e3, 99) for r in big[name]])),
+                float(256 / (t256.mean() / 1e3)),
+            )
+        )
     return rows
 
 
@@ -362,8 +412,15 @@ def run(params: Params, root: Path, progress: Callable[[str], None] | None = Non
         else:
 
             def make_pruned(p: Path) -> None:
-                pruned = pruner(model, cfg.sparsity, train.x, train.y, cfg.finetune_epochs,
-                                params.train, params.seed)  # fmt: skip
+                pruned = pruner(
+                    model,
+                    cfg.sparsity,
+                    train.x,
+                    train.y,
+                    cfg.finetune_epochs,
+                    params.train,
+                    params.seed,
+                )
                 adapter.export_onnx(pruned, len(schema.feature_names), p, params.export.opset)
 
             build("pruned", make_pruned)
@@ -441,10 +498,13 @@ def markdown(result: Result, cfg: Optimize) -> str:
         lines.append(f"| {name} | - | - | - | - | - | - | - | n/a: {why[:80]} |")
     cpu = result.cpu
     flags = ", ".join(f for f, on in cpu.get("flags", {}).items() if on)
-    lines += ["", f"Chosen: **{result.choice.variant}**: {result.choice.reason}.",
-              int8_verdict(result, cfg),
-              f"CPU: {cpu.get('model')} ({flags}); {cpu.get('note')}.",
-              f"ONNX Runtime {inference.runtime_version()}, {cfg.threads} thread(s)."]  # fmt: skip
+    lines += [
+        "",
+        f"Chosen: **{result.choice.variant}**: {result.choice.reason}.",
+        int8_verdict(result, cfg),
+        f"CPU: {cpu.get('model')} ({flags}); {cpu.get('note')}.",
+        f"ONNX Runtime {inference.runtime_version()}, {cfg.threads} thread(s).",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -465,15 +525,21 @@ def int8_verdict(result: Result, cfg: Optimize) -> str:
     ratio = speedup(ref, best, cfg.metric)
     if "int8" in result.choice.variant:
         chosen = by_name[result.choice.variant]
-        return (f"int8 pays here: {chosen.variant} is {speedup(ref, chosen, cfg.metric):.2f}x "
-                f"fp32 by {cfg.metric}.")  # fmt: skip
+        return (
+            f"int8 pays here: {chosen.variant} is {speedup(ref, chosen, cfg.metric):.2f}x "
+            f"fp32 by {cfg.metric}."
+        )
     if best.variant in result.choice.rejected:
-        return (f"int8: {best.variant} is {ratio:.2f}x fp32 by {cfg.metric} but over the accuracy "
-                f"budget ({result.choice.rejected[best.variant]}).")  # fmt: skip
+        return (
+            f"int8: {best.variant} is {ratio:.2f}x fp32 by {cfg.metric} but over the accuracy "
+            f"budget ({result.choice.rejected[best.variant]})."
+        )
     accel = "even with" if result.cpu.get("int8_acceleration") else "without"
-    return (f"int8 does not pay here ({accel} VNNI/AMX): the best int8 variant, {best.variant}, "
-            f"is {ratio:.2f}x fp32 by {cfg.metric}; quantize/dequantize overhead outweighs "
-            "the cheaper arithmetic for a model this small.")  # fmt: skip
+    return (
+        f"int8 does not pay here ({accel} VNNI/AMX): the best int8 variant, {best.variant}, "
+        f"is {ratio:.2f}x fp32 by {cfg.metric}; quantize/dequantize overhead outweighs "
+        "the cheaper arithmetic for a model this small."
+    )
 
 
 def _write_reports(result: Result, cfg: Optimize, reports: Path) -> None:
@@ -490,12 +556,18 @@ def _plot(result: Result, cfg: Optimize, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     names = [r.variant for r in result.table]
-    colours = ["#2ca02c" if n == result.choice.variant else
-               ("#bbbbbb" if n in result.choice.rejected else "#1f77b4") for n in names]  # fmt: skip
-    panels = [("p99 ms, batch 1", [r.p99_ms_batch1 for r in result.table]),
-              ("p50 ms, batch 256", [r.p50_ms_batch256 for r in result.table]),
-              ("size KB", [r.size_bytes / 1024 for r in result.table]),
-              ("val accuracy", [r.accuracy for r in result.table])]  # fmt: skip
+    colours = [
+        "#2ca02c"
+        if n == result.choice.variant
+        else ("#bbbbbb" if n in result.choice.rejected else "#1f77b4")
+        for n in names
+    ]
+    panels = [
+        ("p99 ms, batch 1", [r.p99_ms_batch1 for r in result.table]),
+        ("p50 ms, batch 256", [r.p50_ms_batch256 for r in result.table]),
+        ("size KB", [r.size_bytes / 1024 for r in result.table]),
+        ("val accuracy", [r.accuracy for r in result.table]),
+    ]
     fig, axes = plt.subplots(1, 4, figsize=(14, 3.4))
     for ax, (title, values) in zip(axes, panels, strict=True):
         ax.barh(names, values, color=colours)
@@ -504,8 +576,11 @@ def _plot(result: Result, cfg: Optimize, path: Path) -> None:
         ax.invert_yaxis()
     low = min(r.accuracy for r in result.table)
     axes[3].set_xlim(max(0.0, low - 0.02), 1.0)
-    fig.suptitle(f"optimize: chose {result.choice.variant} (green) by {cfg.metric}, budget "
-                 f"{cfg.accuracy_budget:g} points (grey: over budget)", fontsize=10)  # fmt: skip
+    fig.suptitle(
+        f"optimize: chose {result.choice.variant} (green) by {cfg.metric}, budget "
+        f"{cfg.accuracy_budget:g} points (grey: over budget)",
+        fontsize=10,
+    )
     fig.tight_layout()
     with files.atomic_path(path, ".png") as tmp:
         fig.savefig(tmp, dpi=100)
@@ -516,10 +591,17 @@ def _log(result: Result, reports: Path, meta: dict[str, Any]) -> None:
     with tracking.resume(meta["run_id"]):
         tracking.set_tags({"optimize.chosen": result.choice.variant})
         for r in result.table:
-            tracking.log_metrics({
-                "accuracy": r.accuracy, "size_bytes": r.size_bytes, "p50_ms_b1": r.p50_ms_batch1,
-                "p99_ms_b1": r.p99_ms_batch1, "p50_ms_b256": r.p50_ms_batch256,
-                "p99_ms_b256": r.p99_ms_batch256, "rows_per_s": r.rows_per_s,
-            }, prefix=f"optimize.{r.variant}.")  # fmt: skip
+            tracking.log_metrics(
+                {
+                    "accuracy": r.accuracy,
+                    "size_bytes": r.size_bytes,
+                    "p50_ms_b1": r.p50_ms_batch1,
+                    "p99_ms_b1": r.p99_ms_batch1,
+                    "p50_ms_b256": r.p50_ms_batch256,
+                    "p99_ms_b256": r.p99_ms_batch256,
+                    "rows_per_s": r.rows_per_s,
+                },
+                prefix=f"optimize.{r.variant}.",
+            )
         for name in ("optimize.json", "optimize.details.json", "optimize.md", "optimize.png"):
             tracking.log_artifact(reports / name, "optimize")

@@ -30,8 +30,21 @@ from pipelines.config import SPLITS, Data, Paths, Validate
 
 log = logging.getLogger(__name__)
 
-NUMERIC = ["int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
-           "float16", "float32", "float64", "Int64", "Float64"]  # fmt: skip
+NUMERIC = [
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "float16",
+    "float32",
+    "float64",
+    "Int64",
+    "Float64",
+]
 TEXT = ["object", "str", "string", "category"]
 
 
@@ -68,31 +81,41 @@ def run(cfg: Validate, data: Data, paths: Paths, root: Path) -> Result:
 def raw_expectations(cfg: Validate, data: Data) -> list[validation.Expectation]:
     label_types = NUMERIC if all(isinstance(x, int) for x in data.labels) else TEXT
     out: list[validation.Expectation] = [
-        _e("expect_table_columns_to_match_set",
-           column_set=[*data.feature_names, data.target], exact_match=True),
+        _e(
+            "expect_table_columns_to_match_set",
+            column_set=[*data.feature_names, data.target],
+            exact_match=True,
+        ),
         _e("expect_table_row_count_to_be_between", min_value=cfg.min_rows, max_value=cfg.max_rows),
         _e("expect_column_values_to_not_be_null", column=data.target),
         _e("expect_column_values_to_be_in_type_list", column=data.target, type_list=label_types),
         _e("expect_column_values_to_be_in_set", column=data.target, value_set=list(data.labels)),
-    ]  # fmt: skip
+    ]
     for col in data.feature_names:
         out.append(_e("expect_column_values_to_be_in_type_list", column=col, type_list=NUMERIC))
         out.append(_e("expect_column_values_to_not_be_null", column=col))
         bounds = data.range_for(col)
         if bounds is not None:
             out.append(
-                _e("expect_column_values_to_be_between",
-                   column=col, min_value=bounds[0], max_value=bounds[1])
-            )  # fmt: skip
+                _e(
+                    "expect_column_values_to_be_between",
+                    column=col,
+                    min_value=bounds[0],
+                    max_value=bounds[1],
+                )
+            )
     return out
 
 
 def split_expectations(data: Data) -> list[validation.Expectation]:
     return [
-        _e("expect_table_columns_to_match_set",
-           column_set=[*data.feature_names, data.target], exact_match=True),
+        _e(
+            "expect_table_columns_to_match_set",
+            column_set=[*data.feature_names, data.target],
+            exact_match=True,
+        ),
         _e("expect_table_row_count_to_be_between", min_value=1),
-    ]  # fmt: skip
+    ]
 
 
 def balance_expectations(cfg: Validate) -> list[validation.Expectation]:
@@ -153,11 +176,15 @@ def describe(c: validation.Check, data: Data) -> str:
         extra = [x for x in c.observed if x not in want]
         return f"{head}: missing columns {missing}, unexpected columns {extra}"
     if c.table == "leakage":
-        return (f"{head}: {c.unexpected_count} feature row(s) appear in more than one split, "
-                f"e.g. rows {c.sample_rows}")  # fmt: skip
+        return (
+            f"{head}: {c.unexpected_count} feature row(s) appear in more than one split, "
+            f"e.g. rows {c.sample_rows}"
+        )
     if c.table == "class_balance":
-        return (f"{head}: class share outside {c.kwargs.get('min_value')}..{c.kwargs.get('max_value')} "
-                f"for labels {c.sample_rows} (shares {c.sample})")  # fmt: skip
+        return (
+            f"{head}: class share outside {c.kwargs.get('min_value')}..{c.kwargs.get('max_value')} "
+            f"for labels {c.sample_rows} (shares {c.sample})"
+        )
     bits = []
     if c.unexpected_count:
         bits.append(f"{c.unexpected_count} bad value(s)")

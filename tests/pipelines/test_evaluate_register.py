@@ -15,20 +15,40 @@ from pipelines.stages.evaluate import decide, mcnemar
 from tests.conftest import FAST_TRAIN, Project
 
 LINEAGE_TAGS = [
-    "git.commit", "git.dirty", "git.author", "dvc.data_md5", "dvc.prepared_md5", "dvc.params_sha256",
-    "data.rows.raw", "data.rows.train", "data.rows.val", "data.rows.test",
-    "validation.success", "validation.evaluated", "validation.failed",
-    "onnx.sha256", "onnx.opset", "onnxruntime.version",
-    "metric.accuracy", "metric.macro_f1", "metric.p99_ms_batch_1", "gates.passed",
-    "gate.min_accuracy", "gate.max_p99_ms", "gate.min_noise_invariance",
-]  # fmt: skip
+    "git.commit",
+    "git.dirty",
+    "git.author",
+    "dvc.data_md5",
+    "dvc.prepared_md5",
+    "dvc.params_sha256",
+    "data.rows.raw",
+    "data.rows.train",
+    "data.rows.val",
+    "data.rows.test",
+    "validation.success",
+    "validation.evaluated",
+    "validation.failed",
+    "onnx.sha256",
+    "onnx.opset",
+    "onnxruntime.version",
+    "metric.accuracy",
+    "metric.macro_f1",
+    "metric.p99_ms_batch_1",
+    "gates.passed",
+    "gate.min_accuracy",
+    "gate.max_p99_ms",
+    "gate.min_noise_invariance",
+]
 
 
 def metrics(**over: Any) -> dict[str, Any]:
     base = {
-        "accuracy": 0.97, "macro_f1": 0.97, "min_class_recall": 0.9, "noise_invariance": 0.99,
+        "accuracy": 0.97,
+        "macro_f1": 0.97,
+        "min_class_recall": 0.9,
+        "noise_invariance": 0.99,
         "latency": {"batch_1": {"p99_ms": 0.1}},
-    }  # fmt: skip
+    }
     return {**base, **over}
 
 
@@ -46,8 +66,14 @@ def test_gates_at_the_edge() -> None:
 
 def test_champion_gate_only_fails_when_significantly_worse() -> None:
     cfg = Evaluate(champion_alpha=0.05)
-    worse = {"version": "1", "compared": True, "accuracy": 0.99,
-             "only_champion_right": 20, "only_challenger_right": 2, "p_value": 0.0001}  # fmt: skip
+    worse = {
+        "version": "1",
+        "compared": True,
+        "accuracy": 0.99,
+        "only_champion_right": 20,
+        "only_challenger_right": 2,
+        "p_value": 0.0001,
+    }
     assert verdicts(cfg, metrics(champion=worse))["not_worse_than_champion"] is False
     noise = {**worse, "only_champion_right": 4, "only_challenger_right": 2, "p_value": 0.69}
     assert verdicts(cfg, metrics(champion=noise))["not_worse_than_champion"] is True
@@ -113,8 +139,9 @@ def test_register_writes_lineage_and_is_idempotent(evaluated: Project) -> None:
     import mlflow
     import pandas as pd
 
-    ref = mlflow.artifacts.download_artifacts(version.tags["data.reference_uri"],
-                                              tracking_uri=registry.uri)  # fmt: skip
+    ref = mlflow.artifacts.download_artifacts(
+        version.tags["data.reference_uri"], tracking_uri=registry.uri
+    )
     assert len(pd.read_parquet(ref)) == int(version.tags["data.rows.train"])
     assert registry.by_alias("digits-classifier", "challenger").version == version.version
     assert registry.by_alias("digits-classifier", "champion") is None
@@ -143,8 +170,15 @@ def test_challenger_is_compared_with_champion(
     evaluated.stages("champion")  # the pointer evaluate reads (promote would write it)
 
     # A much weaker challenger: one epoch of training.
-    evaluated.set_params(train={"epochs": 1}, evaluate={"min_accuracy": 0, "min_macro_f1": 0,
-                         "min_class_recall": 0, "min_noise_invariance": 0})  # fmt: skip
+    evaluated.set_params(
+        train={"epochs": 1},
+        evaluate={
+            "min_accuracy": 0,
+            "min_macro_f1": 0,
+            "min_class_recall": 0,
+            "min_noise_invariance": 0,
+        },
+    )
     evaluated.stages("train", "export", "optimize")
     scratch = tmp_path / "tmp"
     scratch.mkdir()

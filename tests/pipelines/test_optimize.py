@@ -56,8 +56,10 @@ def test_random_tables_never_break_the_budget() -> None:
     rng = random.Random(0)
     for _ in range(500):
         table = [row("fp32", rng.uniform(0.9, 1), rng.uniform(0.01, 1), rng.randint(1, 9))]
-        table += [row(f"v{i}", rng.uniform(0.85, 1), rng.uniform(0.01, 1), rng.randint(1, 9))
-                  for i in range(rng.randint(0, 6))]  # fmt: skip
+        table += [
+            row(f"v{i}", rng.uniform(0.85, 1), rng.uniform(0.01, 1), rng.randint(1, 9))
+            for i in range(rng.randint(0, 6))
+        ]
         budget = rng.choice([0.0, 0.25, 0.5, 2.0])
         metric = rng.choice(METRICS)
         pick = next(r for r in table if r.variant == choose(table, metric, budget).variant)
@@ -268,8 +270,14 @@ def test_stage_builds_measures_and_writes_the_choice(project: Project) -> None:
     project.stages("ingest", "prepare", "validate", "train", "export", "optimize")
     report = project.report("optimize.details.json")
     variants = report["variants"]
-    assert set(variants) == {"fp32", "fp32-ort", "int8-dynamic", "int8-static", "pruned",
-                             "pruned-int8-static"}  # fmt: skip
+    assert set(variants) == {
+        "fp32",
+        "fp32-ort",
+        "int8-dynamic",
+        "int8-static",
+        "pruned",
+        "pruned-int8-static",
+    }
     folder = project.root / "data/models/optimized"
     assert "QuantizeLinear" in ops(folder / "variants/int8-static.onnx")  # QDQ format
     assert ops(folder / "variants/int8-dynamic.onnx") & {
@@ -332,14 +340,21 @@ def test_choice_flips_to_int8_for_the_wide_mlp_and_stays_fp32_for_the_cnn(tmp_pa
     small CNN. (Measured, so it depends on the CPU; on this machine type the margins are
     about 3x for the MLP and about 10% against int8 for the CNN.)"""
     chosen = {}
-    for name, params in (("cnn", REPO / "params.yaml"),
-                         ("wide", REPO / "pipelines/examples/wide-mlp.params.yaml")):  # fmt: skip
+    for name, params in (
+        ("cnn", REPO / "params.yaml"),
+        ("wide", REPO / "pipelines/examples/wide-mlp.params.yaml"),
+    ):
         project = new_project(tmp_path / name, params)
         # Shipped optimize settings (no FAST_OPTIMIZE); fewer timed calls for the big model.
         settings = project.params()["optimize"]
-        project.set_params(optimize={**settings, **({"runs": 600, "rounds": 6} if name == "wide" else {}),
-                                     "finetune_epochs": 1},
-                           train={"epochs": 8 if name == "wide" else 20})  # fmt: skip
+        project.set_params(
+            optimize={
+                **settings,
+                **({"runs": 600, "rounds": 6} if name == "wide" else {}),
+                "finetune_epochs": 1,
+            },
+            train={"epochs": 8 if name == "wide" else 20},
+        )
         if name == "cnn":
             project.set_params(
                 optimize={**project.params()["optimize"], "runs": 2000, "rounds": 10}

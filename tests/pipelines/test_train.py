@@ -68,15 +68,20 @@ def test_any_tabular_csv_with_string_labels(project: Project) -> None:
     (project.root / "data/expectations/iris.json").write_text('{"expectations": []}')
     features = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
     params = project.params()
-    params["data"] = {"target": "species", "features": features,
-                      "labels": ["setosa", "versicolor", "virginica"], "feature_range": [0, 10]}  # fmt: skip
+    params["data"] = {
+        "target": "species",
+        "features": features,
+        "labels": ["setosa", "versicolor", "virginica"],
+        "feature_range": [0, 10],
+    }
     params["ingest"] = {"source": "data/sources/iris.csv"}
     params["validate"].update(
         min_rows=100, class_share=[0.2, 0.5], suite="data/expectations/iris.json"
     )
     params["train"].update(model="mlp", epochs=80, patience=10)
-    params["evaluate"].update(min_accuracy=0.85, min_macro_f1=0.85, min_class_recall=0.7,
-                              min_noise_invariance=0.85)  # fmt: skip
+    params["evaluate"].update(
+        min_accuracy=0.85, min_macro_f1=0.85, min_class_recall=0.7, min_noise_invariance=0.85
+    )
     params["register"]["model_name"] = "iris"
     import yaml
 

@@ -151,8 +151,12 @@ def test_a_missing_column_is_named_not_an_internal_error() -> None:
 
     data = Data(target="species", features=["a", "b"], labels=["x", "y"], feature_range=(0, 10))
     raw = pd.DataFrame({"a": [1.0, 2.0, 3.0, 4.0], "species": ["x", "y", "x", "y"]})
-    suite = [{"type": "expect_column_mean_to_be_between",
-              "kwargs": {"column": "b", "min_value": 0, "max_value": 5}}]  # fmt: skip
+    suite = [
+        {
+            "type": "expect_column_mean_to_be_between",
+            "kwargs": {"column": "b", "min_value": 0, "max_value": 5},
+        }
+    ]
     expectations = raw_expectations(Validate(min_rows=1), data) + suite
 
     checks = validation.validate({"raw": (raw, expectations)})

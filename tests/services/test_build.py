@@ -41,8 +41,15 @@ def test_build_from_registry_version(project: Project, tmp_path: Path) -> None:
     again = modelyard(project.root, "build", *params, env=env)  # default: @challenger
     assert "up to date" in again.stdout and "no @champion yet" in again.stderr
 
-    missing = modelyard(project.root, "build", "--model", "digits-classifier@champion", *params,
-                        env=env, check=False)  # fmt: skip
+    missing = modelyard(
+        project.root,
+        "build",
+        "--model",
+        "digits-classifier@champion",
+        *params,
+        env=env,
+        check=False,
+    )
     assert missing.returncode == 1 and "no version with alias @champion" in missing.stderr
     malformed = modelyard(
         project.root, "build", "--model", "digits classifier", *params, env=env, check=False
@@ -52,7 +59,14 @@ def test_build_from_registry_version(project: Project, tmp_path: Path) -> None:
     # The registered artifact changes after registration: refuse, don't ship it.
     (artifact,) = (project.root / ".modelyard/artifacts/models").glob("*/artifacts/model.onnx")
     artifact.write_bytes(artifact.read_bytes() + b"\0")
-    tampered = modelyard(project.root, "build", "--model", "digits-classifier/1", *params,
-                         env={"BENTOML_HOME": str(tmp_path / "other")}, check=False)  # fmt: skip
+    tampered = modelyard(
+        project.root,
+        "build",
+        "--model",
+        "digits-classifier/1",
+        *params,
+        env={"BENTOML_HOME": str(tmp_path / "other")},
+        check=False,
+    )
     assert tampered.returncode == 1
     assert "refusing to build" in " ".join(tampered.stderr.split())
