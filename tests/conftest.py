@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -79,7 +79,9 @@ class Project:
         # set_tracking_uri sets MLFLOW_TRACKING_URI for the whole process, and module-scoped
         # fixtures run before the per-test cleanup below).
         os.environ.pop("MLFLOW_TRACKING_URI", None)
-        return self.runner.invoke(app, [*args, "--params", str(self.params_path)])
+        result = self.runner.invoke(app, [*args, "--params", str(self.params_path)])
+        record_exit(args, result.exit_code)
+        return result
 
     def stages(self, *names: str) -> None:
         for name in names:
@@ -182,11 +184,88 @@ def _tool(
     proc = subprocess.run(
         [str(BIN / name), *args], cwd=cwd, capture_output=True, text=True, env=env
     )
+    if name == "modelyard":
+        record_exit(args, proc.returncode)
     if check and proc.returncode != 0:
         raise AssertionError(
             f"{name} {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
         )
     return proc
+
+
+# pyproject.toml sets 300 s per test (fixtures included); known-slow tests get longer.
+SLOW_TIMEOUT = 1200
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT))
+
+
+# Who saw each (command, exit code) the CLI gave in this session: a test (its node id) or
+# a fixture ("fixture:NAME"). tests/exit_codes.py names the test that produces each
+# documented exit code, and pytest_runtest_call below checks that this test, or one of
+# its fixtures, saw it: whatever ran before it does not count.
+CLI_EXITS: dict[tuple[str, int], set[str]] = {}
+_RUNNING: list[str] = []
+
+
+def command_path(args: Sequence[str]) -> str:
+    """The command an argument list runs (``deploy record``), read from the Typer app."""
+    import typer.main
+
+    from modelyard.app import app
+
+    node: Any = typer.main.get_command(app)
+    words: list[str] = []
+    for arg in args:
+        commands = getattr(node, "commands", None) or {}
+        if arg in commands:
+            node = commands[arg]
+            words.append(arg)
+        elif not (arg.startswith("-") and not words):  # root options come before a command
+            break
+    return " ".join(words)
+
+
+def record_exit(args: Sequence[str], code: int) -> None:
+    """Note that ``modelyard ARGS`` exited with ``code`` (for tests that start it themselves)."""
+    CLI_EXITS.setdefault((command_path(args), code), set()).add(_RUNNING[-1] if _RUNNING else "")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_fixture_setup(fixturedef: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
+    _RUNNING.append(f"fixture:{fixturedef.argname}")
+    try:
+        return (yield)
+    finally:
+        _RUNNING.pop()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    """A test named in tests/exit_codes.py as producing an exit code must have seen it."""
+    _RUNNING.append(item.nodeid)
+    try:
+        result = yield
+    finally:
+        _RUNNING.pop()
+    from tests.exit_codes import claims
+
+    seen_by = {item.nodeid, *(f"fixture:{name}" for name in getattr(item, "fixturenames", ()))}
+    missing = [
+        f"`modelyard {cmd}` exiting {code}"
+        for cmd, code in claims(item.nodeid)
+        if not CLI_EXITS.get((cmd, code), set()) & seen_by
+    ]
+    if missing:
+        raise AssertionError(
+            f"tests/exit_codes.py names {item.nodeid} as the test that produces "
+            f"{', '.join(missing)}, but neither it nor its fixtures saw that (through "
+            "Project.cli, modelyard() or record_exit). Fix the test or the table."
+        )
+    return result
 
 
 def free_port() -> int:

@@ -40,10 +40,11 @@ def edit_params(root: Path, **sections: Any) -> None:
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def fresh_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh clone after `make run`'s main step: `modelyard run` (dvc repro + summary),
     run as `.venv/bin/modelyard run` without an activated venv: the stages DVC runs
-    (`modelyard ingest`, ...) must still find the venv's tools."""
+    (`modelyard ingest`, ...) must still find the venv's tools. Tests never change it:
+    each works on its own copy (``repo``), so none depends on which ran before."""
     root = git_copy(tmp_path_factory.mktemp("digits"))
     assert not (Path("/usr/bin") / "modelyard").exists()
     proc = modelyard(root, "run", env={"PATH": "/usr/bin:/bin"})
@@ -54,6 +55,15 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert "gates: all passed" in out
     assert "digits-classifier v1" in out and "modelyard ui" in out
     return root
+
+
+@pytest.fixture
+def repo(fresh_run: Path, tmp_path: Path) -> Path:
+    """This test's own copy of the fresh clone after its run (git, DVC cache, MLflow store).
+
+    The copied store still names the original folder as its artifact root, so runs made in
+    the copy add their artifacts there; nothing reads another test's artifacts."""
+    return Path(shutil.copytree(fresh_run, tmp_path / "digits", symlinks=True))
 
 
 def test_repro_registers_a_version_with_full_lineage(repo: Path) -> None:
