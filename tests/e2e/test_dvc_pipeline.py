@@ -80,7 +80,8 @@ def test_repro_registers_a_version_with_full_lineage(repo: Path) -> None:
     assert tags["onnx.opset"] == "18"
     assert tags["model.family"] == "cnn"
     assert float(tags["metric.accuracy"]) >= 0.97  # the default CNN's target on digits
-    assert registry(repo).by_alias("digits-classifier", "challenger").version == version.version
+    challenger = registry(repo).by_alias("digits-classifier", "challenger")
+    assert challenger is not None and challenger.version == version.version
 
 
 def test_run_again_registers_nothing_new(repo: Path) -> None:
@@ -111,7 +112,8 @@ def test_train_change_reruns_train_and_after_only(repo: Path) -> None:
     assert params["params.yaml"]["train.epochs"] == {"old": 60, "new": 10, "diff": -50}
     versions = registry(repo).versions("digits-classifier")
     assert [v.version for v in versions] == ["1", "2"]
-    assert registry(repo).by_alias("digits-classifier", "challenger").version == "2"
+    challenger = registry(repo).by_alias("digits-classifier", "challenger")
+    assert challenger is not None and challenger.version == "2"
 
 
 def test_bad_data_stops_repro_before_anything_is_registered(tmp_path: Path) -> None:
