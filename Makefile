@@ -13,7 +13,7 @@ export BENTOML_DO_NOT_TRACK := true
 export GX_ANALYTICS_ENABLED := false
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: help setup system-tools browser-tools bench-webapp run serve test check lint format lock clean bench bench-monitoring bench-optimize
+.PHONY: help setup system-tools browser-tools bench-webapp run serve test check lint format lock clean bench bench-monitoring bench-optimize bench-workers
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -45,6 +45,9 @@ bench-monitoring: setup ## Drift job over 1M logged rows vs Evidently on all row
 
 bench-optimize: setup ## The optimize stage's measured table for the CNN and the wide MLP
 	$(BIN)/python benchmarks/optimize.py
+
+bench-workers: setup ## Throughput per pod at 1 and 2 workers vs a bare Starlette app (needs wrk; after make run)
+	$(BIN)/python benchmarks/workers.py
 
 bench-webapp: setup browser-tools ## Web app: page load, draw-to-prediction p50/p95 (chromium), overhead vs the API (after make run)
 	$(BIN)/python benchmarks/webapp.py

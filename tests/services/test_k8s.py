@@ -198,6 +198,11 @@ def test_the_services_probe_scale_and_survive_disruption(
         assert 1 <= hpa["minReplicas"] < hpa["maxReplicas"]
         assert pdbs[name]["spec"]["selector"]["matchLabels"] == spec["selector"]["matchLabels"]
         assert services[name]["spec"]["selector"] == spec["selector"]["matchLabels"]
+    api = by_kind(docs, "Deployment")["modelyard-api"]["spec"]["template"]["spec"]
+    (container,) = api["containers"]
+    env_values = {e["name"]: e.get("value") for e in container["env"]}
+    workers = env_values["BENTOML_CONFIG_OPTIONS"].removeprefix("services.modelyard.workers=")
+    assert int(workers) == int(container["resources"]["limits"]["cpu"])  # one CPU per worker
     api_hpa = hpas["modelyard-api"]["spec"]
     assert api_hpa["minReplicas"] >= (3 if env == "production" else 1)
 
