@@ -5,6 +5,7 @@ unchanged inputs must say that nothing was retrained; changed inputs register a 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +29,21 @@ ENV = {
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A clone whose pipeline ran once (`modelyard run`): digits-classifier v1."""
+def ran_once(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A clone whose pipeline ran once (`modelyard run`): digits-classifier v1. Tests never
+    change it: each retrains in its own copy (``repo``), whatever ran before."""
     root = git_copy(tmp_path_factory.mktemp("retrain"))
     edit_params(root, train=FAST_TRAIN, optimize=FAST_OPTIMIZE, monitor={"min_rows": 200})
     git(root, "commit", "-qam", "fast params")
     modelyard(root, "run")
     assert [v.version for v in versions(root)] == ["1"]
     return root
+
+
+@pytest.fixture
+def repo(ran_once: Path, tmp_path: Path) -> Path:
+    """This test's own copy of the clone (git, DVC cache, MLflow store)."""
+    return Path(shutil.copytree(ran_once, tmp_path / "repo", symlinks=True))
 
 
 def versions(root: Path) -> list[Any]:
