@@ -24,6 +24,8 @@ IMAGE = "tests/services/test_image.py::test_the_recorded_digest_is_the_manifest_
 MONITOR = "tests/monitoring/test_monitor.py"
 PROMOTION = "tests/registry/test_promotion.py"
 DEPLOY = "tests/services/test_deploy.py::test_record_then_reconcile_is_in_sync"
+SMOKE = "tests/services/test_deploy.py"
+RECORD_FAILURE = "test_a_failed_rollout_is_recorded_and_an_image_only_run_is_not_a_deploy"
 E2E = "tests/e2e/test_dvc_pipeline.py"
 GATE_FAILED = "tests/pipelines/test_evaluate_register.py::test_failing_gate_registers_nothing"
 WEBHOOKS = "tests/registry/test_webhooks.py::test_promotion_dispatches_the_deploy"
@@ -113,6 +115,12 @@ PRODUCED_BY: dict[tuple[str, int], str] = {
     ("deploy record", 0): DEPLOY,
     ("deploy record", 1): DEPLOY,
     ("deploy record", 2): f"{BAD_PARAMS}[deploy record]",
+    ("deploy smoke", 0): f"{SMOKE}::test_smoke_passes_against_the_version_it_serves",
+    ("deploy smoke", 1): f"{SMOKE}::test_smoke_fails_on_another_version_a_bad_key_or_no_service",
+    ("deploy smoke", 2): f"{SMOKE}::test_smoke_fails_on_another_version_a_bad_key_or_no_service",
+    ("deploy record-failure", 0): f"{SMOKE}::{RECORD_FAILURE}",
+    ("deploy record-failure", 1): f"{SMOKE}::{RECORD_FAILURE}",
+    ("deploy record-failure", 2): f"{SMOKE}::{RECORD_FAILURE}",
     ("monitor run", 0): f"{MONITOR}::test_clean_traffic_is_no_alarm",
     ("monitor run", 1): f"{MONITOR}::test_drifted_traffic_alerts_on_the_right_features",
     ("monitor run", 2): f"{MONITOR}::test_errors_exit_2_and_say_what_to_do",

@@ -214,6 +214,8 @@ def test_smoke_fails_on_another_version_a_bad_key_or_no_service(
         check=False,
     )
     assert gone.returncode == 1 and "unreachable" in gone.stderr
+    no_version = modelyard(project.root, *smoke, serving, "--model", NAME, env=keyed, check=False)
+    assert no_version.returncode == 2 and "expected NAME/VERSION" in no_version.stderr
 
 
 def test_a_failed_rollout_is_recorded_and_an_image_only_run_is_not_a_deploy(
@@ -266,3 +268,16 @@ def test_a_failed_rollout_is_recorded_and_an_image_only_run_is_not_a_deploy(
         project.root, "deploy", "record-failure", NAME, "9", *params, env=env, check=False
     )
     assert missing.returncode == 1 and "no version 9" in " ".join(missing.stderr.split())
+    unknown = modelyard(
+        project.root,
+        "deploy",
+        "record-failure",
+        NAME,
+        "1",
+        "--env",
+        "qa",
+        *params,
+        env=env,
+        check=False,
+    )
+    assert unknown.returncode == 2 and "expected one of staging, production" in unknown.stderr
