@@ -3,7 +3,9 @@ webhook install, reconciler)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -15,6 +17,7 @@ from modelyard.common import registry as open_registry
 
 if TYPE_CHECKING:
     from registry.client import Registry
+    from registry.gate import Gate
 
 app = typer.Typer()
 registry_app = typer.Typer(
@@ -111,6 +114,70 @@ def champion(params_file: ParamsOpt = PARAMS) -> None:
     console.print(f"champion of {name}: {state}" + (" (pointer updated)" if changed else ""))
 
 
+TeamOpt = Annotated[
+    Path | None,
+    typer.Option("--team", help="team.yaml: run as the team's review gate (team mode)."),
+]
+RetryOpt = Annotated[
+    float,
+    typer.Option(
+        help="Team mode: a failed deploy is retried after this many seconds, doubling "
+        "with each failure (at most an hour)."
+    ),
+]
+
+
+def _gate(params_file: Path, team_file: Path, retry_base: float = 60.0) -> Gate:
+    """The team's review gate, from the environment, the team file and params.yaml
+    (its own thresholds: evaluate). Exits 2 when something is missing or when the
+    MLflow login is not the team's gate account."""
+    from registry import dispatch, policy
+    from registry import team as team_mod
+    from registry.auth import AuthAPI
+    from registry.client import Registry
+    from registry.gate import Backoff, Gate
+    from registry.store import GateStore
+
+    env = settings.current()
+    credentials = env.mlflow_credentials()
+    uri = env.mlflow_tracking_uri or ""
+    missing = [
+        name
+        for name, value in (
+            ("MLFLOW_TRACKING_URI (http://...)", uri.startswith(("http://", "https://"))),
+            ("MLFLOW_TRACKING_USERNAME/PASSWORD (the gate's account)", credentials),
+            ("MODELYARD_GATE_KEY", env.gate_key),
+            ("MODELYARD_GATE_DATABASE_URL", env.gate_database_url),
+        )
+        if not value
+    ]
+    if missing:
+        err_console.print(f"[red]the gate needs: {', '.join(missing)}[/]")
+        raise typer.Exit(2)
+    assert credentials and env.gate_key and env.gate_database_url
+    params, _ = guard("gate", lambda: load(params_file))
+    team = guard("gate", lambda: team_mod.load(team_file))
+    me = guard("gate", lambda: AuthAPI(uri, credentials).current_user())
+    if team.role(me.username) != "gate":
+        err_console.print(
+            f"[red]{me.username} is not the gate's account in {team_file} (role: "
+            f"{team.role(me.username) or 'none'})[/]"
+        )
+        raise typer.Exit(2)
+    registry = Registry(uri)
+    rules = policy.Rules(**{name: getattr(params.evaluate, name) for name in policy.METRIC_OF_GATE})
+    database = env.gate_database_url.get_secret_value()
+    return Gate(
+        registry=registry,
+        team=team,
+        store=guard("gate", lambda: GateStore(database)),
+        key=env.gate_key.get_secret_value().encode(),
+        rules=rules,
+        dispatcher=dispatch.from_env(_local_build(registry)),
+        backoff=Backoff(base=timedelta(seconds=retry_base)),
+    )
+
+
 def _secret() -> str:
     secret = settings.current().webhook_secret
     if secret is None:
@@ -133,18 +200,37 @@ def registry_listen(
     params_file: ParamsOpt = PARAMS,
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port for POST /webhook and GET /health.")] = 8765,
+    team_file: TeamOpt = None,
+    retry_base: RetryOpt = 60.0,
 ) -> None:
     """Receive MLflow webhooks: verify HMAC + replay window, enforce the review gate on
     `champion` moves (revert refused ones), and trigger the deploy of approved ones
-    (GitHub repository_dispatch with GITHUB_REPOSITORY/GITHUB_TOKEN, else a local build)."""
+    (GitHub repository_dispatch with GITHUB_REPOSITORY/GITHUB_TOKEN, else a local build).
+
+    With --team: the team's review gate. It also serves POST /approve (`modelyard
+    approve`), keeps what it sees and does in its own database, and acts on the
+    production model. Needs MLFLOW_TRACKING_URI with the gate's own MLFLOW_TRACKING_USERNAME/
+    PASSWORD, MODELYARD_GATE_KEY and MODELYARD_GATE_DATABASE_URL.
+    """
     from registry import dispatch, webhooks
 
-    registry = open_registry(params_file)
-    receiver = webhooks.Receiver(
-        webhooks.Verifier(_secret()), registry, dispatch.from_env(_local_build(registry))
-    )
+    if team_file is not None:
+        gate = _gate(params_file, team_file, retry_base)
+        receiver = webhooks.Receiver(
+            webhooks.Verifier(_secret(), remember=gate.store.remember_delivery),
+            gate.handle,
+            approve=gate.approve_request,
+        )
+        uri = gate.registry.uri
+    else:
+        registry = open_registry(params_file)
+        dispatcher = dispatch.from_env(_local_build(registry))
+        receiver = webhooks.Receiver(
+            webhooks.Verifier(_secret()), lambda e: webhooks.handle(e, registry, dispatcher)
+        )
+        uri = registry.uri
     server = receiver.serve(host, port)
-    console.print(f"listening on http://{host}:{port}/webhook (registry {registry.uri})")
+    console.print(f"listening on http://{host}:{port}/webhook (registry {uri})", soft_wrap=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -168,13 +254,100 @@ def webhook_install(
 
 @registry_app.command("reconcile", epilog=EXIT_CODES)
 def registry_reconcile(
-    name: Annotated[str, typer.Argument(help="Registered model name.")],
+    name: Annotated[
+        str | None,
+        typer.Argument(help="Registered model name (with --team: the production model's)."),
+    ] = None,
     params_file: ParamsOpt = PARAMS,
+    team_file: TeamOpt = None,
+    every: Annotated[
+        float | None,
+        typer.Option(help="Run again every SECONDS until stopped (a scheduler's loop)."),
+    ] = None,
+    retry_base: RetryOpt = 60.0,
 ) -> None:
-    """Deploy the champion if a lost webhook delivery left it undeployed (idempotent)."""
+    """Catch what a lost webhook delivery missed: deploy the champion if it is not
+    deployed (idempotent). With --team, the gate's reconcile: a champion without a valid
+    signed approval is put back, a removed one restored, a discovered promotion recorded,
+    a failed or unconfirmed deploy retried with backoff."""
     from registry import dispatch, webhooks
 
-    registry = open_registry(params_file)
-    dispatcher = dispatch.from_env(_local_build(registry))
-    outcome = guard("reconcile", lambda: webhooks.reconcile(registry, name, dispatcher))
-    console.print(f"reconcile {name}: {outcome}")
+    if team_file is not None:
+        gate = _gate(params_file, team_file, retry_base)
+        label, run = gate.production, gate.reconcile
+    elif name is None:
+        err_console.print("[red]name the registered model (or give --team)[/]")
+        raise typer.Exit(2)
+    else:
+        registry = open_registry(params_file)
+        dispatcher = dispatch.from_env(_local_build(registry))
+        label, run = name, lambda: webhooks.reconcile(registry, name, dispatcher)
+    while True:
+        outcome = guard("reconcile", run)
+        console.print(f"reconcile {label}: {outcome}")
+        if every is None:
+            return
+        time.sleep(every)
+
+
+APPROVE_CODES = (
+    "Exit codes: 0 approved, `champion` moved, deploy requested; 1 refused (the reasons "
+    "are printed: not a reviewer, four eyes, evidence) or the gate/registry failed; "
+    "2 MODELYARD_GATE_URL or MLFLOW_TRACKING_USERNAME/PASSWORD not set."
+)
+
+
+@app.command(epilog=APPROVE_CODES)
+def approve(
+    name: Annotated[str, typer.Argument(help="The candidates model (team.yaml: models).")],
+    version: Annotated[str, typer.Argument(help="The candidate version you reviewed.")],
+    comment: Annotated[str, typer.Option(help="Why it is approved (kept with the approval).")],
+    gate: Annotated[
+        str | None, typer.Option(help="The gate's URL. Default: MODELYARD_GATE_URL.")
+    ] = None,
+) -> None:
+    """Approve a candidate as yourself (team mode): the gate checks your MLflow login
+    (MLFLOW_TRACKING_USERNAME/PASSWORD), your reviewer role, four eyes and the evidence,
+    then copies it to production and moves `champion` itself."""
+    from registry.gate import request_approval
+
+    env = settings.current()
+    url, credentials = gate or env.gate_url, env.mlflow_credentials()
+    if not url or not credentials:
+        err_console.print(
+            "[red]set MODELYARD_GATE_URL (or --gate) and your own "
+            "MLFLOW_TRACKING_USERNAME/PASSWORD[/]"
+        )
+        raise typer.Exit(2)
+    done = guard(
+        "approve", lambda: request_approval(url, credentials, name, version, comment=comment)
+    )
+    was = f" (was v{done['previous']})" if done.get("previous") else ""
+    console.print(
+        f"approve: {name} v{version} approved by {done['approval']['reviewer']}: "
+        f"{done['production']} v{done['version']} is now @champion{was}; {done['deploy']}",
+        soft_wrap=True,
+    )
+
+
+@registry_app.command("verify", epilog=EXIT_CODES)
+def registry_verify(
+    name: Annotated[str, typer.Argument(help="The production model.")],
+    version: Annotated[str, typer.Argument(help="The version about to be deployed.")],
+) -> None:
+    """Refuse to deploy a version the gate did not approve (deploy.yml runs it first):
+    it must be @champion, carry an approval signed with MODELYARD_GATE_KEY for exactly
+    this version, and its model.onnx must be the signed file (sha256 recomputed)."""
+    from registry.client import Registry
+    from registry.gate import verify_for_deploy
+
+    env = settings.current()
+    if not env.gate_key or not env.mlflow_tracking_uri:
+        err_console.print("[red]set MODELYARD_GATE_KEY and MLFLOW_TRACKING_URI[/]")
+        raise typer.Exit(2)
+    key, uri = env.gate_key.get_secret_value().encode(), env.mlflow_tracking_uri
+    approval = guard("verify", lambda: verify_for_deploy(Registry(uri), key, name, version))
+    console.print(
+        f"verify: {name} v{version} approved by {approval.reviewer} at {approval.at} "
+        f"(sha256 {approval.onnx_sha256[:12]})"
+    )

@@ -37,6 +37,18 @@ class Version:
     run_id: str | None
     tags: dict[str, str] = field(default_factory=dict)
     aliases: list[str] = field(default_factory=list)
+    model_id: str | None = None  # the logged model (MLflow 3) the version was made from
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Run:
+    """What a run logged: its experiment, its last metric values, its tags."""
+
+    run_id: str
+    experiment_id: str
+    metrics: dict[str, float]
+    tags: dict[str, str]
 
 
 class Registry:
@@ -137,6 +149,35 @@ class Registry:
                 raise RegistryError(f"{name} has no version {version} in {self.uri}") from exc
             raise self._failure(f"read {name} v{version}", exc) from exc
 
+    def run(self, run_id: str) -> Run | None:
+        """The run; None only if it does not exist."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            found = self.client.get_run(run_id)
+        except MlflowException as exc:
+            if exc.error_code == ABSENT:
+                return None
+            raise self._failure(f"read run {run_id}", exc) from exc
+        return Run(
+            run_id=found.info.run_id,
+            experiment_id=str(found.info.experiment_id),
+            metrics=dict(found.data.metrics),
+            tags=dict(found.data.tags),
+        )
+
+    def logged_model_origin(self, model_id: str) -> tuple[str | None, str] | None:
+        """(source run id, experiment id) of a logged model; None if it does not exist."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            found = self.client.get_logged_model(model_id)
+        except MlflowException as exc:
+            if exc.error_code == ABSENT:
+                return None
+            raise self._failure(f"read the logged model {model_id}", exc) from exc
+        return found.source_run_id, str(found.experiment_id)
+
     def experiment_id(self, name: str) -> str | None:
         """The id of experiment ``name``; None if it does not exist."""
         with self._errors(f"read the experiment {name!r}"):
@@ -189,6 +230,25 @@ class Registry:
                 model_id=model_id,
             )
         return self._version(mv)
+
+    def copy_version(self, name: str, version: str, dest: str, *, tags: dict[str, str]) -> Version:
+        """A new version of ``dest`` made from ``name`` vN (what copy_model_version does),
+        carrying only ``tags``: nothing editable on the source is copied but its
+        description."""
+        source = self.version(name, version)
+        with self._errors(f"copy {name} v{version} to {dest}"):
+            # The server takes the run and logged model from the source version.
+            mv = self.client.create_model_version(
+                dest,
+                source=f"models:/{name}/{version}",
+                tags=tags,
+                description=source.description or None,
+            )
+        return self._version(mv)
+
+    def set_description(self, name: str, version: str, text: str) -> None:
+        with self._errors(f"describe {name} v{version}"):
+            self.client.update_model_version(name, version, description=text)
 
     def set_alias(self, name: str, alias: str, version: str) -> None:
         if alias == CHAMPION:
@@ -266,7 +326,16 @@ class Registry:
             run_id=mv.run_id,
             tags=dict(mv.tags or {}),
             aliases=list(aliases if aliases is not None else (mv.aliases or [])),
+            model_id=getattr(mv, "model_id", None) or _model_id(mv.source),
+            description=mv.description or "",
         )
+
+
+def _model_id(source: str | None) -> str | None:
+    """``m-<id>`` from a ``models:/m-<id>`` source (MLflow 3 logged models)."""
+    if source and source.startswith("models:/m-"):
+        return source.removeprefix("models:/").split("/")[0]
+    return None
 
 
 def _quote(name: str) -> str:

@@ -63,3 +63,129 @@ def _same_person(reviewer: str, author: str) -> bool:
     """Emails compare case-insensitively; a bare name matches the email's local part."""
     r, a = reviewer.lower(), author.lower()
     return r == a or ("@" not in r and r == a.split("@")[0])
+
+
+# -- team mode: evidence, not tags -------------------------------------------------------------
+
+# What the pipeline logs on its MLflow run (``evaluate``: metrics prefixed ``test.``;
+# ``train``: validation.success; ``register``: the registered file's sha256 and the
+# author). The contract between the pipeline and the gate: the gate reads these, never
+# the version's tags.
+METRIC_OF_GATE = {
+    "min_accuracy": ("test.accuracy", ">="),
+    "min_macro_f1": ("test.macro_f1", ">="),
+    "max_p99_ms": ("test.latency.batch_1.p99_ms", "<="),
+    "min_class_recall": ("test.min_class_recall", ">="),
+    "min_noise_invariance": ("test.noise_invariance", ">="),
+}
+RUN_AUTHOR = "modelyard.author"  # the verified identity CI trained for (GITHUB_ACTOR)
+RUN_VALIDATION = "validation.success"
+RUN_ONNX_SHA256 = "registered.onnx_sha256"
+
+
+@dataclass(frozen=True)
+class Rules:
+    """The gate's own thresholds (its checkout's params.yaml: evaluate), not the run's."""
+
+    min_accuracy: float
+    min_macro_f1: float
+    max_p99_ms: float
+    min_class_recall: float
+    min_noise_invariance: float
+
+
+@dataclass(frozen=True)
+class GateCheck:
+    name: str
+    value: float | None
+    threshold: float
+    op: str
+    passed: bool
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What the registry and the run say about a candidate, gathered by the gate."""
+
+    candidate: str  # "NAME vN", for messages
+    run_id: str | None
+    run_exists: bool
+    run_in_trainer_experiment: bool
+    artifact_logged_by_run: bool
+    metrics: Mapping[str, float]
+    run_tags: Mapping[str, str]
+    onnx_sha256: str | None  # recomputed from the registered artifact
+    version_tags: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    decision: Decision
+    gates: list[GateCheck]
+    author: str | None
+
+
+def recompute_gates(metrics: Mapping[str, float], rules: Rules) -> list[GateCheck]:
+    """Every gate from the run's logged metrics and the gate's thresholds. Pure."""
+    checks = []
+    for name, (metric, op) in METRIC_OF_GATE.items():
+        threshold = float(getattr(rules, name))
+        value = metrics.get(metric)
+        passed = value is not None and (value >= threshold if op == ">=" else value <= threshold)
+        checks.append(GateCheck(name, value, threshold, op, passed))
+    return checks
+
+
+def judge(evidence: Evidence, rules: Rules, *, reviewer: str, reviewer_names: set[str]) -> Verdict:
+    """Whether the reviewer may make this candidate champion, from evidence only. Pure.
+
+    ``reviewer_names``: every identity of the authenticated reviewer (MLflow login, GitHub
+    login), lower-cased; four eyes refuses when the run's author is one of them.
+    """
+    reasons: list[str] = []
+    name = evidence.candidate
+    if not evidence.run_exists:
+        reasons.append(f"{name}: its source run {evidence.run_id or '(none)'} does not exist")
+        return Verdict(Decision(False, reasons), [], None)
+    if not evidence.run_in_trainer_experiment:
+        reasons.append(
+            f"{name}: run {evidence.run_id} is not in the trainer's experiment, so it was "
+            "not produced by the CI trainer"
+        )
+    if not evidence.artifact_logged_by_run:
+        reasons.append(f"{name}: the registered artifact was not logged by run {evidence.run_id}")
+    logged_sha = evidence.run_tags.get(RUN_ONNX_SHA256)
+    if evidence.onnx_sha256 is None:
+        reasons.append(f"{name}: the registered artifact holds no model.onnx")
+    elif logged_sha != evidence.onnx_sha256:
+        reasons.append(
+            f"{name}: model.onnx (sha256 {evidence.onnx_sha256[:12]}) is not the file run "
+            f"{evidence.run_id} registered ({(logged_sha or 'none recorded')[:12]})"
+        )
+    tagged_sha = evidence.version_tags.get("onnx.sha256")
+    if tagged_sha and evidence.onnx_sha256 and tagged_sha != evidence.onnx_sha256:
+        reasons.append(
+            f"{name}: its onnx.sha256 tag ({tagged_sha[:12]}) does not match the artifact "
+            f"({evidence.onnx_sha256[:12]}): the tags were edited"
+        )
+    gates = recompute_gates(evidence.metrics, rules)
+    failed = [g for g in gates if not g.passed]
+    if failed:
+        reasons.append(
+            "gates recomputed from the run's metrics failed: "
+            + ", ".join(
+                f"{g.name} {'not logged' if g.value is None else f'{g.value:.4g}'} (needs {g.op} {g.threshold:g})"
+                for g in failed
+            )
+        )
+    if evidence.run_tags.get(RUN_VALIDATION) != "True":
+        reasons.append(f"{name}: data validation did not pass on run {evidence.run_id}")
+    author = (evidence.run_tags.get(RUN_AUTHOR) or "").strip() or None
+    if author is None or author.lower() == "unknown":
+        reasons.append(
+            f"{name}: run {evidence.run_id} records no verified author ({RUN_AUTHOR}), so four "
+            "eyes cannot be checked: train it in CI"
+        )
+    elif author.lower() in reviewer_names:
+        reasons.append(f"four eyes: {reviewer} is {author}, who authored run {evidence.run_id}")
+    return Verdict(Decision(not reasons, reasons), gates, author)

@@ -27,18 +27,24 @@ import queue
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from core.errors import RegistryError
+from core.errors import PromotionRefused, RegistryError
 from registry import policy, promotion
+from registry.auth import BadCredentials
 from registry.client import CHAMPION, Registry
 from registry.dispatch import Dispatcher
 
 log = logging.getLogger(__name__)
 
-EVENTS: list[Any] = ["model_version_alias.created", "model_version_tag.set"]
+EVENTS: list[Any] = [
+    "model_version_alias.created",
+    "model_version_alias.deleted",
+    "model_version_tag.set",
+    "model_version_tag.deleted",
+]
 REPLAY_WINDOW_S = 300
 DEPLOY_REQUESTED = promotion.DEPLOY_REQUESTED
 DEPLOYED = promotion.DEPLOYED
@@ -48,19 +54,41 @@ class Rejected(Exception):
     pass
 
 
+class Seen:
+    """Delivery ids seen, in memory (one person's listener). Team mode keeps them in the
+    gate's database instead (``GateStore.remember_delivery``): a restart forgets nothing."""
+
+    def __init__(self, remember: int = 10_000) -> None:
+        self.remember = remember
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __call__(self, delivery: str) -> bool:
+        """Record ``delivery``; False if it was seen before."""
+        with self._lock:
+            if delivery in self._seen:
+                return False
+            self._seen[delivery] = None
+            while len(self._seen) > self.remember:
+                self._seen.popitem(last=False)
+        return True
+
+
 class Verifier:
     """Checks signature, timestamp window and delivery-id reuse."""
 
     def __init__(
-        self, secret: str, window_s: int = REPLAY_WINDOW_S, remember: int = 10_000
+        self,
+        secret: str,
+        window_s: int = REPLAY_WINDOW_S,
+        *,
+        remember: Callable[[str], bool] | None = None,
     ) -> None:
         if not secret:
             raise ValueError("a webhook secret is required")
         self.secret = secret.encode()
         self.window_s = window_s
-        self.remember = remember
-        self._seen: OrderedDict[str, None] = OrderedDict()
-        self._lock = threading.Lock()
+        self.remember = remember or Seen()
 
     def verify(
         self, headers: Mapping[str, str] | Any, body: bytes, now: float | None = None
@@ -75,12 +103,8 @@ class Verifier:
         expected = sign(self.secret, delivery, stamp, body)
         if not hmac.compare_digest(expected, signature.encode()):
             raise Rejected("invalid signature")
-        with self._lock:
-            if delivery in self._seen:
-                raise Rejected("delivery already processed (replay)")
-            self._seen[delivery] = None
-            while len(self._seen) > self.remember:
-                self._seen.popitem(last=False)
+        if not self.remember(delivery):
+            raise Rejected("delivery already processed (replay)")
 
 
 def sign(secret: bytes, delivery: str, stamp: str, body: bytes) -> bytes:
@@ -180,11 +204,24 @@ def _previous_champion(registry: Registry, name: str, refused: str) -> str | Non
     return None
 
 
-class Receiver:
-    """The HTTP endpoint (POST /webhook, GET /health) and its worker thread."""
+Approver = Callable[[tuple[str, str], dict[str, Any]], dict[str, Any]]
 
-    def __init__(self, verifier: Verifier, registry: Registry, dispatcher: Dispatcher) -> None:
-        self.verifier, self.registry, self.dispatcher = verifier, registry, dispatcher
+
+class Receiver:
+    """The HTTP endpoint: POST /webhook (verified, acknowledged at once, handled by
+    ``on_event`` on a worker thread), GET /health, and in team mode POST /approve (HTTP
+    basic with the reviewer's MLflow login, handled by ``approve`` while the caller
+    waits: 200, 401 wrong login, 403 refused with the reasons, 400 bad request,
+    502 the registry failed)."""
+
+    def __init__(
+        self,
+        verifier: Verifier,
+        on_event: Callable[[dict[str, Any]], str],
+        *,
+        approve: Approver | None = None,
+    ) -> None:
+        self.verifier, self.on_event, self.approve = verifier, on_event, approve
         self.jobs: queue.Queue[dict[str, Any]] = queue.Queue()
         self.outcomes: list[str] = []
 
@@ -193,12 +230,17 @@ class Receiver:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                self._reply(200 if self.path == "/health" else 404, {"ok": self.path == "/health"})
+                if self.path != "/health":
+                    return self._reply(404, {"ok": False})
+                # pending: deliveries accepted and not handled yet (0: caught up)
+                self._reply(200, {"ok": True, "pending": receiver.jobs.unfinished_tasks})
 
             def do_POST(self) -> None:
+                body = self.rfile.read(min(int(self.headers.get("Content-Length") or 0), 1 << 20))
+                if self.path == "/approve" and receiver.approve is not None:
+                    return self._reply(*receiver.approval(self.headers.get("Authorization"), body))
                 if self.path != "/webhook":
                     return self._reply(404, {"error": "POST /webhook"})
-                body = self.rfile.read(min(int(self.headers.get("Content-Length") or 0), 1 << 20))
                 try:
                     receiver.verifier.verify(self.headers, body)
                     event = json.loads(body)
@@ -211,10 +253,12 @@ class Receiver:
                 self._reply(200, {"accepted": True})
 
             def _reply(self, status: int, body: dict[str, Any]) -> None:
-                data = json.dumps(body).encode()
+                data = json.dumps(body, default=str).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
+                if status == 401 and self.path == "/approve":
+                    self.send_header("WWW-Authenticate", 'Basic realm="modelyard gate"')
                 self.end_headers()
                 self.wfile.write(data)
 
@@ -224,11 +268,33 @@ class Receiver:
         threading.Thread(target=self._work, daemon=True).start()
         return ThreadingHTTPServer((host, port), Handler)
 
+    def approval(self, authorization: str | None, body: bytes) -> tuple[int, dict[str, Any]]:
+        """POST /approve: (status, reply)."""
+        assert self.approve is not None
+        credentials = _basic(authorization)
+        if credentials is None:
+            return 401, {"error": "send your MLflow login (HTTP basic auth)"}
+        try:
+            request = json.loads(body)
+            if not isinstance(request, dict) or not {"name", "version"} <= request.keys():
+                raise ValueError
+        except ValueError:
+            return 400, {"error": 'expected JSON {"name": ..., "version": ..., "comment": ...}'}
+        try:
+            return 200, self.approve(credentials, request)
+        except BadCredentials as exc:
+            return 401, {"error": str(exc)}
+        except PromotionRefused as exc:
+            return 403, {"error": str(exc)}
+        except RegistryError as exc:
+            log.error("approval of %s failed: %s", request, exc)
+            return 502, {"error": str(exc)}
+
     def _work(self) -> None:
         while True:
             event = self.jobs.get()
             try:
-                outcome = handle(event, self.registry, self.dispatcher)
+                outcome = self.on_event(event)
             except RegistryError as exc:
                 # The registry could not be read or changed: an error, never "stale".
                 # Keep serving; `modelyard registry reconcile` catches up once it is back.
@@ -239,6 +305,19 @@ class Receiver:
                 outcome = f"error:{type(exc).__name__}: {exc}"
             self.outcomes.append(outcome)
             log.info("webhook %s -> %s", event.get("data"), outcome)
+            self.jobs.task_done()
+
+
+def _basic(authorization: str | None) -> tuple[str, str] | None:
+    """(username, password) from an HTTP basic Authorization header."""
+    scheme, _, value = (authorization or "").partition(" ")
+    if scheme.lower() != "basic" or not value:
+        return None
+    try:
+        user, sep, password = base64.b64decode(value, validate=True).decode().partition(":")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return (user, password) if sep and user else None
 
 
 def install(registry: Registry, url: str, secret: str, name: str = "modelyard-review-gate") -> str:

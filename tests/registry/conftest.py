@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
+from registry.policy import Rules
 from tests.conftest import BIN, free_port, kill_tree
 
 ADMIN = ("admin", "admin-password-for-tests")
@@ -146,3 +147,105 @@ def team_file(team_server: TeamServer) -> Path:
     result = team_server.apply(path)
     assert result.returncode == 0, result.stdout + result.stderr
     return path
+
+
+# -- a candidate as CI trains it ----------------------------------------------------------------
+
+# The thresholds of params.yaml: evaluate (what the gate process reads from its params).
+RULES = Rules(
+    min_accuracy=0.95,
+    min_macro_f1=0.95,
+    max_p99_ms=5.0,
+    min_class_recall=0.85,
+    min_noise_invariance=0.97,
+)
+GOOD_METRICS = {
+    "test.accuracy": 0.97,
+    "test.macro_f1": 0.97,
+    "test.min_class_recall": 0.92,
+    "test.noise_invariance": 0.99,
+    "test.latency.batch_1.p99_ms": 0.4,
+}
+
+
+def tiny_onnx(path: Path, seed: int) -> Path:
+    """A real ONNX classifier (4 features, 3 classes: MatMul + Softmax); the seed makes
+    its weights, so each seed is another file."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = np.random.default_rng(seed).normal(size=(4, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+        ],
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 3])],
+        [numpy_helper.from_array(weights, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.save(model, str(path))
+    return path
+
+
+def log_candidate(
+    server: TeamServer,
+    tmp: Path,
+    *,
+    user: str = "ci",
+    experiment: str = EXPERIMENT,
+    seed: int,
+    metrics: dict[str, float] | None = None,
+    author: str | None = "dana-gh",
+    run_sha: str | None = None,
+) -> tuple[str, str, str]:
+    """What CI's train..register do, on the team server as ``user``: a run in
+    ``experiment`` with the evaluate metrics, the author and validation tags, the ONNX model
+    logged to it and the file's sha256 recorded. Returns (run id, model uri, sha256)."""
+    import mlflow
+    import numpy as np
+
+    from core import files
+    from pipelines import tracking
+
+    onnx_file = tiny_onnx(tmp / f"model-{seed}.onnx", seed)
+    sha = files.sha256(onnx_file)
+    with as_user(server, user):
+        mlflow.set_tracking_uri(server.uri)
+        experiment_id = tracking.ensure_experiment(experiment, tmp)
+        with mlflow.start_run(experiment_id=experiment_id, run_name=f"train-{seed}") as run:
+            mlflow.log_metrics(metrics if metrics is not None else GOOD_METRICS)
+            tags = {"validation.success": "True", "registered.onnx_sha256": run_sha or sha}
+            if author is not None:
+                tags["modelyard.author"] = author
+            mlflow.set_tags(tags)
+            example = np.zeros((2, 4), dtype=np.float32)
+            model_uri, _ = tracking.log_onnx_model(onnx_file, example, {"schema": {}})
+    return run.info.run_id, model_uri, sha
+
+
+def register_candidate(
+    server: TeamServer, run_id: str, model_uri: str, sha: str, *, user: str = "ci", **tags: str
+) -> str:
+    """Version N of the candidates model with the lineage tags register writes."""
+    from registry.client import Registry
+
+    lineage = {
+        "onnx.sha256": sha,
+        "gates.passed": "True",
+        "validation.success": "True",
+        "git.author": "dana@example.com",
+        **tags,
+    }
+    with as_user(server, user):
+        return Registry(server.uri).register(CANDIDATES, model_uri, run_id, lineage).version
+
+
+def train_candidate(server: TeamServer, tmp: Path, *, seed: int, **kw: Any) -> str:
+    """log_candidate + register_candidate as the CI trainer; returns the version."""
+    run_id, uri, sha = log_candidate(server, tmp, seed=seed, **kw)
+    return register_candidate(server, run_id, uri, sha)

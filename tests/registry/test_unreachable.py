@@ -233,7 +233,7 @@ def test_handle_raises_rather_than_calling_the_event_stale(down: str) -> None:
 
 def test_receiver_reports_an_error_not_stale(down: str) -> None:
     dispatcher = Recorder()
-    receiver = Receiver(Verifier(SECRET), Registry(down), dispatcher)
+    receiver = Receiver(Verifier(SECRET), lambda e: handle(e, Registry(down), dispatcher))
     server = receiver.serve("127.0.0.1", 0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:

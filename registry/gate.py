@@ -1,0 +1,459 @@
+"""The review gate in team mode: the only account that moves ``champion``.
+
+A reviewer asks it with their own MLflow login (`modelyard approve NAME VERSION`):
+
+1. the gate asks the MLflow server who the credentials belong to
+   (``/api/2.0/mlflow/users/current``), and checks that login's role in team.yaml;
+2. it gathers evidence, never reading the candidate's editable tags as truth: the
+   version's run exists and lives in the trainer's experiment (only the trainer can write
+   there), the registered artifact was logged by that run, its model.onnx sha256 is
+   recomputed and must be the file the run registered, the gates are recomputed from the
+   run's logged metrics with the gate's own thresholds, and four eyes compares the
+   reviewer's identities with the run's verified author;
+3. it copies the candidate into the production model (tags written by the gate only),
+   signs the approval (HMAC-SHA256 with the gate's key) and stores it in its own
+   database and on the production version, audits it, and only then moves
+   ``champion``, then triggers the deploy once (``registry.dispatch``).
+
+Webhook events on the production model and ``reconcile`` (on a schedule) check the
+same thing from the other side: a champion without a valid signed approval is put back
+(second line of defence; only an admin could have moved it), a removed champion is
+restored, a champion moved to another approved version is recorded, and the champion's
+deploy is requested once, confirmed from the model's ``deployed.version`` tag, and
+retried with backoff when the dispatch failed or was never confirmed.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import shutil
+import threading
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from core import files, http
+from core.errors import ExternalServiceError, ModelyardError, PromotionRefused, RegistryError
+from registry import policy
+from registry.auth import AuthAPI
+from registry.client import CHAMPION, Registry, Version
+from registry.dispatch import Dispatcher
+from registry.promotion import DEPLOYED
+from registry.store import REQUESTED, GateStore, StoredApproval
+from registry.team import Team
+
+log = logging.getLogger(__name__)
+
+RECORD_TAG = "approval.record"  # the signed fields, canonical JSON
+SIGNATURE_TAG = "approval.signature"
+
+
+@dataclass(frozen=True)
+class Approval:
+    """What the gate signs: which file, from which run, approved by whom, into where."""
+
+    approval_id: str
+    candidate_name: str
+    candidate_version: str
+    production_name: str
+    production_version: str
+    run_id: str
+    onnx_sha256: str
+    reviewer: str
+    author: str
+    comment: str
+    at: str
+
+    def canonical(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+
+
+def sign(key: bytes, record: str) -> str:
+    return base64.b64encode(hmac.new(key, record.encode(), hashlib.sha256).digest()).decode()
+
+
+def signed(key: bytes, record: str, signature: str) -> bool:
+    return hmac.compare_digest(sign(key, record), signature)
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """What ``approve`` did."""
+
+    approval: Approval
+    previous: str | None
+    deploy: str
+    gates: list[policy.GateCheck] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """When to retry a failed deploy: ``base`` x 2^(attempts-1), at most ``cap``."""
+
+    base: timedelta = timedelta(minutes=1)
+    cap: timedelta = timedelta(hours=1)
+    # A requested deploy not confirmed (deployed.version) in this time is retried.
+    confirm_within: timedelta = timedelta(hours=1)
+
+    def after(self, attempts: int) -> timedelta:
+        return min(self.cap, self.base * (2 ** max(0, attempts - 1)))
+
+
+class Gate:
+    def __init__(
+        self,
+        *,
+        registry: Registry,
+        team: Team,
+        store: GateStore,
+        key: bytes,
+        rules: policy.Rules,
+        dispatcher: Dispatcher,
+        backoff: Backoff | None = None,
+    ) -> None:
+        if len(key) < 16:
+            raise ValueError("the gate's key must be at least 16 bytes")
+        self.registry, self.team, self.store, self.key = registry, team, store, key
+        self.rules, self.dispatcher = rules, dispatcher
+        self.backoff = backoff or Backoff()
+        self.production = team.models.production
+        self._lock = threading.Lock()  # one decision at a time (approve, events, reconcile)
+
+    # -- approve ------------------------------------------------------------------------
+
+    def approve(
+        self, credentials: tuple[str, str], name: str, version: str, comment: str
+    ) -> Promotion:
+        """Check and promote candidate ``name`` v``version`` for the holder of
+        ``credentials``. Raises BadCredentials (not a login of this server),
+        PromotionRefused (with every reason; audited), RegistryError."""
+        user = AuthAPI(self.registry.uri, credentials).current_user().username
+        try:
+            return self._approve(user, name, version, comment)
+        except PromotionRefused as exc:
+            self.store.audit(
+                "approval-refused", model=name, version=version, actor=user, reasons=str(exc)
+            )
+            raise
+
+    def approve_request(
+        self, credentials: tuple[str, str], request: dict[str, Any]
+    ) -> dict[str, Any]:
+        """POST /approve's body in, its JSON reply out."""
+        done = self.approve(
+            credentials,
+            str(request["name"]),
+            str(request["version"]),
+            str(request.get("comment", "")),
+        )
+        return {
+            "production": done.approval.production_name,
+            "version": done.approval.production_version,
+            "previous": done.previous,
+            "deploy": done.deploy,
+            "approval": asdict(done.approval),
+            "gates": [asdict(g) for g in done.gates],
+        }
+
+    def _approve(self, user: str, name: str, version: str, comment: str) -> Promotion:
+        role = self.team.role(user)
+        if role != "reviewer":
+            raise PromotionRefused(f"{user} may not approve: role {role or 'none'}, not reviewer")
+        if name != self.team.models.candidates:
+            raise PromotionRefused(
+                f"{name} is not the team's candidates model ({self.team.models.candidates})"
+            )
+        candidate = self.registry.version(name, version)
+        evidence = self.gather(candidate)
+        verdict = policy.judge(
+            evidence, self.rules, reviewer=user, reviewer_names=self.team.identities(user)
+        )
+        if not verdict.decision.ok:
+            raise PromotionRefused(f"{name} v{version}: {verdict.decision}")
+        assert evidence.onnx_sha256 and evidence.run_id and verdict.author
+        with self._lock:
+            copied = self.registry.copy_version(
+                name,
+                version,
+                self.production,
+                tags={
+                    "source.model": name,
+                    "source.version": version,
+                    "source.run_id": evidence.run_id,
+                    "onnx.sha256": evidence.onnx_sha256,
+                    policy.RUN_AUTHOR: verdict.author,
+                },
+            )
+            approval = Approval(
+                approval_id=uuid.uuid4().hex,
+                candidate_name=name,
+                candidate_version=version,
+                production_name=self.production,
+                production_version=copied.version,
+                run_id=evidence.run_id,
+                onnx_sha256=evidence.onnx_sha256,
+                reviewer=user,
+                author=verdict.author,
+                comment=comment,
+                at=_now(),
+            )
+            record = approval.canonical()
+            signature = sign(self.key, record)
+            # The approval is written (its own table, then the version) before the alias
+            # moves: whoever sees the new champion can find what approved it.
+            self.store.add_approval(
+                StoredApproval(
+                    approval.approval_id,
+                    self.production,
+                    copied.version,
+                    asdict(approval),
+                    signature,
+                )
+            )
+            self.registry.set_version_tags(
+                self.production,
+                copied.version,
+                {
+                    RECORD_TAG: record,
+                    SIGNATURE_TAG: signature,
+                    policy.APPROVAL_REVIEWER: user,
+                    policy.APPROVAL_AT: approval.at,
+                    policy.APPROVAL_COMMENT: comment,
+                },
+            )
+            gates = {g.name: g.value for g in verdict.gates}
+            self.store.audit(
+                "approved",
+                model=self.production,
+                version=copied.version,
+                actor=user,
+                candidate=f"{name} v{version}",
+                run_id=evidence.run_id,
+                author=verdict.author,
+                onnx_sha256=evidence.onnx_sha256,
+                gates=gates,
+                comment=comment,
+            )
+            previous = self.registry.by_alias(self.production, CHAMPION)
+            self.registry.set_champion(self.production, copied.version)
+            self.store.audit(
+                "promote",
+                model=self.production,
+                version=copied.version,
+                actor=user,
+                previous=previous.version if previous else None,
+            )
+            deploy = self._ensure_deployed(copied.version)
+        return Promotion(approval, previous.version if previous else None, deploy, verdict.gates)
+
+    def gather(self, candidate: Version) -> policy.Evidence:
+        """The evidence for ``candidate``, from the run and the artifact (not its tags)."""
+        label = f"{candidate.name} v{candidate.version}"
+        run = self.registry.run(candidate.run_id) if candidate.run_id else None
+        trainer_experiment = self.registry.experiment_id(self.team.experiment)
+        origin = (
+            self.registry.logged_model_origin(candidate.model_id) if candidate.model_id else None
+        )
+        return policy.Evidence(
+            candidate=label,
+            run_id=candidate.run_id,
+            run_exists=run is not None,
+            run_in_trainer_experiment=run is not None
+            and trainer_experiment is not None
+            and run.experiment_id == trainer_experiment,
+            artifact_logged_by_run=origin is not None
+            and origin == (candidate.run_id, trainer_experiment),
+            metrics=run.metrics if run else {},
+            run_tags=run.tags if run else {},
+            onnx_sha256=self._artifact_sha256(candidate) if run is not None else None,
+            version_tags=candidate.tags,
+        )
+
+    def _artifact_sha256(self, version: Version) -> str | None:
+        folder = self.registry.download(version.name, version.version)
+        try:
+            onnx_file = folder / "model.onnx"
+            return files.sha256(onnx_file) if onnx_file.is_file() else None
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    # -- events and reconcile -----------------------------------------------------------
+
+    def handle(self, event: dict[str, Any]) -> str:
+        """A verified webhook delivery: anything touching the production model's aliases
+        or version tags is checked against the gate's own records (``reconcile``)."""
+        data = event.get("data") or {}
+        if data.get("name") != self.production:
+            return "ignored"
+        if event.get("entity") not in {"model_version_alias", "model_version_tag"}:
+            return "ignored"
+        return self.reconcile()
+
+    def reconcile(self) -> str:
+        """Make ``champion`` what the gate approved, record what it finds, and get the
+        champion deployed (idempotent). Returns what it did."""
+        with self._lock:
+            return self._reconcile()
+
+    def _reconcile(self) -> str:
+        model = self.production
+        champion = self.registry.by_alias(model, CHAMPION)
+        expected = self.store.last_champion(model)
+        done: list[str] = []
+        if champion is None:
+            if expected is None:
+                return "no-champion"
+            self.registry.set_champion(model, expected)
+            self.store.audit("alias-restored", model=model, version=expected, actor="gate")
+            done.append(f"restored:{expected}")
+            current = expected
+        elif not self.approved(champion.version):
+            if expected is not None and expected != champion.version:
+                self.registry.set_champion(model, expected)
+            else:
+                self.registry.clear_champion(model)
+                expected = None
+            self.store.audit(
+                "alias-reverted",
+                model=model,
+                version=champion.version,
+                actor="gate",
+                restored=expected,
+                reason="no valid signed approval",
+            )
+            log.warning("reverted @champion of %s from v%s", model, champion.version)
+            done.append(f"reverted:{expected or 'none'}")
+            if expected is None:
+                return ",".join(done)
+            current = expected
+        else:
+            current = champion.version
+            if current != expected:
+                self.store.audit(
+                    "promote-discovered",
+                    model=model,
+                    version=current,
+                    actor="gate",
+                    previous=expected,
+                )
+                done.append(f"recorded:{current}")
+        done.append(self._ensure_deployed(current))
+        return ",".join(done)
+
+    def approved(self, version: str) -> bool:
+        """Whether production ``version`` carries an approval this gate signed."""
+        stored = self.store.approval_for(self.production, version)
+        if stored is None:
+            return False
+        record = json.dumps(stored.record, sort_keys=True, separators=(",", ":"))
+        return (
+            signed(self.key, record, stored.signature)
+            and stored.record.get("production_version") == version
+        )
+
+    def _ensure_deployed(self, version: str) -> str:
+        model = self.production
+        if self.registry.model_tags(model).get(DEPLOYED) == version:
+            self.store.deployed(model, version)
+            return "in-sync"
+        state = self.store.deploy(model, version)
+        if (
+            state is not None
+            and state.state == REQUESTED
+            and not self.store.deploy_stale(model, version, older_than=self.backoff.confirm_within)
+        ):
+            return "deploy-pending"
+        if not self.store.claim_deploy(model, version):
+            state = self.store.deploy(model, version)
+            due = state.next_attempt_at if state else None
+            return f"deploy-retry-at:{due.isoformat() if due else '?'}"
+        try:
+            how = self.dispatcher.deploy(model, version)
+        except ModelyardError as exc:
+            attempts = (self.store.deploy(model, version) or state).attempts  # type: ignore[union-attr]
+            failed = self.store.deploy_failed(
+                model, version, str(exc), retry_in=self.backoff.after(attempts)
+            )
+            self.store.audit(
+                "deploy-failed",
+                model=model,
+                version=version,
+                actor="gate",
+                attempts=failed.attempts,
+                error=str(exc)[:500],
+            )
+            log.error("deploy of %s v%s failed (attempt %d): %s", model, version, attempts, exc)
+            return "deploy-failed"
+        self.store.audit("deploy-triggered", model=model, version=version, actor="gate", via=how)
+        return f"deploy:{how}"
+
+
+# -- what the deploy workflow checks before building ---------------------------------------
+
+
+def verify_for_deploy(registry: Registry, key: bytes, name: str, version: str) -> Approval:
+    """Refuse (PromotionRefused) to deploy ``name`` v``version`` unless it is the champion,
+    carries an approval signed with ``key`` for exactly this version, and its artifact is
+    the signed file (sha256 recomputed). Returns the approval."""
+    current = registry.by_alias(name, CHAMPION)
+    if current is None or current.version != version:
+        now = f"v{current.version}" if current else "none"
+        raise PromotionRefused(f"{name} v{version} is not the champion (champion: {now})")
+    record, signature = current.tags.get(RECORD_TAG), current.tags.get(SIGNATURE_TAG)
+    if not record or not signature or not signed(key, record, signature):
+        raise PromotionRefused(
+            f"{name} v{version} carries no approval signed by the gate: not deploying it"
+        )
+    approval = Approval(**json.loads(record))
+    if (approval.production_name, approval.production_version) != (name, version):
+        raise PromotionRefused(
+            f"{name} v{version}: the signed approval is for {approval.production_name} "
+            f"v{approval.production_version}"
+        )
+    folder = registry.download(name, version)
+    try:
+        sha = files.sha256(folder / "model.onnx")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    if sha != approval.onnx_sha256:
+        raise PromotionRefused(
+            f"{name} v{version}: model.onnx is {sha[:12]}, the approved file was "
+            f"{approval.onnx_sha256[:12]}: not deploying it"
+        )
+    return approval
+
+
+# -- the reviewer's side -------------------------------------------------------------------
+
+
+def request_approval(
+    gate_url: str, credentials: tuple[str, str], name: str, version: str, *, comment: str
+) -> dict[str, Any]:
+    """Ask the gate to approve (the reviewer's own MLflow login). Returns the gate's
+    answer; raises PromotionRefused with its reasons, RegistryError if it failed."""
+    try:
+        status, body = http.request_json(
+            "POST",
+            f"{gate_url.rstrip('/')}/approve",
+            {"name": name, "version": version, "comment": comment},
+            auth=credentials,
+            accept=frozenset({400, 401, 403, 404}),
+            timeout=300,
+            attempts=2,
+            what="the review gate",
+        )
+    except ExternalServiceError as exc:
+        raise RegistryError(str(exc)) from exc
+    if status == 200:
+        return dict(body or {})
+    message = (body or {}).get("error", f"HTTP {status}")
+    raise PromotionRefused(message)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")

@@ -1,0 +1,467 @@
+"""The team's review gate on a real team server: `modelyard registry listen --team` (the
+gate's own MLflow account, its own PostgreSQL database), `modelyard approve` with each
+reviewer's own login, webhooks from the server, and a stand-in GitHub."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from registry.client import Registry
+from registry.gate import RECORD_TAG, SIGNATURE_TAG, signed
+from registry.store import GateStore
+from registry.webhooks import sign as sign_delivery
+from tests.conftest import BIN, FakeGitHub, free_port, kill_tree, new_project
+from tests.registry.conftest import (
+    CANDIDATES,
+    GOOD_METRICS,
+    PRODUCTION,
+    RULES,
+    TeamServer,
+    as_user,
+    log_candidate,
+    password,
+    register_candidate,
+    train_candidate,
+)
+
+pytestmark = pytest.mark.slow
+
+KEY = "gate-signing-key-for-tests-0123456789"
+SECRET = "webhook-secret-for-tests"
+
+
+class RecordingGitHub(FakeGitHub):
+    """FakeGitHub that can refuse the next dispatches (HTTP 500) and notes when each
+    request arrived."""
+
+    def __init__(self) -> None:
+        self.fail_dispatches = 0
+        self.arrived: list[float] = []
+        super().__init__()
+
+    def _route(self, method: str, path: str, body: Any) -> tuple[int, Any]:
+        self.arrived.append(time.monotonic())
+        if path.endswith("/dispatches") and self.fail_dispatches > 0:
+            self.fail_dispatches -= 1
+            self.requests.pop()  # a refused dispatch started nothing
+            return 500, {"message": "Server Error"}
+        return super()._route(method, path, body)
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 60, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := check():
+            return result
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Gate:
+    """The gate process, its database, and the commands people run against it."""
+
+    def __init__(self, server: TeamServer, team_file: Path, base: Path) -> None:
+        self.server, self.team_file, self.base = server, team_file, base
+        self.github = RecordingGitHub()
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.project = new_project(base / "project")
+        self.process: subprocess.Popen[Any] | None = None
+        self.store = GateStore(server.gate_database_url)
+        self.github_env = {
+            "GITHUB_REPOSITORY": "acme/models",
+            "GITHUB_TOKEN": "gh-test-token",
+            "GITHUB_API_URL": self.github.url,
+        }
+
+    def env(self, user: str | None, **extra: str) -> dict[str, str]:
+        gate = {
+            "MODELYARD_GATE_KEY": KEY,
+            "MODELYARD_GATE_DATABASE_URL": self.server.gate_database_url,
+            "MODELYARD_WEBHOOK_SECRET": SECRET,
+            "MODELYARD_GATE_URL": self.url,
+            "COLUMNS": "200",
+        }
+        return self.server.env(user, **{**gate, **self.github_env, **extra})
+
+    def start(self) -> None:
+        cmd = ["registry", "listen", "--team", str(self.team_file), "--port", str(self.port)]
+        with open(self.base / f"gate-{time.time_ns()}.out", "w") as out:
+            self.process = subprocess.Popen(
+                [str(BIN / "modelyard"), *cmd, "--retry-base", "0", *self.params],
+                env=self.env("gate"),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        wait_for(self._healthy, 90, "the gate")
+
+    def _healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/health", timeout=2) as reply:
+                return bool(reply.status == 200)
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.process is not None:
+            kill_tree(self.process.pid)
+            self.process = None
+
+    @property
+    def params(self) -> list[str]:
+        return ["--params", str(self.project.params_path)]
+
+    def run(self, user: str | None, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(BIN / "modelyard"), *args],
+            env=self.env(user, **env),
+            capture_output=True,
+            text=True,
+            cwd=self.project.root,
+        )
+
+    def approve(self, user: str, version: str, **env: str) -> subprocess.CompletedProcess[str]:
+        return self.run(
+            user, "approve", CANDIDATES, version, "--comment", f"reviewed by {user}", **env
+        )
+
+    def reconcile(self) -> str:
+        args = ["registry", "reconcile", "--team", str(self.team_file), "--retry-base", "0"]
+        result = self.run("gate", *args, *self.params)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result.stdout
+
+    def pending(self) -> int:
+        with urllib.request.urlopen(f"{self.url}/health", timeout=5) as reply:
+            return int(json.load(reply)["pending"])
+
+    def champion(self) -> str | None:
+        with as_user(self.server, "dana"):
+            found = Registry(self.server.uri).by_alias(PRODUCTION, "champion")
+        return found.version if found else None
+
+    def events(self, since: int = 0) -> list[tuple[str, str | None]]:
+        return [(e.event, e.version) for e in self.store.audit_log(PRODUCTION) if e.id > since]
+
+    def last_id(self) -> int:
+        log = self.store.audit_log()
+        return log[-1].id if log else 0
+
+
+@pytest.fixture(scope="module")
+def gate(
+    team_server: TeamServer, team_file: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gate]:
+    g = Gate(team_server, team_file, tmp_path_factory.mktemp("gate"))
+    g.start()
+    installed = g.run(
+        None, "registry", "webhook", "install", "--url", f"{g.url}/webhook", *g.params
+    )
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    try:
+        yield g
+    finally:
+        g.stop()
+        g.store.close()
+        g.github.close()
+
+
+def test_a_reviewer_approves_and_the_gate_moves_champion(gate: Gate, tmp_path: Path) -> None:
+    candidate = train_candidate(gate.server, tmp_path, seed=1)
+    since = gate.last_id()
+    started = time.monotonic()
+    result = gate.approve("rui", candidate)
+    assert result.returncode == 0, result.stdout + result.stderr
+    champion = gate.champion()
+    assert champion is not None
+    assert f"{PRODUCTION} v{champion} is now @champion" in result.stdout
+    # the gate dispatched the deploy of exactly that version, once
+    assert gate.github.dispatched().count((PRODUCTION, champion)) == 1
+    dispatched_after = gate.github.arrived[-1] - started
+    print(f"\napprove command start -> deploy dispatch received: {dispatched_after:.2f} s")
+    # the approval was written before champion moved, then the deploy requested
+    assert gate.events(since) == [
+        ("approved", champion),
+        ("promote", champion),
+        ("deploy-triggered", champion),
+    ]
+    # the production version carries the gate's signed record of who approved what
+    with as_user(gate.server, "dana"):
+        version = Registry(gate.server.uri).version(PRODUCTION, champion)
+    record = json.loads(version.tags[RECORD_TAG])
+    assert record["reviewer"] == "rui" and record["author"] == "dana-gh"
+    assert (record["candidate_name"], record["candidate_version"]) == (CANDIDATES, candidate)
+    assert signed(KEY.encode(), version.tags[RECORD_TAG], version.tags[SIGNATURE_TAG])
+    # the deploy workflow's re-check passes for it
+    verified = gate.run("dana", "registry", "verify", PRODUCTION, champion)
+    assert verified.returncode == 0, verified.stderr
+    assert "approved by rui" in verified.stdout
+
+
+def test_the_forged_tags_attack_fails_at_every_step(gate: Gate, tmp_path: Path) -> None:
+    """The issue's attack: a 1-epoch model (accuracy 0.83), a good version's tags copied,
+    onnx.sha256 fixed, an approval tag written, champion moved."""
+    from mlflow.exceptions import MlflowException
+
+    good = train_candidate(gate.server, tmp_path, seed=2)
+    before, since = gate.champion(), gate.last_id()
+    with as_user(gate.server, "ci"):
+        good_tags = Registry(gate.server.uri).version(CANDIDATES, good).tags
+    weak = {**GOOD_METRICS, "test.accuracy": 0.83, "test.macro_f1": 0.82}
+    # 1. dana's own account: the server refuses each write (403).
+    logged = log_candidate(
+        gate.server, tmp_path, user="dana", experiment="dana-scratch", seed=3, metrics=weak
+    )
+    with as_user(gate.server, "dana"):
+        client = Registry(gate.server.uri).client
+        attempts: list[Callable[[], Any]] = [
+            lambda: client.create_model_version(CANDIDATES, logged[1], run_id=logged[0]),
+            lambda: client.set_model_version_tag(CANDIDATES, good, "approval.reviewer", "bob"),
+            lambda: client.set_registered_model_alias(PRODUCTION, "champion", "1"),
+        ]
+        for attempt in attempts:
+            with pytest.raises(MlflowException) as refused:
+                attempt()
+            assert refused.value.get_http_status_code() == 403
+
+    # 2. Even someone who can register candidates (here: the trainer's rights, misused)
+    # cannot get it past the gate: its own run, the good version's tags copied and the
+    # sha256 tag "fixed" to its own file.
+    run_id, uri, sha = logged  # dana's own run and file, in her own experiment
+    forged_tags = {**good_tags, "onnx.sha256": sha, "approval.reviewer": "bob@example.com"}
+    forged = register_candidate(gate.server, run_id, uri, sha, **forged_tags)
+    result = gate.approve("rui", forged)
+    assert result.returncode == 1
+    said = " ".join(result.stderr.split())
+    assert "not in the trainer's experiment" in said
+    assert "min_accuracy 0.83 (needs >= 0.95)" in said
+
+    # 3. The trainer's good run, but another file registered from it: the artifact is not
+    # the one the run logged, and its sha256 is not the one the run registered.
+    _, uri2, _ = log_candidate(gate.server, tmp_path, seed=4, metrics=weak)
+    with as_user(gate.server, "ci"):
+        good_run_id = Registry(gate.server.uri).version(CANDIDATES, good).run_id
+    swapped = register_candidate(gate.server, good_run_id or "", uri2, sha, **good_tags)
+    result = gate.approve("rui", swapped)
+    assert result.returncode == 1
+    said = " ".join(result.stderr.split())
+    assert f"the registered artifact was not logged by run {good_run_id}" in said
+    assert "is not the file run" in said
+    assert "does not match the artifact" in said  # its onnx.sha256 tag is the good file's
+
+    # Nothing moved, nothing was deployed, every refusal is in the gate's audit.
+    assert gate.champion() == before
+    assert (PRODUCTION, forged) not in gate.github.dispatched()
+    assert gate.events(since) == []  # the production model saw nothing
+    refusals = [e for e in gate.store.audit_log(CANDIDATES) if e.id > since]
+    assert [(e.event, e.version, e.actor) for e in refusals] == [
+        ("approval-refused", forged, "rui"),
+        ("approval-refused", swapped, "rui"),
+    ]
+
+
+def test_four_eyes_uses_the_authenticated_login_not_a_typed_name(
+    gate: Gate, tmp_path: Path
+) -> None:
+    own = train_candidate(gate.server, tmp_path, seed=5, author="rui-gh")
+    before = gate.champion()
+
+    self_review = gate.approve("rui", own)
+    assert self_review.returncode == 1
+    assert "four eyes: rui is rui-gh, who authored run" in " ".join(self_review.stderr.split())
+
+    not_a_reviewer = gate.approve("dana", own)
+    assert not_a_reviewer.returncode == 1
+    assert "dana may not approve: role data_scientist" in not_a_reviewer.stderr
+
+    # rui's name typed with another password is not rui
+    wrong = gate.approve("rui", own, MLFLOW_TRACKING_PASSWORD="not-ruis-password")
+    assert wrong.returncode == 1
+    assert "did not accept the credentials of 'rui'" in " ".join(wrong.stderr.split())
+
+    unknown_author = train_candidate(gate.server, tmp_path, seed=6, author=None)
+    result = gate.approve("lee", unknown_author)
+    assert result.returncode == 1 and "records no verified author" in result.stderr
+    assert gate.champion() == before
+
+    ok = gate.approve("lee", own)
+    assert ok.returncode == 0, ok.stderr
+    assert gate.champion() != before
+
+
+def test_a_replayed_delivery_is_refused_after_a_restart(gate: Gate) -> None:
+    event = {"name": PRODUCTION, "alias": "champion", "version": "1"}
+    body = json.dumps(
+        {"entity": "model_version_alias", "action": "created", "data": event}
+    ).encode()
+    stamp = str(int(time.time()))
+
+    def deliver(delivery: str) -> int:
+        headers = {
+            "X-MLflow-Delivery-Id": delivery,
+            "X-MLflow-Timestamp": stamp,
+            "X-MLflow-Signature": sign_delivery(SECRET.encode(), delivery, stamp, body).decode(),
+        }
+        req = urllib.request.Request(f"{gate.url}/webhook", body, headers, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=10) as reply:
+                return int(reply.status)
+        except urllib.error.HTTPError as err:
+            return err.code
+
+    assert deliver(f"captured-{stamp}") == 200
+    gate.stop()
+    gate.start()
+    assert deliver(f"captured-{stamp}") == 401  # the same delivery, replayed: refused
+    assert deliver(f"fresh-{stamp}") == 200
+
+
+def test_reconcile_restores_reverts_and_records_what_it_finds(gate: Gate, tmp_path: Path) -> None:
+    """With the gate down (deliveries dropped), an admin moves champion around; the
+    scheduled reconcile puts it right once and records it."""
+    first = train_candidate(gate.server, tmp_path, seed=7)
+    assert gate.approve("rui", first).returncode == 0
+    approved_earlier = gate.champion()
+    second = train_candidate(gate.server, tmp_path, seed=8)
+    assert gate.approve("rui", second).returncode == 0
+    champion = gate.champion()
+    assert champion is not None and approved_earlier is not None
+    gate.stop()
+    try:
+        since = gate.last_id()
+        admin = Registry(gate.server.uri)
+        with as_user(gate.server, None):
+            # an unapproved version made champion: reverted to the gate's champion
+            stray = admin.client.create_model_version(
+                PRODUCTION, source=f"models:/{CANDIDATES}/{second}"
+            ).version
+            admin.set_champion(PRODUCTION, str(stray))
+        assert gate.reconcile().startswith(f"reconcile {PRODUCTION}: reverted:{champion}")
+        assert gate.champion() == champion
+        # champion removed: restored
+        with as_user(gate.server, None):
+            admin.clear_champion(PRODUCTION)
+        assert "restored:" in gate.reconcile()
+        assert gate.champion() == champion
+        # moved to an earlier approved version: recorded, deployed once, then pending
+        with as_user(gate.server, None):
+            admin.set_champion(PRODUCTION, approved_earlier)
+        dispatched = gate.github.dispatched().count((PRODUCTION, approved_earlier))
+        out = gate.reconcile()
+        assert f"recorded:{approved_earlier}" in out and "deploy:github:model-promoted" in out
+        assert "deploy-pending" in gate.reconcile()
+        assert gate.github.dispatched().count((PRODUCTION, approved_earlier)) == dispatched + 1
+        assert gate.events(since) == [
+            ("alias-reverted", str(stray)),
+            ("alias-restored", champion),
+            ("promote-discovered", approved_earlier),
+            ("deploy-triggered", approved_earlier),
+        ]
+    finally:
+        gate.start()
+
+
+def test_a_failed_deploy_is_retried(gate: Gate, tmp_path: Path) -> None:
+    candidate = train_candidate(gate.server, tmp_path, seed=9)
+    since = gate.last_id()
+    gate.github.fail_dispatches = 10**6  # GitHub refuses every dispatch for now
+    result = gate.approve("lee", candidate)
+    assert result.returncode == 0, result.stderr  # champion moved; the deploy failed
+    assert "deploy-failed" in result.stdout
+    champion = gate.champion()
+    assert champion is not None
+    gate.github.fail_dispatches = 0  # GitHub is back
+    # The next reconcile (or a webhook event the gate is still handling: both retry
+    # with --retry-base 0) dispatches it, once.
+    assert "deploy-failed" not in gate.reconcile()
+    assert gate.github.dispatched().count((PRODUCTION, champion)) == 1
+    assert "deploy-pending" in gate.reconcile()
+    assert gate.github.dispatched().count((PRODUCTION, champion)) == 1
+    state = gate.store.deploy(PRODUCTION, champion)
+    assert state is not None and state.state == "requested" and state.attempts >= 2
+    events = [event for event, version in gate.events(since) if version == champion]
+    assert events[:3] == ["approved", "promote", "deploy-failed"]
+    assert events[-1] == "deploy-triggered" and events.count("deploy-triggered") == 1
+
+
+def test_the_champion_alias_deleted_is_restored_by_the_webhook(gate: Gate) -> None:
+    champion = gate.champion()
+    assert champion is not None
+    wait_for(lambda: gate.pending() == 0, 60, "the gate to handle earlier deliveries")
+    with as_user(gate.server, None):
+        Registry(gate.server.uri).clear_champion(PRODUCTION)
+    wait_for(lambda: gate.champion() == champion, 60, "the gate to restore champion")
+
+
+def test_the_audit_is_append_only(gate: Gate) -> None:
+    with gate.store.engine.connect() as conn:
+        statements = ("UPDATE gate_audit SET actor = 'x'", "DELETE FROM gate_audit")
+        for statement in (*statements, "TRUNCATE gate_audit"):
+            with pytest.raises(sa.exc.DBAPIError, match="append-only"):
+                conn.execute(sa.text(statement))
+            conn.rollback()
+    assert gate.store.audit_log()
+
+
+def test_deploy_verify_refuses_what_the_gate_did_not_approve(gate: Gate) -> None:
+    champion = gate.champion()
+    assert champion is not None
+    with as_user(gate.server, None):
+        unapproved = (
+            Registry(gate.server.uri)
+            .client.create_model_version(PRODUCTION, source=f"models:/{PRODUCTION}/{champion}")
+            .version
+        )
+    refused = gate.run("dana", "registry", "verify", PRODUCTION, str(unapproved))
+    assert refused.returncode == 1 and "is not the champion" in refused.stderr
+    other_key = gate.run(
+        "dana", "registry", "verify", PRODUCTION, champion, MODELYARD_GATE_KEY="another-key-01234"
+    )
+    assert other_key.returncode == 1 and "no approval signed by the gate" in other_key.stderr
+
+
+def test_the_approval_is_written_before_champion_moves(
+    team_server: TeamServer, team_file: Path, tmp_path: Path
+) -> None:
+    """The gate in-process, on the same server and database, watched at the moment it
+    moves the alias: its signed approval is already stored and on the version."""
+    from registry import team
+    from registry.gate import Gate as GateService
+
+    store = GateStore(team_server.gate_database_url)
+    at_move: list[tuple[bool, bool]] = []
+
+    class Watched(Registry):
+        def set_champion(self, name: str, version: str) -> None:
+            stored = store.approval_for(name, version) is not None
+            at_move.append((stored, SIGNATURE_TAG in self.version(name, version).tags))
+            super().set_champion(name, version)
+
+    class Recorder:
+        def deploy(self, name: str, version: str) -> str:
+            return "recorded"
+
+    candidate = train_candidate(team_server, tmp_path, seed=20)
+    with as_user(team_server, "gate"):
+        service = GateService(
+            registry=Watched(team_server.uri),
+            team=team.load(team_file),
+            store=store,
+            key=KEY.encode(),
+            rules=RULES,
+            dispatcher=Recorder(),
+        )
+        done = service.approve(("rui", password("rui")), CANDIDATES, candidate, "ok")
+    store.close()
+    assert at_move == [(True, True)]
+    assert done.approval.reviewer == "rui" and done.approval.candidate_version == candidate

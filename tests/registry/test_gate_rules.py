@@ -1,0 +1,187 @@
+"""The gate's pure parts and its database, without a server: the evidence verdict
+(registry.policy.judge), the approval signature, the team file, and the store's
+guarantees on SQLite (replays, one dispatch per claim, an append-only audit)."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+import yaml
+
+from core.errors import ConfigError
+from registry import policy, team
+from registry.gate import Approval, Backoff, sign, signed
+from registry.store import GateStore
+from tests.registry.conftest import RULES
+
+SHA = "ab" * 32
+GOOD = policy.Evidence(
+    candidate="digits-classifier v3",
+    run_id="run1",
+    run_exists=True,
+    run_in_trainer_experiment=True,
+    artifact_logged_by_run=True,
+    metrics={
+        "test.accuracy": 0.97,
+        "test.macro_f1": 0.96,
+        "test.latency.batch_1.p99_ms": 0.5,
+        "test.min_class_recall": 0.9,
+        "test.noise_invariance": 0.99,
+    },
+    run_tags={
+        "modelyard.author": "dana-gh",
+        "validation.success": "True",
+        "registered.onnx_sha256": SHA,
+    },
+    onnx_sha256=SHA,
+    version_tags={"onnx.sha256": SHA},
+)
+
+
+def judge(evidence: policy.Evidence, reviewer: str = "rui", *names: str) -> policy.Verdict:
+    return policy.judge(evidence, RULES, reviewer=reviewer, reviewer_names={reviewer, *names})
+
+
+def test_good_evidence_passes_with_every_gate_recomputed() -> None:
+    verdict = judge(GOOD, "rui", "rui-gh")
+    assert verdict.decision.ok, verdict.decision
+    assert [g.name for g in verdict.gates] == list(policy.METRIC_OF_GATE)
+    assert all(g.passed for g in verdict.gates) and verdict.author == "dana-gh"
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"run_exists": False}, "its source run run1 does not exist"),
+        ({"run_in_trainer_experiment": False}, "not in the trainer's experiment"),
+        ({"artifact_logged_by_run": False}, "the registered artifact was not logged by run run1"),
+        ({"onnx_sha256": "cd" * 32}, "is not the file run run1 registered"),
+        ({"onnx_sha256": None}, "holds no model.onnx"),
+        ({"version_tags": {"onnx.sha256": "ef" * 32}}, "the tags were edited"),
+        ({"metrics": {**GOOD.metrics, "test.accuracy": 0.83}}, "min_accuracy 0.83 (needs >= 0.95)"),
+        ({"metrics": {}}, "min_accuracy not logged"),
+        ({"metrics": {**GOOD.metrics, "test.latency.batch_1.p99_ms": 9.0}}, "max_p99_ms 9"),
+        ({"run_tags": {**GOOD.run_tags, "validation.success": "False"}}, "data validation"),
+        ({"run_tags": {**GOOD.run_tags, "modelyard.author": "unknown"}}, "no verified author"),
+        ({"run_tags": {**GOOD.run_tags, "modelyard.author": "RUI-GH"}}, "four eyes: rui is RUI-GH"),
+    ],
+)
+def test_each_missing_piece_of_evidence_refuses(change: dict[str, object], reason: str) -> None:
+    verdict = judge(dataclasses.replace(GOOD, **change), "rui", "rui-gh")  # type: ignore[arg-type]
+    assert not verdict.decision.ok
+    assert reason in str(verdict.decision)
+
+
+def test_tags_are_not_evidence() -> None:
+    """Tags saying everything passed change nothing when the run's metrics fail."""
+    forged = dataclasses.replace(
+        GOOD,
+        metrics={**GOOD.metrics, "test.accuracy": 0.83},
+        version_tags={"onnx.sha256": SHA, "gates.passed": "True", "approval.reviewer": "bob"},
+    )
+    assert not judge(forged).decision.ok
+
+
+def test_the_signature_covers_every_field() -> None:
+    approval = Approval("id1", "c", "3", "p", "2", "run1", SHA, "rui", "dana-gh", "ok", "t")
+    record = approval.canonical()
+    signature = sign(b"k" * 32, record)
+    assert signed(b"k" * 32, record, signature)
+    assert not signed(b"x" * 32, record, signature)
+    for field in dataclasses.fields(Approval):
+        changed = dataclasses.replace(approval, **{field.name: "changed"}).canonical()
+        assert not signed(b"k" * 32, changed, signature), field.name
+
+
+def test_backoff_doubles_up_to_the_cap() -> None:
+    backoff = Backoff(base=timedelta(minutes=1), cap=timedelta(minutes=5))
+    assert [backoff.after(n).seconds // 60 for n in (1, 2, 3, 4, 5)] == [1, 2, 4, 5, 5]
+
+
+# -- team.yaml ---------------------------------------------------------------------------------
+
+
+def write(tmp_path: Path, doc: object) -> Path:
+    path = tmp_path / "team.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+TEAM = {
+    "experiment": "e",
+    "models": {"candidates": "c", "production": "p"},
+    "users": {"dana": {"role": "data_scientist", "github": "Dana-GH"}, "gate": {"role": "gate"}},
+}
+
+
+def test_team_file_roles_identities_and_passwords(tmp_path: Path) -> None:
+    loaded = team.load(write(tmp_path, TEAM))
+    assert loaded.role("dana") == "data_scientist" and loaded.role("eve") is None
+    assert loaded.identities("dana") == {"dana", "dana-gh"}
+    assert loaded.password_env("dana") == "MODELYARD_PASSWORD_DANA"
+    grants = team.grants_for(loaded, "7")
+    assert {(g.resource_type, g.resource_id, g.permission) for g in grants["gate"]} == {
+        ("experiment", "7", "READ"),
+        ("registered_model", "c", "READ"),
+        ("registered_model", "p", "EDIT"),
+    }
+    assert all(g.permission == "READ" for g in grants["dana"])
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"users": {"dana": {"role": "admin"}, "gate": {"role": "gate"}}}, "role"),
+        ({"users": {"dana": {"role": "data_scientist"}}}, "no user has role gate"),
+        ({"models": {"candidates": "c", "production": "c"}}, "must differ"),
+        ({"extra": 1}, "extra"),
+    ],
+)
+def test_a_bad_team_file_says_what_is_wrong(
+    tmp_path: Path, change: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        team.load(write(tmp_path, {**TEAM, **change}))
+
+
+# -- the gate's database -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> GateStore:
+    return GateStore(f"sqlite:///{tmp_path}/gate.db")
+
+
+def test_a_delivery_is_accepted_once_even_by_a_new_process(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/gate.db"
+    assert GateStore(url).remember_delivery("d1")
+    assert not GateStore(url).remember_delivery("d1")  # "after a restart"
+    assert GateStore(url).remember_delivery("d2")
+
+
+def test_a_deploy_is_claimed_once_retried_when_due_and_superseded(store: GateStore) -> None:
+    assert store.claim_deploy("p", "1")
+    assert not store.claim_deploy("p", "1")  # requested: nobody else dispatches it
+    store.deploy_failed("p", "1", "GitHub said 500", retry_in=timedelta(hours=1))
+    assert not store.claim_deploy("p", "1")  # not due yet
+    store.deploy_failed("p", "1", "GitHub said 500", retry_in=timedelta(0))
+    assert store.claim_deploy("p", "1")  # due: retried
+    assert store.claim_deploy("p", "2")  # another version: v1's request is superseded
+    assert store.claim_deploy("p", "1")  # champion again: requested again
+    state = store.deploy("p", "1")
+    assert state is not None and (state.state, state.attempts) == ("requested", 3)
+
+
+def test_the_audit_cannot_be_changed(store: GateStore) -> None:
+    store.audit("promote", model="p", version="1", actor="rui")
+    with store.engine.connect() as conn:
+        for statement in ("UPDATE gate_audit SET actor = 'x'", "DELETE FROM gate_audit"):
+            with pytest.raises(sa.exc.DBAPIError, match="append-only"):
+                conn.execute(sa.text(statement))
+            conn.rollback()
+    assert [(e.event, e.actor) for e in store.audit_log("p")] == [("promote", "rui")]
+    assert store.last_champion("p") == "1"
