@@ -190,10 +190,14 @@ def test_the_drift_job_runs_only_on_the_runner_with_the_log(runner: str, schedul
 # -- deploy.yml -----------------------------------------------------------------------------
 
 
-def simulate(cluster: bool, fails: set[str]) -> list[str]:
-    """The modelyard commands deploy.yml runs when the steps with ids in ``fails`` fail."""
+def simulate(cluster: bool, fails: set[str], gate: bool = False) -> list[str]:
+    """The modelyard commands deploy.yml runs when the steps with ids in ``fails`` fail
+    (``gate``: team mode, the MODELYARD_GATE_KEY secret is set)."""
     (job,) = load(GITHUB / "workflows/deploy.yml")["jobs"].values()
-    ctx: dict[str, Any] = {"env.KUBE_CONFIG": "apiVersion: v1" if cluster else ""}
+    ctx: dict[str, Any] = {
+        "env.KUBE_CONFIG": "apiVersion: v1" if cluster else "",
+        "env.MODELYARD_GATE_KEY": "k" * 32 if gate else "",
+    }
     failed, ran = False, []
     for step in job["steps"]:
         state = {**ctx, "success()": not failed, "failure()": failed, "always()": True}
@@ -243,6 +247,22 @@ def test_a_failed_production_rollout_is_recorded_and_undone_there(failing: str) 
 
 def test_a_failed_image_build_touches_no_environment() -> None:
     assert simulate(cluster=True, fails={"image"}) == ["deploy containerize"]
+
+
+def test_team_mode_checks_the_gates_approval_before_building_anything() -> None:
+    assert simulate(cluster=True, fails=set(), gate=True)[:2] == [
+        "registry verify",
+        "deploy containerize",
+    ]
+    # a workflow_dispatch of a version the gate did not approve: nothing else runs
+    assert simulate(cluster=True, fails={"gate"}, gate=True) == ["registry verify"]
+
+
+@pytest.mark.parametrize(("runner", "scheduled"), [("gate-host", True), ("", False)])
+def test_reconcile_runs_only_on_the_runner_next_to_the_gate(runner: str, scheduled: bool) -> None:
+    (job,) = load(GITHUB / "workflows/reconcile.yml")["jobs"].values()
+    assert runs(job.get("if"), {"vars.GATE_RUNNER": runner, "success()": True}) is scheduled
+    assert job["runs-on"] == "${{ vars.GATE_RUNNER }}"
 
 
 # -- repository files GitHub reads -------------------------------------------------------------

@@ -23,6 +23,7 @@ ALLOWED_WRITES = {
     ("ci.yml", "pull-requests"),  # the metrics/params diff comment
     ("deploy.yml", "packages"),  # push the image to ghcr.io
     ("monitor.yml", "contents"),  # repository_dispatch `retrain` (GitHub requires contents)
+    ("reconcile.yml", "contents"),  # repository_dispatch `model-promoted` (a lost delivery)
 }
 
 
@@ -37,8 +38,14 @@ def steps(doc: dict[Any, Any]) -> list[dict[str, Any]]:
     return [s for job in doc["jobs"].values() for s in job.get("steps", [])]
 
 
-def test_the_four_workflows_exist() -> None:
-    assert {p.name for p in WORKFLOWS} == {"ci.yml", "train.yml", "deploy.yml", "monitor.yml"}
+def test_the_workflows_exist() -> None:
+    assert {p.name for p in WORKFLOWS} == {
+        "ci.yml",
+        "train.yml",
+        "deploy.yml",
+        "monitor.yml",
+        "reconcile.yml",
+    }
 
 
 def test_actionlint_passes_with_shellcheck() -> None:
