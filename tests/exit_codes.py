@@ -90,6 +90,12 @@ PRODUCED_BY: dict[tuple[str, int], str] = {
     ("simulate-traffic", 0): f"{MONITOR}::test_clean_traffic_is_no_alarm",
     ("simulate-traffic", 1): f"{EMPTY}[simulate-traffic]",
     ("simulate-traffic", 2): f"{BAD_PARAMS}[simulate-traffic]",
+    ("approve", 2): f"{CLI}::test_team_commands_without_their_variables_are_2[approve]",
+    ("registry verify", 1): f"{CLI}::test_registry_verify_stops_when_the_registry_is_unreachable",
+    (
+        "registry verify",
+        2,
+    ): f"{CLI}::test_team_commands_without_their_variables_are_2[registry verify]",
     ("registry listen", 0): f"{CLI}::test_registry_listen_stops_cleanly_on_ctrl_c",
     ("registry listen", 2): f"{CLI}::test_registry_listen_needs_the_webhook_secret",
     ("registry reconcile", 0): f"{EMPTY}[registry reconcile]",
@@ -137,6 +143,7 @@ UI_PORT_BUG = "BUG: on a port in use `mlflow ui` exits 0 and `modelyard ui` pass
 LISTEN_PORT_BUG = "BUG: on a port in use it crashes with an OSError traceback (1), no message"
 SERVE = "`modelyard serve` runs until stopped; no test stops it with Ctrl-C and checks the code"
 TEAM = "tests/registry/conftest.py"
+GATE = "tests/registry/test_gate.py (gate.run)"
 JOB = "tests/monitoring/test_job.py"
 
 # Documented, and not yet produced (or not yet recorded) by any test: each says why.
@@ -145,6 +152,9 @@ NOT_YET_PRODUCED: dict[tuple[str, int], str] = {
     ("ui", 1): UI_PORT_BUG,
     ("serve", 0): SERVE,
     ("registry listen", 1): LISTEN_PORT_BUG,
+    ("approve", 0): f"{GATE}: {NOT_RECORDED}",
+    ("approve", 1): f"{GATE}: {NOT_RECORDED}",
+    ("registry verify", 0): f"{GATE}: {NOT_RECORDED}",
     ("registry server", 0): f"{TEAM}::start_server: {NOT_RECORDED}",
     ("registry server", 1): "no test makes the server fail to start",
     ("registry users apply", 0): f"{TEAM}::team_file: {NOT_RECORDED}",

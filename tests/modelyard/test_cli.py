@@ -16,6 +16,7 @@ import signal
 import subprocess
 import time
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +68,7 @@ def documented_codes(command: Any) -> set[int]:
     return {int(code) for code in ENTRY.findall(table)} if found else set()
 
 
-def invoke(*args: str, env: dict[str, str | None] | None = None) -> Any:
+def invoke(*args: str, env: Mapping[str, str | None] | None = None) -> Any:
     return CliRunner().invoke(app, list(args), env={"COLUMNS": "200", **(env or {})})
 
 
@@ -257,6 +258,34 @@ def test_an_unreachable_registry_stops_registry_commands_with_1(
     record_exit(args, result.exit_code)
     assert result.exit_code == 1, result.output
     assert "127.0.0.1" in words(result.output)
+
+
+TEAM_VARIABLES = {"MODELYARD_GATE_URL": None, "MODELYARD_GATE_KEY": None}
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["approve", NAME, "1", "--comment", "looks good"], "set MODELYARD_GATE_URL"),
+        (["registry", "verify", NAME, "1"], "set MODELYARD_GATE_KEY"),
+    ],
+    ids=["approve", "registry verify"],
+)
+def test_team_commands_without_their_variables_are_2(args: list[str], says: str) -> None:
+    result = invoke(*args, env={**TEAM_VARIABLES, "MLFLOW_TRACKING_URI": None})
+    record_exit(args, result.exit_code)
+    assert result.exit_code == 2, result.output
+    assert says in words(result.output)
+
+
+def test_registry_verify_stops_when_the_registry_is_unreachable() -> None:
+    args = ["registry", "verify", NAME, "1"]
+    uri = f"http://127.0.0.1:{free_port()}"
+    env = {**UNREACHABLE, "MODELYARD_GATE_KEY": "k" * 32, "MLFLOW_TRACKING_URI": uri}
+    result = invoke(*args, env=env)
+    record_exit(args, result.exit_code)
+    assert result.exit_code == 1, result.output
+    assert "verify failed: cannot read the registered model" in words(result.output)
 
 
 def test_ui_on_a_tracking_server_points_at_it(project: Project) -> None:
