@@ -140,6 +140,12 @@ def test_bad_data_stops_repro_before_anything_is_registered(tmp_path: Path) -> N
 def test_second_dataset_config_end_to_end(tmp_path: Path) -> None:
     root = git_copy(tmp_path / "wine")
     shutil.copy(REPO / "pipelines/examples/wine.params.yaml", root / "params.yaml")
+    # A plain `dvc repro` on another model: the committed champion pointer names the
+    # digits model, so evaluate refuses it until the pointer is rewritten for this one.
+    stale = dvc(root, "repro", check=False)
+    said = " ".join((stale.stdout + stale.stderr).split())
+    assert stale.returncode != 0 and "modelyard champion" in said, said[-2000:]
+    modelyard(root, "champion")
 
     dvc(root, "repro")
 
