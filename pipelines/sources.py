@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from core.errors import DataError
+from core.errors import ConfigError, DataError
 
 BUNDLED = ("digits", "wine", "iris", "breast_cancer")
 PREFIX = "sklearn:"
@@ -28,7 +28,7 @@ def read(source: str, *, target: str, root: Path) -> pd.DataFrame:
         return _bundled(source.removeprefix(PREFIX), target)
     path = root / source
     if not path.exists():
-        raise DataError(
+        raise ConfigError(
             f"ingest.source {source!r} does not exist. Put the file under data/sources/ "
             "and track it with `dvc add`, or use sklearn:<name>."
         )

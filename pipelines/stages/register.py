@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from core import files, settings
-from core.errors import GateFailed, SchemaMismatch
+from core.errors import ConfigError, GateFailed, SchemaMismatch
 from pipelines import dataset, inference, lineage, tracking
 from pipelines.config import Params
 from pipelines.models import read_meta
@@ -41,6 +41,11 @@ class Result:
 def run(params: Params, root: Path) -> Result:
     paths, cfg = params.paths, params.register_
     reports = root / paths.reports
+    if not (reports / "gates.json").exists():
+        raise ConfigError(
+            f"{paths.report('gates.json')} is missing: register needs evaluate's gate report. "
+            "Run the pipeline (`modelyard run`, or `dvc repro`) first."
+        )
     gates = files.read_json(reports / "gates.json")
     if not gates["passed"]:
         failed = [g for g in gates["gates"].values() if not g["passed"]]

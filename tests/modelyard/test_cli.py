@@ -231,6 +231,21 @@ def test_ingest_of_an_unreadable_file_is_bad_data(project: Project) -> None:
     assert not (project.root / "data/raw/dataset.csv").exists()
 
 
+def test_ingest_of_a_missing_file_is_a_config_error(project: Project) -> None:
+    project.set_params(ingest={"source": "data/sources/nowhere.csv"})
+    result = project.cli("ingest")
+    assert result.exit_code == 2, result.output
+    assert "nowhere.csv" in result.output and "dvc add" in words(result.output)
+
+
+def test_register_before_evaluate_says_what_to_run(project: Project) -> None:
+    result = project.cli("register")
+    assert result.exit_code == 2, result.output
+    assert "gates.json is missing" in words(result.output)
+    assert "modelyard run" in words(result.output)
+    assert not isinstance(result.exception, FileNotFoundError)  # no traceback
+
+
 UNREACHABLE = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
