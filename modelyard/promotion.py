@@ -68,10 +68,33 @@ def rollback(
         str | None, typer.Option(help="Who rolls back (audit trail). Default: $USER.")
     ] = None,
     params_file: ParamsOpt = PARAMS,
+    gate: Annotated[
+        str | None,
+        typer.Option(
+            help="Team mode: ask the review gate at this URL, as yourself "
+            "(MLFLOW_TRACKING_USERNAME/PASSWORD, a reviewer). Default: MODELYARD_GATE_URL."
+        ),
+    ] = None,
 ) -> None:
-    """Move `champion` back to the previous approved version, with an audit entry."""
+    """Move `champion` back to the previous approved version, with an audit entry.
+
+    In team mode (--gate or MODELYARD_GATE_URL) the gate does it: only it may move
+    `champion`; NAME is then the production model."""
     from registry import promotion
 
+    env = settings.current()
+    url = gate or env.gate_url
+    if url:
+        from registry.gate import request_rollback
+
+        credentials = env.mlflow_credentials()
+        if not credentials:
+            err_console.print("[red]set your own MLFLOW_TRACKING_USERNAME/PASSWORD[/]")
+            raise typer.Exit(2)
+        done = guard("rollback", lambda: request_rollback(url, credentials))
+        console.print(f"rollback: {done['production']} @champion v{done['from']} -> v{done['to']}")
+        _refresh_pointer(params_file, name)
+        return
     registry = open_registry(params_file)
     who = actor or settings.current().user or "unknown"
     new, old = guard("rollback", lambda: promotion.rollback(registry, name, who))
@@ -220,6 +243,7 @@ def registry_listen(
             webhooks.Verifier(_secret(), remember=gate.store.remember_delivery),
             gate.handle,
             approve=gate.approve_request,
+            rollback=gate.rollback_request,
         )
         uri = gate.registry.uri
     else:

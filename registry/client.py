@@ -122,6 +122,31 @@ class Registry:
                     mlmodel = yaml.safe_load(fh) or {}
         return dict(mlmodel.get("metadata") or {})
 
+    def file_sha256(self, name: str, version: str, filename: str = "model.onnx") -> str | None:
+        """The sha256 of one file of the version's model folder (only it is fetched);
+        None if the folder holds no such file."""
+        import mlflow
+        from mlflow.exceptions import MlflowException
+
+        from core import files
+
+        with tempfile.TemporaryDirectory(prefix="modelyard-file-") as tmp:
+            try:
+                folder = self.client.get_model_version_download_uri(name, version)
+                local = mlflow.artifacts.download_artifacts(
+                    artifact_uri=f"{folder.rstrip('/')}/{filename}",
+                    dst_path=tmp,
+                    tracking_uri=self.uri,
+                )
+            except MlflowException as exc:
+                if exc.error_code == ABSENT:
+                    return None
+                raise self._failure(f"download {filename} of {name} v{version}", exc) from exc
+            except OSError as exc:
+                raise self._failure(f"download {filename} of {name} v{version}", exc) from exc
+            path = Path(local)
+            return files.sha256(path) if path.is_file() else None
+
     def download_artifacts(self, uri: str, dest: Path | None = None) -> Path:
         """A run artifact (``runs:/<run>/<path>``: a file or folder), downloaded."""
         import mlflow

@@ -30,21 +30,20 @@ import hashlib
 import hmac
 import json
 import logging
-import shutil
 import threading
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from core import files, http
+from core import http
 from core.errors import ExternalServiceError, ModelyardError, PromotionRefused, RegistryError
 from registry import policy
 from registry.auth import AuthAPI
 from registry.client import CHAMPION, Registry, Version
 from registry.dispatch import Dispatcher
 from registry.promotion import DEPLOYED
-from registry.store import REQUESTED, GateStore, StoredApproval
+from registry.store import CHAMPION_EVENTS, REQUESTED, GateStore, StoredApproval
 from registry.team import Team
 
 log = logging.getLogger(__name__)
@@ -176,6 +175,7 @@ class Gate:
         if not verdict.decision.ok:
             raise PromotionRefused(f"{name} v{version}: {verdict.decision}")
         assert evidence.onnx_sha256 and evidence.run_id and verdict.author
+        at = _now()
         with self._lock:
             copied = self.registry.copy_version(
                 name,
@@ -187,6 +187,9 @@ class Gate:
                     "source.run_id": evidence.run_id,
                     "onnx.sha256": evidence.onnx_sha256,
                     policy.RUN_AUTHOR: verdict.author,
+                    policy.APPROVAL_REVIEWER: user,
+                    policy.APPROVAL_AT: at,
+                    policy.APPROVAL_COMMENT: comment,
                 },
             )
             approval = Approval(
@@ -200,7 +203,7 @@ class Gate:
                 reviewer=user,
                 author=verdict.author,
                 comment=comment,
-                at=_now(),
+                at=at,
             )
             record = approval.canonical()
             signature = sign(self.key, record)
@@ -216,15 +219,7 @@ class Gate:
                 )
             )
             self.registry.set_version_tags(
-                self.production,
-                copied.version,
-                {
-                    RECORD_TAG: record,
-                    SIGNATURE_TAG: signature,
-                    policy.APPROVAL_REVIEWER: user,
-                    policy.APPROVAL_AT: approval.at,
-                    policy.APPROVAL_COMMENT: comment,
-                },
+                self.production, copied.version, {RECORD_TAG: record, SIGNATURE_TAG: signature}
             )
             gates = {g.name: g.value for g in verdict.gates}
             self.store.audit(
@@ -270,17 +265,51 @@ class Gate:
             and origin == (candidate.run_id, trainer_experiment),
             metrics=run.metrics if run else {},
             run_tags=run.tags if run else {},
-            onnx_sha256=self._artifact_sha256(candidate) if run is not None else None,
+            onnx_sha256=(
+                self.registry.file_sha256(candidate.name, candidate.version) if run else None
+            ),
             version_tags=candidate.tags,
         )
 
-    def _artifact_sha256(self, version: Version) -> str | None:
-        folder = self.registry.download(version.name, version.version)
-        try:
-            onnx_file = folder / "model.onnx"
-            return files.sha256(onnx_file) if onnx_file.is_file() else None
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
+    # -- rollback -----------------------------------------------------------------------
+
+    def rollback(self, credentials: tuple[str, str]) -> tuple[str, str]:
+        """Move ``champion`` back to the previous version the gate made champion that
+        still carries a valid signed approval, for a reviewer. Returns (from, to)."""
+        user = AuthAPI(self.registry.uri, credentials).current_user().username
+        if self.team.role(user) != "reviewer":
+            raise PromotionRefused(
+                f"{user} may not roll back: role {self.team.role(user) or 'none'}, not reviewer"
+            )
+        with self._lock:
+            current = self.registry.by_alias(self.production, CHAMPION)
+            if current is None:
+                raise PromotionRefused(f"{self.production} has no champion to roll back from")
+            earlier = [
+                e.version
+                for e in reversed(self.store.audit_log(self.production))
+                if e.event in CHAMPION_EVENTS and e.version and e.version != current.version
+            ]
+            target = next((v for v in earlier if self.approved(v)), None)
+            if target is None:
+                raise PromotionRefused(f"{self.production}: no earlier approved champion")
+            self.registry.set_champion(self.production, target)
+            self.store.audit(
+                "rollback",
+                model=self.production,
+                version=target,
+                actor=user,
+                previous=current.version,
+            )
+            self._ensure_deployed(target)
+        return current.version, target
+
+    def rollback_request(
+        self, credentials: tuple[str, str], request: dict[str, Any]
+    ) -> dict[str, Any]:
+        """POST /rollback's reply."""
+        was, now = self.rollback(credentials)
+        return {"production": self.production, "from": was, "to": now}
 
     # -- events and reconcile -----------------------------------------------------------
 
@@ -415,11 +444,7 @@ def verify_for_deploy(registry: Registry, key: bytes, name: str, version: str) -
             f"{name} v{version}: the signed approval is for {approval.production_name} "
             f"v{approval.production_version}"
         )
-    folder = registry.download(name, version)
-    try:
-        sha = files.sha256(folder / "model.onnx")
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+    sha = registry.file_sha256(name, version) or "none"
     if sha != approval.onnx_sha256:
         raise PromotionRefused(
             f"{name} v{version}: model.onnx is {sha[:12]}, the approved file was "
@@ -436,11 +461,23 @@ def request_approval(
 ) -> dict[str, Any]:
     """Ask the gate to approve (the reviewer's own MLflow login). Returns the gate's
     answer; raises PromotionRefused with its reasons, RegistryError if it failed."""
+    body = {"name": name, "version": version, "comment": comment}
+    return _ask(gate_url, "approve", credentials, body)
+
+
+def request_rollback(gate_url: str, credentials: tuple[str, str]) -> dict[str, Any]:
+    """Ask the gate to roll ``champion`` back (a reviewer's own login)."""
+    return _ask(gate_url, "rollback", credentials, {})
+
+
+def _ask(
+    gate_url: str, action: str, credentials: tuple[str, str], request: dict[str, Any]
+) -> dict[str, Any]:
     try:
         status, body = http.request_json(
             "POST",
-            f"{gate_url.rstrip('/')}/approve",
-            {"name": name, "version": version, "comment": comment},
+            f"{gate_url.rstrip('/')}/{action}",
+            request,
             auth=credentials,
             accept=frozenset({400, 401, 403, 404}),
             timeout=300,

@@ -220,8 +220,13 @@ class Receiver:
         on_event: Callable[[dict[str, Any]], str],
         *,
         approve: Approver | None = None,
+        rollback: Approver | None = None,
     ) -> None:
-        self.verifier, self.on_event, self.approve = verifier, on_event, approve
+        self.verifier, self.on_event = verifier, on_event
+        # POST /approve, /rollback (team mode): the caller's MLflow login, HTTP basic
+        self.actions = {
+            path: fn for path, fn in (("/approve", approve), ("/rollback", rollback)) if fn
+        }
         self.jobs: queue.Queue[dict[str, Any]] = queue.Queue()
         self.outcomes: list[str] = []
 
@@ -237,8 +242,10 @@ class Receiver:
 
             def do_POST(self) -> None:
                 body = self.rfile.read(min(int(self.headers.get("Content-Length") or 0), 1 << 20))
-                if self.path == "/approve" and receiver.approve is not None:
-                    return self._reply(*receiver.approval(self.headers.get("Authorization"), body))
+                action = receiver.actions.get(self.path)
+                if action is not None:
+                    auth = self.headers.get("Authorization")
+                    return self._reply(*receiver.act(action, auth, body))
                 if self.path != "/webhook":
                     return self._reply(404, {"error": "POST /webhook"})
                 try:
@@ -257,7 +264,7 @@ class Receiver:
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
-                if status == 401 and self.path == "/approve":
+                if status == 401 and self.path in receiver.actions:
                     self.send_header("WWW-Authenticate", 'Basic realm="modelyard gate"')
                 self.end_headers()
                 self.wfile.write(data)
@@ -268,20 +275,23 @@ class Receiver:
         threading.Thread(target=self._work, daemon=True).start()
         return ThreadingHTTPServer((host, port), Handler)
 
-    def approval(self, authorization: str | None, body: bytes) -> tuple[int, dict[str, Any]]:
-        """POST /approve: (status, reply)."""
-        assert self.approve is not None
+    def act(
+        self, action: Approver, authorization: str | None, body: bytes
+    ) -> tuple[int, dict[str, Any]]:
+        """POST /approve or /rollback: (status, reply)."""
         credentials = _basic(authorization)
         if credentials is None:
             return 401, {"error": "send your MLflow login (HTTP basic auth)"}
         try:
-            request = json.loads(body)
-            if not isinstance(request, dict) or not {"name", "version"} <= request.keys():
+            request = json.loads(body or b"{}")
+            if not isinstance(request, dict):
+                raise ValueError
+            if action is self.actions.get("/approve") and not {"name", "version"} <= request.keys():
                 raise ValueError
         except ValueError:
             return 400, {"error": 'expected JSON {"name": ..., "version": ..., "comment": ...}'}
         try:
-            return 200, self.approve(credentials, request)
+            return 200, action(credentials, request)
         except BadCredentials as exc:
             return 401, {"error": str(exc)}
         except PromotionRefused as exc:

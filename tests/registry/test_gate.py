@@ -430,6 +430,26 @@ def test_deploy_verify_refuses_what_the_gate_did_not_approve(gate: Gate) -> None
     assert other_key.returncode == 1 and "no approval signed by the gate" in other_key.stderr
 
 
+def test_a_reviewer_rolls_back_through_the_gate(gate: Gate, tmp_path: Path) -> None:
+    first = train_candidate(gate.server, tmp_path, seed=30)
+    assert gate.approve("rui", first).returncode == 0
+    earlier = gate.champion()
+    second = train_candidate(gate.server, tmp_path, seed=31)
+    assert gate.approve("rui", second).returncode == 0
+    current = gate.champion()
+    since = gate.last_id()
+
+    refused = gate.run("dana", "rollback", PRODUCTION, *gate.params)
+    assert refused.returncode == 1 and "dana may not roll back" in refused.stderr
+    assert gate.champion() == current
+
+    done = gate.run("lee", "rollback", PRODUCTION, *gate.params)
+    assert done.returncode == 0, done.stderr
+    assert f"@champion v{current} -> v{earlier}" in done.stdout
+    assert gate.champion() == earlier
+    assert ("rollback", earlier) in gate.events(since)
+
+
 def test_the_approval_is_written_before_champion_moves(
     team_server: TeamServer, team_file: Path, tmp_path: Path
 ) -> None:
@@ -461,7 +481,10 @@ def test_the_approval_is_written_before_champion_moves(
             rules=RULES,
             dispatcher=Recorder(),
         )
+        started = time.monotonic()
         done = service.approve(("rui", password("rui")), CANDIDATES, candidate, "ok")
+        took = time.monotonic() - started
     store.close()
+    print(f"\ngate.approve in-process (login, evidence, copy, sign, alias, deploy): {took:.2f} s")
     assert at_move == [(True, True)]
     assert done.approval.reviewer == "rui" and done.approval.candidate_version == candidate
