@@ -110,7 +110,7 @@ class Contract:
     def _shape(self, rows: list[Any]) -> np.ndarray:
         if len(rows) > self.max_batch:
             raise RequestError(
-                413, "inputs", f"{len(rows)} rows; at most {self.max_batch} per request"
+                422, "inputs", f"{len(rows)} rows; at most {self.max_batch} per request"
             )
         width = len(self.features)
         for i, row in enumerate(rows):
@@ -219,8 +219,8 @@ def openapi(
     width, n_classes = len(contract.features), len(contract.classes)
     label = {"enum": list(contract.classes), "description": "one of the model's classes"}
     limits = (
-        f"At most {contract.max_batch} rows per request and {max_body} bytes per body "
-        "(413 beyond either)."
+        f"At most {max_body} bytes per body (413 beyond it) and {contract.max_batch} rows per "
+        "request (422 beyond it: a schema violation like any other)."
     )
     bad = {
         "400": _error_response("The body is not JSON (syntax, nesting, a number too large)."),

@@ -244,7 +244,7 @@ DEEP = 1000  # levels of nesting: Python's json module recursed into a 500 on th
         ({"body": {"inputs": [[" 1_0 "] + [0.0] * 63]}}, 422, "inputs[0][0]", "got ' 1_0 '"),
         ({"body": {"rows": [[0.0] * 64]}}, 422, "inputs", "Field required"),
         ({"raw": b"{oops"}, 400, "body", "not valid JSON"),
-        ({"body": {"inputs": [[0.0] * 64] * 257}}, 413, "inputs", "at most 256"),
+        ({"body": {"inputs": [[0.0] * 64] * 257}}, 422, "inputs", "at most 256"),
         ({"raw": b"[" * DEEP + b"]" * DEEP}, 422, "body", "valid dictionary"),
         ({"raw": b'{"inputs": ' + b"[" * DEEP + b"]" * DEEP + b"}"}, 422, "inputs[0][0]", "number"),
         ({"raw": b"[" * 5000 + b"]" * 5000}, 400, "body", "nested too deeply"),

@@ -51,7 +51,7 @@ def test_valid_rows_become_float32() -> None:
         ),
         (body({"inputs": [[1, 0, 0], [1, -2, 0]]}), 422, "inputs[1][1]", "b = -2"),
         (b'{"inputs": [[1, 0, NaN]]}', 400, "body", "not valid JSON"),  # NaN is not JSON
-        (body({"inputs": [[1, 0, 0]] * 5}), 413, "inputs", "at most 4 per request"),
+        (body({"inputs": [[1, 0, 0]] * 5}), 422, "inputs", "at most 4 per request"),
         # Strings that numpy would happily read as numbers.
         (body({"inputs": [["1", 0, 0]]}), 422, "inputs[0][0]", "expected a number (got '1')"),
         (body({"inputs": [[" 1_0 ", 0, 0]]}), 422, "inputs[0][0]", "got ' 1_0 '"),
