@@ -33,9 +33,7 @@ from registry.client import Registry, Version
 
 log = logging.getLogger(__name__)
 
-SERVICE_FILES = ("services/service.py", "services/schema.py", "services/edge.py",
-                 "services/inference_log.py",
-                 "services/bentofile.yaml", "services/requirements.txt")  # fmt: skip
+BENTOFILE = "services/bentofile.yaml"
 REF = re.compile(r"^(?P<name>[A-Za-z0-9_.-]+)(?:@(?P<alias>[A-Za-z0-9_-]+)|/(?P<version>\d+))$")
 
 
@@ -68,6 +66,15 @@ def resolve(registry: Registry, ref: str) -> Version:
     raise RegistryError(f"{name} has no version {match['version']} in {registry.uri}")
 
 
+def service_files(root: Path) -> list[str]:
+    """Every file the Bento is made of, as the bentofile names them: its includes, the
+    requirements and the image's setup script. They version the Bento: an edit to any of
+    them builds a new one."""
+    spec = yaml.safe_load((root / BENTOFILE).read_text())
+    extra = [spec["python"]["requirements_txt"], (spec.get("docker") or {}).get("setup_script")]
+    return [BENTOFILE, *spec["include"], *(rel for rel in extra if rel)]
+
+
 def code_root() -> Path:
     """The folder holding the ``services`` package: the Bento's build context."""
     return Path(__file__).resolve().parents[1]
@@ -97,7 +104,7 @@ def build(ref: str, registry: Registry) -> Built:
         created = _import_model(bentoml, model_tag, onnx_file, _contract(version, folder, actual))
 
     code = hashlib.sha256()
-    for rel in SERVICE_FILES:
+    for rel in service_files(root):
         code.update((root / rel).read_bytes())
     bento_tag = f"{version.name}:v{version.version}-{hashlib.sha256((actual + code.hexdigest()).encode()).hexdigest()[:10]}"
     if _exists(bentoml.get, bento_tag, bentoml.exceptions.NotFound):
@@ -109,7 +116,7 @@ def build(ref: str, registry: Registry) -> Built:
         "onnx_sha256": actual, "variant": version.tags.get("model.variant", "fp32"),
     }  # fmt: skip
     bentoml_bin = tools.binary("bentoml")
-    cmd = [bentoml_bin, "build", "-f", "services/bentofile.yaml", "--name", version.name,
+    cmd = [bentoml_bin, "build", "-f", BENTOFILE, "--name", version.name,
            "--version", bento_tag.split(":")[1], "--arg", f"model_tag={model_tag}",
            *[arg for k, v in labels.items() for arg in ("--label", f"{k}={v}")], "."]  # fmt: skip
     proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, env=tools.env())
