@@ -296,6 +296,10 @@ class Registry:
             for key, value in tags.items():
                 self.client.set_model_version_tag(name, version, key, str(value))
 
+    def delete_version_tag(self, name: str, version: str, key: str) -> None:
+        with self._errors(f"remove the tag {key} of {name} v{version}"):
+            self.client.delete_model_version_tag(name, version, key)
+
     def set_model_tag(self, name: str, key: str, value: str) -> None:
         with self._errors(f"tag the registered model {name}"):
             self.client.set_registered_model_tag(name, key, value)

@@ -60,10 +60,14 @@ def promote(
         )
         raise PromotionRefused(f"{name} v{version}: {decision}")
     previous = registry.by_alias(name, CHAMPION)
-    registry.set_champion(name, version)
+    # The promotion is written before the alias moves: the receiver, woken by the move,
+    # then finds it recorded instead of recording it a second time.
     registry.set_version_tags(
         name, version, {PROMOTED_AT: _now(), PROMOTED_BY: candidate.tags[policy.APPROVAL_REVIEWER]}
     )
+    if REFUSED in candidate.tags:  # a refusal that no longer applies
+        registry.delete_version_tag(name, version, REFUSED)
+    registry.set_champion(name, version)
     audit(
         registry,
         name,

@@ -144,6 +144,8 @@ def handle(event: dict[str, Any], registry: Registry, dispatcher: Dispatcher) ->
         )
         log.warning("reverted @champion on %s v%s: %s", name, version, decision)
         return f"reverted:{previous or 'none'}"
+    if promotion.REFUSED in tags:  # an earlier refusal no longer applies
+        registry.delete_version_tag(name, version, promotion.REFUSED)
     if promotion.PROMOTED_AT not in tags:  # moved in the UI after an approval there
         registry.set_version_tags(
             name,
@@ -184,6 +186,18 @@ def reconcile(registry: Registry, name: str, dispatcher: Dispatcher) -> str:
             registry,
             dispatcher,
         )
+    if _previous_champion(registry, name, refused="") != champion.version:
+        # champion moved to an approved version while no delivery arrived: record it, so a
+        # later revert goes back to this version, not to the one before it
+        registry.set_version_tags(
+            name,
+            champion.version,
+            {
+                promotion.PROMOTED_AT: promotion._now(),
+                promotion.PROMOTED_BY: champion.tags.get(policy.APPROVAL_REVIEWER, "?"),
+            },
+        )
+        promotion.audit(registry, name, "promote", version=champion.version, via="reconcile")
     tags = registry.model_tags(name)
     if tags.get(DEPLOYED) == champion.version:
         return "in-sync"

@@ -79,3 +79,48 @@ def test_rollback_restores_the_previous_champion(
     assert registry.by_alias(NAME, "champion").version == v1
     last = audit_log(registry, NAME)[-1]
     assert last["event"] == "rollback" and last["previous"] == v2 and last["by"] == "oncall"
+
+
+def test_a_refusal_that_no_longer_applies_is_cleared(
+    setup: tuple[Project, Registry], tmp_path: Any
+) -> None:
+    project, registry = setup
+    v1 = register(registry, tmp_path)
+    assert project.cli("promote", NAME, v1).exit_code == 1
+    assert "no approval" in registry.version(NAME, v1).tags["promotion.refused"]
+    assert project.cli("promote", NAME, v1, "--reviewer", "rui@example.com").exit_code == 0
+    assert "promotion.refused" not in registry.version(NAME, v1).tags
+
+
+def test_a_promotion_found_by_reconcile_is_recorded_and_reverts_go_back_to_it(
+    setup: tuple[Project, Registry], tmp_path: Any
+) -> None:
+    """v2 approved and moved to champion with no delivery (the receiver was down): the
+    reconciler records it, so refusing v3 later restores v2, not v1."""
+    from registry.webhooks import handle, reconcile
+
+    project, registry = setup
+    v1, v2, v3 = (register(registry, tmp_path) for _ in range(3))
+    assert project.cli("promote", NAME, v1, "--reviewer", "rui@example.com").exit_code == 0
+    registry.set_version_tags(NAME, v2, {"approval.reviewer": "rui@example.com"})
+    registry.client.set_registered_model_alias(NAME, "champion", v2)  # no delivery
+
+    sent: list[tuple[str, str]] = []
+
+    class Recorder:
+        def deploy(self, name: str, version: str) -> str:
+            sent.append((name, version))
+            return "recorded"
+
+    assert reconcile(registry, NAME, Recorder()) == "deploy:recorded"
+    assert sent == [(NAME, v2)]
+    assert [(e["event"], e["version"]) for e in audit_log(registry, NAME)][-2:] == [
+        ("promote", v2),
+        ("deploy-triggered", v2),
+    ]
+    registry.client.set_registered_model_alias(NAME, "champion", v3)  # unapproved
+    data = {"name": NAME, "alias": "champion", "version": v3}
+    event = {"entity": "model_version_alias", "action": "created", "data": data}
+    assert handle(event, registry, Recorder()) == f"reverted:{v2}"
+    champion = registry.by_alias(NAME, "champion")
+    assert champion is not None and champion.version == v2
