@@ -64,11 +64,9 @@ def start(cmd: list[str], env: dict[str, str], probe: str, log: Path) -> subproc
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             sys.exit(f"{' '.join(cmd[:3])} exited:\n{log.read_text()[-3000:]}")
-        try:
+        with contextlib.suppress(httpx.HTTPError):
             if httpx.get(probe, timeout=2).status_code == 200:
                 return proc
-        except httpx.HTTPError:
-            pass
         time.sleep(0.3)
     sys.exit(f"{' '.join(cmd[:3])} not ready:\n{log.read_text()[-3000:]}")
 

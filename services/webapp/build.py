@@ -44,18 +44,13 @@ def files(root: Path) -> list[Path]:
 
 
 def build() -> Built:
-    import bentoml
 
     root = code_root()
     digest = hashlib.sha256()
     for path in files(root):
         digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
     tag = f"{NAME}:{digest.hexdigest()[:12]}"
-    try:
-        bentoml.get(tag)
-    except bentoml.exceptions.NotFound:
-        pass
-    else:
+    if _exists(tag):
         log.info("Bento %s exists; nothing to build", tag)
         return Built(tag, False)
     cmd = [
@@ -73,3 +68,14 @@ def build() -> Built:
     if proc.returncode != 0:
         raise DeployError(f"bentoml build of the web app failed:\n{proc.stdout}\n{proc.stderr}")
     return Built(tag, True)
+
+
+def _exists(tag: str) -> bool:
+    """Whether the BentoML store holds ``tag`` (only NotFound means it does not)."""
+    import bentoml
+
+    try:
+        bentoml.get(tag)
+    except bentoml.exceptions.NotFound:
+        return False
+    return True

@@ -10,6 +10,7 @@ unreachable registry or cluster (1), and the pipeline's stages on a small traine
 from __future__ import annotations
 
 import ast
+import contextlib
 import os
 import re
 import signal
@@ -365,12 +366,9 @@ def test_registry_listen_stops_cleanly_on_ctrl_c(project: Project) -> None:
 def wait_until_up(url: str, proc: subprocess.Popen[Any], seconds: float = 60) -> None:
     deadline = time.monotonic() + seconds
     while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as r:
+            if r.status == 200:
+                return
         assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
         assert time.monotonic() < deadline, f"{url} did not answer in {seconds:g} s"
         time.sleep(0.5)

@@ -16,6 +16,7 @@ root), or without root, the image tests report skipped with the reason.
 from __future__ import annotations
 
 import ast
+import contextlib
 import importlib.metadata
 import json
 import os
@@ -82,11 +83,9 @@ def wait_for(
             raise AssertionError(
                 f"{what} exited with {proc.returncode} before it was ready\n{said}"
             )
-        try:
+        with contextlib.suppress(OSError):
             if http(url)[0] == 200:
                 return
-        except OSError:
-            pass
         time.sleep(0.25)
     raise AssertionError(f"{what} not ready at {url} after {seconds} s")
 
