@@ -203,10 +203,12 @@ def _postgres(pgdata: Path) -> tuple[Any, str]:
     socket only; returns (handle, base SQLAlchemy URL without a database)."""
     import warnings
 
-    import pgserver
-
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # platformdirs: no XDG_RUNTIME_DIR in CI containers
+        # pgserver asks platformdirs for a runtime dir when imported: a warning without
+        # XDG_RUNTIME_DIR (CI containers, root shells), and it falls back to /tmp
+        warnings.simplefilter("ignore")
+        import pgserver
+
         pg = pgserver.get_server(pgdata, cleanup_mode="stop")
     uri: str = pg.get_uri()  # postgresql://postgres:@/postgres?host=SOCKET_DIR
     return pg, uri.replace("postgresql://", "postgresql+psycopg2://", 1)

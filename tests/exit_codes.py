@@ -27,6 +27,8 @@ DEPLOY = "tests/services/test_deploy.py::test_record_then_reconcile_is_in_sync"
 SMOKE = "tests/services/test_deploy.py"
 RECORD_FAILURE = "test_a_failed_rollout_is_recorded_and_an_image_only_run_is_not_a_deploy"
 E2E = "tests/e2e/test_dvc_pipeline.py"
+TEAM = "tests/registry/test_team.py"
+GATE = "tests/registry/test_gate.py"
 GATE_FAILED = "tests/pipelines/test_evaluate_register.py::test_failing_gate_registers_nothing"
 WEBHOOKS = "tests/registry/test_webhooks.py::test_promotion_dispatches_the_deploy"
 WEBAPP = "tests/services/webapp/test_package.py"
@@ -132,6 +134,16 @@ PRODUCED_BY: dict[tuple[str, int], str] = {
     ("monitor run", 2): f"{MONITOR}::test_errors_exit_2_and_say_what_to_do",
     ("monitor ui", 1): f"{EMPTY}[monitor ui]",
     ("monitor ui", 2): f"{BAD_PARAMS}[monitor ui]",
+    ("approve", 0): f"{GATE}::test_a_reviewer_approves_and_the_gate_moves_champion",
+    ("approve", 1): f"{GATE}::test_four_eyes_uses_the_authenticated_login_not_a_typed_name",
+    ("registry verify", 0): f"{GATE}::test_a_reviewer_approves_and_the_gate_moves_champion",
+    ("registry server", 0): f"{TEAM}::test_a_restart_keeps_users_grants_and_models",
+    ("registry server", 1): f"{TEAM}::test_a_server_that_cannot_reach_its_database_stops_with_1",
+    (
+        "registry users apply",
+        0,
+    ): f"{TEAM}::test_users_apply_is_idempotent_and_repairs_a_changed_grant",
+    ("registry users apply", 1): f"{TEAM}::test_users_apply_needs_the_admin",
     ("webapp build", 0): WEBAPP_BUILD,
     ("webapp build", 2): f"{USAGE}[webapp build --no-such]",
 }
@@ -142,8 +154,6 @@ NO_CLUSTER = "needs a Kubernetes cluster; there is none on the test machines"
 UI_PORT_BUG = "BUG: on a port in use `mlflow ui` exits 0 and `modelyard ui` passes that 0 on"
 LISTEN_PORT_BUG = "BUG: on a port in use it crashes with an OSError traceback (1), no message"
 SERVE = "`modelyard serve` runs until stopped; no test stops it with Ctrl-C and checks the code"
-TEAM = "tests/registry/conftest.py"
-GATE = "tests/registry/test_gate.py (gate.run)"
 JOB = "tests/monitoring/test_job.py"
 
 # Documented, and not yet produced (or not yet recorded) by any test: each says why.
@@ -152,13 +162,6 @@ NOT_YET_PRODUCED: dict[tuple[str, int], str] = {
     ("ui", 1): UI_PORT_BUG,
     ("serve", 0): SERVE,
     ("registry listen", 1): LISTEN_PORT_BUG,
-    ("approve", 0): f"{GATE}: {NOT_RECORDED}",
-    ("approve", 1): f"{GATE}: {NOT_RECORDED}",
-    ("registry verify", 0): f"{GATE}: {NOT_RECORDED}",
-    ("registry server", 0): f"{TEAM}::start_server: {NOT_RECORDED}",
-    ("registry server", 1): "no test makes the server fail to start",
-    ("registry users apply", 0): f"{TEAM}::team_file: {NOT_RECORDED}",
-    ("registry users apply", 1): f"tests/registry/test_team.py: {NOT_RECORDED}",
     ("deploy render", 1): "no test makes render fail on the work itself (registry, kustomize)",
     ("deploy apply", 0): NO_CLUSTER,
     ("deploy undo", 0): NO_CLUSTER,

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from registry.policy import Rules
-from tests.conftest import BIN, free_port, kill_tree
+from tests.conftest import BIN, free_port, kill_tree, record_exit
 
 ADMIN = ("admin", "admin-password-for-tests")
 CANDIDATES = "digits-classifier"
@@ -72,12 +72,15 @@ class TeamServer:
 
     def apply(self, team_file: Path, **env: str) -> subprocess.CompletedProcess[str]:
         passwords = {f"MODELYARD_PASSWORD_{u.upper()}": password(u) for u in USERS}
-        return subprocess.run(
-            [str(BIN / "modelyard"), "registry", "users", "apply", str(team_file)],
+        args = ["registry", "users", "apply", str(team_file)]
+        done = subprocess.run(
+            [str(BIN / "modelyard"), *args],
             env=self.env(**passwords, **env, COLUMNS="200"),
             capture_output=True,
             text=True,
         )
+        record_exit(args, done.returncode)
+        return done
 
 
 @contextlib.contextmanager
@@ -97,11 +100,18 @@ def as_user(server: TeamServer, user: str | None) -> Iterator[None]:
                 os.environ[key] = value
 
 
-def start_server(data_dir: Path) -> TeamServer:
+def start_server(data_dir: Path, *, first_start: bool = True) -> TeamServer:
+    """`modelyard registry server` on ``data_dir`` (the admin's password is needed on
+    the first start only)."""
     port = free_port()
     log = data_dir.parent / f"server-{time.time_ns()}.out"
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env["MLFLOW_AUTH_ADMIN_PASSWORD"] = ADMIN[1]
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"MLFLOW_TRACKING_URI", "MLFLOW_AUTH_ADMIN_PASSWORD"}
+    }
+    if first_start:
+        env["MLFLOW_AUTH_ADMIN_PASSWORD"] = ADMIN[1]
     cmd = [str(BIN / "modelyard"), "registry", "server", "--data-dir", str(data_dir)]
     with open(log, "w") as out:
         proc = subprocess.Popen(
@@ -120,13 +130,15 @@ def start_server(data_dir: Path) -> TeamServer:
     raise AssertionError(f"registry server not ready in 180 s:\n{log.read_text()}")
 
 
-def stop_server(server: TeamServer) -> None:
-    """SIGTERM, as a service manager would: the command stops MLflow and PostgreSQL."""
+def stop_server(server: TeamServer) -> int | None:
+    """SIGTERM, as a service manager would: the command stops MLflow and PostgreSQL.
+    Returns its exit code (None if it had to be killed)."""
     server.process.send_signal(signal.SIGTERM)
     try:
-        server.process.wait(60)
+        return server.process.wait(60)
     except subprocess.TimeoutExpired:
         kill_tree(server.process.pid)
+        return None
 
 
 @pytest.fixture(scope="session")

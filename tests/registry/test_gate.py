@@ -20,7 +20,7 @@ from registry.client import Registry
 from registry.gate import RECORD_TAG, SIGNATURE_TAG, signed
 from registry.store import GateStore
 from registry.webhooks import sign as sign_delivery
-from tests.conftest import BIN, FakeGitHub, free_port, kill_tree, new_project
+from tests.conftest import BIN, FakeGitHub, free_port, kill_tree, new_project, record_exit
 from tests.registry.conftest import (
     CANDIDATES,
     GOOD_METRICS,
@@ -122,13 +122,15 @@ class Gate:
         return ["--params", str(self.project.params_path)]
 
     def run(self, user: str | None, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
+        done = subprocess.run(
             [str(BIN / "modelyard"), *args],
             env=self.env(user, **env),
             capture_output=True,
             text=True,
             cwd=self.project.root,
         )
+        record_exit(args, done.returncode)
+        return done
 
     def approve(self, user: str, version: str, **env: str) -> subprocess.CompletedProcess[str]:
         return self.run(

@@ -4,6 +4,8 @@ role must not do. The server itself answers 403: nothing to revert."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ import sqlalchemy as sa
 import yaml
 
 from registry.client import Registry
+from tests.conftest import BIN, record_exit
 from tests.registry.conftest import (
     ADMIN,
     CANDIDATES,
@@ -22,6 +25,8 @@ from tests.registry.conftest import (
     TeamServer,
     as_user,
     password,
+    start_server,
+    stop_server,
     team_yaml,
 )
 
@@ -169,3 +174,40 @@ def test_the_roles_that_should_can(team_server: TeamServer, versions: dict[str, 
         ACTIONS["register a candidate"](Registry(team_server.uri).client, versions)
     with as_user(team_server, "gate"):
         ACTIONS["move champion"](Registry(team_server.uri).client, versions)
+
+
+def test_a_restart_keeps_users_grants_and_models(team_server: TeamServer, team_file: Path) -> None:
+    """SIGTERM stops the server cleanly (exit 0, PostgreSQL too); started again on the same
+    folder, without the admin password, it has every user, grant and model. The session's
+    later tests use the restarted server."""
+    from mlflow.exceptions import MlflowException
+
+    code = stop_server(team_server)
+    record_exit(["registry", "server"], code if code is not None else -1)
+    assert code == 0, team_server.log.read_text()[-2000:]
+    restarted = start_server(team_server.data_dir, first_start=False)
+    team_server.uri, team_server.process, team_server.log = (
+        restarted.uri,
+        restarted.process,
+        restarted.log,
+    )
+    again = team_server.apply(team_file)
+    assert again.returncode == 0 and "nothing changed" in again.stdout, again.stderr
+    with as_user(team_server, "dana"), pytest.raises(MlflowException) as refused:
+        Registry(team_server.uri).client.set_registered_model_alias(PRODUCTION, "champion", "1")
+    assert refused.value.get_http_status_code() == 403
+
+
+def test_a_server_that_cannot_reach_its_database_stops_with_1(tmp_path: Path) -> None:
+    args = ["registry", "server", "--data-dir", str(tmp_path / "data")]
+    unreachable = "postgresql://modelyard@127.0.0.1:9/none"  # port 9: nothing listens
+    done = subprocess.run(
+        [str(BIN / "modelyard"), *args, "--database-url", unreachable],
+        env={**os.environ, "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN[1], "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    record_exit(args, done.returncode)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "cannot prepare the team databases" in done.stderr
