@@ -96,7 +96,13 @@ def run(params: Params, root: Path) -> Result:
         if run_id == meta["run_id"]:
             tags["data.reference_uri"] = f"runs:/{run_id}/reference/train.parquet"
         model_uri, _ = tracking.log_onnx_model(onnx_path, example, {"schema": schema.as_dict()})
-        version = registry.register(cfg.model_name, model_uri, run_id, tags, describe(tags))
+        card = model_card(
+            reports=Reports.read(root / paths.reports),
+            tags=tags,
+            champion=_champion_tags(registry, cfg.model_name, reports),
+            run_link=_run_link(registry, run_id),
+        )
+        version = registry.register(cfg.model_name, model_uri, run_id, tags, card)
         registry.set_alias(cfg.model_name, cfg.alias, version.version)
         # For the team's review gate (registry.policy), on the run only the CI trainer can
         # write to: the file registered (compared with the sha256 the gate recomputes from
@@ -243,15 +249,200 @@ def lineage_tags(
     return {k: str(v) for k, v in tags.items()}
 
 
-def describe(tags: dict[str, str]) -> str:
-    """The one-paragraph summary a reviewer sees first in the MLflow UI."""
-    dirty = " (dirty tree)" if tags["git.dirty"] == "True" else ""
-    return (
-        f"{tags['model.family']} ({tags['model.variant']}) trained on {tags['data.source']} "
-        f"at commit {tags['git.commit'][:12]}{dirty}. Test accuracy {tags['metric.accuracy']}, "
-        f"macro-F1 {tags['metric.macro_f1']}, batch-1 p99 {tags['metric.p99_ms_batch_1']} ms. "
-        f"All gates passed; data validation passed ({tags['validation.evaluated']} expectations)."
+# -- the model card: the version's description in the MLflow UI -----------------------------
+
+
+@dataclass(frozen=True)
+class Reports:
+    """The reports the card is made from (what evaluate, validate and optimize wrote)."""
+
+    gates: dict[str, Any]
+    evaluation: dict[str, Any]  # evaluate.details.json
+    validation: dict[str, Any]
+    optimization: dict[str, Any]  # optimize.details.json
+
+    @classmethod
+    def read(cls, reports: Path) -> Reports:
+        return cls(
+            gates=files.read_json(reports / "gates.json"),
+            evaluation=files.read_json(reports / "evaluate.details.json"),
+            validation=files.read_json(reports / "validate.json"),
+            optimization=files.read_json(reports / "optimize.details.json"),
+        )
+
+
+# (label, this version's tag, how to show it, lower is better)
+CARD_ROWS = [
+    ("accuracy", "metric.accuracy", "{:.4f}", False),
+    ("macro-F1", "metric.macro_f1", "{:.4f}", False),
+    ("min class recall", "metric.min_class_recall", "{:.4f}", False),
+    ("noise invariance", "metric.noise_invariance", "{:.4f}", False),
+    ("p99 ms, batch 1", "metric.p99_ms_batch_1", "{:.4f}", True),
+    ("p99 ms, batch 256", "metric.p99_ms_batch_256", "{:.3f}", True),
+    ("size, bytes", "optimize.size_bytes", "{:,.0f}", True),
+]
+
+
+def model_card(
+    *,
+    reports: Reports,
+    tags: dict[str, str],
+    champion: tuple[str, dict[str, str]] | None,
+    run_link: str | None,
+) -> str:
+    """The version's description (Markdown): what a reviewer needs on the first screen.
+    The verdict, this version beside the champion it was compared with, the gates, the
+    per-class recall, the data validation, what changed, and where the evidence is."""
+    gates = reports.gates
+    compared = reports.evaluation.get("champion") or {}
+    lines = [f"**{_verdict(gates, reports.evaluation)}**", ""]
+    lines += _side_by_side(tags, champion, compared)
+    lines += ["", "| gate | value | threshold | result |", "|---|---|---|---|"]
+    for g in gates["gates"].values():
+        value = "n/a" if g["value"] is None else f"{g['value']:.4g}"
+        result = "pass" if g["passed"] else "**FAIL**"
+        if g.get("detail"):  # the champion gate says what it compared
+            result += f": {g['detail']}"
+        lines.append(f"| {g['name']} | {value} | {g['op']} {g['threshold']:g} | {result} |")
+    per_class = reports.evaluation.get("per_class") or {}
+    if per_class:
+        lines += ["", "| class | " + " | ".join(per_class) + " |"]
+        lines.append("|---|" + "---|" * len(per_class))
+        for key in ("recall", "precision"):
+            cells = " | ".join(f"{c[key]:.3f}" for c in per_class.values())
+            lines.append(f"| {key} | {cells} |")
+        support = " | ".join(str(c["support"]) for c in per_class.values())
+        lines.append(f"| test rows | {support} |")
+    val = reports.validation
+    rows = ", ".join(f"{k} {v}" for k, v in val.get("rows", {}).items())
+    passed = "passed" if val.get("success") else "**FAILED**"
+    lines += [
+        "",
+        f"**Data validation** {passed}: {val.get('evaluated')} expectations, "
+        f"{val.get('failed')} failed; rows: {rows}.",
+        "",
+        _what_changed(tags, champion),
+    ]
+    if run_link:
+        lines += [
+            "",
+            f"Evidence: [the training run]({run_link}) (every metric and param; artifacts "
+            "`evaluate/confusion.png`, `evaluate/gates.json`, `optimize/optimize.md`).",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _verdict(gates: dict[str, Any], evaluation: dict[str, Any]) -> str:
+    failed = [g["name"] for g in gates["gates"].values() if not g["passed"]]
+    verdict = "Gates: all passed." if not failed else f"Gates FAILED: {', '.join(failed)}."
+    compared = evaluation.get("champion") or {}
+    if compared.get("compared"):
+        verdict += (
+            f" Against champion v{compared['version']} on the same "
+            f"{evaluation.get('test_rows', '?')} test rows: accuracy "
+            f"{evaluation['accuracy']:.4f} vs {compared['accuracy']:.4f}; "
+            f"{compared['only_challenger_right']} rows only this version gets right, "
+            f"{compared['only_champion_right']} only the champion; "
+            f"McNemar p = {compared['p_value']:.3g}."
+        )
+    elif compared:
+        verdict += (
+            f" Not compared with champion v{compared.get('version')}: {compared.get('reason')}."
+        )
+    else:
+        verdict += " No champion yet: nothing to compare with."
+    return verdict
+
+
+def _side_by_side(
+    tags: dict[str, str], champion: tuple[str, dict[str, str]] | None, compared: dict[str, Any]
+) -> list[str]:
+    head = "| | this version |"
+    rule = "|---|---|"
+    if champion:
+        head += f" champion v{champion[0]} | change |"
+        rule += "---|---|"
+    out = [head, rule]
+    for label, key, fmt, lower_better in CARD_ROWS:
+        mine = _number(tags.get(key))
+        row = f"| {label} | {fmt.format(mine) if mine is not None else 'n/a'} |"
+        if champion:
+            theirs = _number(champion[1].get(key))
+            if label == "accuracy" and compared.get("compared"):
+                theirs = float(compared["accuracy"])  # on this version's test set
+            shown = fmt.format(theirs) if theirs is not None else "n/a"
+            row += f" {shown} | {_change(mine, theirs, lower_better)} |"
+        out.append(row)
+    variant = f"| variant | {tags.get('model.family')} {tags.get('model.variant')} |"
+    if champion:
+        ctags = champion[1]
+        variant += f" {ctags.get('model.family', '?')} {ctags.get('model.variant', '?')} | |"
+    out.append(variant)
+    if champion:
+        out += [
+            "",
+            f"Accuracy is measured for both on this version's test rows; the champion's other "
+            f"figures are those it was registered with (v{champion[0]}'s own run).",
+        ]
+    return out
+
+
+def _change(mine: float | None, theirs: float | None, lower_better: bool) -> str:
+    if mine is None or theirs is None or theirs == 0:
+        return ""
+    delta = mine - theirs
+    if delta == 0:
+        return "same"
+    worse = delta > 0 if lower_better else delta < 0
+    text = f"{delta:+.4g} ({delta / abs(theirs):+.1%})"
+    return f"**{text} worse**" if worse and abs(delta / theirs) > 0.005 else text
+
+
+def _what_changed(tags: dict[str, str], champion: tuple[str, dict[str, str]] | None) -> str:
+    commit = tags.get("git.commit", "unknown")
+    dirty = " (uncommitted changes)" if tags.get("git.dirty") == "True" else ""
+    text = (
+        f"**What changed**: commit `{commit[:12]}`{dirty} by {tags.get('git.author')}; "
+        f"data md5 `{tags.get('dvc.data_md5', '?')[:12]}`, params sha256 "
+        f"`{tags.get('dvc.params_sha256', '?')[:12]}`"
     )
+    if champion:
+        theirs = champion[1]
+        other = theirs.get("git.commit", "unknown")
+        same_data = theirs.get("dvc.data_md5") == tags.get("dvc.data_md5")
+        same_params = theirs.get("dvc.params_sha256") == tags.get("dvc.params_sha256")
+        text += (
+            f". The champion came from `{other[:12]}`: data "
+            f"{'the same' if same_data else 'changed'}, params "
+            f"{'the same' if same_params else 'changed'}"
+        )
+        if not same_params and commit != "unknown" and other != "unknown":
+            text += f" (`git diff {other[:12]} {commit[:12]} -- params.yaml`)"
+    return text + "."
+
+
+def _number(value: str | None) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _champion_tags(
+    registry: Registry, name: str, reports: Path
+) -> tuple[str, dict[str, str]] | None:
+    """The champion evaluate compared with (its number and tags), if there was one."""
+    compared = files.read_json(reports / "evaluate.details.json").get("champion") or {}
+    version = compared.get("version")
+    if not version:
+        return None
+    return str(version), registry.version(name, str(version)).tags
+
+
+def _run_link(registry: Registry, run_id: str) -> str | None:
+    """The run's page in the MLflow UI, relative to the UI (the card is shown there)."""
+    run = registry.run(run_id)
+    return f"#/experiments/{run.experiment_id}/runs/{run_id}" if run else None
 
 
 def _write(reports: Path, result: Result) -> None:

@@ -145,6 +145,11 @@ def test_register_writes_lineage_and_is_idempotent(evaluated: Project) -> None:
     assert len(pd.read_parquet(ref)) == int(version.tags["data.rows.train"])
     assert registry.by_alias("digits-classifier", "challenger").version == version.version
     assert registry.by_alias("digits-classifier", "champion") is None
+    # The description is the model card (tests/pipelines/test_card.py checks its content).
+    card = version.description
+    assert card.startswith("**Gates: all passed. No champion yet")
+    assert f"| accuracy | {float(version.tags['metric.accuracy']):.4f} |" in card
+    assert f"/runs/{registry.client.get_model_version('digits-classifier', '1').run_id})" in card
 
     again = evaluated.cli("register")
     assert again.exit_code == 0
