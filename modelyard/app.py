@@ -18,8 +18,9 @@ app = typer.Typer(
         "`init` describes a CSV/Parquet file of your own in params.yaml (and a data suite). "
         "The pipeline stages (ingest, prepare, validate, train, export, optimize, evaluate, "
         "register) are what `dvc repro` runs, one command each; `modelyard run` runs them all "
-        "through DVC and prints a summary. Then: `promote`/`rollback` (the review gate), "
-        "`registry` (webhook receiver, reconciler), `build`/`serve` (the Bento), `deploy` "
+        "through DVC and prints a summary. Then: `promote`/`rollback` (the review gate; "
+        "`approve` in team mode), `registry` (team server and users, webhook receiver and "
+        "gate, reconciler), `build`/`serve` (the Bento), `deploy` "
         "(image, Kubernetes, record), `monitor` (drift jobs, Evidently UI), "
         "`simulate-traffic`, `diff` (CI's PR comment), `webapp` (the web application)."
     ),

@@ -1,5 +1,5 @@
-"""The review gate: promote, rollback, and the `registry` group (webhook receiver,
-webhook install, reconciler)."""
+"""The review gate: promote, approve, rollback, champion, and the `registry` group
+(webhook receiver and team gate, webhook install, reconciler, deploy verify)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 
 app = typer.Typer()
 registry_app = typer.Typer(
-    help="The review gate on a shared MLflow server: webhook receiver, reconciler.",
+    help="The shared MLflow server and its review gate: the team server and its users, "
+    "the webhook receiver (the gate with --team), the reconciler, the deploy's check.",
     no_args_is_help=True,
 )
 webhook_app = typer.Typer(
