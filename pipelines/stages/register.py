@@ -86,8 +86,10 @@ def run(params: Params, root: Path) -> Result:
     else:
         # DVC restored the trained model from its cache, but this MLflow store never saw
         # the training run (a fresh or switched store): register from a run of its own.
-        log.warning("training run %s is not in this MLflow store; registering from a new run",
-                    meta["run_id"])  # fmt: skip
+        log.warning(
+            "training run %s is not in this MLflow store; registering from a new run",
+            meta["run_id"],
+        )
         run = tracking.new_run(
             params.tracking.experiment, root, run_name=f"register-{meta['family']}"
         )
