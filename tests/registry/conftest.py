@@ -133,12 +133,18 @@ def start_server(data_dir: Path, *, first_start: bool = True) -> TeamServer:
 def stop_server(server: TeamServer) -> int | None:
     """SIGTERM, as a service manager would: the command stops MLflow and PostgreSQL.
     Returns its exit code (None if it had to be killed)."""
+    import psutil
+
+    children = psutil.Process(server.process.pid).children(recursive=True)
     server.process.send_signal(signal.SIGTERM)
     try:
-        return server.process.wait(60)
+        code: int | None = server.process.wait(60)
     except subprocess.TimeoutExpired:
         kill_tree(server.process.pid)
-        return None
+        code = None
+    for child in children:  # a command that died without stopping MLflow leaves nothing
+        kill_tree(child.pid)
+    return code
 
 
 @pytest.fixture(scope="session")
