@@ -14,7 +14,8 @@
     ├── DeployError              containerize / push / kubectl failed or is unavailable
     ├── ExternalServiceError     GitHub or an alert webhook refused or was unreachable
     ├── MonitoringError          the drift job cannot run (no reference, unreadable log)
-    └── PipelineFailed           `dvc repro` or `dvc push` failed (the stage said why)
+    ├── PipelineFailed           `dvc repro` or `dvc push` failed (the stage said why)
+    └── PortInUse                a server command cannot listen on its port
 
 Messages say what was wrong, where, and what to do.
 """
@@ -76,3 +77,7 @@ class MonitoringError(ModelyardError):
 
 class PipelineFailed(ModelyardError):
     """`dvc repro` (or `dvc push`) failed; the failing stage printed why."""
+
+
+class PortInUse(ModelyardError):
+    """A server command cannot listen on the port it was given."""

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import sys
 from pathlib import Path
 
-from core.errors import ConfigError
+from core.errors import ConfigError, PortInUse
 
 
 def bin_dir() -> Path:
@@ -41,3 +42,18 @@ def env(extra: dict[str, str] | None = None) -> dict[str, str]:
     if path.split(os.pathsep)[0] != first:
         out["PATH"] = os.pathsep.join([first, path]) if path else first
     return out
+
+
+def check_port(host: str, port: int) -> None:
+    """Raise PortInUse unless ``host:port`` can be bound now (port 0 always can)."""
+    if port == 0:
+        return
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise PortInUse(
+                f"cannot listen on {host}:{port} ({exc.strerror}): another process uses it. "
+                "Stop it, or pick another port with --port."
+            ) from exc

@@ -160,6 +160,7 @@ def ui(
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
+    guard("ui", lambda: tools.check_port("127.0.0.1", port))
     tracking.configure(root)
     mlflow = guard("ui", lambda: tools.binary("mlflow"))
     console.print(f"MLflow UI on http://127.0.0.1:{port} (store {uri}); Ctrl-C to stop")

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from core import settings
+from core import settings, tools
 from modelyard.common import EXIT_CODES, ParamsOpt, console, err_console, guard, load
 from modelyard.common import registry as open_registry
 
@@ -254,6 +254,7 @@ def registry_listen(
             webhooks.Verifier(_secret()), lambda e: webhooks.handle(e, registry, dispatcher)
         )
         uri = registry.uri
+    guard("registry listen", lambda: tools.check_port(host, port))
     server = receiver.serve(host, port)
     console.print(f"listening on http://{host}:{port}/webhook (registry {uri})", soft_wrap=True)
     try:

@@ -74,6 +74,7 @@ PRODUCED_BY: dict[tuple[str, int], str] = {
     ("diff", 1): f"{EMPTY}[diff]",
     ("diff", 2): f"{BAD_PARAMS}[diff]",
     ("ui", 0): f"{CLI}::test_ui_on_a_tracking_server_points_at_it",
+    ("ui", 1): f"{CLI}::test_servers_on_a_port_in_use_say_so_and_exit_1",
     ("ui", 2): f"{BAD_PARAMS}[ui]",
     ("promote", 0): f"{PROMOTION}::test_promote_refuses_without_approval_then_promotes",
     ("promote", 1): f"{EMPTY}[promote]",
@@ -99,6 +100,7 @@ PRODUCED_BY: dict[tuple[str, int], str] = {
         2,
     ): f"{CLI}::test_team_commands_without_their_variables_are_2[registry verify]",
     ("registry listen", 0): f"{CLI}::test_registry_listen_stops_cleanly_on_ctrl_c",
+    ("registry listen", 1): f"{CLI}::test_servers_on_a_port_in_use_say_so_and_exit_1",
     ("registry listen", 2): f"{CLI}::test_registry_listen_needs_the_webhook_secret",
     ("registry reconcile", 0): f"{EMPTY}[registry reconcile]",
     ("registry reconcile", 1): f"{UNREACHABLE}[registry reconcile]",
@@ -151,17 +153,13 @@ PRODUCED_BY: dict[tuple[str, int], str] = {
 # Why a documented code has no producing test yet.
 NOT_RECORDED = "its test starts the CLI itself (Popen/subprocess); record_exit() there would count"
 NO_CLUSTER = "needs a Kubernetes cluster; there is none on the test machines"
-UI_PORT_BUG = "BUG: on a port in use `mlflow ui` exits 0 and `modelyard ui` passes that 0 on"
-LISTEN_PORT_BUG = "BUG: on a port in use it crashes with an OSError traceback (1), no message"
 SERVE = "`modelyard serve` runs until stopped; no test stops it with Ctrl-C and checks the code"
 JOB = "tests/monitoring/test_job.py"
 
 # Documented, and not yet produced (or not yet recorded) by any test: each says why.
 # Shrink this; never grow it without a reason a reviewer would accept.
 NOT_YET_PRODUCED: dict[tuple[str, int], str] = {
-    ("ui", 1): UI_PORT_BUG,
     ("serve", 0): SERVE,
-    ("registry listen", 1): LISTEN_PORT_BUG,
     ("deploy render", 1): "no test makes render fail on the work itself (registry, kustomize)",
     ("deploy apply", 0): NO_CLUSTER,
     ("deploy undo", 0): NO_CLUSTER,

@@ -14,6 +14,7 @@ import contextlib
 import os
 import re
 import signal
+import socket
 import subprocess
 import time
 import urllib.request
@@ -361,6 +362,29 @@ def test_registry_listen_stops_cleanly_on_ctrl_c(project: Project) -> None:
     record_exit(args, proc.returncode)
     assert proc.returncode == 0, out
     assert "stopped" in out
+
+
+def test_servers_on_a_port_in_use_say_so_and_exit_1(project: Project) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        ui = project.cli("ui", "--port", port)
+        listen = invoke(
+            "registry",
+            "listen",
+            "--port",
+            port,
+            "--params",
+            str(project.params_path),
+            env={"MODELYARD_WEBHOOK_SECRET": "s3cret"},
+        )
+    record_exit(["registry", "listen"], listen.exit_code)
+    for result in (ui, listen):
+        assert result.exit_code == 1, result.output
+        assert f"cannot listen on 127.0.0.1:{port}" in words(result.output)
+        assert "another port with --port" in words(result.output)
+        assert not isinstance(result.exception, OSError)  # a message, not a traceback
 
 
 def wait_until_up(url: str, proc: subprocess.Popen[Any], seconds: float = 60) -> None:
