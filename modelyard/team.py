@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
 from pathlib import Path
@@ -83,10 +84,9 @@ def registry_server(
         f"gate database: MODELYARD_GATE_DATABASE_URL={team.databases.gate}", soft_wrap=True
     )
     try:
-        while team.process.poll() is None and not stop:
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: stop, as SIGTERM does
+            while team.process.poll() is None and not stop:
+                time.sleep(0.5)
     finally:
         died = team.process.poll() is not None and not stop
         team.stop()
