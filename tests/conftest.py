@@ -127,6 +127,19 @@ def make_project(tmp_path: Path) -> Callable[..., Project]:
 
 # Small, fast training settings for tests that need a trained model but not a good one.
 FAST_TRAIN = {"epochs": 12, "patience": 4}
+# Every stage, in the order `dvc repro` runs them, plus `champion` (the pointer evaluate
+# reads): what a test runs to get a registered version without DVC.
+PIPELINE = (
+    "champion",
+    "ingest",
+    "prepare",
+    "validate",
+    "train",
+    "export",
+    "optimize",
+    "evaluate",
+    "register",
+)
 # Every variant is still built and measured, with fewer timed calls (test_optimize.py
 # uses the shipped settings where the measured choice matters).
 FAST_OPTIMIZE = {

@@ -29,6 +29,7 @@ from modelyard.app import app
 from tests.conftest import (
     BIN,
     FAST_TRAIN,
+    PIPELINE,
     REPO,
     Project,
     free_port,
@@ -400,17 +401,7 @@ def wait_until_up(url: str, proc: subprocess.Popen[Any], seconds: float = 60) ->
 
 # -- the pipeline's stages on a small trained project --------------------------------------------
 
-STAGES = (
-    "champion",
-    "ingest",
-    "prepare",
-    "validate",
-    "train",
-    "export",
-    "optimize",
-    "evaluate",
-    "register",
-)
+STAGES = PIPELINE
 
 
 @pytest.fixture(scope="module")

@@ -15,20 +15,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import FAST_TRAIN, Project, new_project
+from tests.conftest import FAST_TRAIN, PIPELINE, Project, new_project
 
 MODEL = "digits-classifier"
-STAGES = (
-    "ingest",
-    "prepare",
-    "validate",
-    "train",
-    "export",
-    "optimize",
-    "champion",
-    "evaluate",
-    "register",
-)
+STAGES = PIPELINE
 
 
 @pytest.fixture(scope="package")

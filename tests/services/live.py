@@ -14,20 +14,19 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import BIN, FAST_TRAIN, REPO, Project, free_port, kill_tree, new_project
+from tests.conftest import (
+    BIN,
+    FAST_TRAIN,
+    PIPELINE,
+    REPO,
+    Project,
+    free_port,
+    kill_tree,
+    new_project,
+)
 
 API_KEY = "test-key-7d1f"
-STAGES = (
-    "ingest",
-    "prepare",
-    "validate",
-    "train",
-    "export",
-    "optimize",
-    "champion",
-    "evaluate",
-    "register",
-)
+STAGES = PIPELINE
 
 
 def registered(root: Path, kind: str) -> Project:

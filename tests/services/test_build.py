@@ -7,24 +7,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import FAST_TRAIN, Project, modelyard
+from tests.conftest import FAST_TRAIN, PIPELINE, Project, modelyard
 
 pytestmark = pytest.mark.slow
 
 
 def test_build_from_registry_version(project: Project, tmp_path: Path) -> None:
     project.set_params(train=FAST_TRAIN)
-    project.stages(
-        "ingest",
-        "prepare",
-        "validate",
-        "train",
-        "export",
-        "optimize",
-        "champion",
-        "evaluate",
-        "register",
-    )
+    project.stages(*PIPELINE)
     env = {"BENTOML_HOME": str(tmp_path / "bentoml")}
     params = ["--params", str(project.params_path)]
 

@@ -20,6 +20,7 @@ import pytest
 from tests.conftest import (
     BIN,
     FAST_TRAIN,
+    PIPELINE,
     FakeGitHub,
     Project,
     free_port,
@@ -38,17 +39,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Project, d
     base = tmp_path_factory.mktemp("deploy")
     project = new_project(base / "project")
     project.set_params(train=FAST_TRAIN)
-    project.stages(
-        "champion",
-        "ingest",
-        "prepare",
-        "validate",
-        "train",
-        "export",
-        "optimize",
-        "evaluate",
-        "register",
-    )
+    project.stages(*PIPELINE)
     env = {"BENTOML_HOME": str(base / "bentoml"), "GITHUB_OUTPUT": str(base / "github_output")}
     out = modelyard(
         project.root, "build", "--model", f"{NAME}/1", "--params", str(project.params_path), env=env

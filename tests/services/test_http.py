@@ -32,7 +32,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 
 from services.inference_log import ReadStats, read
-from tests.conftest import BIN, FAST_TRAIN, Project, free_port, kill_tree, new_project
+from tests.conftest import BIN, FAST_TRAIN, PIPELINE, Project, free_port, kill_tree, new_project
 
 pytestmark = pytest.mark.slow
 
@@ -160,17 +160,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             "accuracy_budget": 5.0,
         },
     )
-    project.stages(
-        "champion",
-        "ingest",
-        "prepare",
-        "validate",
-        "train",
-        "export",
-        "optimize",
-        "evaluate",
-        "register",
-    )
+    project.stages(*PIPELINE)
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     # The server's own temp dir: what the build downloads there must not stay.

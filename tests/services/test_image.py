@@ -39,7 +39,16 @@ import pytest
 import yaml
 
 from services import build, inference_log
-from tests.conftest import FAST_TRAIN, REPO, Project, free_port, kill_tree, modelyard, new_project
+from tests.conftest import (
+    FAST_TRAIN,
+    PIPELINE,
+    REPO,
+    Project,
+    free_port,
+    kill_tree,
+    modelyard,
+    new_project,
+)
 
 NAME = "digits-classifier"
 TOOLS = ("buildah", "docker-registry", "mmdebstrap")
@@ -171,17 +180,7 @@ def pushed(
     base = tmp_path_factory.mktemp("image")
     project = new_project(base / "project")
     project.set_params(train=FAST_TRAIN)
-    project.stages(
-        "ingest",
-        "prepare",
-        "validate",
-        "train",
-        "export",
-        "optimize",
-        "champion",
-        "evaluate",
-        "register",
-    )
+    project.stages(*PIPELINE)
     outputs = base / "github_output"
     env = {**buildah_env, "BENTOML_HOME": str(base / "bentoml"), "GITHUB_OUTPUT": str(outputs)}
     made = modelyard(project.root, "deploy", "base-image", env=env)  # cache: ~/.cache/modelyard
