@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import re
 import tempfile
 import time
@@ -60,11 +59,10 @@ from core.errors import (
     MonitoringError,
     RegistryError,
 )
-from monitoring import drift
+from monitoring import drift, logscan
 from pipelines import validation
 from pipelines.config import Data, Monitor, Params, Validate
 from registry.client import Registry
-from services import inference_log
 
 if TYPE_CHECKING:
     from core.github import GitHub
@@ -102,50 +100,11 @@ def parse_time(text: str, now: float) -> float:
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
-@dataclass
-class WindowSample:
-    since: float
-    until: float
-    rows: int = 0  # predictions in the window
-    sample: list[dict[str, Any]] = field(default_factory=list)
-    feedback: dict[str, Any] = field(default_factory=dict)
-    models: Counter[str] = field(default_factory=Counter)
-    stats: inference_log.ReadStats = field(default_factory=inference_log.ReadStats)
-    skipped: int = 0  # complete JSON lines that are not usable records
-
-
 def read_window(
     log_dir: Path, since: float, until: float, sample_rows: int, seed: int
-) -> WindowSample:
-    """One pass over the log: count, sample (reservoir), join feedback."""
-    if not log_dir.is_dir():
-        raise MonitoringError(
-            f"no inference log at {log_dir}: point MODELYARD_LOG_DIR (or --log-dir) at the "
-            "service's log folder"
-        )
-    window = WindowSample(since, until)
-    rng = random.Random(seed)
-    sample = window.sample
-    for record in inference_log.read(log_dir, window.stats, newer_than=since):
-        kind = record.get("type")
-        ts = record.get("ts")
-        if not isinstance(ts, (int, float)) or not since <= ts < until:
-            continue
-        if kind == "feedback":
-            window.feedback[str(record.get("id"))] = record.get("label")
-            continue
-        if kind != "prediction" or not isinstance(record.get("features"), list):
-            window.skipped += 1
-            continue
-        window.rows += 1
-        window.models[str(record.get("model"))] += 1
-        if len(sample) < sample_rows:
-            sample.append(record)
-        else:
-            j = int(rng.random() * window.rows)
-            if j < sample_rows:
-                sample[j] = record
-    return window
+) -> logscan.WindowSample:
+    """One pass over the log (``monitoring.logscan``): count, sample, join feedback."""
+    return logscan.scan(log_dir, since, until, sample_rows, seed)
 
 
 # -- the reference ------------------------------------------------------------------------------

@@ -19,6 +19,9 @@ Label = int | str
 
 
 SPLITS = ("train", "val", "test")  # what prepare writes, in paths.prepared
+# The second test set: the held-out slice of production labels (prepare writes it, empty
+# when no production rows train). The base "test" split never changes with them.
+PRODUCTION_TEST = "test_production"
 
 
 class Section(BaseModel):
@@ -29,7 +32,12 @@ class Paths(Section):
     """Every file the stages exchange. dvc.yaml interpolates the same keys."""
 
     sources: Path = Path("data/sources")
+    # `modelyard harvest`'s output: production labels joined to their logged features
+    # (labelled.parquet, rejected.parquet, harvest.json; the Parquet files DVC-tracked).
+    production: Path = Path("data/production")
     raw: Path = Path("data/raw/dataset.csv")
+    # ingest's copy of the harvested rows it trains on (ingest.production), beside raw.
+    raw_production: Path = Path("data/raw/production.parquet")
     prepared: Path = Path("data/prepared")
     reports: Path = Path("data/reports")
     native: Path = Path("data/models/native")
@@ -100,10 +108,22 @@ class Data(Section):
         return self
 
 
+class ProductionSource(Section):
+    """Harvested production labels as a second training source (`modelyard harvest`)."""
+
+    enabled: bool = True
+    # Relative to the project root; a missing file means no production rows (logged).
+    path: Path = Path("data/production/labelled.parquet")
+    # Only rows labelled within this many days of the newest label (None: all). Counted
+    # from the newest label, not from today, so a re-run reproduces the same rows.
+    last_days: Annotated[float, Field(gt=0)] | None = None
+
+
 class Ingest(Section):
     # "sklearn:<name>" for a dataset scikit-learn bundles, else a CSV/Parquet path
     # (put it under paths.sources and track it with `dvc add`).
     source: str = "sklearn:digits"
+    production: ProductionSource = ProductionSource()
 
 
 class Prepare(Section):
@@ -111,6 +131,11 @@ class Prepare(Section):
     val_size: Annotated[float, Field(gt=0, lt=1)] = 0.1
     # Drop rows whose features repeat an earlier row, so no input lands in two splits.
     dedupe: bool = True
+    # Production rows: a share held out as the second test set, a share for validation,
+    # the rest trains. Assigned by a hash of the prediction id, so a row keeps its split
+    # as more labels arrive, and the base test split never changes.
+    production_test_size: Annotated[float, Field(gt=0, lt=1)] = 0.3
+    production_val_size: Annotated[float, Field(ge=0, lt=1)] = 0.1
 
     @model_validator(mode="after")
     def _check(self) -> Prepare:
@@ -161,6 +186,8 @@ class Train(Section):
     weight_decay: Annotated[float, Field(ge=0)] = 1e-4
     patience: Annotated[int, Field(ge=1)] = 8
     threads: Annotated[int, Field(ge=1)] = 1
+    # Weight of a production row against a base row in the training loss.
+    production_weight: Annotated[float, Field(gt=0)] = 1.0
     cnn: CNN = CNN()
     mlp: MLP = MLP()
     logreg: LogReg = LogReg()
@@ -218,6 +245,8 @@ class Evaluate(Section):
     champion_alpha: Annotated[float, Field(gt=0, lt=1)] = 0.05
     latency_runs: Annotated[int, Field(ge=10)] = 300
     threads: Annotated[int, Field(ge=1)] = 1
+    # Production test rows needed before the production gates and comparison apply.
+    min_production_rows: Annotated[int, Field(ge=1)] = 30
 
 
 class Register(Section):
@@ -227,6 +256,15 @@ class Register(Section):
 
 class Tracking(Section):
     experiment: str = "modelyard"
+
+
+class Harvest(Section):
+    """`modelyard harvest`: feedback labels joined to their logged predictions."""
+
+    # Predictions not yet labelled are remembered this long (features included), so a
+    # label that arrives after log rotation deleted its prediction's file still joins.
+    pending_days: Annotated[float, Field(gt=0)] = 30
+    dvc_add: bool = True  # `dvc add` the written Parquet files when the project uses DVC
 
 
 class Monitor(Section):
@@ -245,6 +283,13 @@ class Monitor(Section):
     output: Path = Path(".modelyard/monitoring")  # reports, summary.json, Evidently workspace
     project: str = "modelyard"  # Evidently UI project
     retrain: Literal["auto", "off"] = "auto"  # on drift: GitHub `retrain` dispatch, else dvc repro
+    # Retrain on drift only when at least this many labelled rows arrived since the data
+    # the last registered version trained on; else say so and retrain nothing.
+    min_new_labels: Annotated[int, Field(ge=1)] = 1
+    # Retention of runs/ and the Evidently workspace's snapshots: a run is deleted when it
+    # is older than keep_days or beyond the newest keep_runs.
+    keep_days: Annotated[float, Field(gt=0)] = 30
+    keep_runs: Annotated[int, Field(ge=1)] = 200
 
 
 class Params(Section):
@@ -260,6 +305,7 @@ class Params(Section):
     evaluate: Evaluate = Evaluate()
     register_: Register = Field(default=Register(), alias="register")
     tracking: Tracking = Tracking()
+    harvest: Harvest = Harvest()
     monitor: Monitor = Monitor()
 
 
