@@ -217,9 +217,16 @@ def simulate_traffic(
         str | None, typer.Option(help="API key. Default: the first of $MODELYARD_API_KEYS.")
     ] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    split: Annotated[
+        str,
+        typer.Option(
+            help="Which prepared split the rows come from: test | val | train (its base "
+            "rows only, never harvested production rows)."
+        ),
+    ] = "test",
     params_file: ParamsOpt = PARAMS,
 ) -> None:
-    """Send real digits from the test split to the service, clean or drifted (demos, tests).
+    """Send real digits from a prepared split to the service, clean or drifted (demos, tests).
 
     Exit codes: 0 sent; 1 no test split yet, or the service refused or was unreachable;
     2 bad options or params.
@@ -245,6 +252,7 @@ def simulate_traffic(
                 feedback=feedback,
                 api_key=key,
                 seed=seed,
+                split=split,
                 progress=lambda n: progress.advance(task, n),
             ),
         )

@@ -24,7 +24,7 @@ import numpy as np
 
 from core import http
 from core.errors import ConfigError, DataError
-from pipelines.config import Params
+from pipelines.config import SPLITS, Params
 
 log = logging.getLogger(__name__)
 
@@ -130,17 +130,24 @@ def simulate(
     feedback: float,
     api_key: str | None,
     seed: int,
+    split: str = "test",
     progress: Callable[[int], None] | None = None,
 ) -> Sent:
-    """Send ``rows`` real rows of the test split (distorted by ``drift``) to the service."""
+    """Send ``rows`` real rows of a prepared ``split`` (distorted by ``drift``) to the
+    service. Only the split's base rows: harvested production rows (``source`` column)
+    are what earlier traffic looked like, not the dataset's own digits."""
     import pandas as pd
 
     if drift not in KINDS:
         raise ConfigError(f"--drift {drift!r}: one of {', '.join(KINDS)}")
-    test_file = root / params.paths.split("test")
-    if not test_file.exists():
-        raise DataError(f"{test_file} not found: run the pipeline first (`modelyard run`)")
-    frame = pd.read_parquet(test_file)
+    if split not in SPLITS:
+        raise ConfigError(f"--split {split!r}: one of {', '.join(SPLITS)}")
+    split_file = root / params.paths.split(split)
+    if not split_file.exists():
+        raise DataError(f"{split_file} not found: run the pipeline first (`modelyard run`)")
+    frame = pd.read_parquet(split_file)
+    if "source" in frame.columns:
+        frame = frame[frame["source"] != "production"]
     features = params.data.feature_names
     low, high = params.data.feature_range or (
         float(frame[features].min().min()),
