@@ -10,8 +10,14 @@ Design (what the monitoring job relies on):
   concurrent workers never interleave; within a process a lock serializes writes. A
   reader skips (and counts) a line that is not complete JSON, and a writer that opens
   a file whose last line was cut off starts on a fresh line.
-- **Bounded.** Files rotate at ``max_bytes``; at most ``max_files`` are kept per
-  directory, oldest deleted first.
+- **Bounded, and no label lost to retention.** Files rotate at ``max_bytes``. Beyond
+  ``max_files`` per directory the oldest files are deleted, but only those `modelyard
+  harvest` has consumed to their current size (its manifest, ``<log dir>/.harvest/
+  manifest.json``, in this directory or its parent when each pod writes a subfolder).
+  Unharvested files are kept, up to ``hard_max_files`` (default 4 x ``max_files``); past
+  that the oldest is deleted anyway, with an error saying labels may be lost and to run
+  `modelyard harvest` more often. No manifest (harvest never ran) means nothing is
+  harvested. The manifest is read only when pruning, i.e. at rotation.
 - **Cheap.** One syscall per request on the request path, no fsync there.
 - **Private.** The records hold raw inputs: the directory is 0700, the files 0600.
 """
@@ -34,6 +40,10 @@ log = logging.getLogger(__name__)
 _DUMP = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE
 PREFIX = "inference-"
 SUFFIX = ".jsonl"
+# `modelyard harvest`'s state, in the log folder it reads (monitoring/harvest.py writes it):
+# the manifest maps each log file (relative to that folder) to the bytes consumed.
+HARVEST_DIR = ".harvest"
+MANIFEST = "manifest.json"
 
 
 class InferenceLog:
@@ -43,10 +53,14 @@ class InferenceLog:
         max_bytes: int = 64 * 1024 * 1024,
         max_files: int = 50,
         fsync_every: float = 1.0,
+        hard_max_files: int | None = None,
     ) -> None:
         self.directory = directory
         self.max_bytes = max_bytes
         self.max_files = max_files
+        # Unharvested files are kept beyond max_files, up to this many.
+        self.hard_max_files = max(max_files, hard_max_files or 4 * max_files)
+        self._path: Path | None = None
         self._lock = threading.Lock()
         self._fd = -1
         self._size = 0
@@ -87,6 +101,7 @@ class InferenceLog:
         self._seq += 1
         name = f"{PREFIX}{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{self._seq:04d}{SUFFIX}"
         path = self.directory / name
+        self._path = path
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         os.fchmod(self._fd, 0o600)  # the mode above applies only to a new file
         self._size = os.fstat(self._fd).st_size
@@ -100,9 +115,35 @@ class InferenceLog:
         self._open_next()
 
     def _prune(self) -> None:
-        files = sorted(self.directory.glob(f"{PREFIX}*{SUFFIX}"), key=lambda p: p.stat().st_mtime)
-        for old in files[: max(0, len(files) - self.max_files)]:
-            log.info("inference log: removing %s (max_files=%d)", old.name, self.max_files)
+        """Over ``max_files``: delete the oldest files harvest consumed; keep the others up
+        to ``hard_max_files``. Only the oldest are candidates: the newest ``max_files`` may
+        be other workers' open files, which a harvest may have read to their end."""
+        files = sorted(
+            (p for p in self.directory.glob(f"{PREFIX}*{SUFFIX}") if p != self._path),
+            key=lambda p: p.stat().st_mtime,
+        )
+        excess = len(files) + 1 - self.max_files  # + 1: the file just opened
+        if excess <= 0:
+            return
+        consumed = harvested(self.directory)
+        kept: list[Path] = []
+        for old in files[:excess]:
+            if _size(old) <= consumed.get(old.name, -1):
+                log.info(
+                    "inference log: removing %s (harvested; max_files=%d)", old.name, self.max_files
+                )
+                old.unlink(missing_ok=True)
+            else:
+                kept.append(old)
+        over = len(files) - (excess - len(kept)) + 1 - self.hard_max_files
+        for old in kept[: max(0, over)]:
+            log.error(
+                "inference log: removing %s before `modelyard harvest` read it (over "
+                "hard_max_files=%d): feedback labels of its predictions may be lost. Run "
+                "`modelyard harvest` more often (or raise the limits).",
+                old.name,
+                self.hard_max_files,
+            )
             old.unlink(missing_ok=True)
 
     def _sync_loop(self, every: float) -> None:
@@ -116,6 +157,44 @@ class InferenceLog:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:  # another worker pruned it first
+        return -1
+
+
+def manifest_path(log_dir: Path) -> Path:
+    """Where `modelyard harvest` records what it consumed of the log under ``log_dir``."""
+    return log_dir / HARVEST_DIR / MANIFEST
+
+
+def harvested(directory: Path) -> dict[str, int]:
+    """Bytes `modelyard harvest` consumed of each log file in ``directory``, by file name:
+    its manifest sits in this directory, or in its parent when each pod writes a subfolder
+    of the harvested volume. Empty when harvest never ran, or its manifest is unreadable
+    (then every file counts as unharvested: kept, never lost)."""
+    for root, prefix in ((directory, ""), (directory.parent, f"{directory.name}/")):
+        path = manifest_path(root)
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            continue
+        try:
+            offsets = orjson.loads(raw)["files"]
+            return {
+                rel[len(prefix) :]: int(offset)
+                for rel, offset in offsets.items()
+                if rel.startswith(prefix) and "/" not in rel[len(prefix) :]
+            }
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            log.warning(
+                "inference log: %s is unreadable (%s): no file counts as harvested", path, exc
+            )
+            return {}
+    return {}
 
 
 def _last_byte(path: Path) -> bytes:

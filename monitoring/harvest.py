@@ -1,0 +1,676 @@
+"""Harvest: production feedback labels joined to their logged predictions, as training data.
+
+``harvest`` (`modelyard harvest`) reads the inference log (the service's JSON lines; record
+shapes in ``monitoring.logscan``) and writes, under ``paths.production``:
+
+- ``labelled.parquet``: one row per prediction id that has a valid label: every feature by
+  name (float64), ``data.target`` (the label), and provenance: ``prediction_id``,
+  ``model`` (NAME/VERSION), ``prediction`` (str), ``predicted_at``, ``labelled_at`` (UNIX
+  times), ``log_file`` (the prediction's file, relative to the log folder) and
+  ``harvested_at`` (ISO time of the harvest that wrote the row: the window it came from).
+  Merged with what was there: existing rows are kept, a re-labelled id is replaced.
+- ``rejected.parquet``: joined rows the training contract refused, appended, with a
+  ``reason`` naming the rule and the column (``range(pixel_3): 17 is outside [0, 16]``);
+  the label is kept as JSON text (it may be of any type) and the features as logged in
+  ``logged_features``. Never silently dropped.
+- ``harvest.json``: what this run read, added, replaced, rejected and left pending.
+
+How (what makes it safe to run often, and loss-free across log rotation):
+
+- **Incremental.** ``<log dir>/.harvest/manifest.json`` maps each log file (relative to the
+  log folder; files in direct subfolders too, one per pod) to the bytes consumed. A run
+  reads only complete lines past that offset; a torn last line (a write in flight) is left
+  for the next run, unless the file has not changed for ``TORN_FINAL_SECONDS`` (a crash's
+  leftover: counted as malformed and consumed). Malformed lines are counted, not fatal.
+  The log writer deletes a file only once the manifest says it was consumed to its size
+  (``services.inference_log``).
+- **Pending.** ``<log dir>/.harvest/pending.parquet`` (0600 in a 0700 folder: raw inputs)
+  remembers predictions not yet labelled, and labels whose prediction is not known yet
+  (orphans), each for ``harvest.pending_days`` after its time. A label that arrives after
+  rotation deleted its prediction's file still joins.
+- **Last label wins.** Labels join predictions by id across all files; per id the label
+  with the latest feedback time wins. A label different from the id's previous one (in
+  this run, among the orphans or in labelled.parquet) is a conflict; a repeated identical
+  label is not, and changes nothing.
+- **Validated** against the training contract: the label is one of ``data.labels`` (same
+  type, as the service checks it: the int 7 is not 7.0, "7" or true), exactly
+  ``len(data.feature_names)`` finite numbers within ``data.range_for``, plus the column
+  expectations of the GX suite ``validate.suite`` that judge single values (aggregate ones,
+  such as a column's mean, judge the training table: the validate stage runs them).
+- **Crash-safe.** Outputs are written atomically, then (``harvest.dvc_add`` in a DVC
+  project) ``dvc add``-ed, and only then the pending state and the manifest: a crash
+  re-reads the same lines, and a re-run with the same labels adds nothing.
+
+``labelled_after`` counts rows labelled after a time: the drift job asks it whether new
+labels exist since the last training.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import math
+import os
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from itertools import pairwise
+from pathlib import Path
+from typing import Any, TypeGuard
+
+import numpy as np
+import orjson
+import pandas as pd
+
+from core import files, tools
+from core.errors import DataError, PipelineFailed
+from pipelines import validation
+from pipelines.config import Data, Params, Paths
+from services import inference_log
+
+log = logging.getLogger(__name__)
+
+LABELLED = "labelled.parquet"
+REJECTED = "rejected.parquet"
+SUMMARY = "harvest.json"
+PENDING = "pending.parquet"
+LOCK = "lock"
+DAY = 86_400.0
+# A torn last line untouched this long is what a crash left: a write in flight (one
+# os.write) completes in microseconds, so it will never be finished.
+TORN_FINAL_SECONDS = 60.0
+PROVENANCE = (
+    "prediction_id",
+    "model",
+    "prediction",
+    "predicted_at",
+    "labelled_at",
+    "log_file",
+    "harvested_at",
+)
+REASON = "reason"
+LOGGED_FEATURES = "logged_features"
+PENDING_COLUMNS = ("kind", "id", "model", "features", "prediction", "ts", "log_file", "label")
+
+
+@dataclass(frozen=True)
+class Harvested:
+    """What one harvest did (harvest.json holds the same, plus the log folder)."""
+
+    rows: int  # total rows in labelled.parquet
+    new: int  # ids labelled for the first time
+    replaced: int  # ids whose label changed
+    conflicts: int  # labels that differ from the id's previous label
+    rejected: int  # rows the contract refused in this run
+    orphans: int  # labels whose prediction is not known yet, kept pending
+    pending: int  # unlabelled predictions remembered
+    files_read: int  # log files with new bytes read
+    path: Path  # labelled.parquet
+    newest_label: float | None  # the latest labelled_at in labelled.parquet
+    malformed: int = 0  # unreadable lines skipped (counted, not fatal)
+    expired: int = 0  # pending predictions and orphans forgotten (older than pending_days)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    id: str
+    model: str
+    features: Any  # as logged: validated when a label joins it
+    prediction: str
+    ts: float
+    log_file: str
+
+
+@dataclass(frozen=True)
+class Label:
+    id: str
+    label: Any  # as sent: validated when it wins
+    ts: float
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A joined row before validation; ``replaces`` for a re-labelled existing id."""
+
+    prediction: Prediction
+    label: Label
+    replaces: bool
+
+
+@dataclass
+class _Read:
+    predictions: dict[str, Prediction]
+    labels: list[Label]
+    offsets: dict[str, int]
+    files_read: int = 0
+    malformed: int = 0
+
+
+# -- the entry points ---------------------------------------------------------------------------
+
+
+def harvest(
+    params: Params,
+    *,
+    root: Path,
+    log_dir: Path,
+    now: float | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> Harvested:
+    """Read the log's new lines, join labels to predictions, validate, write the outputs."""
+    now = time.time() if now is None else now
+    say = progress or (lambda _: None)
+    if not log_dir.is_dir():
+        raise DataError(
+            f"no inference log at {log_dir}: point --log-dir (or MODELYARD_LOG_DIR) at the "
+            "service's log folder"
+        )
+    suite = validation.load_suite(root / params.validate_.suite)
+    out_dir = root / params.paths.production
+    state = log_dir / inference_log.HARVEST_DIR
+    state.mkdir(mode=0o700, exist_ok=True)
+    state.chmod(0o700)
+    with _locked(state / LOCK):
+        manifest = _read_manifest(log_dir)
+        read = _read_new(log_dir, manifest, say)
+        say(f"joining {len(read.labels):,} labels to {len(read.predictions):,} predictions")
+        pending_predictions, orphans = _read_pending(state / PENDING)
+        for pid, prediction in read.predictions.items():
+            pending_predictions.setdefault(pid, prediction)
+        labelled = _read_frame(out_dir / LABELLED)
+        existing = _existing(labelled, params.data, read.predictions, pending_predictions)
+        candidates, orphans, conflicts = join(
+            read.labels, existing=existing, predictions=pending_predictions, orphans=orphans
+        )
+        say(f"validating {len(candidates):,} rows against the training contract")
+        stamp = datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds")
+        good, bad = validate(candidates, params.data, suite, harvested_at=stamp)
+        merged, new, replaced = _merge(labelled, good, params.data)
+        for row in good.itertuples():
+            pending_predictions.pop(str(row.prediction_id), None)
+        horizon = now - params.harvest.pending_days * DAY
+        before = len(pending_predictions) + len(orphans)
+        pending_predictions = {k: p for k, p in pending_predictions.items() if p.ts >= horizon}
+        orphans = {k: o for k, o in orphans.items() if o.ts >= horizon}
+        expired = before - len(pending_predictions) - len(orphans)
+        if expired:
+            log.info(
+                "harvest: %d pending records older than %g days forgotten",
+                expired,
+                params.harvest.pending_days,
+            )
+
+        say(f"writing {out_dir}")
+        if new or replaced or not (out_dir / LABELLED).exists():
+            files.write_parquet(out_dir / LABELLED, merged)
+        if len(bad) or not (out_dir / REJECTED).exists():
+            files.write_parquet(out_dir / REJECTED, _append_rejected(out_dir / REJECTED, bad))
+        newest = float(merged["labelled_at"].max()) if len(merged) else None
+        result = Harvested(
+            rows=len(merged),
+            new=new,
+            replaced=replaced,
+            conflicts=conflicts,
+            rejected=len(bad),
+            orphans=len(orphans),
+            pending=len(pending_predictions),
+            files_read=read.files_read,
+            path=out_dir / LABELLED,
+            newest_label=newest,
+            malformed=read.malformed,
+            expired=expired,
+        )
+        files.write_json(
+            out_dir / SUMMARY,
+            {"harvested_at": stamp, "log_dir": str(log_dir), **asdict(result)},
+        )
+        if params.harvest.dvc_add and (root / ".dvc").is_dir():
+            say("dvc add")
+            dvc_add(root, [out_dir / LABELLED, out_dir / REJECTED])
+        # Last: what was consumed. A crash before this re-reads the same lines next time.
+        _write_pending(state / PENDING, pending_predictions, orphans)
+        files.write_json(
+            inference_log.manifest_path(log_dir), {"version": 1, "files": read.offsets}
+        )
+    return result
+
+
+def labelled_after(root: Path, paths: Paths, ts: float) -> int:
+    """Rows of labelled.parquet labelled after ``ts`` (a UNIX time); 0 when there is none."""
+    path = root / paths.production / LABELLED
+    if not path.exists():
+        return 0
+    frame = pd.read_parquet(path, columns=["labelled_at"])
+    return int((frame["labelled_at"] > ts).sum())
+
+
+def dvc_add(root: Path, targets: list[Path]) -> None:
+    """``dvc add`` the outputs, so their .dvc pointers change and ``ingest`` re-runs."""
+    command = [tools.binary("dvc"), "add", *(str(t.relative_to(root)) for t in targets)]
+    proc = subprocess.run(command, cwd=root, env=tools.env(), capture_output=True, text=True)
+    if proc.returncode != 0:
+        detail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        raise PipelineFailed(
+            f"`dvc add` of {', '.join(str(t.relative_to(root)) for t in targets)} failed "
+            f"(exit {proc.returncode}): {' '.join(detail)}. The labels are written but DVC does "
+            "not track them yet: fix that (if git tracks the files, `git rm --cached` them), "
+            "then run `modelyard harvest` again (it runs dvc add again), or set "
+            "harvest.dvc_add: false."
+        )
+
+
+# -- reading the log ----------------------------------------------------------------------------
+
+
+def _read_manifest(log_dir: Path) -> dict[str, int]:
+    path = inference_log.manifest_path(log_dir)
+    if not path.exists():
+        return {}
+    try:
+        offsets = files.read_json(path)["files"]
+        return {str(k): int(v) for k, v in offsets.items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise DataError(
+            f"{path} is unreadable ({exc}): move it aside to harvest the whole log again "
+            "(labels already harvested are not counted twice)"
+        ) from exc
+
+
+def log_files(log_dir: Path) -> list[Path]:
+    """The log's files, as ``inference_log.read`` finds them: the folder and its direct
+    subfolders (one per pod), oldest first."""
+    pattern = f"{inference_log.PREFIX}*{inference_log.SUFFIX}"
+    found = [*log_dir.glob(pattern), *log_dir.glob(f"*/{pattern}")]
+    return sorted(found, key=lambda p: (p.stat().st_mtime, p.name))
+
+
+def _read_new(log_dir: Path, manifest: dict[str, int], say: Callable[[str], None]) -> _Read:
+    """Every complete line past each file's offset; the new offsets (files gone: dropped)."""
+    out = _Read(predictions={}, labels=[], offsets={})
+    paths = log_files(log_dir)
+    for i, path in enumerate(paths, 1):
+        rel = str(path.relative_to(log_dir))
+        stat = path.stat()
+        offset = manifest.get(rel, 0)
+        if stat.st_size < offset:  # the log is append-only: this is another file now
+            log.warning("harvest: %s is shorter than what was read of it; reading it again", rel)
+            offset = 0
+        if stat.st_size == offset:
+            out.offsets[rel] = offset
+            continue
+        say(f"reading {rel} ({i}/{len(paths)})")
+        out.files_read += 1
+        crashed = time.time() - stat.st_mtime > TORN_FINAL_SECONDS
+        out.offsets[rel] = _read_file(path, rel, offset, crashed, out)
+    return out
+
+
+def _read_file(path: Path, rel: str, offset: int, crashed: bool, out: _Read) -> int:
+    """Read complete lines from ``offset``; return the offset consumed."""
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        for line in fh:
+            if not line.endswith(b"\n"):  # torn: a write in flight, or a crash's leftover
+                if crashed:
+                    out.malformed += 1
+                    offset += len(line)
+                break
+            offset += len(line)
+            if line.strip():
+                _record(line, rel, out)
+    return offset
+
+
+def _record(line: bytes, rel: str, out: _Read) -> None:
+    try:
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        out.malformed += 1
+        return
+    if not isinstance(record, dict):
+        out.malformed += 1
+        return
+    kind, rid, ts = record.get("type"), record.get("id"), record.get("ts")
+    if kind not in ("prediction", "feedback"):
+        return  # shadow records and others: not training data
+    if not isinstance(rid, str) or not _number(ts):
+        out.malformed += 1
+        return
+    if kind == "feedback":
+        out.labels.append(Label(rid, record.get("label"), float(ts)))
+    elif rid not in out.predictions:
+        out.predictions[rid] = Prediction(
+            rid,
+            str(record.get("model")),
+            record.get("features"),
+            str(record.get("prediction")),
+            float(ts),
+            rel,
+        )
+
+
+# -- joining ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Existing:
+    """An id already in labelled.parquet: its label and its row's prediction."""
+
+    label: Label
+    prediction: Prediction
+
+
+def join(
+    labels: list[Label],
+    *,
+    existing: dict[str, Existing],
+    predictions: dict[str, Prediction],
+    orphans: dict[str, Label],
+) -> tuple[list[Candidate], dict[str, Label], int]:
+    """Per id, the last label (by feedback time) against its prediction.
+
+    Returns the rows to validate (new ids, and existing ids whose label changed), the
+    orphans left (labels whose prediction is unknown) and the number of conflicts: labels
+    that differ from the id's label before them (existing row, orphan or this run)."""
+    by_id: dict[str, list[Label]] = {}
+    for label in labels:
+        by_id.setdefault(label.id, []).append(label)
+    for rid in orphans:
+        if rid in predictions or rid in existing:
+            by_id.setdefault(rid, [])
+    candidates: list[Candidate] = []
+    left = {k: v for k, v in orphans.items() if k not in by_id}
+    conflicts = 0
+    for rid, events in by_id.items():
+        known = existing.get(rid)
+        base = known.label if known else orphans.get(rid)
+        timeline = sorted([*([base] if base else []), *events], key=lambda lab: lab.ts)
+        conflicts += sum(1 for a, b in pairwise(timeline) if not same_label(a.label, b.label))
+        last = timeline[-1]
+        if known is not None:
+            if not same_label(last.label, known.label.label):
+                candidates.append(Candidate(known.prediction, last, replaces=True))
+        elif rid in predictions:
+            candidates.append(Candidate(predictions[rid], last, replaces=False))
+        else:
+            left[rid] = last
+    return candidates, left, conflicts
+
+
+def same_label(a: Any, b: Any) -> bool:
+    """Same type and value: the label 7 is not 7.0, "7" or true (the service's rule)."""
+    return type(a) is type(b) and a == b
+
+
+# -- validating ---------------------------------------------------------------------------------
+
+
+def check_row(features: Any, label: Any, data: Data) -> tuple[list[float] | None, list[str]]:
+    """The training contract on one row: its feature values (None when they are not a
+    list of numbers) and the reasons it fails, each naming the rule and the column."""
+    reasons: list[str] = []
+    if not any(same_label(label, c) for c in data.labels):
+        reasons.append(
+            f"label({data.target}): {_show(label)} is not one of the classes {data.labels}"
+        )
+    names = data.feature_names
+    if not isinstance(features, list):
+        reasons.append(
+            f"width(features): expected a list of {len(names)} numbers, got {_show(features)}"
+        )
+        return None, reasons
+    if len(features) != len(names):
+        reasons.append(f"width(features): {len(features)} values, expected {len(names)}")
+        return None, reasons
+    values: list[float] = []
+    for name, value in zip(names, features, strict=True):
+        if not _number(value) or not math.isfinite(value):
+            reasons.append(f"finite({name}): {_show(value)} is not a finite number")
+            values.append(math.nan)
+            continue
+        values.append(float(value))
+        bounds = data.range_for(name)
+        if bounds is not None and not bounds[0] <= value <= bounds[1]:
+            reasons.append(f"range({name}): {value:g} is outside [{bounds[0]:g}, {bounds[1]:g}]")
+    return values, reasons
+
+
+def validate(
+    candidates: list[Candidate],
+    data: Data,
+    suite: list[validation.Expectation],
+    *,
+    harvested_at: str,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Labelled rows that pass the contract, and rejected rows with their reasons."""
+    names = data.feature_names
+    rows: list[dict[str, Any]] = []
+    reasons: list[list[str]] = []
+    for c in candidates:
+        values, why = check_row(c.prediction.features, c.label.label, data)
+        rows.append(
+            {
+                **dict(zip(names, values or [math.nan] * len(names), strict=True)),
+                data.target: c.label.label,
+                "prediction_id": c.prediction.id,
+                "model": c.prediction.model,
+                "prediction": c.prediction.prediction,
+                "predicted_at": c.prediction.ts,
+                "labelled_at": c.label.ts,
+                "log_file": c.prediction.log_file,
+                "harvested_at": harvested_at,
+                LOGGED_FEATURES: _json(c.prediction.features),
+            }
+        )
+        reasons.append(why)
+    passing = [i for i, why in enumerate(reasons) if not why]
+    for i, why in _suite_failures([rows[i] for i in passing], data, suite).items():
+        reasons[passing[i]].extend(why)
+    good = [r for r, why in zip(rows, reasons, strict=True) if not why]
+    # A rejected label may be of any type (true, 7.0, "7"): JSON text keeps it as sent.
+    bad = [
+        {**r, data.target: _json(r[data.target]), REASON: "; ".join(why)}
+        for r, why in zip(rows, reasons, strict=True)
+        if why
+    ]
+    for row in bad:
+        log.info("harvest: rejected %s: %s", row["prediction_id"], row[REASON])
+    labelled = _typed(pd.DataFrame(good, columns=_columns(data, LOGGED_FEATURES)), data)
+    rejected = pd.DataFrame(bad, columns=[*_columns(data, LOGGED_FEATURES), REASON])
+    rejected = rejected.astype({name: "float64" for name in names})
+    return labelled.drop(columns=[LOGGED_FEATURES]), rejected
+
+
+def _suite_failures(
+    rows: list[dict[str, Any]], data: Data, suite: list[validation.Expectation]
+) -> dict[int, list[str]]:
+    """The GX suite's column expectations on the rows; per failing row, the reasons.
+
+    Only expectations that judge single values name failing rows (GX's unexpected index
+    list); aggregate ones (a column's mean, its share of unique values) judge the training
+    table, which the validate stage checks."""
+    columns = {*data.feature_names, data.target}
+    expectations = [e for e in suite if e["kwargs"].get("column") in columns]
+    if not rows or not expectations:
+        return {}
+    frame = pd.DataFrame(rows, columns=[*data.feature_names, data.target])
+    out: dict[int, list[str]] = {}
+    for check in validation.validate({"harvest": (frame, expectations)}, sample_size=len(frame)):
+        if check.success:
+            continue
+        if check.error:
+            log.warning(
+                "harvest: %s(%s) could not run on the harvested rows: %s",
+                check.expectation,
+                check.column,
+                check.error,
+            )
+            continue
+        for index in check.sample_rows:
+            value = frame.at[index, check.column]
+            out.setdefault(int(index), []).append(
+                f"{check.expectation}({check.column}): {_show(value)} is unexpected (validate.suite)"
+            )
+    return out
+
+
+# -- outputs and state --------------------------------------------------------------------------
+
+
+def _columns(data: Data, *extra: str) -> list[str]:
+    return [*data.feature_names, data.target, *PROVENANCE, *extra]
+
+
+def _typed(frame: pd.DataFrame, data: Data) -> pd.DataFrame:
+    """labelled.parquet's dtypes: float64 features and times, the label as data.labels."""
+    out = frame.astype({name: "float64" for name in data.feature_names})
+    out = out.astype({"predicted_at": "float64", "labelled_at": "float64"})
+    integer = all(isinstance(c, int) and not isinstance(c, bool) for c in data.labels)
+    out[data.target] = out[data.target].astype("int64" if integer else "object")
+    for col in ("prediction_id", "model", "prediction", "log_file", "harvested_at"):
+        out[col] = out[col].astype("object")
+    return out
+
+
+def _read_frame(path: Path) -> pd.DataFrame | None:
+    return pd.read_parquet(path) if path.exists() else None
+
+
+def _existing(
+    labelled: pd.DataFrame | None,
+    data: Data,
+    fresh: dict[str, Prediction],
+    pending: dict[str, Prediction],
+) -> dict[str, Existing]:
+    """The ids labelled.parquet holds, as labels and predictions (for a re-label)."""
+    if labelled is None or labelled.empty:
+        return {}
+    names = data.feature_names
+    out: dict[str, Existing] = {}
+    features = labelled[names].to_numpy(np.float64).tolist()
+    for row, values in zip(labelled.itertuples(index=False), features, strict=True):
+        rec = row._asdict()
+        rid = str(rec["prediction_id"])
+        label = labelled_value(rec[data.target])
+        out[rid] = Existing(
+            Label(rid, label, float(rec["labelled_at"])),
+            Prediction(
+                rid,
+                str(rec["model"]),
+                values,
+                str(rec["prediction"]),
+                float(rec["predicted_at"]),
+                str(rec["log_file"]),
+            ),
+        )
+        fresh.pop(rid, None)  # a prediction read again after a crash: already labelled
+        pending.pop(rid, None)
+    return out
+
+
+def labelled_value(value: Any) -> Any:
+    """A label as Python has it (numpy's int64 is not the int the service compares)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _merge(
+    labelled: pd.DataFrame | None, good: pd.DataFrame, data: Data
+) -> tuple[pd.DataFrame, int, int]:
+    """Existing rows kept (a re-labelled id replaced in place), new rows appended."""
+    base = labelled if labelled is not None else _typed(pd.DataFrame(columns=_columns(data)), data)
+    if good.empty:
+        return base, 0, 0
+    known = set(base["prediction_id"])
+    replacing = good[good["prediction_id"].isin(known)].set_index("prediction_id")
+    fresh = good[~good["prediction_id"].isin(known)].sort_values(["labelled_at", "prediction_id"])
+    merged = base.copy()
+    hit = merged["prediction_id"].isin(replacing.index)
+    for col in (data.target, "labelled_at", "harvested_at"):
+        merged.loc[hit, col] = merged.loc[hit, "prediction_id"].map(replacing[col].to_dict())
+    frames = [f for f in (merged, fresh) if len(f)]
+    out = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    return _typed(out.reset_index(drop=True), data), len(fresh), len(replacing)
+
+
+def _append_rejected(path: Path, bad: pd.DataFrame) -> pd.DataFrame:
+    """rejected.parquet with this run's rows appended (a re-read after a crash adds none)."""
+    old = _read_frame(path)
+    if old is None or old.empty:
+        return bad.reset_index(drop=True)
+    both = pd.concat([old, bad], ignore_index=True)
+    return both.drop_duplicates(["prediction_id", "labelled_at", REASON]).reset_index(drop=True)
+
+
+def _read_pending(path: Path) -> tuple[dict[str, Prediction], dict[str, Label]]:
+    if not path.exists():
+        return {}, {}
+    frame = pd.read_parquet(path)
+    predictions: dict[str, Prediction] = {}
+    orphans: dict[str, Label] = {}
+    for r in frame.itertuples(index=False):
+        if r.kind == "prediction":
+            predictions[r.id] = Prediction(
+                r.id, r.model, orjson.loads(r.features), r.prediction, float(r.ts), r.log_file
+            )
+        else:
+            orphans[r.id] = Label(r.id, orjson.loads(r.label), float(r.ts))
+    return predictions, orphans
+
+
+def _write_pending(
+    path: Path, predictions: dict[str, Prediction], orphans: dict[str, Label]
+) -> None:
+    """Raw inputs: 0600 (atomic writes create the file private), in the 0700 folder."""
+    rows = [
+        (
+            "prediction",
+            p.id,
+            p.model,
+            orjson.dumps(p.features).decode(),
+            p.prediction,
+            p.ts,
+            p.log_file,
+            "null",
+        )
+        for p in predictions.values()
+    ] + [
+        ("label", o.id, "", "null", "", o.ts, "", orjson.dumps(o.label).decode())
+        for o in orphans.values()
+    ]
+    frame = pd.DataFrame(rows, columns=list(PENDING_COLUMNS)).astype({"ts": "float64"})
+    files.write_parquet(path, frame)
+    path.chmod(0o600)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """One harvest at a time per log: two would both read the same new lines."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DataError(
+                f"another `modelyard harvest` is running on this log ({path} is locked): "
+                "wait for it to finish"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _number(value: Any) -> TypeGuard[int | float]:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+
+
+def _show(value: Any) -> str:
+    """A value as the log had it (JSON), short."""
+    text = _json(labelled_value(value))
+    return text if len(text) <= 60 else f"{text[:57]}..."
