@@ -2,7 +2,8 @@
 
 Features come out as float32 in the schema's column order; labels as indices into the
 schema's ``classes`` (so every family trains on 0..C-1 and ONNX probabilities line up
-with ``classes``).
+with ``classes``). ``sample_weight`` reads the ``source`` column prepare writes on
+train/val: how much each row counts in the training loss.
 """
 
 from __future__ import annotations
@@ -49,12 +50,27 @@ def load_schema(paths: Paths, root: Path) -> Schema:
 
 
 def load_split(paths: Paths, name: str, schema: Schema, root: Path) -> Split:
+    return to_arrays(read_split(paths, name, root), schema)
+
+
+def read_split(paths: Paths, name: str, root: Path) -> pd.DataFrame:
+    """A prepared split as prepare wrote it (all columns, ``source`` and provenance too)."""
     path = root / paths.split(name)
     try:
-        frame = pd.read_parquet(path)
+        return pd.read_parquet(path)
     except (OSError, ValueError) as exc:
         raise DataError(f"cannot read {path}: {exc}. Run `modelyard prepare` first.") from exc
-    return to_arrays(frame, schema)
+
+
+def sample_weight(frame: pd.DataFrame, production_weight: float) -> np.ndarray | None:
+    """Per-row loss weights: ``production_weight`` for production rows, 1 for base rows.
+    None when every row is a base row (the families then train exactly as unweighted)."""
+    if "source" not in frame.columns:
+        return None
+    production = (frame["source"] == "production").to_numpy()
+    if not production.any():
+        return None
+    return np.where(production, production_weight, 1.0).astype(np.float32)
 
 
 def to_arrays(frame: pd.DataFrame, schema: Schema) -> Split:

@@ -1,7 +1,8 @@
 """Model families, chosen by ``train.model``.
 
-Every family has the same contract (see ``Family``): fit on encoded labels 0..C-1,
-predict class probabilities, save/load the native model, and export ONNX with one
+Every family has the same contract (see ``Family``): fit on encoded labels 0..C-1
+(optionally with a per-row ``sample_weight`` in the loss: production rows weigh
+``train.production_weight``), predict class probabilities, save/load the native model, and export ONNX with one
 float32 input ``features`` [batch, n_features] and an output ``probabilities``
 [batch, n_classes]. Scaling is baked into the model, so the ONNX file takes raw
 feature values: serving needs nothing but the file and the schema.
@@ -55,6 +56,8 @@ class Family(Protocol):
         n_classes: int,
         seed: int,
         on_epoch: EpochCallback | None,
+        *,
+        sample_weight: np.ndarray | None = None,
     ) -> Fitted: ...
 
     def predict_proba(self, model: Any, x: np.ndarray) -> np.ndarray: ...

@@ -32,6 +32,8 @@ class Adapter:
         n_classes: int,
         seed: int,
         on_epoch: EpochCallback | None,
+        *,
+        sample_weight: np.ndarray | None = None,
     ) -> Fitted:
         from sklearn.ensemble import GradientBoostingClassifier
         from sklearn.linear_model import LogisticRegression
@@ -51,7 +53,11 @@ class Adapter:
                 random_state=seed,
             )
         model = make_pipeline(StandardScaler(), clf)
-        model.fit(x_train, y_train)
+        # The weight goes to the classifier's loss; the scaler's statistics stay unweighted.
+        weights = (
+            {} if sample_weight is None else {f"{model.steps[-1][0]}__sample_weight": sample_weight}
+        )
+        model.fit(x_train, y_train, **weights)
         missing = set(range(n_classes)) - set(model.classes_.tolist())
         if missing:
             # predict_proba would have fewer columns than the schema's classes.

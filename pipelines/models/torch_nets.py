@@ -120,7 +120,11 @@ class Adapter:
         n_classes: int,
         seed: int,
         on_epoch: EpochCallback | None,
+        *,
+        sample_weight: np.ndarray | None = None,
     ) -> Fitted:
+        """Train with early stopping on the (unweighted) validation loss. With
+        ``sample_weight``, each batch's training loss is the weighted mean of its rows'."""
         torch.manual_seed(seed)
         torch.use_deterministic_algorithms(True)
         torch.set_num_threads(cfg.threads)
@@ -136,6 +140,8 @@ class Adapter:
         xv, yv = torch.from_numpy(x_val), torch.from_numpy(y_val)
         opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         loss_fn = nn.CrossEntropyLoss()
+        per_row = nn.CrossEntropyLoss(reduction="none")
+        wt = None if sample_weight is None else torch.from_numpy(sample_weight.astype(np.float32))
         gen = torch.Generator().manual_seed(seed)
         best = (float("inf"), 0, copy.deepcopy(net.state_dict()))
         history: list[Epoch] = []
@@ -146,7 +152,11 @@ class Adapter:
             for start in range(0, len(xt), cfg.batch_size):
                 idx = order[start : start + cfg.batch_size]
                 opt.zero_grad()
-                loss = loss_fn(net(xt[idx]), yt[idx])
+                if wt is None:
+                    loss = loss_fn(net(xt[idx]), yt[idx])
+                else:
+                    w = wt[idx]
+                    loss = (per_row(net(xt[idx]), yt[idx]) * w).sum() / w.sum()
                 loss.backward()
                 opt.step()
                 total += loss.item() * len(idx)

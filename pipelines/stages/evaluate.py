@@ -1,14 +1,22 @@
 """evaluate: score the ONNX model on the held-out test set and decide the gates.
 
-Reads the served model (``optimize``'s choice in ``paths.optimized``), the test/train splits and the schema. With ONNX Runtime it
-measures quality (accuracy, macro-F1, per-class precision/recall, a confusion matrix),
-latency (p50/p99 at batch 1 and 256) and behaviour (invariance to small noise, minimum
-per-class recall). If the champion pointer (``pipelines.pointer``) names a champion, that
-model is scored on the same test set and McNemar's exact test asks whether the challenger is significantly worse.
+Reads the served model (``optimize``'s choice in ``paths.optimized``), the test splits
+and the schema. With ONNX Runtime it measures quality (accuracy, macro-F1, per-class
+precision/recall, a confusion matrix), latency (p50/p99 at batch 1 and 256) and
+behaviour (invariance to small noise, minimum per-class recall) on the base test split.
+
+The second test set, ``test_production`` (held-out production labels, see ``prepare``),
+is scored too when it has at least ``evaluate.min_production_rows`` rows: accuracy and
+macro-F1 (``production_*`` in the metrics). If the champion pointer
+(``pipelines.pointer``) names a champion, that model (its own registered ONNX file) is
+scored on the same rows of each test set, and McNemar's exact test asks whether the
+challenger is significantly worse: gates ``not_worse_than_champion`` (base) and
+``not_worse_than_champion_on_production`` (when the production set is large enough).
 
 Writes ``evaluate.json`` (the DVC metric: numbers only), ``evaluate.details.json`` (the
-full report: per-class scores, latency, the champion comparison), ``gates.json`` (each
-gate, its value, threshold and verdict), ``confusion.csv`` and ``confusion.png`` (plots).
+full report: per-class scores, latency, the production scores, the champion comparisons),
+``gates.json`` (each gate, its value, threshold and verdict), ``confusion.csv`` and
+``confusion.png`` (plots, base test split).
 It does not fail on a gate: ``register`` reads ``gates.json`` and refuses, so the report
 is kept either way.
 """
@@ -27,7 +35,7 @@ import pandas as pd
 from core import files
 from core.errors import RegistryError
 from pipelines import dataset, inference, pointer, tracking
-from pipelines.config import Evaluate, Params
+from pipelines.config import PRODUCTION_TEST, Evaluate, Params
 from pipelines.models import read_meta
 
 log = logging.getLogger(__name__)
@@ -70,9 +78,29 @@ def run(params: Params, root: Path) -> Result:
     rng = np.random.default_rng(params.seed)
     metrics["noise_invariance"] = noise_invariance(sess, test.x, pred, schema, cfg.noise_scale, rng)
 
-    champion = compare_with_champion(params, root, schema, test, pred)
-    if champion is not None:
-        metrics["champion"] = champion
+    production = dataset.load_split(paths, PRODUCTION_TEST, schema, root)
+    scored: dict[str, tuple[dataset.Split, np.ndarray]] = {"test": (test, pred)}
+    if len(production.y) >= cfg.min_production_rows:
+        production_pred = inference.predict_proba(sess, production.x).argmax(1)
+        scored[PRODUCTION_TEST] = (production, production_pred)
+        metrics["production"] = {
+            "scored": True,
+            "rows": len(production.y),
+            **production_quality(production.y, production_pred, schema.classes),
+        }
+    else:
+        metrics["production"] = {
+            "scored": False,
+            "rows": len(production.y),
+            "reason": f"{len(production.y)} production test rows, fewer than "
+            f"evaluate.min_production_rows ({cfg.min_production_rows})",
+        }
+
+    compared = compare_with_champion(params, root, schema, scored)
+    if compared is not None:
+        metrics["champion"] = compared["test"]
+        if PRODUCTION_TEST in compared:
+            metrics["champion_production"] = compared[PRODUCTION_TEST]
     gates = decide(cfg, metrics)
     result = Result(metrics, gates)
 
@@ -94,19 +122,45 @@ def run(params: Params, root: Path) -> Result:
 
     meta = read_meta(root / paths.native)
     with tracking.resume(meta["run_id"]):
-        tracking.log_metrics({k: v for k, v in metrics.items() if k != "per_class"}, prefix="test.")
+        tracking.log_metrics(
+            {k: v for k, v in metrics.items() if k not in ("per_class", "production")},
+            prefix="test.",
+        )
+        tracking.log_metrics(
+            {k: v for k, v in metrics["production"].items() if k != "per_class"},
+            prefix="test_production.",
+        )
         tracking.log_metrics({g.name: float(g.passed) for g in gates}, prefix="gate.")
         tracking.log_artifact(png, "evaluate")
         tracking.log_artifact(reports / "gates.json", "evaluate")
+    prod = metrics["production"]
     log.info(
-        "accuracy %.4f, gates %s", metrics["accuracy"], "passed" if result.passed else "FAILED"
+        "accuracy %.4f; production test: %s; gates %s",
+        metrics["accuracy"],
+        f"accuracy {prod['accuracy']:.4f} on {prod['rows']} rows"
+        if prod["scored"]
+        else prod["reason"],
+        "passed" if result.passed else "FAILED",
     )
     return result
 
 
+def production_quality(y: np.ndarray, pred: np.ndarray, classes: list[Any]) -> dict[str, Any]:
+    """Quality on the production test rows: accuracy, macro-F1, per class."""
+    full = quality(y, pred, classes)
+    return {k: full[k] for k in ("accuracy", "macro_f1", "min_class_recall", "per_class")}
+
+
 def headline(metrics: dict[str, Any], gates: list[Gate]) -> dict[str, float]:
-    """The DVC metric: test-set quality, behaviour, latency and how many gates failed."""
+    """The DVC metric: test-set quality, behaviour, latency and how many gates failed;
+    the production test set's accuracy and macro-F1 when it was scored, and its rows."""
     lat = metrics["latency"]
+    prod = metrics.get("production") or {}
+    scored = (
+        {"production_accuracy": prod["accuracy"], "production_macro_f1": prod["macro_f1"]}
+        if prod.get("scored")
+        else {}
+    )
     return {
         "accuracy": metrics["accuracy"],
         "macro_f1": metrics["macro_f1"],
@@ -117,6 +171,8 @@ def headline(metrics: dict[str, Any], gates: list[Gate]) -> dict[str, float]:
         "p50_ms_batch256": lat["batch_256"]["p50_ms"],
         "p99_ms_batch256": lat["batch_256"]["p99_ms"],
         "test_rows": metrics["test_rows"],
+        **scored,
+        "production_rows": int(prod.get("rows", 0)),
         "gates_failed": sum(not g.passed for g in gates),
     }
 
@@ -174,9 +230,14 @@ def mcnemar(y: np.ndarray, challenger: np.ndarray, champion: np.ndarray) -> dict
 
 
 def compare_with_champion(
-    params: Params, root: Path, schema: dataset.Schema, test: dataset.Split, pred: np.ndarray
-) -> dict[str, Any] | None:
-    """Score the champion the pointer file names on the same test set (``pipelines.pointer``)."""
+    params: Params,
+    root: Path,
+    schema: dataset.Schema,
+    scored: dict[str, tuple[dataset.Split, np.ndarray]],
+) -> dict[str, dict[str, Any]] | None:
+    """Score the champion the pointer file names (``pipelines.pointer``), with its own
+    registered ONNX file, on the same rows as the challenger: each set in ``scored``
+    (name -> (split, challenger's predictions)). One comparison per set, or None."""
     from registry.client import Registry
 
     champ = pointer.read(params.paths, root)
@@ -209,14 +270,23 @@ def compare_with_champion(
             n_inputs,
             len(schema.feature_names),
         )
-        return {"version": champ.version, "compared": False, "reason": "different feature schema"}
-    champ_pred = inference.predict_proba(sess, test.x).argmax(1)
-    return {
-        "version": champ.version,
-        "compared": True,
-        "accuracy": float((champ_pred == test.y).mean()),
-        **mcnemar(test.y, pred, champ_pred),
-    }
+        skipped = {
+            "version": champ.version,
+            "compared": False,
+            "reason": "different feature schema",
+        }
+        return {name: dict(skipped) for name in scored}
+    out: dict[str, dict[str, Any]] = {}
+    for name, (split, pred) in scored.items():
+        champ_pred = inference.predict_proba(sess, split.x).argmax(1)
+        out[name] = {
+            "version": champ.version,
+            "compared": True,
+            "rows": len(split.y),
+            "accuracy": float((champ_pred == split.y).mean()),
+            **mcnemar(split.y, pred, champ_pred),
+        }
+    return out
 
 
 def _named(champ: pointer.Pointer) -> str:
@@ -236,22 +306,41 @@ def decide(cfg: Evaluate, m: dict[str, Any]) -> list[Gate]:
     ]
     champ = m.get("champion")
     if champ and champ.get("compared"):
-        worse = champ["only_champion_right"] > champ["only_challenger_right"]
-        significant = champ["p_value"] < cfg.champion_alpha
+        gates.append(_champion_gate("not_worse_than_champion", champ, m["accuracy"], cfg, "test"))
+    prod = m.get("production") or {}
+    champ_prod = m.get("champion_production")
+    if prod.get("scored") and champ_prod and champ_prod.get("compared"):
         gates.append(
-            Gate(
-                "not_worse_than_champion",
-                champ["p_value"],
-                cfg.champion_alpha,
-                ">=",
-                passed=not (worse and significant),
-                detail=(
-                    f"champion v{champ['version']}: accuracy {champ['accuracy']:.4f} vs "
-                    f"{m['accuracy']:.4f}, McNemar p={champ['p_value']:.3g}"
-                ),
+            _champion_gate(
+                "not_worse_than_champion_on_production",
+                champ_prod,
+                prod["accuracy"],
+                cfg,
+                "production test",
             )
         )
     return gates
+
+
+def _champion_gate(
+    name: str, champ: dict[str, Any], accuracy: float, cfg: Evaluate, rows: str
+) -> Gate:
+    """Fails only when the challenger is worse on these rows and McNemar says it is
+    significant (p < ``champion_alpha``)."""
+    worse = champ["only_champion_right"] > champ["only_challenger_right"]
+    significant = champ["p_value"] < cfg.champion_alpha
+    on = f" on {champ['rows']} {rows} rows" if "rows" in champ else ""
+    return Gate(
+        name,
+        champ["p_value"],
+        cfg.champion_alpha,
+        ">=",
+        passed=not (worse and significant),
+        detail=(
+            f"champion v{champ['version']}{on}: accuracy {champ['accuracy']:.4f} vs "
+            f"{accuracy:.4f}, McNemar p={champ['p_value']:.3g}"
+        ),
+    )
 
 
 def _gate(name: str, value: float, threshold: float, op: str) -> Gate:

@@ -1,7 +1,10 @@
 """register: a new registry version with its full lineage, only if every gate passed.
 
 Reads ``gates.json``, ``evaluate.details.json``, ``export.json``,
-``optimize.details.json``, ``validate.json``, the chosen ONNX file (``paths.optimized``), the schema, dvc.lock and git. Logs the ONNX model to the pipeline's MLflow run
+``optimize.details.json``, ``validate.json``, the chosen ONNX file (``paths.optimized``),
+the prepared splits and ``paths.raw_production`` (how many production rows this version
+saw, and until when they were labelled), the schema, dvc.lock and git. Logs the ONNX
+model to the pipeline's MLflow run
 (signature, input example, CPU provider, one file, the schema in its metadata),
 registers version N of ``register.model_name`` with the lineage tags, and points the
 ``challenger`` alias at it. It never touches ``champion``.
@@ -20,10 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from core import files, settings
 from core.errors import ConfigError, GateFailed, SchemaMismatch
 from pipelines import dataset, inference, lineage, tracking
-from pipelines.config import Params
+from pipelines.config import PRODUCTION_TEST, Params
 from pipelines.models import read_meta
 from registry.client import Registry
 
@@ -96,7 +101,10 @@ def run(params: Params, root: Path) -> Result:
         tags["training.run_missing"] = meta["run_id"]
     with run as run_id:
         if run_id == meta["run_id"]:
+            # train logged these (pipelines/stages/train.py: REFERENCE_DIR).
             tags["data.reference_uri"] = f"runs:/{run_id}/reference/train.parquet"
+            tags["data.test_uri"] = f"runs:/{run_id}/reference/test.parquet"
+            tags["data.production_test_uri"] = f"runs:/{run_id}/reference/{PRODUCTION_TEST}.parquet"
         model_uri, _ = tracking.log_onnx_model(onnx_path, example, {"schema": schema.as_dict()})
         card = model_card(
             reports=Reports.read(root / paths.reports),
@@ -242,6 +250,11 @@ def lineage_tags(
         "metric.p99_ms_batch_256": f"{metrics['latency']['batch_256']['p99_ms']:.4f}",
         "gates.passed": gates["passed"],
     }
+    production = metrics.get("production") or {}
+    if production.get("scored"):
+        tags["metric.production_accuracy"] = f"{production['accuracy']:.4f}"
+        tags["metric.production_macro_f1"] = f"{production['macro_f1']:.4f}"
+    tags.update(production_lineage(params, root))
     for split, rows in validation["rows"].items():
         tags[f"data.rows.{split}"] = rows
     for name, gate in gates["gates"].items():
@@ -249,6 +262,39 @@ def lineage_tags(
     if "champion" in metrics:
         tags["gate.compared_with_champion"] = metrics["champion"].get("version", "")
     return {k: str(v) for k, v in tags.items()}
+
+
+def production_lineage(params: Params, root: Path) -> dict[str, str]:
+    """The production labels behind this version, as tags.
+
+    ``data.production_rows``: production rows in its train, val and production test
+    splits. ``data.production_labelled_until``: the newest ``labelled_at`` (UNIX seconds)
+    of the production rows ingest took for it ("0" when none). That is every harvested
+    row this version's data considered, including those prepare dropped as repeats of a
+    base row and those held out for testing: a label that is not newer than this cannot
+    change what the next training sees, so the retrain job (which reads this tag of the
+    latest version) does not count it as new.
+    """
+    paths = params.paths
+    counts: dict[str, int] = {}
+    for split in ("train", "val"):
+        frame = dataset.read_split(paths, split, root)
+        source = frame["source"] if "source" in frame.columns else None
+        counts[split] = 0 if source is None else int((source == "production").sum())
+    counts["test"] = len(dataset.read_split(paths, PRODUCTION_TEST, root))
+    until = 0.0
+    raw = root / paths.raw_production
+    if raw.exists():
+        labelled = pd.read_parquet(raw)
+        if len(labelled) and "labelled_at" in labelled.columns:
+            until = float(pd.to_numeric(labelled["labelled_at"], errors="coerce").max())
+    return {
+        "data.production_rows": str(sum(counts.values())),
+        "data.production_rows.train": str(counts["train"]),
+        "data.production_rows.val": str(counts["val"]),
+        "data.production_rows.test": str(counts["test"]),
+        "data.production_labelled_until": repr(until) if until > 0 else "0",
+    }
 
 
 # -- the model card: the version's description in the MLflow UI -----------------------------
@@ -279,6 +325,8 @@ CARD_ROWS = [
     ("macro-F1", "metric.macro_f1", "{:.4f}", False),
     ("min class recall", "metric.min_class_recall", "{:.4f}", False),
     ("noise invariance", "metric.noise_invariance", "{:.4f}", False),
+    ("production accuracy", "metric.production_accuracy", "{:.4f}", False),
+    ("production macro-F1", "metric.production_macro_f1", "{:.4f}", False),
     ("p99 ms, batch 1", "metric.p99_ms_batch_1", "{:.4f}", True),
     ("p99 ms, batch 256", "metric.p99_ms_batch_256", "{:.3f}", True),
     ("size, bytes", "optimize.size_bytes", "{:,.0f}", True),
@@ -298,7 +346,12 @@ def model_card(
     gates = reports.gates
     compared = reports.evaluation.get("champion") or {}
     lines = [f"**{_verdict(gates, reports.evaluation)}**", ""]
-    lines += _side_by_side(tags, champion, compared)
+    production = _production_verdict(reports.evaluation, tags)
+    if production:
+        lines += [production, ""]
+    lines += _side_by_side(
+        tags, champion, compared, reports.evaluation.get("champion_production") or {}
+    )
     lines += ["", "| gate | value | threshold | result |", "|---|---|---|---|"]
     for g in gates["gates"].values():
         value = "n/a" if g["value"] is None else f"{g['value']:.4g}"
@@ -356,8 +409,42 @@ def _verdict(gates: dict[str, Any], evaluation: dict[str, Any]) -> str:
     return verdict
 
 
+def _production_verdict(evaluation: dict[str, Any], tags: dict[str, str]) -> str:
+    """The production test set: its score and the champion comparison on it, in words."""
+    prod = evaluation.get("production") or {}
+    rows = tags.get("data.production_rows", "0")
+    if not prod:
+        return ""
+    if not prod.get("scored"):
+        return (
+            f"Production labels: {rows} rows in this version's data; not scored on them: "
+            f"{prod.get('reason')}."
+        )
+    text = (
+        f"**Production labels**: {rows} rows in this version's data (train "
+        f"{tags.get('data.production_rows.train', '?')}, val "
+        f"{tags.get('data.production_rows.val', '?')}, held out "
+        f"{tags.get('data.production_rows.test', '?')}). On the {prod['rows']} held-out "
+        f"production test rows: accuracy {prod['accuracy']:.4f}, macro-F1 {prod['macro_f1']:.4f}"
+    )
+    theirs = evaluation.get("champion_production") or {}
+    if theirs.get("compared"):
+        text += (
+            f"; champion v{theirs['version']} on the same rows: accuracy "
+            f"{theirs['accuracy']:.4f}; {theirs['only_challenger_right']} rows only this "
+            f"version gets right, {theirs['only_champion_right']} only the champion; "
+            f"McNemar p = {theirs['p_value']:.3g}"
+        )
+    elif theirs:
+        text += f"; not compared with champion v{theirs.get('version')}: {theirs.get('reason')}"
+    return text + "."
+
+
 def _side_by_side(
-    tags: dict[str, str], champion: tuple[str, dict[str, str]] | None, compared: dict[str, Any]
+    tags: dict[str, str],
+    champion: tuple[str, dict[str, str]] | None,
+    compared: dict[str, Any],
+    compared_production: dict[str, Any],
 ) -> list[str]:
     head = "| | this version |"
     rule = "|---|---|"
@@ -366,12 +453,16 @@ def _side_by_side(
         rule += "---|---|"
     out = [head, rule]
     for label, key, fmt, lower_better in CARD_ROWS:
+        if key.startswith("metric.production_") and key not in tags:
+            continue  # not scored on production rows: no row of "n/a"
         mine = _number(tags.get(key))
         row = f"| {label} | {fmt.format(mine) if mine is not None else 'n/a'} |"
         if champion:
             theirs = _number(champion[1].get(key))
             if label == "accuracy" and compared.get("compared"):
                 theirs = float(compared["accuracy"])  # on this version's test set
+            elif label == "production accuracy" and compared_production.get("compared"):
+                theirs = float(compared_production["accuracy"])  # on its production test set
             shown = fmt.format(theirs) if theirs is not None else "n/a"
             row += f" {shown} | {_change(mine, theirs, lower_better)} |"
         out.append(row)
@@ -383,8 +474,9 @@ def _side_by_side(
     if champion:
         out += [
             "",
-            f"Accuracy is measured for both on this version's test rows; the champion's other "
-            f"figures are those it was registered with (v{champion[0]}'s own run).",
+            f"Accuracy (base and production) is measured for both on this version's test "
+            f"rows; the champion's other figures are those it was registered with "
+            f"(v{champion[0]}'s own run).",
         ]
     return out
 

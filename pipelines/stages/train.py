@@ -1,9 +1,12 @@
 """train: fit the model family named by ``train.model`` and start the pipeline's MLflow run.
 
-Reads the train/val splits, the schema and the validation summary. Writes the native
+Reads the train/val splits, the schema and the validation summary. Production rows in
+the train split (``source`` = "production") weigh ``train.production_weight`` in the
+loss (torch: a per-row weighted loss; scikit-learn: ``sample_weight``). Writes the native
 model and ``meta.json`` (family, MLflow run id) to ``paths.native``, ``train.json``
 (metrics) and ``train_curve.csv`` (a DVC plot) to ``paths.reports``. Logs params,
-per-epoch curves and metrics to a new MLflow run.
+per-epoch curves and metrics to a new MLflow run, and the train split, both test splits
+(base and production) and the schema as the run's ``reference/`` artifacts.
 """
 
 from __future__ import annotations
@@ -18,12 +21,12 @@ import pandas as pd
 from core import files
 from core.errors import DataValidationError
 from pipelines import dataset, tracking
-from pipelines.config import Params
+from pipelines.config import PRODUCTION_TEST, Params
 from pipelines.models import EpochCallback, family
 
 log = logging.getLogger(__name__)
 
-REFERENCE_DIR = "reference"  # run artifact folder: the train split and schema
+REFERENCE_DIR = "reference"  # run artifact folder: the train split, test splits and schema
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,10 @@ def run(params: Params, root: Path, on_epoch: EpochCallback | None = None) -> Re
             f"See {paths.report('validate.html')} and run `modelyard validate` after fixing the data."
         )
     schema = dataset.load_schema(paths, root)
-    train = dataset.load_split(paths, "train", schema, root)
+    train_rows = dataset.read_split(paths, "train", root)
+    train = dataset.to_arrays(train_rows, schema)
+    weight = dataset.sample_weight(train_rows, cfg.production_weight)
+    production = 0 if weight is None else int((train_rows["source"] == "production").sum())
     val = dataset.load_split(paths, "val", schema, root)
 
     adapter = family(cfg.model)
@@ -58,10 +64,13 @@ def run(params: Params, root: Path, on_epoch: EpochCallback | None = None) -> Re
     ) as run_id:
         tracking.log_params(params.train.model_dump(mode="json"), prefix="train.")
         tracking.log_params({"seed": params.seed, "data.source": params.ingest.source})
+        tracking.log_params({"data.production_train_rows": production})
         tracking.set_tags({"modelyard.stage": "train", "validation.success": validation["success"]})
         tracking.log_metrics(validation["rows"], prefix="rows.")
         # The monitoring reference travels with the run (and so with every version of it).
-        tracking.log_artifact(root / paths.split("train"), REFERENCE_DIR)
+        # Both test sets too: each version can be re-scored on the rows it was judged on.
+        for split in ("train", "test", PRODUCTION_TEST):
+            tracking.log_artifact(root / paths.split(split), REFERENCE_DIR)
         tracking.log_artifact(root / paths.schema_file, REFERENCE_DIR)
 
         def log_epoch(epoch: Any) -> None:
@@ -74,7 +83,15 @@ def run(params: Params, root: Path, on_epoch: EpochCallback | None = None) -> Re
                 on_epoch(epoch)
 
         fitted = adapter.fit(
-            cfg, train.x, train.y, val.x, val.y, len(schema.classes), params.seed, log_epoch
+            cfg,
+            train.x,
+            train.y,
+            val.x,
+            val.y,
+            len(schema.classes),
+            params.seed,
+            log_epoch,
+            sample_weight=weight,
         )
         val_acc = float((adapter.predict_proba(fitted.model, val.x).argmax(1) == val.y).mean())
         metrics = {
@@ -103,5 +120,12 @@ def run(params: Params, root: Path, on_epoch: EpochCallback | None = None) -> Re
         files.write_metrics(root / paths.report("train.json"), metrics)
         files.write_csv(root / paths.report("train_curve.csv"), curve)
 
-    log.info("trained %s: val accuracy %.4f", cfg.model, val_acc)
+    log.info(
+        "trained %s on %d rows (%d production, weight %g): val accuracy %.4f",
+        cfg.model,
+        len(train.y),
+        production,
+        cfg.production_weight,
+        val_acc,
+    )
     return Result(run_id, val_acc, fitted.best_epoch, len(fitted.history), fitted.params)

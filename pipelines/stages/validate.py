@@ -1,16 +1,26 @@
 """validate: the data contract, checked with Great Expectations before anything trains.
 
-Reads ``paths.raw``, the prepared splits, ``data`` and ``validate`` params and the
-checked-in suite (``validate.suite``, GX JSON a user can edit). Checks:
+Reads ``paths.raw``, ``paths.raw_production`` (the harvested production rows ingest
+took), the prepared splits, ``data`` and ``validate`` params and the checked-in suite
+(``validate.suite``, GX JSON a user can edit). Checks:
 
 - schema: exact column set, numeric feature dtypes;
 - values: feature ranges and no nulls;
 - labels: only declared labels;
 - size: row-count bounds, and each class's share of rows within bounds;
-- leakage: no feature row appears in two splits.
+- leakage: no feature row appears in two splits (the production test split included).
 
-Writes ``validate.json`` (a DVC metric) and ``validate.html`` under ``paths.reports``,
-then raises DataValidationError naming each failed expectation with sample bad values.
+Production rows (when there are any) get the same contract: the tables ``production``
+(their features and label: the checks derived from params plus the suite's per-row and
+column-structure expectations) and ``production_provenance`` (the columns harvest
+writes, a unique prediction id, a label time). Row-count bounds, class shares and the
+suite's aggregate expectations (a column mean, the share of unique values) describe the
+base table, not a small slice of live traffic that is expected to drift: they are not
+applied to production rows. A failure there fails validate as a base failure does.
+
+Writes ``validate.json`` (a DVC metric; ``production_rows`` and ``production_failed``
+apart) and ``validate.html`` under ``paths.reports``, then raises DataValidationError
+naming each failed expectation with sample bad values.
 """
 
 from __future__ import annotations
@@ -26,7 +36,7 @@ import pandas as pd
 from core import files
 from core.errors import DataError, DataValidationError
 from pipelines import validation
-from pipelines.config import SPLITS, Data, Paths, Validate
+from pipelines.config import PRODUCTION_TEST, SPLITS, Data, Paths, Validate
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +56,27 @@ NUMERIC = [
     "Float64",
 ]
 TEXT = ["object", "str", "string", "category"]
+PRODUCTION_TABLES = ("production", "production_provenance")
+# What harvest writes beside the features and the label (pipelines.stages.ingest.PROVENANCE).
+PROVENANCE = (
+    "prediction_id",
+    "model",
+    "prediction",
+    "predicted_at",
+    "labelled_at",
+    "log_file",
+    "harvested_at",
+)
+SOURCE = "source"  # the train/val column prepare adds ("base" | "production")
+# Suite expectations that judge each row or the table's columns, so they hold for any
+# slice of good rows; the others (means, unique shares, row counts) describe the base.
+ROW_LEVEL_PREFIXES = ("expect_column_values_to_", "expect_column_to_exist")
+COLUMN_STRUCTURE = {
+    "expect_table_column_count_to_equal",
+    "expect_table_column_count_to_be_between",
+    "expect_table_columns_to_match_set",
+    "expect_table_columns_to_match_ordered_list",
+}
 
 
 @dataclass(frozen=True)
@@ -54,23 +85,36 @@ class Result:
     evaluated: int
     failed: int
     checks: list[validation.Check]
+    production_rows: int = 0
+    production_failed: int = 0
 
 
 def run(cfg: Validate, data: Data, paths: Paths, root: Path) -> Result:
     raw = _read_csv(root / paths.raw)
-    splits = {name: _read_parquet(root / paths.split(name)) for name in SPLITS}
+    production = _read_parquet(root / paths.raw_production, "ingest")
+    splits = {name: _read_parquet(root / paths.split(name)) for name in (*SPLITS, PRODUCTION_TEST)}
+    suite = validation.load_suite(root / cfg.suite)
     tables = {
-        "raw": (raw, raw_expectations(cfg, data) + validation.load_suite(root / cfg.suite)),
+        "raw": (raw, raw_expectations(cfg, data) + suite),
         "class_balance": (class_balance(raw, data), balance_expectations(cfg)),
     }
+    if len(production):
+        tables.update(production_tables(production, data, suite))
     for name, frame in splits.items():
-        tables[name] = (frame, split_expectations(data))
+        if name == PRODUCTION_TEST:
+            # Empty without production rows; its rows were checked as "production".
+            tables[name] = (frame, [_columns([*data.feature_names, data.target, *PROVENANCE])])
+        else:
+            tables[name] = (frame, split_expectations(data, source=name in ("train", "val")))
     if cfg.leakage:
         tables["leakage"] = (leakage_table(splits, data), leakage_expectations())
 
     checks = validation.validate(tables, cfg.sample_size)
     failed = [c for c in checks if not c.success]
-    result = Result(not failed, len(checks), len(failed), checks)
+    production_failed = sum(1 for c in failed if c.table in PRODUCTION_TABLES)
+    result = Result(
+        not failed, len(checks), len(failed), checks, len(production), production_failed
+    )
     _write_reports(result, raw, splits, root / paths.reports)
     if failed:
         raise DataValidationError(failure_message(failed, data))
@@ -107,15 +151,46 @@ def raw_expectations(cfg: Validate, data: Data) -> list[validation.Expectation]:
     return out
 
 
-def split_expectations(data: Data) -> list[validation.Expectation]:
-    return [
-        _e(
-            "expect_table_columns_to_match_set",
-            column_set=[*data.feature_names, data.target],
-            exact_match=True,
-        ),
-        _e("expect_table_row_count_to_be_between", min_value=1),
+def split_expectations(data: Data, *, source: bool = False) -> list[validation.Expectation]:
+    """A prepared split: the contract's columns (train/val: and ``source``), some rows."""
+    columns = [*data.feature_names, data.target, *([SOURCE] if source else [])]
+    return [_columns(columns), _e("expect_table_row_count_to_be_between", min_value=1)]
+
+
+def production_tables(
+    production: pd.DataFrame, data: Data, suite: list[validation.Expectation]
+) -> dict[str, tuple[pd.DataFrame, list[validation.Expectation]]]:
+    """The production rows under the base contract (see the module docstring)."""
+    contract = [*data.feature_names, data.target]
+    rows = production[[c for c in production.columns if c in contract]]
+    # The base table's checks without its row-count bounds (min_rows is for the base).
+    derived = [
+        e
+        for e in raw_expectations(Validate(), data)
+        if e["type"] != "expect_table_row_count_to_be_between"
     ]
+    per_row = [
+        e
+        for e in suite
+        if e["type"].startswith(ROW_LEVEL_PREFIXES) or e["type"] in COLUMN_STRUCTURE
+    ]
+    provenance = production[[c for c in production.columns if c not in contract]]
+    return {
+        "production": (rows, [*derived, *per_row]),
+        "production_provenance": (
+            provenance,
+            [
+                _columns(list(PROVENANCE)),
+                _e("expect_column_values_to_not_be_null", column="prediction_id"),
+                _e("expect_column_values_to_be_unique", column="prediction_id"),
+                _e("expect_column_values_to_not_be_null", column="labelled_at"),
+            ],
+        ),
+    }
+
+
+def _columns(names: list[str]) -> validation.Expectation:
+    return _e("expect_table_columns_to_match_set", column_set=names, exact_match=True)
 
 
 def balance_expectations(cfg: Validate) -> list[validation.Expectation]:
@@ -148,7 +223,9 @@ def leakage_table(splits: dict[str, pd.DataFrame], data: Data) -> pd.DataFrame:
         cols = [c for c in data.feature_names if c in frame.columns]
         if not cols or frame.empty:
             continue
-        hashes = pd.util.hash_pandas_object(frame[cols], index=False).astype("uint64")
+        # As float64: a pixel read as int64 from the CSV equals the same harvested float.
+        values = frame[cols].apply(pd.to_numeric, errors="coerce").astype("float64")
+        hashes = pd.util.hash_pandas_object(values, index=False).astype("uint64")
         part = pd.DataFrame({"row_hash": hashes.map(lambda h: f"{h:016x}").to_numpy()})
         part.index = [f"{name}:{i}" for i in range(len(frame))]
         parts.append(part.drop_duplicates(subset="row_hash"))
@@ -212,6 +289,8 @@ def _write_reports(
         "evaluated": result.evaluated,
         "failed": result.failed,
         "rows": {"raw": len(raw), **{k: len(v) for k, v in splits.items()}},
+        "production_rows": result.production_rows,
+        "production_failed": result.production_failed,
     }
     files.write_metrics(reports / "validate.json", summary)
     files.write_text(reports / "validate.html", _html(result, summary))
@@ -250,10 +329,22 @@ tr.bad{{background:#ffebe9}}h1 span{{color:{color}}}</style></head><body>
 <h1>Data validation: <span>{status}</span></h1>
 <p>{result.evaluated} expectations evaluated (Great Expectations), {result.failed} failed.
 Rows: {html.escape(str(summary["rows"]))}</p>
+<p>{html.escape(_production_line(result))}</p>
 <p>By table: {html.escape(per_table)}. Failures are listed first.</p>
 <table><tr><th></th><th>table</th><th>column</th><th>expectation</th><th>arguments</th><th>result</th></tr>
 {"".join(rows)}</table></body></html>
 """
+
+
+def _production_line(result: Result) -> str:
+    if not result.production_rows:
+        return "Production rows: none (nothing harvested, or ingest.production disabled)."
+    checked = sum(1 for c in result.checks if c.table in PRODUCTION_TABLES)
+    verdict = "all passed" if not result.production_failed else f"{result.production_failed} FAILED"
+    return (
+        f"Production rows: {result.production_rows}, checked against the same contract: "
+        f"{checked} expectations, {verdict} (tables {', '.join(PRODUCTION_TABLES)})."
+    )
 
 
 def _short(value: object, limit: int = 240) -> str:
@@ -272,8 +363,8 @@ def _read_csv(path: Path) -> pd.DataFrame:
         raise DataError(f"cannot read {path}: {exc}. Run `modelyard ingest` first.") from exc
 
 
-def _read_parquet(path: Path) -> pd.DataFrame:
+def _read_parquet(path: Path, stage: str = "prepare") -> pd.DataFrame:
     try:
         return pd.read_parquet(path)
     except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read {path}: {exc}. Run `modelyard prepare` first.") from exc
+        raise DataError(f"cannot read {path}: {exc}. Run `modelyard {stage}` first.") from exc
