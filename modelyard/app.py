@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from modelyard import init, monitor, pipeline, promotion, serving, stages, team, webapp
+from modelyard import harvest, init, monitor, pipeline, promotion, serving, stages, team, webapp
 from modelyard.common import err_console
 
 app = typer.Typer(
@@ -21,14 +21,15 @@ app = typer.Typer(
         "through DVC and prints a summary. Then: `promote`/`rollback` (the review gate; "
         "`approve` in team mode), `registry` (team server and users, webhook receiver and "
         "gate, reconciler), `build`/`serve` (the Bento), `deploy` "
-        "(image, Kubernetes, record), `monitor` (drift jobs, Evidently UI), "
+        "(image, Kubernetes, record), `monitor` (drift jobs, Evidently UI), `harvest` "
+        "(feedback labels from the inference log into training data), "
         "`simulate-traffic`, `diff` (CI's PR comment), `webapp` (the web application)."
     ),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-for module in (init, stages, pipeline, promotion, serving, monitor):
+for module in (init, stages, pipeline, promotion, serving, monitor, harvest):
     app.registered_commands.extend(module.app.registered_commands)
 app.add_typer(promotion.registry_app, name="registry")
 promotion.registry_app.registered_commands.extend(team.app.registered_commands)
