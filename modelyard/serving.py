@@ -38,8 +38,19 @@ ModelOpt = Annotated[
     ),
 ]
 
+ShadowOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--shadow",
+        help="Also score every request with this version (NAME@ALIAS or NAME/VERSION, e.g. "
+        "digits-classifier@challenger), off the response path: its answers go to the "
+        "inference log beside the champion's, never to clients. MODELYARD_SHADOW=off "
+        "serves such a Bento without it.",
+    ),
+]
 
-def _build(params_file: Path, ref: str | None) -> Any:
+
+def _build(params_file: Path, ref: str | None, shadow: str | None = None) -> Any:
     from services import build as bento_build
 
     params, _ = guard("build", lambda: load(params_file))
@@ -48,23 +59,30 @@ def _build(params_file: Path, ref: str | None) -> Any:
         ref, fallback = guard("build", lambda: registry.default_ref(params.register_.model_name))
         if fallback:
             err_console.print(f"[yellow]no @champion yet (see promotion); using {ref}[/]")
-    return guard("build", lambda: bento_build.build(ref, registry))
+    return guard("build", lambda: bento_build.build(ref, registry, shadow=shadow))
+
+
+def _shadowing(built: Any) -> str:
+    return f", shadow {built.shadow}" if built.shadow else ""
 
 
 @app.command(epilog=EXIT_CODES)
-def build(params_file: ParamsOpt = PARAMS, model: ModelOpt = None) -> None:
+def build(
+    params_file: ParamsOpt = PARAMS, model: ModelOpt = None, shadow: ShadowOpt = None
+) -> None:
     """Build a Bento (BentoML) from an exact registry version, checking its sha256.
 
     The Bento's tag and labels name the model version; its Dockerfile is what the deploy
-    workflow containerizes. Set BENTOML_HOME to choose the BentoML store. In GitHub
-    Actions ($GITHUB_OUTPUT set) it also writes the step outputs bento_tag,
-    model_name and model_version.
+    workflow containerizes. With --shadow the Bento also carries that version (checked
+    the same way, labels shadow_*), which the service scores off the response path. Set
+    BENTOML_HOME to choose the BentoML store. In GitHub Actions ($GITHUB_OUTPUT set) it
+    also writes the step outputs bento_tag, model_name and model_version.
     """
-    built = _build(params_file, model)
+    built = _build(params_file, model, shadow)
     verb = "built" if built.created else "up to date:"
     console.print(
         f"build: {verb} Bento {built.bento_tag} ({built.name} v{built.version}, "
-        f"model {built.model_tag})"
+        f"model {built.model_tag}{_shadowing(built)})"
     )
     github_output(bento_tag=built.bento_tag, model_name=built.name, model_version=built.version)
 
@@ -75,8 +93,14 @@ def serve(
     model: ModelOpt = None,
     port: Annotated[int, typer.Option(help="Port on --host.")] = 3000,
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    shadow: ShadowOpt = None,
 ) -> None:
     """Build the Bento if needed and serve it (ONNX Runtime) with `bentoml serve`.
+
+    With --shadow NAME@challenger the challenger scores the same requests after the
+    champion has answered (a bounded queue: dropped and counted when full, never waited
+    for); each row's two answers go to the inference log as a "shadow" record, which
+    `monitor run` compares. Clients see only the champion.
 
     API keys come from MODELYARD_API_KEYS (comma-separated; unset: no auth; set but
     empty: the service refuses to start); the inference log goes to MODELYARD_LOG_DIR
@@ -89,12 +113,12 @@ def serve(
     from services import serve as bento_serve
 
     _, root = guard("serve", lambda: load(params_file))
-    built = _build(params_file, model)
+    built = _build(params_file, model, shadow)
     log_dir = settings.current().log_dir or root / ".modelyard" / "inference-log"
     env = tools.env({"MODELYARD_LOG_DIR": str(log_dir)})
     console.print(
-        f"serving {built.name} v{built.version} on http://{host}:{port}  (POST /v1/predict, "
-        f"GET /v1/metadata, /docs.json, /readyz, /metrics); log: {log_dir}"
+        f"serving {built.name} v{built.version}{_shadowing(built)} on http://{host}:{port}  "
+        f"(POST /v1/predict, GET /v1/metadata, /docs.json, /readyz, /metrics); log: {log_dir}"
     )
     code = guard("serve", lambda: bento_serve.run(built.bento_tag, host=host, port=port, env=env))
     raise typer.Exit(code)

@@ -7,12 +7,19 @@
 4. run ``bentoml build`` with ``services/bentofile.yaml``; the Bento is named after the
    model and versioned ``v<N>-<hash>``, its labels name the registry version.
 
+With ``--shadow NAME@challenger`` (or ``NAME/VERSION``) a second version goes through
+steps 1-3 too and the Bento carries it (build argument ``shadow_tag``, labels
+``shadow_model``, ``shadow_model_version``, ``shadow_onnx_sha256``; versioned
+``v<N>-shadow-v<M>-<hash>``): the service scores every request with it off the
+response path. It must have the champion's features and classes.
+
 Nothing is rebuilt when the Bento for that version and this service code exists.
 This module runs in the build environment; the service itself never imports it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -43,6 +50,18 @@ class Built:
     version: str
     model_tag: str
     bento_tag: str
+    created: bool
+    shadow: str | None = None  # the challenger scored in shadow, NAME/VERSION
+    shadow_tag: str | None = None  # its BentoML model
+
+
+@dataclass(frozen=True)
+class _Stored:
+    """A registry version in BentoML's model store."""
+
+    version: Version
+    model_tag: str
+    sha256: str
     created: bool
 
 
@@ -80,11 +99,68 @@ def code_root() -> Path:
     return Path(__file__).resolve().parents[1]
 
 
-def build(ref: str, registry: Registry) -> Built:
+def build(ref: str, registry: Registry, *, shadow: str | None = None) -> Built:
+    """The Bento serving ``ref`` (and scoring ``shadow`` beside it), built if missing."""
     import bentoml
 
     root = code_root()
     version = resolve(registry, ref)
+    shadow_version = _shadow_version(registry, shadow, version) if shadow else None
+    if shadow_version is not None:
+        _same_contract(registry, version, shadow_version)  # before anything is imported
+    champion = _store(bentoml, registry, version)
+    challenger = _store(bentoml, registry, shadow_version) if shadow_version else None
+
+    code = hashlib.sha256()
+    for rel in service_files(root):
+        code.update((root / rel).read_bytes())
+    models = champion.sha256
+    if challenger is not None:
+        models += f"{challenger.version.name}/{challenger.version.version}:{challenger.sha256}"
+    digest = hashlib.sha256((models + code.hexdigest()).encode()).hexdigest()[:10]
+    shadowed = f"shadow-v{challenger.version.version}-" if challenger else ""
+    bento_tag = f"{version.name}:v{version.version}-{shadowed}{digest}"
+    built = Built(
+        version.name,
+        version.version,
+        champion.model_tag,
+        bento_tag,
+        True,
+        f"{challenger.version.name}/{challenger.version.version}" if challenger else None,
+        challenger.model_tag if challenger else None,
+    )
+    if _exists(bentoml.get, bento_tag, bentoml.exceptions.NotFound):
+        log.info("Bento %s exists; nothing to build", bento_tag)
+        created = champion.created or bool(challenger and challenger.created)
+        return dataclasses.replace(built, created=created)
+    labels = {
+        "model": version.name, "model_version": version.version,
+        "git_commit": version.tags.get("git.commit", "unknown"),
+        "onnx_sha256": champion.sha256, "variant": version.tags.get("model.variant", "fp32"),
+    }  # fmt: skip
+    args = [f"model_tag={champion.model_tag}"]
+    if challenger is not None:
+        labels.update(
+            shadow_model=challenger.version.name,
+            shadow_model_version=challenger.version.version,
+            shadow_onnx_sha256=challenger.sha256,
+            shadow_variant=challenger.version.tags.get("model.variant", "fp32"),
+        )
+        args.append(f"shadow_tag={challenger.model_tag}")
+    bentoml_bin = tools.binary("bentoml")
+    cmd = [bentoml_bin, "build", "-f", BENTOFILE, "--name", version.name,
+           "--version", bento_tag.split(":")[1],
+           *[arg for a in args for arg in ("--arg", a)],
+           *[arg for k, v in labels.items() for arg in ("--label", f"{k}={v}")], "."]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, env=tools.env())
+    if proc.returncode != 0:
+        raise RegistryError(f"bentoml build failed:\n{proc.stdout}\n{proc.stderr}")
+    return built
+
+
+def _store(bentoml: Any, registry: Registry, version: Version) -> _Stored:
+    """Download ``version``, check its sha256 against the registry's tag, import it into
+    BentoML's model store (if not there yet)."""
     expected = version.tags.get("onnx.sha256")
     if not expected:
         raise RegistryError(
@@ -101,28 +177,45 @@ def build(ref: str, registry: Registry) -> Built:
                 f"the registry tag says {expected}. The artifact changed after registration; refusing to build."
             )
         model_tag = f"{version.name}:v{version.version}-{actual[:12]}"
-        created = _import_model(bentoml, model_tag, onnx_file, _contract(version, folder, actual))
+        contract = _contract(version, folder, actual)
+        created = _import_model(bentoml, model_tag, onnx_file, contract)
+    return _Stored(version, model_tag, actual, created)
 
-    code = hashlib.sha256()
-    for rel in service_files(root):
-        code.update((root / rel).read_bytes())
-    bento_tag = f"{version.name}:v{version.version}-{hashlib.sha256((actual + code.hexdigest()).encode()).hexdigest()[:10]}"
-    if _exists(bentoml.get, bento_tag, bentoml.exceptions.NotFound):
-        log.info("Bento %s exists; nothing to build", bento_tag)
-        return Built(version.name, version.version, model_tag, bento_tag, created)
-    labels = {
-        "model": version.name, "model_version": version.version,
-        "git_commit": version.tags.get("git.commit", "unknown"),
-        "onnx_sha256": actual, "variant": version.tags.get("model.variant", "fp32"),
-    }  # fmt: skip
-    bentoml_bin = tools.binary("bentoml")
-    cmd = [bentoml_bin, "build", "-f", BENTOFILE, "--name", version.name,
-           "--version", bento_tag.split(":")[1], "--arg", f"model_tag={model_tag}",
-           *[arg for k, v in labels.items() for arg in ("--label", f"{k}={v}")], "."]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, env=tools.env())
-    if proc.returncode != 0:
-        raise RegistryError(f"bentoml build failed:\n{proc.stdout}\n{proc.stderr}")
-    return Built(version.name, version.version, model_tag, bento_tag, True)
+
+def _shadow_version(registry: Registry, ref: str, champion: Version) -> Version:
+    if not REF.match(ref):
+        raise ConfigError(
+            f"--shadow {ref!r}: expected NAME@ALIAS (e.g. digits-classifier@challenger) "
+            "or NAME/VERSION"
+        )
+    found = resolve(registry, ref)
+    if (found.name, found.version) == (champion.name, champion.version):
+        raise ConfigError(
+            f"--shadow {ref} is {found.name} v{found.version}, the version being served: "
+            "shadow a different version (e.g. the @challenger once it differs from the champion)"
+        )
+    return found
+
+
+def _same_contract(registry: Registry, champion: Version, challenger: Version) -> None:
+    """The challenger scores the champion's parsed rows: same features, same classes."""
+    schemas = [
+        registry.model_metadata(v.name, v.version).get("schema") for v in (champion, challenger)
+    ]
+    ours, theirs = schemas
+    if not ours or not theirs:
+        return  # _store says which one has no schema
+    for what, read in (
+        ("features", lambda schema: [f["name"] for f in schema["features"]]),
+        ("classes", lambda schema: list(schema["classes"])),
+    ):
+        if read(ours) != read(theirs):
+            c, s = champion, challenger
+            raise ConfigError(
+                f"--shadow {s.name}/{s.version} has other {what} than {c.name} v{c.version} "
+                f"({len(read(theirs))} vs {len(read(ours))}): it cannot score the same "
+                "requests. Shadow a version trained on the same features and classes."
+            )
 
 
 def _contract(version: Version, folder: Path, sha: str) -> dict[str, Any]:

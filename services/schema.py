@@ -394,6 +394,21 @@ def openapi(
                         "max_batch": {"type": "integer"},
                         "max_body_bytes": {"type": "integer"},
                         "auth": {"enum": ["api-key", "disabled"]},
+                        "shadow": {
+                            "type": "object",
+                            "description": "the challenger scored in shadow (present only "
+                            "when the Bento carries one); enabled: false when "
+                            "MODELYARD_SHADOW=off",
+                            "required": ["name", "version", "enabled"],
+                            "properties": {
+                                "name": {"type": "string"},
+                                "version": {"type": "string"},
+                                "enabled": {"type": "boolean"},
+                                "variant": {"type": "string"},
+                                "onnx_sha256": {"type": "string"},
+                                "queue": {"type": "integer"},
+                            },
+                        },
                     },
                 },
                 "Error": {

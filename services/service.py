@@ -9,7 +9,8 @@ Routes (a Starlette app mounted in the Bento; every error is JSON):
 
 - ``POST /v1/predict``   ``{"inputs": [[...], ...]}`` -> labels, probabilities, ids
 - ``POST /v1/feedback``  ``{"id": "<prediction id>", "label": ...}``
-- ``GET  /v1/metadata``  model name, version, variant, commit, data hash, metrics
+- ``GET  /v1/metadata``  model name, version, variant, commit, data hash, metrics (and
+  the shadow challenger, when there is one)
 - ``GET  /docs.json``    the OpenAPI 3.1 document of all of it
 - ``GET  /metrics``      Prometheus (open), ``GET /livez``, ``/readyz`` from BentoML (open)
 
@@ -21,21 +22,34 @@ Integrity: the service refuses to start unless ``model.onnx`` hashes to the sha2
 registry recorded, as the Bento's own label carries it (``modelyard build`` writes it),
 and unless ``contract.json`` and the model store's record say the same.
 
+Shadow (``modelyard serve --shadow NAME@challenger``, build argument ``shadow_tag``): the
+Bento carries a second model, checked the same way (labels ``shadow_*``) and held to the
+champion's features and classes. The champion answers exactly as without it; afterwards
+a worker thread (``ShadowScorer``) scores the same rows with the challenger and appends
+one ``"shadow"`` record per row to the inference log (monitoring/logscan.py reads them).
+Its queue is bounded: when full, requests are dropped and counted, never waited for. A
+challenger that fails is counted and recorded with the reason, never seen by clients.
+
 Environment: ``MODELYARD_LOG_DIR``, ``MODELYARD_MAX_BODY_BYTES`` (2 MB),
 ``MODELYARD_HEADER_TIMEOUT_SECONDS`` (10), ``MODELYARD_ORT_THREADS`` (1),
-``MODELYARD_LOG_FSYNC_SECONDS`` (1).
+``MODELYARD_LOG_FSYNC_SECONDS`` (1), ``MODELYARD_SHADOW`` (``on``; ``off`` serves a
+Bento built with a shadow without it), ``MODELYARD_SHADOW_QUEUE`` (1024 requests).
 """
 
 from __future__ import annotations
 
+import functools
 import gc
 import hashlib
 import hmac
 import json
 import logging
 import os
+import queue
+import threading
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +73,8 @@ OPEN_PATHS = ("/livez", "/readyz", "/healthz", "/metrics")
 
 class BuildArgs(BaseModel):
     model_tag: str = "digits-classifier:latest"
+    # The challenger scored in shadow (`modelyard build --shadow`); empty: no shadow.
+    shadow_tag: str = ""
 
 
 ARGS = bentoml.use_arguments(BuildArgs)
@@ -165,6 +181,205 @@ api = Starlette(
 )
 
 
+# -- the shadow challenger -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One answered request: its rows and what the champion said about each."""
+
+    x: np.ndarray
+    ids: list[str]
+    champion: list[Any]
+    ts: float
+
+
+_STOP = None  # the last item of the queue: score what came before, then end
+SHADOW_DRAIN_SECONDS = 10.0  # at shutdown, the longest the queue's rest is scored for
+
+
+@functools.cache
+def _shadow_counters() -> tuple[Any, Any, Any]:
+    """Rows scored (by agreement), failed (by kind), dropped: one set per process."""
+    # Imported here: prometheus_client reads PROMETHEUS_MULTIPROC_DIR on import (see
+    # Classifier._metrics).
+    from prometheus_client import Counter
+
+    return (
+        Counter(
+            "modelyard_shadow_predictions",
+            "Rows the shadow challenger scored, by whether it agreed with the champion",
+            labelnames=["model", "champion", "agree"],
+        ),
+        Counter(
+            "modelyard_shadow_errors",
+            "Rows the shadow challenger failed to score, by kind of failure",
+            labelnames=["model", "kind"],
+        ),
+        Counter(
+            "modelyard_shadow_dropped",
+            "Rows not shadow-scored because the shadow queue was full (or closed)",
+            labelnames=["model"],
+        ),
+    )
+
+
+class ShadowScorer:
+    """The challenger, scoring each request the champion already answered.
+
+    ``submit`` is all the request path does: a non-blocking put on a bounded queue (full:
+    the request is dropped and counted). One worker thread takes what has queued up,
+    scores it in as few ONNX Runtime calls as it can (one per ``CHUNK_ROWS`` rows) and
+    appends one ``"shadow"`` record per row to the inference log in one write. A failure
+    of the challenger (an exception from ORT, an output of the wrong shape) becomes the
+    records' ``error`` and a count, logged once per kind of failure; it never reaches the
+    client, whose answer was sent without waiting for any of this.
+    """
+
+    CHUNK_ROWS = 4096  # rows per ORT call when requests have queued up
+    MAX_ERROR = 300  # characters of the reason kept in a record
+
+    def __init__(
+        self,
+        session: Any,
+        *,
+        model: str,
+        champion: str,
+        classes: list[Any],
+        log: InferenceLog,
+        queue_size: int,
+    ) -> None:
+        self.session = session
+        self.input_name = session.get_inputs()[0].name
+        self.model = model
+        self.champion = champion
+        self.classes = classes
+        self.log = log
+        self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=queue_size)
+        self._closing = False
+        self._kinds_seen: set[str] = set()
+        predictions, self._errors, dropped = _shadow_counters()
+        self._agreed = predictions.labels(model=model, champion=champion, agree="true")
+        self._disagreed = predictions.labels(model=model, champion=champion, agree="false")
+        self._dropped = dropped.labels(model=model)
+        self._thread = threading.Thread(target=self._run, name="modelyard-shadow", daemon=True)
+        self._thread.start()
+
+    def submit(self, x: np.ndarray, ids: list[str], champion: list[Any], ts: float) -> None:
+        """Queue an answered request for the challenger; never waits."""
+        if self._closing:
+            self._dropped.inc(len(ids))
+            return
+        try:
+            self._queue.put_nowait(_Job(x, ids, champion, ts))
+        except queue.Full:
+            self._dropped.inc(len(ids))
+
+    def close(self, timeout: float) -> None:
+        """Stop taking requests, score what is queued (for at most ``timeout`` s), end."""
+        self._closing = True
+        deadline = time.monotonic() + timeout
+        try:
+            self._queue.put(_STOP, timeout=timeout)
+        except queue.Full:
+            log.warning("shadow: the queue did not drain in %.0f s", timeout)
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+        if self._thread.is_alive():
+            log.warning("shadow: %d queued requests left unscored at shutdown", self._queue.qsize())
+        else:
+            log.info("shadow: queue drained")
+
+    # -- the worker thread -------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            jobs: list[_Job] = []
+            item = self._queue.get()
+            while item is not _STOP:
+                jobs.append(item)
+                if sum(len(j.ids) for j in jobs) >= self.CHUNK_ROWS:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            if jobs:
+                # A bug in building the records must not end shadow scoring for good.
+                try:
+                    self._record(jobs)
+                except Exception as exc:
+                    self._failed(exc, "internal", sum(len(j.ids) for j in jobs))
+            if item is _STOP:
+                return
+
+    def _record(self, jobs: list[_Job]) -> None:
+        records = []
+        for job, (labels, error) in zip(jobs, self._score(jobs), strict=True):
+            for i, pid in enumerate(job.ids):
+                prediction = labels[i] if labels is not None else None
+                records.append(
+                    {
+                        "type": "shadow",
+                        "id": pid,
+                        "ts": job.ts,
+                        "model": self.model,
+                        "champion": self.champion,
+                        "prediction": prediction,
+                        "champion_prediction": job.champion[i],
+                        "error": error,
+                    }
+                )
+                if labels is not None:
+                    (self._agreed if prediction == job.champion[i] else self._disagreed).inc()
+        try:
+            self.log.append(records)
+        except OSError as exc:  # a full disk must not end the thread: count and go on
+            self._failed(exc, "log-write", len(records))
+
+    def _score(self, jobs: list[_Job]) -> list[tuple[list[Any] | None, str | None]]:
+        """Each job's labels (or None) and error (or None). All jobs in one ORT call; if
+        that fails, one call per job, so a failure is recorded only where it happens."""
+        # Whatever the challenger raises is caught here, on purpose: it must never end
+        # the thread or reach a client. It is counted, logged once per kind, and recorded.
+        try:
+            labels = self._predict(
+                np.concatenate([j.x for j in jobs]) if len(jobs) > 1 else jobs[0].x
+            )
+        except Exception as exc:
+            if len(jobs) > 1:
+                return [self._score([job])[0] for job in jobs]
+            return [(None, self._failed(exc, type(exc).__name__, len(jobs[0].ids)))]
+        out: list[tuple[list[Any] | None, str | None]] = []
+        start = 0
+        for job in jobs:
+            out.append((labels[start : start + len(job.ids)], None))
+            start += len(job.ids)
+        return out
+
+    def _predict(self, x: np.ndarray) -> list[Any]:
+        probs = self.session.run(["probabilities"], {self.input_name: x})[0]
+        if getattr(probs, "shape", None) != (len(x), len(self.classes)):
+            raise ValueError(
+                f"the challenger answered probabilities of shape {getattr(probs, 'shape', None)} "
+                f"for {len(x)} rows; expected ({len(x)}, {len(self.classes)})"
+            )
+        return [self.classes[i] for i in probs.argmax(axis=1)]
+
+    def _failed(self, exc: BaseException, kind: str, rows: int) -> str:
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())[: self.MAX_ERROR]
+        self._errors.labels(model=self.model, kind=kind).inc(rows)
+        if kind not in self._kinds_seen:
+            self._kinds_seen.add(kind)
+            log.warning(
+                "shadow: %s failed (%s); later %s failures are counted "
+                "(modelyard_shadow_errors_total) and recorded in the log, not logged here",
+                self.model,
+                reason,
+                kind,
+            )
+        return reason
+
+
 # -- the service ---------------------------------------------------------------------------
 
 # BentoML's per-request work (access log, OpenTelemetry span) is most of a small model's
@@ -185,22 +400,13 @@ class Classifier:
     """ONNX Runtime inference for one registered model version."""
 
     bento_model = bentoml.models.BentoModel(ARGS.model_tag)
+    # The challenger, carried by the Bento beside the champion (None: no shadow).
+    shadow_model = bentoml.models.BentoModel(ARGS.shadow_tag) if ARGS.shadow_tag else None
 
     def __init__(self) -> None:
-        import onnxruntime as ort
-
         edge.limit_header_time(float(os.environ.get("MODELYARD_HEADER_TIMEOUT_SECONDS", "10")))
         self.keys = _api_keys(os.environ.get("MODELYARD_API_KEYS"))
-        onnx_path = Path(self.bento_model.path_of("model.onnx"))
-        with open(self.bento_model.path_of("contract.json")) as fh:
-            contract: dict[str, Any] = json.load(fh)
-        self._check_integrity(onnx_path, contract)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = int(os.environ.get("MODELYARD_ORT_THREADS", "1"))
-        options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(
-            str(onnx_path), options, providers=["CPUExecutionProvider"]
-        )
+        onnx_path, contract, self.session = self._load(self.bento_model)
         self.input_name = self.session.get_inputs()[0].name
         self.contract = Contract.from_schema(contract["schema"])
         self.classes = self.contract.classes
@@ -220,6 +426,12 @@ class Classifier:
             "max_body_bytes": self.max_body,
             "auth": "api-key" if self.keys else "disabled",
         }
+        self.log = InferenceLog(
+            Path(os.environ.get("MODELYARD_LOG_DIR", "inference-log")),
+            fsync_every=float(os.environ.get("MODELYARD_LOG_FSYNC_SECONDS", "1.0")),
+        )
+        self._metrics()
+        self.shadow = self._shadow()
         self.metadata_json = orjson.dumps(self.metadata)
         self.docs_json = orjson.dumps(
             openapi(
@@ -230,17 +442,96 @@ class Classifier:
                 version=str(contract["version"]),
             )
         )
-        self.log = InferenceLog(
-            Path(os.environ.get("MODELYARD_LOG_DIR", "inference-log")),
-            fsync_every=float(os.environ.get("MODELYARD_LOG_FSYNC_SECONDS", "1.0")),
-        )
-        self._metrics()
         log.info("serving %s from %s", self.model_ref, onnx_path)
         # Everything loaded so far lives as long as the worker. Without this, each full GC
         # pass walks that whole heap and stalls requests for tens of ms (our p99 tail).
         gc.freeze()
         # Fewer, younger collections: the request path allocates little that lives on.
         gc.set_threshold(50_000, 20, 1_000)
+
+    def _load(self, model: Any, prefix: str = "") -> tuple[Path, dict[str, Any], Any]:
+        """The model's file, its contract and an ONNX Runtime session, once the file is
+        checked against the sha256 the registry recorded (``prefix``: its Bento labels)."""
+        import onnxruntime as ort
+
+        onnx_path = Path(model.path_of("model.onnx"))
+        with open(model.path_of("contract.json")) as fh:
+            contract: dict[str, Any] = json.load(fh)
+        self._check_integrity(model, onnx_path, contract, prefix)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(os.environ.get("MODELYARD_ORT_THREADS", "1"))
+        options.inter_op_num_threads = 1
+        session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        return onnx_path, contract, session
+
+    def _shadow(self) -> ShadowScorer | None:
+        """The challenger's scorer when the Bento carries one and MODELYARD_SHADOW is not
+        ``off``; its description goes into /v1/metadata either way."""
+        bento = SERVICE.bento
+        if self.shadow_model is None:
+            if bento is not None and bento.info.labels.get("shadow_model"):
+                raise StartupRefused(
+                    f"the Bento {bento.tag} is labelled with the shadow model "
+                    f"{bento.info.labels['shadow_model']} v"
+                    f"{bento.info.labels.get('shadow_model_version')}, but carries no shadow "
+                    "model. Rebuild it with `modelyard build --shadow`."
+                )
+            return None
+        switch = os.environ.get("MODELYARD_SHADOW", "on").strip().lower()
+        if switch not in ("on", "off"):
+            raise StartupRefused(f"MODELYARD_SHADOW is {switch!r}: set it to on or off")
+        if switch == "off":
+            labels = self.shadow_model.info.labels
+            self.metadata["shadow"] = {
+                "name": labels.get("mlflow_model"),
+                "version": labels.get("mlflow_version"),
+                "enabled": False,
+            }
+            log.info(
+                "shadow: %s v%s is in the Bento but off (MODELYARD_SHADOW=off)",
+                labels.get("mlflow_model"),
+                labels.get("mlflow_version"),
+            )
+            return None
+        onnx_path, contract, session = self._load(self.shadow_model, "shadow_")
+        challenger = Contract.from_schema(contract["schema"])
+        for what in ("features", "classes"):
+            theirs, ours = getattr(challenger, what), getattr(self.contract, what)
+            if theirs != ours:
+                raise StartupRefused(
+                    f"the shadow model {contract['name']} v{contract['version']} has other "
+                    f"{what} than the champion {self.model_ref} ({len(theirs)} vs "
+                    f"{len(ours)}): it cannot score the same requests. Shadow a version "
+                    "trained on the same features and classes."
+                )
+        queue_size = int(os.environ.get("MODELYARD_SHADOW_QUEUE", "1024"))
+        if queue_size < 1:
+            raise StartupRefused(f"MODELYARD_SHADOW_QUEUE is {queue_size}: set it to 1 or more")
+        ref = f"{contract['name']}/{contract['version']}"
+        self.metadata["shadow"] = {
+            "name": contract["name"],
+            "version": contract["version"],
+            "variant": contract.get("variant", "fp32"),
+            "onnx_sha256": contract["onnx_sha256"],
+            "metrics": contract.get("metrics", {}),
+            "enabled": True,
+            "queue": queue_size,
+        }
+        log.info("shadow: scoring every request with %s from %s too", ref, onnx_path)
+        return ShadowScorer(
+            session,
+            model=ref,
+            champion=self.model_ref,
+            classes=self.classes,
+            log=self.log,
+            queue_size=queue_size,
+        )
+
+    @bentoml.on_shutdown
+    def drain_shadow(self) -> None:
+        """Score what the shadow queue still holds before the worker exits."""
+        if self.shadow is not None:
+            self.shadow.close(timeout=SHADOW_DRAIN_SECONDS)
 
     def _metrics(self) -> None:
         # Imported here, not at module level: the worker sets PROMETHEUS_MULTIPROC_DIR
@@ -263,7 +554,9 @@ class Classifier:
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
         )
 
-    def _check_integrity(self, onnx_path: Path, contract: dict[str, Any]) -> None:
+    def _check_integrity(
+        self, model: Any, onnx_path: Path, contract: dict[str, Any], prefix: str = ""
+    ) -> None:
         """Refuse to start unless model.onnx is the file the registry recorded.
 
         The reference is the sha256 in the Bento's own labels (``modelyard build`` copies
@@ -271,10 +564,11 @@ class Classifier:
         rewriting model.onnx together with contract.json, or the model store's record,
         does not pass. Served from source (no Bento), the model store's record is the
         reference. contract.json, the model store's record and the model tag's sha256
-        prefix must all agree with it.
+        prefix must all agree with it. ``prefix`` picks the Bento's labels: "" for the
+        champion, "shadow_" for the shadow challenger.
         """
         actual = _sha256(onnx_path)
-        info = self.bento_model.info  # the stored model (BentoML resolves the class attribute)
+        info = model.info  # the stored model (BentoML resolves the class attribute)
         claims: dict[str, str | None] = {
             "contract.json": contract.get("onnx_sha256"),
             "the model store's label": info.labels.get("onnx_sha256"),
@@ -282,12 +576,13 @@ class Classifier:
         }
         bento = SERVICE.bento  # set when served from a Bento, None from source
         if bento is not None:
-            reference, source = bento.info.labels.get("onnx_sha256"), f"the Bento {bento.tag}"
+            labels = bento.info.labels
+            reference, source = labels.get(f"{prefix}onnx_sha256"), f"the Bento {bento.tag}"
             if not reference:
                 raise StartupRefused(
-                    f"{source} has no onnx_sha256 label. Rebuild it with `modelyard build`."
+                    f"{source} has no {prefix}onnx_sha256 label. Rebuild it with `modelyard build`."
                 )
-            labelled = (bento.info.labels.get("model"), bento.info.labels.get("model_version"))
+            labelled = (labels.get(f"{prefix}model"), labels.get(f"{prefix}model_version"))
             if labelled != (contract.get("name"), str(contract.get("version"))):
                 raise StartupRefused(
                     f"{source} is labelled {labelled[0]} v{labelled[1]}, but its model's "
@@ -295,7 +590,7 @@ class Classifier:
                     "Rebuild the Bento with `modelyard build`."
                 )
         else:
-            source = f"the model store's record of {self.bento_model.tag}"
+            source = f"the model store's record of {model.tag}"
             reference = claims["the model store's label"] or claims["the model store's metadata"]
             if not reference:
                 raise StartupRefused(
@@ -315,10 +610,10 @@ class Classifier:
                     f"{reference}. The model's files were changed after the build; rebuild "
                     "with `modelyard build`."
                 )
-        suffix = (self.bento_model.tag.version or "").rsplit("-", 1)[-1]
+        suffix = (model.tag.version or "").rsplit("-", 1)[-1]
         if len(suffix) == 12 and not reference.startswith(suffix):
             raise StartupRefused(
-                f"the model tag {self.bento_model.tag} names sha256 {suffix}..., but {source} "
+                f"the model tag {model.tag} names sha256 {suffix}..., but {source} "
                 f"records {reference}. Rebuild with `modelyard build`."
             )
 
@@ -365,6 +660,8 @@ class Classifier:
         )
         for label in labels:
             self.predictions.labels(model=self.model_ref, label=str(label)).inc()
+        if self.shadow is not None:
+            self.shadow.submit(x, ids, labels, now)  # never blocks: a full queue drops
         return orjson.dumps(
             {
                 "request_id": request_id,
