@@ -120,7 +120,7 @@ class InferenceLog:
         be other workers' open files, which a harvest may have read to their end."""
         files = sorted(
             (p for p in self.directory.glob(f"{PREFIX}*{SUFFIX}") if p != self._path),
-            key=lambda p: p.stat().st_mtime,
+            key=lambda p: (p.stat().st_mtime, p.name),  # as read() orders them
         )
         excess = len(files) + 1 - self.max_files  # + 1: the file just opened
         if excess <= 0:

@@ -32,6 +32,10 @@ GATE = "tests/registry/test_gate.py"
 GATE_FAILED = "tests/pipelines/test_evaluate_register.py::test_failing_gate_registers_nothing"
 WEBHOOKS = "tests/registry/test_webhooks.py::test_promotion_dispatches_the_deploy"
 WEBAPP = "tests/services/webapp/test_package.py"
+HARVEST = (
+    "tests/monitoring/test_harvest.py::"
+    "test_harvest_command_prints_the_summary_and_a_missing_log_dir_is_2"
+)
 WEBAPP_BUILD = (
     f"{WEBAPP}::test_webapp_build_makes_a_bento_with_the_pages_and_without_the_model_service"
 )
@@ -148,6 +152,8 @@ PRODUCED_BY: dict[tuple[str, int], str] = {
     ("registry users apply", 1): f"{TEAM}::test_users_apply_needs_the_admin",
     ("webapp build", 0): WEBAPP_BUILD,
     ("webapp build", 2): f"{USAGE}[webapp build --no-such]",
+    ("harvest", 0): HARVEST,
+    ("harvest", 2): HARVEST,
 }
 
 # Why a documented code has no producing test yet.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import signal
 import stat
@@ -11,7 +13,16 @@ import threading
 import time
 from pathlib import Path
 
-from services.inference_log import InferenceLog, ReadStats, read
+import pytest
+
+from services.inference_log import (
+    HARVEST_DIR,
+    InferenceLog,
+    ReadStats,
+    harvested,
+    manifest_path,
+    read,
+)
 
 
 def test_concurrent_appends_lose_nothing(tmp_path: Path) -> None:
@@ -35,7 +46,8 @@ def test_concurrent_appends_lose_nothing(tmp_path: Path) -> None:
 
 
 def test_files_stay_bounded(tmp_path: Path) -> None:
-    log = InferenceLog(tmp_path, max_bytes=1_000, max_files=3)
+    """Never harvested: hard_max_files bounds the folder (the tests below: max_files)."""
+    log = InferenceLog(tmp_path, max_bytes=1_000, max_files=2, hard_max_files=3)
     for i in range(200):
         log.append([{"id": i, "pad": "x" * 50}])
     log.close()
@@ -128,3 +140,71 @@ def test_read_covers_every_pods_folder(tmp_path: Path) -> None:
     stats = ReadStats()
     assert sorted(r["id"] for r in read(tmp_path, stats)) == [1, 2, 3]
     assert sorted(f.split("/")[0] for f in stats.files) == ["api-7d9-a", "api-7d9-b"]
+
+
+def _manifest(log_dir: Path, offsets: dict[str, int]) -> None:
+    """What `modelyard harvest` leaves: bytes consumed per file, relative to the log folder."""
+    (log_dir / HARVEST_DIR).mkdir(exist_ok=True)
+    manifest_path(log_dir).write_text(json.dumps({"version": 1, "files": offsets}))
+
+
+def _fill(log: InferenceLog, files: int) -> None:
+    for i in range(files):  # max_bytes=1_000: one record per file
+        log.append([{"id": i, "pad": "x" * 900}])
+
+
+def test_unharvested_files_are_kept_past_max_files(tmp_path: Path) -> None:
+    """No manifest (harvest never ran): nothing is harvested, nothing is deleted before
+    hard_max_files."""
+    log = InferenceLog(tmp_path, max_bytes=1_000, max_files=2, hard_max_files=6)
+    _fill(log, 5)
+    log.close()
+    assert len(list(tmp_path.glob("inference-*.jsonl"))) == 5
+    assert [r["id"] for r in read(tmp_path)] == [0, 1, 2, 3, 4]
+
+
+def test_only_files_harvested_to_their_size_are_deleted(tmp_path: Path) -> None:
+    log = InferenceLog(tmp_path, max_bytes=1_000, max_files=2, hard_max_files=20)
+    _fill(log, 4)
+    files = sorted(tmp_path.glob("inference-*.jsonl"), key=lambda p: (p.stat().st_mtime, p.name))
+    sizes = {p.name: p.stat().st_size for p in files}
+    # the oldest read to its end, the second only partly, the third to its end
+    _manifest(tmp_path, {files[0].name: sizes[files[0].name], files[1].name: 10,
+                         files[2].name: sizes[files[2].name]})  # fmt: skip
+    _fill(log, 1)  # a rotation: prune
+    log.close()
+    assert [p.exists() for p in files] == [False, True, False, True]
+
+
+def test_past_hard_max_files_the_oldest_goes_with_an_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    log = InferenceLog(tmp_path, max_bytes=1_000, max_files=2, hard_max_files=3)
+    with caplog.at_level(logging.ERROR, logger="services.inference_log"):
+        _fill(log, 6)
+    log.close()
+    assert len(list(tmp_path.glob("inference-*.jsonl"))) == 3
+    assert [r["id"] for r in read(tmp_path)] == [3, 4, 5]  # the newest kept
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 3
+    assert "labels of its predictions may be lost" in errors[0]
+    assert "Run `modelyard harvest` more often" in errors[0]
+
+
+def test_a_pods_writer_reads_the_manifest_of_the_shared_volume(tmp_path: Path) -> None:
+    """Each pod writes a subfolder; harvest reads the volume's root, its manifest there."""
+    pod = tmp_path / "api-7d9-a"
+    log = InferenceLog(pod, max_bytes=1_000, max_files=1)
+    _fill(log, 2)
+    old = sorted(pod.glob("inference-*.jsonl"))[0]
+    _manifest(tmp_path, {f"{pod.name}/{old.name}": old.stat().st_size, old.name: 0})
+    assert harvested(pod) == {old.name: old.stat().st_size}
+    _fill(log, 1)
+    log.close()
+    assert not old.exists()
+
+
+def test_an_unreadable_manifest_harvests_nothing(tmp_path: Path) -> None:
+    (tmp_path / HARVEST_DIR).mkdir()
+    manifest_path(tmp_path).write_text("{not json")
+    assert harvested(tmp_path) == {}
