@@ -31,7 +31,9 @@ MONITOR_EXIT_CODES = (
     "summary.json records that).\n\n"
     "2  the job failed: bad options or params, an unreadable log, no reference, records "
     "that do not fit the model, a registry or Evidently error, any crash; or drift was "
-    "found but retraining failed (summary.json records the verdict and why).\n\n"
+    "found but harvesting the labels or retraining failed; or the drift run or the shadow "
+    "evidence could not be written to the registry (summary.json records the verdict and "
+    "why).\n\n"
     "130  interrupted (Ctrl-C): no verdict."
 )
 
@@ -71,8 +73,10 @@ def monitor_run(
     retrain: Annotated[
         bool,
         typer.Option(
-            help="On drift, retrain (monitor.retrain: auto): a `retrain` dispatch on GitHub "
-            "when GITHUB_REPOSITORY and GITHUB_TOKEN are set, else the pipeline here."
+            help="On drift, harvest the feedback labels and, when monitor.min_new_labels "
+            "arrived since the last training, retrain (monitor.retrain: auto): a `retrain` "
+            "dispatch on GitHub when GITHUB_REPOSITORY and GITHUB_TOKEN are set (the labels "
+            "pushed to the DVC remote first), else the pipeline here."
         ),
     ] = True,
     params_file: ParamsOpt = PARAMS,
@@ -162,6 +166,30 @@ def _print_monitor(summary: Summary) -> None:
     if summary.report:
         console.print(
             f"report: {summary.report}\nworkspace: {summary.workspace} (`modelyard monitor ui`)"
+        )
+    for evidence in summary.shadow:
+        console.print(f"shadow: {evidence.describe()}", highlight=False)
+    if summary.shadow_tags is not None:
+        if summary.shadow_tags.status == monitor.FAILED:
+            console.print(
+                f"[bold red]shadow evidence FAILED:[/] {summary.shadow_tags.detail}",
+                highlight=False,
+            )
+        else:
+            console.print(f"shadow evidence: {summary.shadow_tags.detail}", highlight=False)
+    if summary.drift_run is not None:
+        run = summary.drift_run
+        if run.status == monitor.FAILED:
+            console.print(f"[bold red]drift run FAILED:[/] {run.detail}", highlight=False)
+        else:
+            console.print(f"drift run: {run.detail}", highlight=False)
+    if summary.labels is not None:
+        labels = summary.labels
+        console.print(
+            f"labels: {labels.count} new since "
+            f"{'v' + labels.since_version if labels.since_version else 'no version'} "
+            f"({labels.harvested} harvested into {labels.path})",
+            highlight=False,
         )
     if summary.status == monitor.DRIFT:
         for step, outcome in (("alert", summary.alert), ("retrain", summary.retrain)):

@@ -31,7 +31,24 @@ def run(
         ),
     ] = False,
     remote_url: Annotated[
-        str | None, typer.Option(help="DVC remote URL for --push (a path, s3://..., ...).")
+        str | None,
+        typer.Option(help="DVC remote URL for --push and --production-dvc (a path, s3://...)."),
+    ] = None,
+    drift_run: Annotated[
+        str | None,
+        typer.Option(
+            help="The drift job's MLflow run that asked for this retrain (a `retrain` "
+            "dispatch): a version registered now is tagged monitor.drift_run_id, and the "
+            "run retrain.version. Empty: none."
+        ),
+    ] = None,
+    production_dvc: Annotated[
+        str | None,
+        typer.Option(
+            help="The text of the harvested labels' .dvc pointer (a `retrain` dispatch): "
+            "written beside ingest.production.path and `dvc pull`ed before the pipeline "
+            "runs. Empty: none."
+        ),
     ] = None,
 ) -> None:
     """Run the whole pipeline with `dvc repro` and print a summary.
@@ -46,7 +63,15 @@ def run(
     url = remote_url or settings.current().dvc_remote_url
     outcome = guard(
         "run",
-        lambda: pipeline.run(params, root, force=force, push_outputs=push, push_to=url),
+        lambda: pipeline.run(
+            params,
+            root,
+            force=force,
+            push_outputs=push,
+            push_to=url,
+            drift_run=drift_run or None,
+            production_pointer=production_dvc or None,
+        ),
     )
     _summary(params_file, outcome=outcome)
 

@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import logging
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from core import tools
+from core import files, tools
 from core.errors import ConfigError, PipelineFailed
 from pipelines import pointer, sources, tracking
 from pipelines.config import Params
+
+if TYPE_CHECKING:
+    from registry.client import Registry
 
 log = logging.getLogger(__name__)
 
@@ -66,24 +71,62 @@ def repro(root: Path, *, force: bool = False) -> None:
         )
 
 
-def push(root: Path, *, url: str | None) -> None:
-    """`dvc push` the outputs, to ``url`` if given, else the repo's default remote."""
-    dvc = tools.binary("dvc")
-    remote: list[str] = []
-    if url:
-        subprocess.run(
-            [dvc, "remote", "add", "--local", "--force", PUSH_REMOTE, url],
-            cwd=root,
-            check=True,
-            capture_output=True,
-            env=tools.env(),
-        )
-        remote = ["--remote", PUSH_REMOTE]
-    if subprocess.call([dvc, "push", *remote], cwd=root, env=tools.env()) != 0:
+def _remote(root: Path, url: str | None) -> list[str]:
+    """``--remote`` options for ``url`` (added as a local remote), else none: the default."""
+    if not url:
+        return []
+    subprocess.run(
+        [tools.binary("dvc"), "remote", "add", "--local", "--force", PUSH_REMOTE, url],
+        cwd=root,
+        check=True,
+        capture_output=True,
+        env=tools.env(),
+    )
+    return ["--remote", PUSH_REMOTE]
+
+
+def push(root: Path, *, url: str | None, targets: Sequence[Path] = ()) -> None:
+    """`dvc push` the outputs (or only ``targets``, .dvc files), to ``url`` if given, else
+    the repo's default remote."""
+    remote = _remote(root, url)
+    cmd = [tools.binary("dvc"), "push", *remote, *(str(t) for t in targets)]
+    if subprocess.call(cmd, cwd=root, env=tools.env()) != 0:
+        what = "nothing was registered" if not targets else "nothing was pushed"
         raise PipelineFailed(
-            "dvc push failed; nothing was registered. Set --remote-url or DVC_REMOTE_URL "
+            f"dvc push failed; {what}. Set --remote-url or DVC_REMOTE_URL "
             "(or `dvc remote add -d ...`), check its credentials, and run again."
         )
+
+
+def pull_production(params: Params, root: Path, pointer: str, *, url: str | None) -> Path:
+    """Write the harvested labels' DVC pointer (a ``retrain`` dispatch carries it: the
+    .dvc file the drift job pushed) beside ``ingest.production.path`` and `dvc pull` it,
+    so this run trains on the labels the drift job harvested. Returns the .dvc file."""
+    import yaml
+
+    target = root / params.ingest.production.path
+    try:
+        parsed = yaml.safe_load(pointer)
+        (out,) = parsed["outs"]
+        ok = isinstance(out, dict) and out.get("path") == target.name and bool(out.get("md5"))
+    except (yaml.YAMLError, KeyError, TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ConfigError(
+            f"--production-dvc is not the DVC pointer of {target.name} (one `outs` entry with "
+            f"path {target.name} and an md5): nothing was run. Pass the text of "
+            f"{params.ingest.production.path}.dvc that `modelyard monitor run` pushed"
+        )
+    dvc_file = target.with_name(target.name + ".dvc")
+    files.write_text(dvc_file, pointer)
+    cmd = [tools.binary("dvc"), "pull", *_remote(root, url), str(dvc_file)]
+    if subprocess.call(cmd, cwd=root, env=tools.env()) != 0:
+        raise PipelineFailed(
+            f"dvc pull {dvc_file.relative_to(root)} failed: the harvested labels are not on "
+            "the DVC remote. Check --remote-url or DVC_REMOTE_URL (the one the drift job "
+            "pushed to) and its credentials; nothing was run."
+        )
+    return dvc_file
 
 
 def run(
@@ -93,14 +136,28 @@ def run(
     force: bool = False,
     push_to: str | None = None,
     push_outputs: bool = False,
+    drift_run: str | None = None,
+    production_pointer: str | None = None,
 ) -> Outcome:
-    """repro, optionally push, then register (idempotent)."""
+    """repro, optionally push, then register (idempotent). ``production_pointer``: first
+    pull the harvested labels it points at (a ``retrain`` dispatch). ``drift_run``: the
+    drift job's MLflow run that caused this run; a version registered now is tagged with
+    it (``monitor.drift_run_id``, ``monitor.drift_report``) and the run with the version
+    (``retrain.version``)."""
     from pipelines.stages import register
     from registry.client import Registry
 
+    if production_pointer:
+        pull_production(params, root, production_pointer, url=push_to)
     check_inputs(params, root)
     tracking.configure(root)
     registry = Registry(tracking.tracking_uri(root))
+    if drift_run and not tracking.run_exists(drift_run):
+        raise ConfigError(
+            f"--drift-run {drift_run} is not a run in {registry.uri}: nothing was run. Pass "
+            "the id `modelyard monitor run` logged (summary.json: drift_run.run_id) in the "
+            "same MLflow store"
+        )
     name = params.register_.model_name
     before = {v.version for v in registry.versions(name)}
     pointer.refresh(registry, name, params.paths, root)  # a new champion re-runs evaluate
@@ -109,6 +166,8 @@ def run(
         push(root, url=push_to)
     logging.getLogger("pipelines.stages.register").setLevel(logging.WARNING)
     reg = register.run(params, root)
+    if drift_run and reg.version not in before:
+        link_drift_run(registry, name, reg.version, drift_run)
     now = registry.by_alias(name, params.register_.alias)
     return Outcome(
         name=reg.name,
@@ -117,3 +176,17 @@ def run(
         alias=params.register_.alias,
         alias_version=now.version if now else None,
     )
+
+
+def link_drift_run(registry: Registry, name: str, version: str, drift_run: str) -> None:
+    """Tag the new version with the drift run that caused it, and the run with it."""
+    registry.set_version_tags(
+        name,
+        version,
+        {
+            "monitor.drift_run_id": drift_run,
+            "monitor.drift_report": f"runs:/{drift_run}/report.html",
+        },
+    )
+    with tracking.resume(drift_run):
+        tracking.set_tags({"retrain.version": version, "retrain.model": name})

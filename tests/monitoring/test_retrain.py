@@ -1,19 +1,37 @@
-"""The drift job's local retrain (no GitHub configured) in a real project: a git
-repository with DVC, run as `.venv/bin/modelyard` without an activated venv. Retraining on
-unchanged inputs must say that nothing was retrained; changed inputs register a version."""
+"""The drift job's retrain in a real project: a git repository with DVC, run as
+`.venv/bin/modelyard` without an activated venv (issue 13, item 3).
+
+- drift without a label since the last training retrains nothing and says so (exit 1);
+- drift with new labels harvests them and retrains here: a new version linked to the
+  drift's MLflow run both ways;
+- a harvest that fails is a failed retrain (exit 2), never "no new labels";
+- on GitHub the `retrain` dispatch carries the drift run and the labels' DVC pointer,
+  pushed to the DVC remote first; train.yml's `run` line pulls them and links the version.
+"""
 
 from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from pipelines import tracking
 from registry.client import Registry
-from tests.conftest import FAST_OPTIMIZE, FAST_TRAIN, Project, git, git_copy, modelyard
+from services.inference_log import InferenceLog
+from tests.conftest import (
+    FAST_OPTIMIZE,
+    FAST_TRAIN,
+    FakeGitHub,
+    Project,
+    git,
+    git_copy,
+    modelyard,
+)
 from tests.e2e.test_dvc_pipeline import edit_params
 from tests.monitoring.conftest import MODEL, split_rows, write_log
 
@@ -50,40 +68,154 @@ def versions(root: Path) -> list[Any]:
     return Registry(tracking.tracking_uri(root)).versions(MODEL)
 
 
-def drifted_job(root: Path, log_dir: Path) -> tuple[int, dict[str, Any], str]:
-    """A window of occluded digits naming v1, then `monitor run` over it."""
+def drifted_job(
+    root: Path, log_dir: Path, *, labelled: int = 0, env: dict[str, str] | None = None
+) -> tuple[int, dict[str, Any], str]:
+    """A window of occluded digits naming v1 (the first ``labelled`` of them with their
+    true label as feedback), then `monitor run` over it."""
     features, labels = split_rows(Project(root), 400, drift="occlude")
     write_log(log_dir, features, labels, f"{MODEL}/1")
+    if labelled:
+        ids = [r["id"] for r in read_predictions(log_dir)][:labelled]
+        writer = InferenceLog(log_dir)
+        writer.append(
+            [{"type": "feedback", "id": i, "label": y, "ts": time.time()}
+             for i, y in zip(ids, labels, strict=False)]
+        )  # fmt: skip
+        writer.close()
     proc = modelyard(
-        root, "monitor", "run", "--log-dir", str(log_dir), "--since", "1h", env=ENV, check=False
+        root,
+        "monitor",
+        "run",
+        "--log-dir",
+        str(log_dir),
+        "--since",
+        "1h",
+        env={**ENV, **(env or {})},
+        check=False,
     )
     summary = json.loads((root / ".modelyard/monitoring/summary.json").read_text())
     return proc.returncode, summary, " ".join((proc.stdout + proc.stderr).split())
 
 
-def test_retraining_unchanged_data_says_nothing_was_retrained(repo: Path, tmp_path: Path) -> None:
+def read_predictions(log_dir: Path) -> list[dict[str, Any]]:
+    from services import inference_log
+
+    return [r for r in inference_log.read(log_dir) if r.get("type") == "prediction"]
+
+
+def test_drift_without_new_labels_retrains_nothing_and_says_so(repo: Path, tmp_path: Path) -> None:
     code, summary, out = drifted_job(repo, tmp_path / "log")
 
-    assert code == 1, out
-    assert summary["status"] == "drift"
-    assert summary["retrain"] == {
-        "status": "unchanged",
-        "detail": "nothing retrained: the training data has not changed since v1 "
-        "(digits-classifier v1 already holds the pipeline's model)",
-        "version": "1",
-    }
-    assert "retrain: nothing retrained: the training data has not changed since v1" in out
-    assert "Data and pipelines are up to date" in out  # dvc repro ran, found nothing to do
+    assert code == 1, out  # the verdict stays drift
+    drifted, features = len(summary["drifted_columns"]), len(summary["scores"])
+    assert drifted > 0
+    detail = (
+        f"drift on {drifted}/{features} features; 0 new labels since v1: collect feedback "
+        "(POST /v1/feedback), nothing retrained"
+    )
+    assert summary["retrain"] == {"status": "no-new-labels", "detail": detail, "version": "1"}
+    assert summary["labels"]["count"] == 0 and summary["labels"]["since_version"] == "1"
+    assert f"retrain: {detail}" in out
+    assert "Running stage" not in out and "up to date" not in out  # no pipeline ran
     assert [v.version for v in versions(repo)] == ["1"]
 
 
-def test_retraining_changed_inputs_registers_a_new_version(repo: Path, tmp_path: Path) -> None:
-    edit_params(repo, train={**FAST_TRAIN, "batch_size": 32})
-
-    code, summary, out = drifted_job(repo, tmp_path / "log")
+def test_drift_with_new_labels_registers_a_version_linked_to_the_drift_run(
+    repo: Path, tmp_path: Path
+) -> None:
+    code, summary, out = drifted_job(repo, tmp_path / "log", labelled=400)
 
     assert code == 1, out
-    assert summary["retrain"]["status"] == "retrained"
+    assert summary["labels"]["count"] == 400, summary["labels"]
+    assert summary["retrain"]["status"] == "retrained", summary["retrain"]
     assert summary["retrain"]["version"] == "2"
-    assert "retrain: retrained: digits-classifier v2 registered (@challenger)" in out
+    assert "retrain: retrained on 400 new labels since v1: digits-classifier v2 registered" in out
     assert [v.version for v in versions(repo)] == ["1", "2"]
+    run_id = summary["drift_run"]["run_id"]
+    assert summary["drift_run"]["status"] == "logged" and run_id
+    # Both ways: the new version names the drift run, the drift run names the version.
+    v2 = Registry(tracking.tracking_uri(repo)).version(MODEL, "2")
+    assert v2.tags["monitor.drift_run_id"] == run_id
+    assert v2.tags["monitor.drift_report"] == f"runs:/{run_id}/report.html"
+    run = Registry(tracking.tracking_uri(repo)).run(run_id)
+    assert run is not None
+    assert run.tags["retrain.version"] == "2" and run.tags["retrain.status"] == "retrained"
+    assert run.tags["status"] == "drift" and run.tags["model"] == f"{MODEL}/1"
+    assert run.metrics["rows"] == 400 and run.metrics[f"rows.{MODEL}/1"] == 400
+    assert run.metrics["drift_share"] == pytest.approx(summary["drift_share"])
+    store = Registry(tracking.tracking_uri(repo))
+    logged = json.loads((store.download_artifacts(f"runs:/{run_id}/summary.json")).read_text())
+    assert logged["retrain"]["version"] == "2" and logged["drift_run"]["run_id"] == run_id
+    assert (store.download_artifacts(f"runs:/{run_id}/report.html")).stat().st_size > 0
+
+
+def test_a_failed_harvest_is_a_failed_retrain(repo: Path, tmp_path: Path) -> None:
+    suite = repo / "data/expectations/digits.json"  # validate.suite: the harvest's contract
+    suite.write_text("{not json")
+
+    code, summary, out = drifted_job(repo, tmp_path / "log", labelled=50)
+
+    assert code == 2, out
+    assert summary["status"] == "drift"  # the verdict is kept
+    assert summary["retrain"]["status"] == "failed"
+    assert summary["retrain"]["detail"].startswith(
+        "harvesting the feedback labels failed, so nothing was retrained: "
+    )
+    assert "retrain FAILED: harvesting the feedback labels failed" in out
+    assert [v.version for v in versions(repo)] == ["1"]
+
+
+def test_a_github_retrain_carries_the_drift_run_and_the_labels_through_the_dvc_remote(
+    repo: Path, tmp_path: Path
+) -> None:
+    remote = tmp_path / "dvc-remote"
+    github = FakeGitHub()
+    try:
+        code, summary, out = drifted_job(
+            repo,
+            tmp_path / "log",
+            labelled=400,
+            env={
+                "GITHUB_REPOSITORY": "acme/models",
+                "GITHUB_TOKEN": "t0k",
+                "GITHUB_API_URL": github.url,
+                "DVC_REMOTE_URL": str(remote),
+            },
+        )
+    finally:
+        github.close()
+
+    assert code == 1, out
+    assert summary["retrain"]["status"] == "requested", summary["retrain"]
+    assert "400 new labels since v1: retrain requested on GitHub" in out
+    (payload,) = github.dispatches("retrain")
+    pointer = repo / "data/production/labelled.parquet.dvc"
+    assert payload["drift_run"] == summary["drift_run"]["run_id"]
+    assert payload["production_dvc"] == pointer.read_text()
+    md5 = yaml.safe_load(pointer.read_text())["outs"][0]["md5"]
+    assert (remote / "files/md5" / md5[:2] / md5[2:]).is_file()  # pushed before the dispatch
+    assert [v.version for v in versions(repo)] == ["1"]  # nothing trained here
+
+    # CI (train.yml): a checkout without the labels, the same store; its run line.
+    ci = Path(shutil.copytree(repo, tmp_path / "ci", symlinks=True))
+    (ci / "data/production/labelled.parquet").unlink()
+    (ci / "data/production/labelled.parquet.dvc").unlink()
+    (ci / ".dvc/cache/files/md5" / md5[:2] / md5[2:]).unlink()
+    modelyard(
+        ci,
+        "run",
+        "--push",
+        "--drift-run",
+        payload["drift_run"],
+        "--production-dvc",
+        payload["production_dvc"],
+        env={**ENV, "DVC_REMOTE_URL": str(remote)},
+    )
+    assert (ci / "data/production/labelled.parquet.dvc").read_text() == payload["production_dvc"]
+    assert (ci / "data/production/labelled.parquet").is_file()  # pulled from the remote
+    store = Registry(tracking.tracking_uri(ci))
+    v2 = store.version(MODEL, "2")
+    assert v2.tags["monitor.drift_run_id"] == payload["drift_run"]
+    run = store.run(payload["drift_run"])
+    assert run is not None and run.tags["retrain.version"] == "2"
