@@ -40,7 +40,7 @@ def shifted(frame: pd.DataFrame) -> pd.DataFrame:
 def labelled(n: int, *, start: int = 0, seed: int = 0, every_s: float = 60.0) -> pd.DataFrame:
     """``n`` labelled production rows (ids p<start>..), one label a minute from T0."""
     base = digits()
-    rows = base.sample(n=n, replace=True, random_state=seed).reset_index(drop=True)
+    rows = base.sample(n=n, replace=n > len(base), random_state=seed).reset_index(drop=True)
     frame = shifted(rows)
     frame["label"] = rows["label"].astype("int64").to_numpy()
     ids = range(start, start + n)
