@@ -156,3 +156,61 @@ def test_an_evidently_error_is_a_monitoring_error() -> None:
     empty = frame.assign(a=np.nan)
     with pytest.raises(MonitoringError, match="An empty column 'a'"):
         drift.compare(frame, empty, features=["a", "b"], drift_share=0.3)
+
+
+def test_the_report_header_is_escaped_and_goes_after_body() -> None:
+    from monitoring import drift
+
+    header = drift.Header(
+        title="DRIFT: <script>alert(1)</script> v1",
+        verdict='drift" onmouseover="x',
+        fields=(("Model", "a&b <img src=x onerror=alert(2)>"), ("Window (UTC)", "t0 .. t1")),
+    )
+    block = drift.header_html(header)
+    assert "<script>" not in block and "<img" not in block and 'onmouseover="x' not in block
+    assert "DRIFT: &lt;script&gt;alert(1)&lt;/script&gt; v1" in block
+    assert "a&amp;b &lt;img src=x onerror=alert(2)&gt;" in block
+    assert "<th" in block and "t0 .. t1" in block  # the table itself is HTML
+    page = '<html><head><title>x</title></head><BODY class="e">\n<div>evidently</div></body>'
+    out = drift.with_header(page, block)
+    assert out.startswith('<html><head><title>x</title></head><BODY class="e">' + block)
+    assert out.endswith("\n<div>evidently</div></body>")
+    assert drift.with_header("<div>no body</div>", block) == block + "<div>no body</div>"
+
+
+def test_a_version_without_a_test_split_says_its_quality_reference_is_the_training_one() -> None:
+    import pandas as pd
+
+    from pipelines.config import Monitor
+
+    frame = pd.DataFrame({"a": [1.0, 2.0], "prediction": ["0", "1"], "target": ["0", "1"]})
+    note = "v1 has no data.test_uri tag (registered before ...)"
+    ref = monitor.Reference(
+        "m",
+        "1",
+        frame,
+        ["a"],
+        ["0", "1"],
+        [],
+        "runs:/r/reference/train.parquet",
+        quality=frame,
+        quality_split="train",
+        quality_uri="runs:/r/reference/train.parquet",
+        quality_note=note,
+    )
+    summary = monitor.Summary(
+        status=monitor.OK,
+        message="no drift: 0/1 features drifted",
+        model="m/1",
+        window=monitor.Window("2026-11-26T01:00:00+00:00", "2026-11-26T02:00:00+00:00", "/l", 1),
+        rows=500,
+        sampled=500,
+        malformed_lines=0,
+        folder="/tmp/run",
+    )
+    header = monitor.report_header(summary, ref, Monitor(), at="2026-11-26T02:00:05+00:00")
+    fields = dict(header.fields)
+    assert header.title == "OK: m v1, 2026-11-26T01:00:00+00:00 .. 2026-11-26T02:00:00+00:00"
+    assert fields["Quality reference"] == f"the training split: {note}"
+    assert fields["Run at (UTC)"] == "2026-11-26T02:00:05+00:00"
+    assert fields["Verdict"] == "no drift: 0/1 features drifted"
