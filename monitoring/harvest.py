@@ -50,9 +50,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
-import math
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -114,17 +114,17 @@ class Harvested:
     expired: int = 0  # pending predictions and orphans forgotten (older than pending_days)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # many are held: pending predictions
 class Prediction:
     id: str
     model: str
-    features: Any  # as logged: validated when a label joins it
+    features: str  # as logged, JSON text: parsed and validated when a label joins it
     prediction: str
     ts: float
     log_file: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Label:
     id: str
     label: Any  # as sent: validated when it wins
@@ -178,10 +178,13 @@ def harvest(
         read = _read_new(log_dir, manifest, say)
         say(f"joining {len(read.labels):,} labels to {len(read.predictions):,} predictions")
         pending_predictions, orphans = _read_pending(state / PENDING)
-        for pid, prediction in read.predictions.items():
-            pending_predictions.setdefault(pid, prediction)
         labelled = _read_frame(out_dir / LABELLED)
-        existing = _existing(labelled, params.data, read.predictions, pending_predictions)
+        done = set() if labelled is None else set(labelled["prediction_id"])
+        for pid, prediction in read.predictions.items():
+            if pid not in done:  # else a line read again after a crash: already labelled
+                pending_predictions.setdefault(pid, prediction)
+        wanted = {label.id for label in read.labels} | set(orphans)
+        existing = _existing(labelled, params.data, wanted & done)
         candidates, orphans, conflicts = join(
             read.labels, existing=existing, predictions=pending_predictions, orphans=orphans
         )
@@ -189,8 +192,8 @@ def harvest(
         stamp = datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds")
         good, bad = validate(candidates, params.data, suite, harvested_at=stamp)
         merged, new, replaced = _merge(labelled, good, params.data)
-        for row in good.itertuples():
-            pending_predictions.pop(str(row.prediction_id), None)
+        for pid in good["prediction_id"]:
+            pending_predictions.pop(str(pid), None)
         horizon = now - params.harvest.pending_days * DAY
         before = len(pending_predictions) + len(orphans)
         pending_predictions = {k: p for k, p in pending_predictions.items() if p.ts >= horizon}
@@ -231,7 +234,8 @@ def harvest(
             say("dvc add")
             dvc_add(root, [out_dir / LABELLED, out_dir / REJECTED])
         # Last: what was consumed. A crash before this re-reads the same lines next time.
-        _write_pending(state / PENDING, pending_predictions, orphans)
+        if read.labels or read.predictions or expired or not (state / PENDING).exists():
+            _write_pending(state / PENDING, pending_predictions, orphans)
         files.write_json(
             inference_log.manifest_path(log_dir), {"version": 1, "files": read.offsets}
         )
@@ -344,9 +348,9 @@ def _record(line: bytes, rel: str, out: _Read) -> None:
     elif rid not in out.predictions:
         out.predictions[rid] = Prediction(
             rid,
-            str(record.get("model")),
-            record.get("features"),
-            str(record.get("prediction")),
+            sys.intern(str(record.get("model"))),  # a few distinct values, many records
+            _json(record.get("features")),
+            sys.intern(str(record.get("prediction"))),
             float(ts),
             rel,
         )
@@ -409,33 +413,60 @@ def same_label(a: Any, b: Any) -> bool:
 
 
 def check_row(features: Any, label: Any, data: Data) -> tuple[list[float] | None, list[str]]:
-    """The training contract on one row: its feature values (None when they are not a
-    list of numbers) and the reasons it fails, each naming the rule and the column."""
-    reasons: list[str] = []
-    if not any(same_label(label, c) for c in data.labels):
-        reasons.append(
-            f"label({data.target}): {_show(label)} is not one of the classes {data.labels}"
-        )
+    """The training contract on one row (``check_rows`` on a list of one)."""
+    values, reasons, shaped = check_rows([features], [label], data)
+    return (values[0].tolist() if shaped[0] else None), reasons[0]
+
+
+def check_rows(
+    features: list[Any], labels: list[Any], data: Data
+) -> tuple[np.ndarray, list[list[str]], list[bool]]:
+    """The training contract on rows: their values (n x width, NaN where unusable), per row
+    the reasons it fails (each naming the rule and the column), and whether the row had
+    the right shape (a list of ``width`` values)."""
     names = data.feature_names
-    if not isinstance(features, list):
-        reasons.append(
-            f"width(features): expected a list of {len(names)} numbers, got {_show(features)}"
-        )
-        return None, reasons
-    if len(features) != len(names):
-        reasons.append(f"width(features): {len(features)} values, expected {len(names)}")
-        return None, reasons
-    values: list[float] = []
-    for name, value in zip(names, features, strict=True):
-        if not _number(value) or not math.isfinite(value):
-            reasons.append(f"finite({name}): {_show(value)} is not a finite number")
-            values.append(math.nan)
+    width = len(names)
+    values = np.full((len(features), width), np.nan)
+    reasons: list[list[str]] = [[] for _ in features]
+    shaped = [False] * len(features)
+    for i, label in enumerate(labels):
+        if not any(same_label(label, c) for c in data.labels):
+            reasons[i].append(
+                f"label({data.target}): {_show(label)} is not one of the classes {data.labels}"
+            )
+    plain: list[int] = []  # rows of `width` numbers: checked as one array below
+    for i, row in enumerate(features):
+        if not isinstance(row, list):
+            reasons[i].append(
+                f"width(features): expected a list of {width} numbers, got {_show(row)}"
+            )
             continue
-        values.append(float(value))
-        bounds = data.range_for(name)
-        if bounds is not None and not bounds[0] <= value <= bounds[1]:
-            reasons.append(f"range({name}): {value:g} is outside [{bounds[0]:g}, {bounds[1]:g}]")
-    return values, reasons
+        if len(row) != width:
+            reasons[i].append(f"width(features): {len(row)} values, expected {width}")
+            continue
+        shaped[i] = True
+        if all(type(v) is float or type(v) is int for v in row):
+            plain.append(i)
+            continue
+        for j, (name, value) in enumerate(zip(names, row, strict=True)):
+            if _number(value):
+                values[i, j] = value
+            else:
+                reasons[i].append(f"finite({name}): {_show(value)} is not a finite number")
+    if plain:
+        values[plain] = np.array([features[i] for i in plain], dtype=np.float64)
+    lows = np.array([(data.range_for(n) or (-np.inf, np.inf))[0] for n in names], np.float64)
+    highs = np.array([(data.range_for(n) or (-np.inf, np.inf))[1] for n in names], np.float64)
+    with np.errstate(invalid="ignore"):
+        infinite = np.isinf(values)
+        outside = ~infinite & ((values < lows) | (values > highs))
+    for i, j in np.argwhere(infinite):
+        reasons[i].append(f"finite({names[j]}): {values[i, j]} is not a finite number")
+    for i, j in np.argwhere(outside):
+        reasons[i].append(
+            f"range({names[j]}): {values[i, j]:g} is outside [{lows[j]:g}, {highs[j]:g}]"
+        )
+    return values, reasons, shaped
 
 
 def validate(
@@ -447,61 +478,59 @@ def validate(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Labelled rows that pass the contract, and rejected rows with their reasons."""
     names = data.feature_names
-    rows: list[dict[str, Any]] = []
-    reasons: list[list[str]] = []
-    for c in candidates:
-        values, why = check_row(c.prediction.features, c.label.label, data)
-        rows.append(
-            {
-                **dict(zip(names, values or [math.nan] * len(names), strict=True)),
-                data.target: c.label.label,
-                "prediction_id": c.prediction.id,
-                "model": c.prediction.model,
-                "prediction": c.prediction.prediction,
-                "predicted_at": c.prediction.ts,
-                "labelled_at": c.label.ts,
-                "log_file": c.prediction.log_file,
-                "harvested_at": harvested_at,
-                LOGGED_FEATURES: _json(c.prediction.features),
-            }
-        )
-        reasons.append(why)
+    labels = [c.label.label for c in candidates]
+    values, reasons, _ = check_rows(
+        [orjson.loads(c.prediction.features) for c in candidates], labels, data
+    )
     passing = [i for i, why in enumerate(reasons) if not why]
-    for i, why in _suite_failures([rows[i] for i in passing], data, suite).items():
+    failures = _suite_failures(values[passing], [labels[i] for i in passing], data, suite)
+    for i, why in failures.items():
         reasons[passing[i]].extend(why)
-    good = [r for r, why in zip(rows, reasons, strict=True) if not why]
+    frame = pd.DataFrame(values, columns=names)
+    frame[data.target] = pd.Series(labels, dtype=object)
+    frame["prediction_id"] = [c.prediction.id for c in candidates]
+    frame["model"] = [c.prediction.model for c in candidates]
+    frame["prediction"] = [c.prediction.prediction for c in candidates]
+    frame["predicted_at"] = np.array([c.prediction.ts for c in candidates], np.float64)
+    frame["labelled_at"] = np.array([c.label.ts for c in candidates], np.float64)
+    frame["log_file"] = [c.prediction.log_file for c in candidates]
+    frame["harvested_at"] = harvested_at
+    frame[LOGGED_FEATURES] = [c.prediction.features for c in candidates]
+    ok = np.array([not why for why in reasons], dtype=bool)
+    good = _typed(frame[ok].drop(columns=[LOGGED_FEATURES]).reset_index(drop=True), data)
+    bad = frame[~ok].reset_index(drop=True)
     # A rejected label may be of any type (true, 7.0, "7"): JSON text keeps it as sent.
-    bad = [
-        {**r, data.target: _json(r[data.target]), REASON: "; ".join(why)}
-        for r, why in zip(rows, reasons, strict=True)
-        if why
-    ]
-    for row in bad:
-        log.info("harvest: rejected %s: %s", row["prediction_id"], row[REASON])
-    labelled = _typed(pd.DataFrame(good, columns=_columns(data, LOGGED_FEATURES)), data)
-    rejected = pd.DataFrame(bad, columns=[*_columns(data, LOGGED_FEATURES), REASON])
-    rejected = rejected.astype({name: "float64" for name in names})
-    return labelled.drop(columns=[LOGGED_FEATURES]), rejected
+    bad[data.target] = [_json(v) for v in bad[data.target]]
+    bad[REASON] = ["; ".join(why) for why in reasons if why]
+    for pid, why in zip(bad["prediction_id"], bad[REASON], strict=True):
+        log.info("harvest: rejected %s: %s", pid, why)
+    return good, bad
+
+
+# GX expectations that judge each value (column map expectations) name the rows that fail;
+# the others (a column's mean, its share of unique values) judge a whole table.
+PER_VALUE = ("expect_column_values_to_", "expect_column_value_")
 
 
 def _suite_failures(
-    rows: list[dict[str, Any]], data: Data, suite: list[validation.Expectation]
+    values: np.ndarray, labels: list[Any], data: Data, suite: list[validation.Expectation]
 ) -> dict[int, list[str]]:
-    """The GX suite's column expectations on the rows; per failing row, the reasons.
-
-    Only expectations that judge single values name failing rows (GX's unexpected index
-    list); aggregate ones (a column's mean, its share of unique values) judge the training
-    table, which the validate stage checks."""
+    """The GX suite's per-value column expectations on the rows; per failing row (its
+    position), the reasons. Aggregate expectations judge the training table, which the
+    validate stage checks; GX is not even imported when the suite has none per value."""
     columns = {*data.feature_names, data.target}
-    expectations = [e for e in suite if e["kwargs"].get("column") in columns]
-    if not rows or not expectations:
+    expectations = [
+        e for e in suite if e["kwargs"].get("column") in columns and e["type"].startswith(PER_VALUE)
+    ]
+    if not len(values) or not expectations:
         return {}
-    frame = pd.DataFrame(rows, columns=[*data.feature_names, data.target])
+    frame = pd.DataFrame(values, columns=data.feature_names)
+    frame[data.target] = pd.Series(labels, dtype=object)
     out: dict[int, list[str]] = {}
     for check in validation.validate({"harvest": (frame, expectations)}, sample_size=len(frame)):
         if check.success:
             continue
-        if check.error:
+        if check.error or check.unexpected_count is None:
             log.warning(
                 "harvest: %s(%s) could not run on the harvested rows: %s",
                 check.expectation,
@@ -512,7 +541,8 @@ def _suite_failures(
         for index in check.sample_rows:
             value = frame.at[index, check.column]
             out.setdefault(int(index), []).append(
-                f"{check.expectation}({check.column}): {_show(value)} is unexpected (validate.suite)"
+                f"{check.expectation}({check.column}): {_show(value)} is unexpected "
+                "(validate.suite)"
             )
     return out
 
@@ -539,35 +569,27 @@ def _read_frame(path: Path) -> pd.DataFrame | None:
     return pd.read_parquet(path) if path.exists() else None
 
 
-def _existing(
-    labelled: pd.DataFrame | None,
-    data: Data,
-    fresh: dict[str, Prediction],
-    pending: dict[str, Prediction],
-) -> dict[str, Existing]:
-    """The ids labelled.parquet holds, as labels and predictions (for a re-label)."""
-    if labelled is None or labelled.empty:
+def _existing(labelled: pd.DataFrame | None, data: Data, ids: set[str]) -> dict[str, Existing]:
+    """The rows of labelled.parquet with these ids, as labels and predictions (a re-label
+    of one joins its features)."""
+    if labelled is None or not ids:
         return {}
-    names = data.feature_names
+    rows = labelled[labelled["prediction_id"].isin(ids)]
+    values = rows[data.feature_names].to_numpy(np.float64).tolist()
     out: dict[str, Existing] = {}
-    features = labelled[names].to_numpy(np.float64).tolist()
-    for row, values in zip(labelled.itertuples(index=False), features, strict=True):
-        rec = row._asdict()
+    for rec, features in zip(rows.to_dict("records"), values, strict=True):
         rid = str(rec["prediction_id"])
-        label = labelled_value(rec[data.target])
         out[rid] = Existing(
-            Label(rid, label, float(rec["labelled_at"])),
+            Label(rid, labelled_value(rec[data.target]), float(rec["labelled_at"])),
             Prediction(
                 rid,
                 str(rec["model"]),
-                values,
+                _json(features),
                 str(rec["prediction"]),
                 float(rec["predicted_at"]),
                 str(rec["log_file"]),
             ),
         )
-        fresh.pop(rid, None)  # a prediction read again after a crash: already labelled
-        pending.pop(rid, None)
     return out
 
 
@@ -610,13 +632,14 @@ def _read_pending(path: Path) -> tuple[dict[str, Prediction], dict[str, Label]]:
     frame = pd.read_parquet(path)
     predictions: dict[str, Prediction] = {}
     orphans: dict[str, Label] = {}
-    for r in frame.itertuples(index=False):
-        if r.kind == "prediction":
-            predictions[r.id] = Prediction(
-                r.id, r.model, orjson.loads(r.features), r.prediction, float(r.ts), r.log_file
+    columns = (frame[c].tolist() for c in PENDING_COLUMNS)
+    for kind, rid, model, features, prediction, ts, log_file, label in zip(*columns, strict=True):
+        if kind == "prediction":
+            predictions[rid] = Prediction(
+                rid, sys.intern(model), features, sys.intern(prediction), ts, sys.intern(log_file)
             )
         else:
-            orphans[r.id] = Label(r.id, orjson.loads(r.label), float(r.ts))
+            orphans[rid] = Label(rid, orjson.loads(label), ts)
     return predictions, orphans
 
 
@@ -624,23 +647,20 @@ def _write_pending(
     path: Path, predictions: dict[str, Prediction], orphans: dict[str, Label]
 ) -> None:
     """Raw inputs: 0600 (atomic writes create the file private), in the 0700 folder."""
-    rows = [
-        (
-            "prediction",
-            p.id,
-            p.model,
-            orjson.dumps(p.features).decode(),
-            p.prediction,
-            p.ts,
-            p.log_file,
-            "null",
-        )
-        for p in predictions.values()
-    ] + [
-        ("label", o.id, "", "null", "", o.ts, "", orjson.dumps(o.label).decode())
-        for o in orphans.values()
-    ]
-    frame = pd.DataFrame(rows, columns=list(PENDING_COLUMNS)).astype({"ts": "float64"})
+    ps, os_ = list(predictions.values()), list(orphans.values())
+    frame = pd.DataFrame(
+        {
+            "kind": ["prediction"] * len(ps) + ["label"] * len(os_),
+            "id": [p.id for p in ps] + [o.id for o in os_],
+            "model": [p.model for p in ps] + [""] * len(os_),
+            "features": [p.features for p in ps] + ["null"] * len(os_),
+            "prediction": [p.prediction for p in ps] + [""] * len(os_),
+            "ts": np.array([p.ts for p in ps] + [o.ts for o in os_], np.float64),
+            "log_file": [p.log_file for p in ps] + [""] * len(os_),
+            "label": ["null"] * len(ps) + [_json(o.label) for o in os_],
+        },
+        columns=list(PENDING_COLUMNS),
+    )
     files.write_parquet(path, frame)
     path.chmod(0o600)
 

@@ -235,6 +235,22 @@ def test_labels_must_have_the_classes_type(label: Any, ok: bool) -> None:
     assert (not reasons) is ok, reasons
 
 
+def test_each_reason_names_the_rule_and_the_column() -> None:
+    data = config.load(Path(__file__).resolve().parents[2] / "params.yaml").data
+    row: list[Any] = [0.0] * WIDTH
+    row[3], row[4], row[9] = "x", None, -1
+    values, reasons = harvesting.check_row(row, 7, data)
+    assert reasons == [
+        'finite(pixel_3): "x" is not a finite number',
+        "finite(pixel_4): null is not a finite number",
+        "range(pixel_9): -1 is outside [0, 16]",
+    ]
+    assert values is not None and values[9] == -1
+    assert harvesting.check_row({"pixel_0": 1}, 7, data)[1] == [
+        'width(features): expected a list of 64 numbers, got {"pixel_0":1}'
+    ]
+
+
 def test_a_torn_last_line_is_read_next_time(proj: Project, tmp_path: Path) -> None:
     log_dir = tmp_path / "log"
     writer = InferenceLog(log_dir)
