@@ -178,7 +178,7 @@ def harvest(
         read = _read_new(log_dir, manifest, say)
         say(f"joining {len(read.labels):,} labels to {len(read.predictions):,} predictions")
         pending_predictions, orphans = _read_pending(state / PENDING)
-        labelled = _read_frame(out_dir / LABELLED)
+        labelled = _read_labelled(out_dir / LABELLED, params.data)
         done = set() if labelled is None else set(labelled["prediction_id"])
         for pid, prediction in read.predictions.items():
             if pid not in done:  # else a line read again after a crash: already labelled
@@ -563,6 +563,28 @@ def _typed(frame: pd.DataFrame, data: Data) -> pd.DataFrame:
     for col in ("prediction_id", "model", "prediction", "log_file", "harvested_at"):
         out[col] = out[col].astype("object")
     return out
+
+
+def _read_labelled(path: Path, data: Data) -> pd.DataFrame | None:
+    """labelled.parquet as it is, checked: rows are only ever added to it or replaced."""
+    pointer = path.with_name(f"{path.name}.dvc")
+    if not path.exists():
+        if pointer.exists():
+            raise DataError(
+                f"{path} is tracked by DVC ({pointer.name}) but not in the workspace: run "
+                f"`dvc pull {pointer}` first (a harvest now would start it afresh without "
+                "its rows)"
+            )
+        return None
+    frame = pd.read_parquet(path)
+    missing = [c for c in _columns(data) if c not in frame.columns]
+    if missing:
+        raise DataError(
+            f"{path} lacks the columns {', '.join(missing[:5])}"
+            f"{' ...' if len(missing) > 5 else ''}: it was harvested under another data "
+            "contract (params.yaml data). Move it aside (and its .dvc file) to start afresh."
+        )
+    return frame
 
 
 def _read_frame(path: Path) -> pd.DataFrame | None:

@@ -334,6 +334,12 @@ def test_dvc_add_tracks_the_harvest_and_a_failure_says_what_to_do(tmp_path: Path
         p.stat().st_size for p in harvesting.log_files(log_dir)
     )
 
+    # a fresh clone without `dvc pull`: harvest refuses to start the dataset afresh
+    git(proj.root, "rm", "-qf", "--cached", "data/production/labelled.parquet")
+    (proj.root / "data/production/labelled.parquet").unlink()
+    with pytest.raises(DataError, match=r"run `dvc pull .*labelled\.parquet\.dvc` first"):
+        run(proj, log_dir)
+
 
 def test_harvest_command_prints_the_summary_and_a_missing_log_dir_is_2(
     proj: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -364,7 +370,9 @@ def test_harvest_command_prints_the_summary_and_a_missing_log_dir_is_2(
     assert result.exception is None or isinstance(result.exception, SystemExit)
 
 
-def test_a_missing_log_or_a_second_harvest_is_an_error(proj: Project, tmp_path: Path) -> None:
+def test_harvest_stops_on_what_it_cannot_use(proj: Project, tmp_path: Path) -> None:
+    """No log, a harvest already running, a dataset of another contract: an error that
+    says what to do, and nothing written."""
     with pytest.raises(DataError, match="no inference log at"):
         run(proj, tmp_path / "nowhere")
     state = tmp_path / "log" / ".harvest"
@@ -373,3 +381,10 @@ def test_a_missing_log_or_a_second_harvest_is_an_error(proj: Project, tmp_path: 
     with harvesting._locked(state / "lock"), busy:
         run(proj, tmp_path / "log")
     assert not (proj.root / "data/production").exists()
+
+    out = proj.root / "data/production"
+    out.mkdir(parents=True)
+    pd.DataFrame({"x": [1.0]}).to_parquet(out / "labelled.parquet")
+    with pytest.raises(DataError, match="another data contract"):
+        run(proj, tmp_path / "log")
+    assert not (state / "manifest.json").exists() and not (out / "harvest.json").exists()
