@@ -13,7 +13,7 @@ export BENTOML_DO_NOT_TRACK := true
 export GX_ANALYTICS_ENABLED := false
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: help setup system-tools browser-tools bench-webapp run serve test check lint format lock clean bench bench-monitoring bench-optimize bench-workers
+.PHONY: help setup system-tools browser-tools bench-webapp run serve test check lint format lock clean bench bench-monitoring bench-optimize bench-workers bench-shadow
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -48,6 +48,9 @@ bench-optimize: setup ## The optimize stage's measured table for the CNN and the
 
 bench-workers: setup ## Throughput per pod at 1 and 2 workers vs a bare Starlette app (needs wrk; after make run)
 	$(BIN)/python benchmarks/workers.py
+
+bench-shadow: setup ## Champion p50/p99 and req/s with the shadow challenger off vs on, one Bento (needs wrk; a @champion and a @challenger)
+	$(BIN)/python benchmarks/shadow.py
 
 bench-webapp: setup browser-tools ## Web app: page load, draw-to-prediction p50/p95 (chromium), overhead vs the API (after make run)
 	$(BIN)/python benchmarks/webapp.py
