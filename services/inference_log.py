@@ -182,6 +182,11 @@ def harvested(directory: Path) -> dict[str, int]:
             raw = path.read_bytes()
         except FileNotFoundError:
             continue
+        except OSError as exc:  # e.g. harvest runs as another user: never fail a request
+            log.warning(
+                "inference log: cannot read %s (%s): no file counts as harvested", path, exc
+            )
+            return {}
         try:
             offsets = orjson.loads(raw)["files"]
             return {

@@ -208,3 +208,6 @@ def test_an_unreadable_manifest_harvests_nothing(tmp_path: Path) -> None:
     (tmp_path / HARVEST_DIR).mkdir()
     manifest_path(tmp_path).write_text("{not json")
     assert harvested(tmp_path) == {}
+    manifest_path(tmp_path).unlink()
+    manifest_path(tmp_path).mkdir()  # not a file: reading it fails (as another user's 0600 would)
+    assert harvested(tmp_path) == {}
