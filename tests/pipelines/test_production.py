@@ -187,7 +187,8 @@ def test_only_production_rows_get_the_weight() -> None:
     from pipelines.dataset import sample_weight
 
     frame = pd.DataFrame({"source": ["base", "production", "base"]})
-    assert sample_weight(frame, 3.0).tolist() == [1.0, 3.0, 1.0]
+    weights = sample_weight(frame, 3.0)
+    assert weights is not None and weights.tolist() == [1.0, 3.0, 1.0]
     assert sample_weight(frame.iloc[[0, 2]], 3.0) is None  # no production rows: unweighted
     assert sample_weight(pd.DataFrame({"x": [1]}), 3.0) is None
 
