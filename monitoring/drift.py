@@ -101,7 +101,12 @@ def compare(
         # the prediction test's threshold as Evidently resolves it (method default or ours)
         _threshold_metric()(name=PREDICTION_THRESHOLD, column=PREDICTION),
     ]
-    report = Report(metrics, include_tests=True, metadata=dict(metadata or {}))
+    # what each report was compared with, as Evidently got it (the snapshots say so)
+    report = Report(
+        metrics,
+        include_tests=True,
+        metadata={**(metadata or {}), "reference_rows": str(len(reference))},
+    )
     with _evidently(f"the drift report ({len(current)} rows vs {len(reference)} reference rows)"):
         snapshot = report.run(
             Dataset.from_pandas(current[[*features, PREDICTION]], data_definition=definition),
@@ -121,7 +126,9 @@ def compare(
         categorical_columns=[TARGET, PREDICTION], classification=[classification]
     )
     with _evidently(f"the classification report ({len(cur)} labelled rows)"):
-        cls_snapshot = Report([ClassificationPreset()], metadata=dict(metadata or {})).run(
+        cls_snapshot = Report(
+            [ClassificationPreset()], metadata={**(metadata or {}), "reference_rows": str(len(ref))}
+        ).run(
             Dataset.from_pandas(cur[[TARGET, PREDICTION]], data_definition=cls_def),
             Dataset.from_pandas(ref[[TARGET, PREDICTION]], data_definition=cls_def),
             timestamp=timestamp,

@@ -1,6 +1,7 @@
 """`modelyard monitor run` against a real running service: traffic from
-`modelyard simulate-traffic` -> the inference log -> Evidently -> verdict, report,
-workspace, alert webhook and retrain dispatch."""
+`modelyard simulate-traffic` -> the inference log -> Evidently -> verdict, report (its
+header: model, window, time, verdict), workspace (snapshots tagged with the verdict and
+the model; thresholds on the dashboard), alert webhook, retrain dispatch and retention."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 
 from tests.conftest import BIN, FakeGitHub, Project, free_port, kill_tree, modelyard
@@ -77,6 +79,29 @@ def iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat()
 
 
+def header(page: Path) -> str:
+    """The header block modelyard puts right after Evidently's <body>."""
+    text = page.read_text()
+    body = text.index("<body")
+    start = text.index(">", body) + 1
+    assert text[start:].startswith('<div id="modelyard-header"'), text[start : start + 200]
+    return text[start : text.index("</table></div>", start)]
+
+
+def snapshots(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """The run's snapshots, as the workspace stores them (snapshots.json names them)."""
+    named = json.loads((Path(summary["folder"]) / "snapshots.json").read_text())
+    where = Path(summary["workspace"]) / named["project"] / "snapshots"
+    return [json.loads((where / f"{i}.json").read_text()) for i in named["snapshots"]]
+
+
+def du(path: Path) -> int:
+    """Bytes on disk under ``path`` (a file's own size)."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
 @pytest.fixture(scope="module")
 def mon(trained: Project) -> Iterator[Monitoring]:
     base = trained.root.parent
@@ -107,6 +132,47 @@ def test_clean_traffic_is_no_alarm(mon: Monitoring) -> None:
     assert summary["reference"]["uri"].startswith("runs:/")  # found through the registry
     assert Path(summary["report"]).stat().st_size > 100_000  # Evidently's HTML
     assert summary["unusable"] == {"wrong_width": 0, "not_numeric": 0}
+    # An operator reads which model, which window, when and the verdict at the top ...
+    model, window = summary["model"], summary["window"]
+    top = header(Path(summary["report"]))
+    assert f"OK: digits-classifier v{model.split('/')[1]}, {window['since']} .. " in top
+    assert window["until"] in top and "Run at (UTC)" in top and "no drift:" in top
+    run_at = top.split("Run at (UTC)</th><td>")[1][:25]
+    assert Path(summary["folder"]).name.startswith(run_at[:19].replace("-", "").replace(":", ""))
+    # ... and quality is measured against the held-out test split, not the training one.
+    test = pd.read_parquet(mon.server.project.root / "data/prepared/test.parquet")
+    ref = summary["reference"]
+    assert ref["quality_split"] == "test" and ref["quality_note"] is None
+    assert ref["quality_uri"].endswith("/reference/test.parquet")
+    assert ref["quality_rows"] == len(test) != ref["rows"]
+    cached = pd.read_parquet(
+        mon.server.project.root
+        / f".modelyard/monitoring/reference/{model.replace('/', '-v')}-test.parquet"
+    )
+    features = [c for c in test.columns if c.startswith("pixel_")]
+    assert (cached[features].to_numpy() == test[features].to_numpy()).all()
+    quality = header(Path(summary["report"]).with_name("report-classification.html"))
+    assert f"the held-out test split, {len(test):,} rows" in quality
+    assert "Labelled predictions" in quality
+    # The snapshots carry the verdict and the model; the drift one carries the thresholds.
+    drift_snap, cls_snap = snapshots(summary)
+    for snap in (drift_snap, cls_snap):
+        assert {"ok", model} <= set(snap["tags"]) and "drift" not in snap["tags"]
+        assert snap["metadata"]["run"] == Path(summary["folder"]).name
+        assert snap["metadata"]["quality_reference"] == "test"
+    # what Evidently compared with: drift, the training split; quality, the test split
+    assert int(drift_snap["metadata"]["reference_rows"]) == ref["rows"]
+    assert int(cls_snap["metadata"]["reference_rows"]) == len(test)
+    thresholds = {
+        r["metric_value_location"]["metric"]["params"]["name"]: r["value"]
+        for r in drift_snap["metric_results"].values()
+        if r["metric_value_location"]["metric"]["params"]["type"].endswith(":ModelyardThreshold")
+    }
+    assert thresholds == {
+        "drift_share": summary["drift_share_threshold"],
+        "prediction_drift": summary["prediction_drift"]["threshold"],
+    }
+    assert (Path(summary["folder"]) / "drift_scores.png").stat().st_size > 10_000
     assert (
         summary["alert"]
         == summary["retrain"]
@@ -124,6 +190,10 @@ def test_drifted_traffic_alerts_on_the_right_features(mon: Monitoring) -> None:
     code, summary, out = mon.monitor(window)
     assert code == 1, out
     assert summary["status"] == "drift" and "DRIFT" in out
+    assert {"drift", summary["model"]} <= set(snapshots(summary)[0]["tags"])
+    assert "<h1" in header(Path(summary["report"])) and ">DRIFT: digits-classifier v" in header(
+        Path(summary["report"])
+    )
     drifted = set(summary["drifted_columns"])
     # The left half of the images went dark: that is where drift is found ...
     assert len(drifted & LEFT_HALF) >= 15
@@ -150,6 +220,8 @@ def test_a_window_too_small_says_so(mon: Monitoring) -> None:
     assert "not enough data" in out and summary["report"] is None
     assert summary["drifted_columns"] == []
     assert summary["retrain"]["status"] == "skipped"
+    # no verdict: the run leaves its summary only (no report, no snapshot)
+    assert [p.name for p in Path(summary["folder"]).iterdir()] == ["summary.json"]
 
 
 def test_malformed_lines_are_skipped_and_counted(mon: Monitoring) -> None:
@@ -209,6 +281,36 @@ def test_monitor_ui_shows_the_runs(mon: Monitoring) -> None:
         (project,) = [p for p in projects if p["name"] == "modelyard"]
         status, snapshots = call(port, "GET", f"/api/projects/{project['id']}/snapshots", key=None)
         assert status == 200 and len(snapshots) >= 2  # one per monitor run with a verdict
+        assert all("ok" in s["tags"] or "drift" in s["tags"] for s in snapshots)
+        # The dashboard draws the thresholds beside what they bound.
+        status, board = call(port, "GET", f"/api/v2/dashboards/{project['id']}", key=None)
+        assert status == 200
+        series = {
+            v["metric_labels"].get("name"): v["metric"]
+            for p in board["panels"]
+            for v in p["values"]
+            if v["metric"].endswith("ModelyardThreshold")
+        }
+        assert set(series) == {"drift_share", "prediction_drift"}
+        status, data = call(
+            port,
+            "POST",
+            f"/api/v2/snapshots/{project['id']}/data_series_batch",
+            {
+                "series_filter": [
+                    {
+                        "tags": ["ok"],
+                        "metadata": {},
+                        "metric": "evidently:metric_v2:ModelyardThreshold",
+                        "metric_labels": {"name": "drift_share"},
+                    }
+                ]
+            },
+            key=None,
+        )
+        assert status == 201, data  # Litestar answers a POST with 201
+        (line,) = data["series"]
+        assert len(line["values"]) >= 2 and set(line["values"]) == {0.3}  # monitor.drift_share
     finally:
         kill_tree(proc.pid)
 
@@ -227,3 +329,39 @@ def test_unreachable_service_is_a_clear_error(mon: Monitoring) -> None:
         check=False,
     )
     assert proc.returncode == 1 and "cannot reach the service" in proc.stderr
+
+
+def test_retention_keeps_the_newest_runs_and_their_snapshots(mon: Monitoring) -> None:
+    """keep_runs=N, N+2 runs: the N newest run folders and their snapshots stay, the
+    older ones (these and earlier tests') go, folders and snapshots together."""
+    project = mon.server.project
+    keep = 2
+    out = project.root / ".modelyard/monitoring"
+    window = mon.traffic("--rows", "220")
+    project.set_params(monitor={"keep_runs": keep})
+    try:
+        made, growth = [], []
+        for _ in range(keep + 2):
+            before = du(out / "runs") + du(out / "workspace")
+            code, summary, said = mon.monitor(window)
+            assert code == 0 and summary["status"] == "ok", said
+            made.append(summary)
+            growth.append(du(out / "runs") + du(out / "workspace") - before)
+    finally:
+        project.set_params(monitor={"keep_runs": 200})
+    runs = sorted(p.name for p in (out / "runs").iterdir() if not p.name.startswith("."))
+    assert runs == [Path(s["folder"]).name for s in made[-keep:]]
+    kept = {
+        i
+        for s in made[-keep:]
+        for i in json.loads((Path(s["folder"]) / "snapshots.json").read_text())["snapshots"]
+    }
+    (stored,) = [p for p in (out / "workspace").iterdir() if (p / "snapshots").is_dir()]
+    assert {p.stem for p in (stored / "snapshots").iterdir()} == kept
+    one = du(Path(made[-1]["folder"]))
+    snaps = sum(du(stored / "snapshots" / f"{i}.json") for i in kept) // keep
+    print(
+        f"\nper run: folder {one / 1e6:.1f} MB + snapshots {snaps / 1e6:.1f} MB; growth of "
+        f"runs/ + workspace per run with keep_runs={keep}: "
+        + ", ".join(f"{g / 1e6:+.1f} MB" for g in growth)
+    )
