@@ -1275,8 +1275,9 @@ def plot_scores(summary: Summary, path: Path, *, at: str | None = None) -> None:
         axes[1].set_yticks([])
         fig.colorbar(image, ax=axes[1], fraction=0.046)
     window = summary.window
+    name, _, version = (summary.model or "").rpartition("/")
     fig.suptitle(
-        f"{summary.status.upper()}: {summary.model or 'no model'}, window {window.since} .. "
+        f"{summary.status.upper()}: {name} v{version}, window {window.since} .. "
         f"{window.until} (UTC), run at {at or 'n/a'}",
         fontsize=10,
         fontweight="bold",
