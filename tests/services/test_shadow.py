@@ -278,7 +278,10 @@ def post(server: Proc, body: Any = None, *, raw: bytes | None = None, key: str |
         headers["Authorization"] = f"Bearer {key}"
     content = raw if raw is not None else json.dumps(body).encode()
     response = httpx.post(f"{server.url}/v1/predict", content=content, headers=headers, timeout=30)
-    return response.status_code, response.json()
+    try:
+        return response.status_code, response.json()
+    except ValueError:  # not JSON (a 500 from a crash): compared as text
+        return response.status_code, response.text
 
 
 def rows_of(project: Project, n: int) -> list[list[float]]:
