@@ -378,7 +378,12 @@ def _panels() -> list[Any]:
     ]
 
 
+@functools.cache
 def _workspace(folder: Path) -> Any:
+    """One ``Workspace`` per folder and process: opening one reads every snapshot in it
+    (~0.2 s per drift snapshot here, for its dataset manager), so the run's add and its
+    retention share one. Safe to reuse: what we call (add/list/get/delete runs, projects,
+    dashboards) reads and writes the folder itself each time."""
     from evidently.ui.workspace import Workspace
 
     return Workspace.create(str(folder))
