@@ -745,26 +745,25 @@ def job(
         alert = retrained = Outcome(SKIPPED, "no drift")
     else:
         say("harvesting feedback labels...")
-        decided = decide_retrain(
+        labels, decided = decide_retrain(
             params, summary, registry=registry, root=root, log_dir=log_dir, enabled=retrain
         )
         watch.lap("harvest")
-        labels = decided if isinstance(decided, NewLabels) else None
         say("posting the alert...")
-        alert = send_alert(alert_url, summary, retrain=_announce(decided, github))
+        alert = send_alert(alert_url, summary, retrain=decided or _announce(labels, github))
         watch.lap("alert")
-        if isinstance(decided, NewLabels):
+        if decided is None and labels is not None:
             say("retraining...")
             retrained = request_retrain(
                 params,
                 summary,
                 root=root,
                 github=github,
-                labels=decided,
+                labels=labels,
                 drift_run=drift_run.run_id if drift_run else None,
             )
         else:
-            retrained = decided
+            retrained = decided or Outcome(FAILED, "no retrain decision (a bug in modelyard)")
         watch.lap("retrain")
     shadow_tags = None
     if summary.shadow:
@@ -841,30 +840,31 @@ def decide_retrain(
     root: Path,
     log_dir: Path,
     enabled: bool,
-) -> Outcome | NewLabels:
+) -> tuple[NewLabels | None, Outcome | None]:
     """Drift: harvest the feedback labels and count those newer than the data the latest
-    registered version trained on. Enough (``monitor.min_new_labels``): the NewLabels to
-    retrain on. Else an Outcome that is final: skipped, no-new-labels, or failed (a harvest
-    that fails is a failed retrain, never "no new labels")."""
+    registered version trained on: (what the harvest found, None if it did not run;
+    the final Outcome when there is nothing to retrain: skipped, no-new-labels, or failed
+    (a harvest that fails is a failed retrain, never "no new labels"); None: enough new
+    labels (``monitor.min_new_labels``), retrain)."""
     if not enabled:
-        return Outcome(SKIPPED, "--no-retrain")
+        return None, Outcome(SKIPPED, "--no-retrain")
     if params.monitor.retrain == "off":
-        return Outcome(SKIPPED, "monitor.retrain is off")
+        return None, Outcome(SKIPPED, "monitor.retrain is off")
     try:
         labels = new_labels(params, registry=registry, root=root, log_dir=log_dir)
     except (ModelyardError, OSError) as exc:
         log.error("harvesting the feedback labels failed: %s", exc)
-        return Outcome(
+        return None, Outcome(
             FAILED,
             f"harvesting the feedback labels failed, so nothing was retrained: {exc} "
             "(fix it and run `modelyard harvest`, then `modelyard monitor run` again)",
         )
     minimum = params.monitor.min_new_labels
     if labels.count >= minimum:
-        return labels
+        return labels, None
     since = f"since v{labels.since_version}" if labels.since_version else "(no version yet)"
     needed = f" (monitor.min_new_labels is {minimum})" if minimum > 1 else ""
-    return Outcome(
+    return labels, Outcome(
         NO_NEW_LABELS,
         f"drift on {len(summary.drifted_columns)}/{len(summary.scores)} features; "
         f"{labels.count} new labels {since}{needed}: collect feedback (POST /v1/feedback), "
@@ -912,10 +912,10 @@ def labelled_until(tags: dict[str, str]) -> float:
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
-def _announce(decided: Outcome | NewLabels, github: GitHub | None) -> Outcome:
-    """What the alert says the job does about the drift."""
-    if isinstance(decided, Outcome):
-        return decided
+def _announce(decided: NewLabels | None, github: GitHub | None) -> Outcome | None:
+    """What the alert says the job is about to do about the drift: retrain."""
+    if decided is None:
+        return None
     where = f"a `retrain` dispatch to {github.repository}" if github else "the pipeline here"
     since = f"since v{decided.since_version}" if decided.since_version else "(no version yet)"
     return Outcome(RETRAINING, f"{decided.count} new labels {since}: retraining ({where})")

@@ -7,7 +7,8 @@ project's real MLflow store and real Evidently:
 - only drift exits 1; an unreachable alert webhook leaves it drift, is recorded as
   failed with its reason, and retraining still runs;
 - summary.json (the run's and the latest) is written after the alert and the retrain and
-  records both; a failed retrain exits 2 and is recorded too;
+  records both; the alert carries the retrain decision (no labels: nothing retrained); a
+  failed retrain (here its harvest) exits 2 and is recorded too;
 - `--help` shows the exit-code table.
 """
 
@@ -218,9 +219,10 @@ def test_an_unreachable_alert_webhook_keeps_the_verdict_and_the_retrain(
     assert "cannot reach the alert webhook" in summary["alert"]["detail"]
     assert "alert failed (the verdict stands): cannot reach the alert webhook" in out
     assert "s3cr3t" not in json.dumps(summary) and "s3cr3t" not in out  # the URL's secret
-    (dispatch,) = github.dispatches("retrain")  # retraining still ran
-    assert dispatch["model"] == job.model
-    assert summary["retrain"]["status"] == "requested"
+    # The retrain step still ran: it harvested, found no label, and dispatched nothing.
+    assert summary["retrain"]["status"] == "no-new-labels"
+    assert summary["labels"]["count"] == 0
+    assert github.dispatches("retrain") == []
     # The run's own summary.json is the latest, both written after the two steps.
     assert json.loads((Path(summary["folder"]) / "summary.json").read_text()) == summary
     assert {"alert", "retrain"} <= set(summary["seconds"])
@@ -241,29 +243,33 @@ def test_the_alert_carries_the_verdict_and_the_summary_the_outcomes(
     (payload,) = alerts.payloads
     summary = job.latest()
     assert payload["status"] == "drift" and payload["drifted_columns"] == summary["drifted_columns"]
-    assert "alert" not in payload and "retrain" not in payload  # not known when it was sent
+    assert "alert" not in payload  # not known when it was sent
+    # What the job does about the drift, decided (harvest, new labels) before the alert.
+    assert payload["retrain"] == {"status": "no-new-labels", "detail": summary["retrain"]["detail"]}
+    assert "0 new labels since v1: collect feedback" in payload["retrain"]["detail"]
     assert summary["alert"] == {"status": "sent", "detail": "HTTP 200", "version": None}
-    assert summary["retrain"]["status"] == "requested"
-    assert len(github.dispatches("retrain")) == 1
+    assert github.dispatches("retrain") == []
 
 
-def test_a_failed_retrain_exits_2_and_is_recorded(
-    job: Job, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("GITHUB_REPOSITORY", "acme/models")
-    monkeypatch.setenv("GITHUB_TOKEN", "t0k")
-    monkeypatch.setenv("GITHUB_API_URL", dead_url())
+def test_a_failed_retrain_exits_2_and_is_recorded(job: Job) -> None:
+    # The harvest before the retrain cannot read the training contract (validate.suite).
+    project = job.project
+    (project.root / "data/expectations/broken.json").write_text("{not json")
+    params = yaml.safe_load(project.params_path.read_text())
+    params["validate"]["suite"] = "data/expectations/broken.json"
+    broken = project.root / "params-broken-suite.yaml"
+    broken.write_text(yaml.safe_dump(params))
     features, labels = split_rows(job.project, 400, drift="occlude")
     job.write(features, labels)
 
-    code, out = job.run()
+    code, out = job.run(params=broken)
 
     assert code == 2, out
     summary = job.latest()
     assert summary["status"] == "drift"  # the verdict is kept ...
     assert summary["retrain"]["status"] == "failed"  # ... and so is why the job failed
-    assert "cannot reach GitHub" in summary["retrain"]["detail"]
-    assert "retrain FAILED: cannot reach GitHub" in out
+    assert "harvesting the feedback labels failed" in summary["retrain"]["detail"]
+    assert "retrain FAILED: harvesting the feedback labels failed" in out
     assert summary["alert"]["status"] == "skipped"  # no webhook configured
 
 
