@@ -219,3 +219,43 @@ def test_a_github_retrain_carries_the_drift_run_and_the_labels_through_the_dvc_r
     assert v2.tags["monitor.drift_run_id"] == payload["drift_run"]
     run = store.run(payload["drift_run"])
     assert run is not None and run.tags["retrain.version"] == "2"
+
+
+@pytest.mark.parametrize(
+    "pointer",
+    [
+        "{not yaml: [",
+        "outs:\n- md5: 0123456789abcdef0123456789abcdef\n  path: ../../params.yaml\n",
+        "outs:\n- path: labelled.parquet\n",  # no md5
+    ],
+)
+def test_run_refuses_a_pointer_that_is_not_the_labels_and_writes_nothing(
+    pointer: str, tmp_path: Path
+) -> None:
+    from core.errors import ConfigError
+    from pipelines import config
+    from pipelines import run as pipeline
+    from tests.conftest import new_project
+
+    project = new_project(tmp_path / "project")
+    params = config.load(project.params_path)
+
+    with pytest.raises(ConfigError, match="--production-dvc is not the DVC pointer"):
+        pipeline.run(params, project.root, production_pointer=pointer)
+    assert not (project.root / "data/production").exists()
+
+
+def test_run_refuses_a_drift_run_the_store_does_not_hold(tmp_path: Path) -> None:
+    from core.errors import ConfigError
+    from pipelines import config
+    from pipelines import run as pipeline
+    from tests.conftest import new_project
+
+    project = new_project(tmp_path / "project")
+    params = config.load(project.params_path)
+
+    with pytest.raises(
+        ConfigError, match=r"--drift-run 0123abcd is not a run in .*nothing was run"
+    ):
+        pipeline.run(params, project.root, drift_run="0123abcd")
+    assert not (project.root / "data/raw").exists()  # dvc repro never started
