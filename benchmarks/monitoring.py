@@ -115,7 +115,8 @@ def write_log(
 
 
 def measured(cmd: list[str], *, cwd: Path, env: dict[str, str]) -> dict[str, Any]:
-    """Run ``cmd``; its wall time, exit code, output, and peak resident memory: the larger
+    """Run ``cmd``; its wall and CPU time (user + system: what a busy machine inflates
+    less), exit code, output, and peak resident memory: the larger
     of GNU time's max RSS (the process and the children it waited for) and the sum over
     the live process tree, sampled every 20 ms."""
     with tempfile.TemporaryDirectory(prefix="modelyard-bench-") as scratch:
@@ -124,7 +125,7 @@ def measured(cmd: list[str], *, cwd: Path, env: dict[str, str]) -> dict[str, Any
         with open(out, "w") as stdout, open(err, "w") as stderr:
             start = time.perf_counter()
             proc = psutil.Popen(
-                ["/usr/bin/time", "-f", "%M", "-o", str(rss_file), *cmd],
+                ["/usr/bin/time", "-f", "%M %U %S", "-o", str(rss_file), *cmd],
                 cwd=cwd,
                 env=env,
                 stdout=stdout,
@@ -139,11 +140,12 @@ def measured(cmd: list[str], *, cwd: Path, env: dict[str, str]) -> dict[str, Any
                 tree_peak = max(tree_peak, rss)
                 time.sleep(0.02)
             seconds = time.perf_counter() - start
-        maxrss = int(rss_file.read_text().split()[-1]) * 1024 if rss_file.exists() else 0
+        maxrss_kb, user, system = rss_file.read_text().split()[-3:]
         return {
             "seconds": seconds,
+            "cpu_seconds": float(user) + float(system),
             "exit_code": proc.returncode,
-            "peak_rss_mb": max(maxrss, tree_peak) / 1e6,
+            "peak_rss_mb": max(int(maxrss_kb) * 1024, tree_peak) / 1e6,
             "stdout": out.read_text(),
             "stderr": err.read_text(),
         }
@@ -346,6 +348,7 @@ def one_window(
         "window": kind,
         "log_gb": size / 1e9,
         "job_seconds": job["seconds"],
+        "job_cpu_seconds": job["cpu_seconds"],
         "peak_rss_mb": job["peak_rss_mb"],
         "exit_code": job["exit_code"],
         "status": summary["status"],
@@ -398,16 +401,17 @@ def write(results: dict[str, Any]) -> None:
         f"({results['machine']['cpus']} CPUs shared, load {load[0]:.1f} at the start; sample "
         f"{results['sample_rows']:,} rows), model {results['model']}",
         "",
-        "| rows | window | log GB | `monitor run` s | read log s | Evidently (sample) s "
+        "| rows | window | log GB | `monitor run` s | CPU s | read log s | Evidently (sample) s "
         "| peak RSS MB | verdict | drift share | full-data rows | full-data Evidently s "
         "| full-data verdict | full share | same verdict | drifted-set Jaccard |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results["runs"]:
         full = r.get("full", {})
         stages = r["stage_seconds"]
         lines.append(
             f"| {r['rows']:,} | {r['window']} | {r['log_gb']:.2f} | {r['job_seconds']:.1f} "
+            f"| {r.get('job_cpu_seconds', float('nan')):.1f} "
             f"| {stages.get('read_log', 0):.1f} | {stages.get('evidently', 0):.1f} "
             f"| {r['peak_rss_mb']:.0f} | {r['status']} | {r['drift_share']:.3f} "
             f"| {full.get('rows', 0):,} | {full.get('seconds', float('nan')):.1f} "
