@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from tests.conftest import BIN, FakeGitHub, Project, free_port, kill_tree, modelyard
+from tests.conftest import BIN, FakeGitHub, Project, dvc, free_port, kill_tree, modelyard
 from tests.monitoring.conftest import Recorder
 from tests.services.test_http import KEYS, Server, call
 
@@ -185,8 +186,25 @@ def test_clean_traffic_is_no_alarm(mon: Monitoring) -> None:
     assert mon.alerts.payloads == [] and mon.github.dispatches("retrain") == []
 
 
-def test_drifted_traffic_alerts_on_the_right_features(mon: Monitoring) -> None:
-    window = mon.traffic("--rows", "600", "--drift", "occlude")
+@pytest.fixture
+def dvc_remote(mon: Monitoring) -> Iterator[Path]:
+    """The project as a DVC project with a remote, for this test only: a GitHub retrain
+    needs the harvested labels to reach CI through it (monitor.publish_labels)."""
+    root, remote = mon.server.project.root, mon.base / "dvc-remote"
+    dvc(root, "init", "--no-scm", "-q")
+    mon.env["DVC_REMOTE_URL"] = str(remote)
+    try:
+        yield remote
+    finally:
+        mon.env.pop("DVC_REMOTE_URL")
+        shutil.rmtree(root / ".dvc")
+        for made in [root / ".dvcignore", *(root / "data/production").glob("*.dvc")]:
+            made.unlink(missing_ok=True)
+
+
+def test_drifted_traffic_alerts_on_the_right_features(mon: Monitoring, dvc_remote: Path) -> None:
+    # feedback labels too: a retrain is asked for only when new labels exist
+    window = mon.traffic("--rows", "600", "--drift", "occlude", "--feedback", "0.3")
     code, summary, out = mon.monitor(window)
     assert code == 1, out
     assert summary["status"] == "drift" and "DRIFT" in out
@@ -208,7 +226,7 @@ def test_drifted_traffic_alerts_on_the_right_features(mon: Monitoring) -> None:
     # A dispatch is a retrain requested, not a retrain done.
     assert summary["retrain"]["status"] == "requested"
     flat = " ".join(out.split())
-    assert "retrain: retrain requested on GitHub (acme/models" in flat
+    assert "new labels since v1: retrain requested on GitHub (acme/models" in flat
     assert "retrained" not in flat
 
 
