@@ -127,8 +127,9 @@ def read_window(
 
 @dataclass(frozen=True)
 class Reference:
-    """The serving version's references: ``frame``, the training split (what drift is
-    measured against), and ``quality``, what classification quality is measured against:
+    """The serving version's references: ``frame``, what drift is measured against (the
+    training split, or only its production rows for a version that learned from enough
+    of them: ``drift_split``), and ``quality``, what classification quality is measured against:
     the held-out test split scored by the version (``data.test_uri``), or the training
     split again for a version registered without one (``quality_note`` says so and why).
     Both: the features + drift.PREDICTION (str) + drift.TARGET."""
@@ -144,12 +145,25 @@ class Reference:
     quality_split: str  # "test" | "train"
     quality_uri: str
     quality_note: str | None = None
+    drift_split: str = "train"  # "train" | "train:production" (see reference_for)
 
 
-def reference_for(registry: Registry, model_ref: str, cache: Path) -> Reference:
+# A version retrained on production labels is compared with the production traffic it
+# learned from, not with the whole training split: after a retrain on a new writing style,
+# the question is whether traffic moved away from what the model last learned. The base
+# rows still train it (and the base test split still gates it); they no longer say what
+# production looks like.
+PRODUCTION = "production"
+
+
+def reference_for(
+    registry: Registry, model_ref: str, cache: Path, *, production_min: int | None = None
+) -> Reference:
     """The serving version's training split (``data.reference_uri``) and held-out test
     split (``data.test_uri``), through its registry lineage, each scored once by the
-    version's own model and cached per version under ``cache``."""
+    version's own model and cached per version under ``cache``. When the training split
+    holds at least ``production_min`` harvested production rows (its ``source`` column),
+    drift is measured against those rows only (``drift_split`` "train:production")."""
     name, _, version = model_ref.rpartition("/")
     if not name or not version.isdigit():
         raise MonitoringError(f"the log names model {model_ref!r}, expected NAME/VERSION")
@@ -167,12 +181,19 @@ def reference_for(registry: Registry, model_ref: str, cache: Path) -> Reference:
     meta_file = cache / f"{name}-v{version}.json"
     meta = files.read_json(meta_file) if meta_file.exists() else {}
     # a cache written before test splits (no "test_uri" key), or before the tag was set
-    fresh = cached.exists() and "test_uri" in meta and meta["test_uri"] == test_uri
+    fresh = (
+        cached.exists()
+        and "test_uri" in meta
+        and meta["test_uri"] == test_uri
+        and meta.get("production_min", -1) == production_min
+    )
     if fresh and (test_uri is None or test_cached.exists()):
         frame = pd.read_parquet(cached)
         quality = pd.read_parquet(test_cached) if test_uri else frame
     else:
-        frame, test, meta = _build_reference(registry, name, version, uri, test_uri)
+        frame, test, meta = _build_reference(
+            registry, name, version, uri, test_uri, production_min=production_min
+        )
         cache.mkdir(parents=True, exist_ok=True)
         files.write_parquet(cached, frame)
         if test is not None:
@@ -202,14 +223,32 @@ def reference_for(registry: Registry, model_ref: str, cache: Path) -> Reference:
         quality_split="train" if test_uri is None else "test",
         quality_uri=test_uri or uri,
         quality_note=note,
+        drift_split=str(meta.get("drift_split", "train")),
     )
 
 
+def drift_rows(split: pd.DataFrame, production_min: int | None) -> tuple[pd.DataFrame, str]:
+    """What drift is measured against: the training split's production rows when there
+    are at least ``production_min`` of them (``reference_for`` says why), else all of it."""
+    if production_min is not None and "source" in split.columns:
+        learned = split[split["source"] == PRODUCTION]
+        if len(learned) >= production_min:
+            return learned, f"train:{PRODUCTION}"
+    return split, "train"
+
+
 def _build_reference(
-    registry: Registry, name: str, version: str, uri: str, test_uri: str | None
+    registry: Registry,
+    name: str,
+    version: str,
+    uri: str,
+    test_uri: str | None,
+    *,
+    production_min: int | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame | None, dict[str, Any]]:
-    """The training split (and the test split, if ``test_uri``) scored by the version's
-    ONNX model, and the meta (features, classes, both URIs) the cache keeps."""
+    """The training split, or its production rows (``reference_for``), and the test split
+    if ``test_uri``, scored by the version's ONNX model; and the meta (features, classes,
+    both URIs, which rows) the cache keeps."""
     from pipelines import inference
 
     folder = registry.download_artifacts(uri.rsplit("/", 1)[0])
@@ -229,17 +268,26 @@ def _build_reference(
         frame[drift.TARGET] = rows[schema["target"]].astype(str).to_numpy()
         return frame.reset_index(drop=True)
 
+    split, drift_split = drift_rows(split, production_min)
     frame = scored(split)
     quality = scored(test) if test is not None else None
     log.info(
-        "reference for %s v%s: %d training rows from %s; quality reference: %s",
+        "reference for %s v%s: %d %s rows from %s; quality reference: %s",
         name,
         version,
         len(frame),
+        drift_split,
         uri,
         f"{len(quality)} held-out test rows from {test_uri}" if quality is not None else "none",
     )
-    meta = {"features": features, "classes": classes, "uri": uri, "test_uri": test_uri}
+    meta = {
+        "features": features,
+        "classes": classes,
+        "uri": uri,
+        "test_uri": test_uri,
+        "drift_split": drift_split,
+        "production_min": production_min,
+    }
     return frame, quality, meta
 
 
@@ -309,6 +357,7 @@ class ReferenceInfo:
     version: str
     uri: str  # drift: the training split
     rows: int
+    drift_split: str = "train"  # "train:production": only the production rows it learned
     quality_split: str = "test"  # classification quality: "test", or "train" (see the note)
     quality_uri: str | None = None
     quality_rows: int = 0
@@ -567,7 +616,7 @@ def run(
             model_ref,
         )
     try:
-        ref = reference_for(registry, model_ref, out / "reference")
+        ref = reference_for(registry, model_ref, out / "reference", production_min=cfg.min_rows)
     except RegistryError as exc:
         raise MonitoringError(f"cannot find the reference of {model_ref}: {exc}") from exc
     watch.lap("reference")
@@ -633,6 +682,7 @@ def run(
             ref.version,
             ref.uri,
             len(ref.frame),
+            drift_split=ref.drift_split,
             quality_split=ref.quality_split,
             quality_uri=ref.quality_uri,
             quality_rows=len(ref.quality),

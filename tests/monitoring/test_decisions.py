@@ -214,3 +214,18 @@ def test_a_version_without_a_test_split_says_its_quality_reference_is_the_traini
     assert fields["Quality reference"] == f"the training split: {note}"
     assert fields["Run at (UTC)"] == "2026-11-26T02:00:05+00:00"
     assert fields["Verdict"] == "no drift: 0/1 features drifted"
+
+
+def test_a_version_that_learned_from_production_drifts_against_those_rows() -> None:
+    import pandas as pd
+
+    split = pd.DataFrame(
+        {"pixel_0": range(10), "source": ["base"] * 6 + ["production"] * 4, "label": [1] * 10}
+    )
+    rows, which = monitor.drift_rows(split, production_min=4)
+    assert which == "train:production"
+    assert list(rows["pixel_0"]) == [6, 7, 8, 9]
+    # too few production rows, no source column, or no minimum: the whole training split
+    for frame, minimum in ((split, 5), (split.drop(columns="source"), 1), (split, None)):
+        rows, which = monitor.drift_rows(frame, production_min=minimum)
+        assert which == "train" and len(rows) == 10
