@@ -15,6 +15,10 @@ shapes in ``monitoring.logscan``) and writes, under ``paths.production``:
   ``logged_features``. Never silently dropped.
 - ``harvest.json``: what this run read, added, replaced, rejected and left pending.
 
+The project's Parquet files are working copies: the harvest state keeps the originals
+(below), because a CI checkout (monitor.yml) cleans the workspace every run while the log
+volume, and the manifest saying those lines were consumed, persist.
+
 How (what makes it safe to run often, and loss-free across log rotation):
 
 - **Incremental.** ``<log dir>/.harvest/manifest.json`` maps each log file (relative to the
@@ -28,6 +32,17 @@ How (what makes it safe to run often, and loss-free across log rotation):
   remembers predictions not yet labelled, and labels whose prediction is not known yet
   (orphans), each for ``harvest.pending_days`` after its time. A label that arrives after
   rotation deleted its prediction's file still joins.
+- **Restored, never started afresh.** After each harvest (after ``dvc add``) the state
+  keeps byte copies of ``labelled.parquet`` and ``rejected.parquet`` (0600, written
+  atomically). A harvest first compares the project's files with them: a file that is
+  missing, or holds nothing the copy lacks (an older version, e.g. an old pointer pulled),
+  is replaced by the copy (logged); one that holds rows the copy lacks (a harvest that
+  crashed before keeping its copy) keeps them, merged with the copy's. Only then are the
+  new lines merged in. Without a copy, a file DVC tracks but the workspace lacks is an
+  error (``dvc pull`` it first), never a fresh start. Copies, not the .dvc pointer: the
+  pointer is derived (``dvc add`` of the same bytes writes the same md5) and is useless
+  without the pushed data, while the copy needs no remote. To start the dataset afresh,
+  move aside the project's file, its .dvc file and the state's copy.
 - **Last label wins.** Labels join predictions by id across all files; per id the label
   with the latest feedback time wins. A label different from the id's previous one (in
   this run, among the orphans or in labelled.parquet) is a conflict; a repeated identical
@@ -38,8 +53,9 @@ How (what makes it safe to run often, and loss-free across log rotation):
   expectations of the GX suite ``validate.suite`` that judge single values (aggregate ones,
   such as a column's mean, judge the training table: the validate stage runs them).
 - **Crash-safe.** Outputs are written atomically, then (``harvest.dvc_add`` in a DVC
-  project) ``dvc add``-ed, and only then the pending state and the manifest: a crash
-  re-reads the same lines, and a re-run with the same labels adds nothing.
+  project) ``dvc add``-ed, and only then the state's copies, the pending state and the
+  manifest: a crash re-reads the same lines, and a re-run with the same labels adds
+  nothing.
 
 ``labelled_after`` counts rows labelled after a time: the drift job asks it whether new
 labels exist since the last training.
@@ -51,6 +67,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -112,6 +129,7 @@ class Harvested:
     newest_label: float | None  # the latest labelled_at in labelled.parquet
     malformed: int = 0  # unreadable lines skipped (counted, not fatal)
     expired: int = 0  # pending predictions and orphans forgotten (older than pending_days)
+    restored: int = 0  # labelled rows the project lacked, copied back from the harvest state
 
 
 @dataclass(frozen=True, slots=True)  # many are held: pending predictions
@@ -174,11 +192,12 @@ def harvest(
     state.mkdir(mode=0o700, exist_ok=True)
     state.chmod(0o700)
     with _locked(state / LOCK):
+        restored = restore(out_dir, state, params.data, say)
         manifest = _read_manifest(log_dir)
         read = _read_new(log_dir, manifest, say)
         say(f"joining {len(read.labels):,} labels to {len(read.predictions):,} predictions")
         pending_predictions, orphans = _read_pending(state / PENDING)
-        labelled = _read_labelled(out_dir / LABELLED, params.data)
+        labelled = _read_labelled(out_dir / LABELLED, params.data, state=state)
         done = set() if labelled is None else set(labelled["prediction_id"])
         for pid, prediction in read.predictions.items():
             if pid not in done:  # else a line read again after a crash: already labelled
@@ -225,6 +244,7 @@ def harvest(
             newest_label=newest,
             malformed=read.malformed,
             expired=expired,
+            restored=restored,
         )
         files.write_json(
             out_dir / SUMMARY,
@@ -233,6 +253,7 @@ def harvest(
         if params.harvest.dvc_add and (root / ".dvc").is_dir():
             say("dvc add")
             dvc_add(root, [out_dir / LABELLED, out_dir / REJECTED])
+        _keep(out_dir, state)
         # Last: what was consumed. A crash before this re-reads the same lines next time.
         if read.labels or read.predictions or expired or not (state / PENDING).exists():
             _write_pending(state / PENDING, pending_predictions, orphans)
@@ -565,26 +586,118 @@ def _typed(frame: pd.DataFrame, data: Data) -> pd.DataFrame:
     return out
 
 
-def _read_labelled(path: Path, data: Data) -> pd.DataFrame | None:
-    """labelled.parquet as it is, checked: rows are only ever added to it or replaced."""
+def _read_labelled(path: Path, data: Data, *, state: Path) -> pd.DataFrame | None:
+    """labelled.parquet as it is (None: there is none yet), checked."""
     pointer = path.with_name(f"{path.name}.dvc")
     if not path.exists():
         if pointer.exists():
             raise DataError(
-                f"{path} is tracked by DVC ({pointer.name}) but not in the workspace: run "
-                f"`dvc pull {pointer}` first (a harvest now would start it afresh without "
-                "its rows)"
+                f"{path} is tracked by DVC ({pointer.name}) but not in the workspace, and "
+                f"the harvest state ({state}) has no copy of it: run `dvc pull {pointer}` "
+                "first (a harvest now would start it afresh without its rows)"
             )
         return None
+    return _load_labelled(path, data, state=state)
+
+
+def _load_labelled(path: Path, data: Data, *, state: Path) -> pd.DataFrame:
+    """A labelled.parquet (the project's or the state's copy), checked against the data
+    contract: rows are only ever added to it or replaced."""
     frame = pd.read_parquet(path)
     missing = [c for c in _columns(data) if c not in frame.columns]
     if missing:
         raise DataError(
             f"{path} lacks the columns {', '.join(missing[:5])}"
             f"{' ...' if len(missing) > 5 else ''}: it was harvested under another data "
-            "contract (params.yaml data). Move it aside (and its .dvc file) to start afresh."
+            f"contract (params.yaml data). To start afresh, move aside {LABELLED} in the "
+            f"project (and its .dvc file) and the harvest state's copy in {state}."
         )
     return frame
+
+
+def restore(out_dir: Path, state: Path, data: Data, say: Callable[[str], None]) -> int:
+    """The project's labelled.parquet and rejected.parquet brought up to the state's
+    copies (what the last harvest kept); returns the labelled rows this added back.
+
+    A file missing, or holding nothing its copy lacks (an older version), becomes the copy
+    (its bytes: the same .dvc md5); one holding rows the copy lacks (a harvest stopped
+    before keeping its copy) keeps them, merged with the copy's rows (per prediction id
+    the later label, as a harvest would merge them)."""
+    copy, target = state / LABELLED, out_dir / LABELLED
+    back = 0
+    if copy.exists() and not _same(target, copy):
+        kept = _load_labelled(copy, data, state=state)
+        current = _load_labelled(target, data, state=state) if target.exists() else None
+        back = int(_newer(kept, current).sum())
+        if back:  # else the project's file holds all the copy holds (and more): kept
+            say(f"restoring {target.name} from the harvest state")
+            if current is None or not _newer(current, kept).any():
+                _copy(copy, target)
+                rows = len(kept)
+            else:
+                ahead = current[_newer(current, kept)]
+                rest = kept[~kept["prediction_id"].isin(ahead["prediction_id"])]
+                merged = _typed(pd.concat([rest, ahead], ignore_index=True), data)
+                files.write_parquet(target, merged)
+                rows = len(merged)
+            log.log(
+                logging.INFO if current is None else logging.WARNING,
+                "harvest: %s %s: restored from the harvest state's copy %s, %d labelled "
+                "rows back, %d in all",
+                target,
+                "was missing (a clean checkout)" if current is None else "was older",
+                copy,
+                back,
+                rows,
+            )
+    copy, target = state / REJECTED, out_dir / REJECTED
+    if copy.exists() and not _same(target, copy):
+        kept_rejected = pd.read_parquet(copy)
+        old = _read_frame(target)
+        both = kept_rejected if old is None else _union_rejected(kept_rejected, old)
+        added = len(both) - (0 if old is None else len(old))
+        if added:
+            if len(both) == len(kept_rejected):  # nothing the copy lacks: the copy
+                _copy(copy, target)
+            else:
+                files.write_parquet(target, both)
+            log.warning(
+                "harvest: %s restored from the harvest state's copy %s: %d rejected rows back",
+                target,
+                copy,
+                added,
+            )
+    return back
+
+
+def _newer(rows: pd.DataFrame, other: pd.DataFrame | None) -> pd.Series:
+    """Which of ``rows`` ``other`` lacks: ids it has not, or has with an earlier label."""
+    if other is None:
+        return pd.Series(True, index=rows.index)
+    theirs = rows["prediction_id"].map(other.set_index("prediction_id")["labelled_at"])
+    return theirs.isna() | (rows["labelled_at"] > theirs)
+
+
+def _keep(out_dir: Path, state: Path) -> None:
+    """The state's copies of labelled.parquet and rejected.parquet, after a harvest: the
+    record of what was harvested (raw inputs: 0600, in the 0700 folder)."""
+    for name in (LABELLED, REJECTED):
+        if not _same(out_dir / name, state / name):
+            _copy(out_dir / name, state / name)
+
+
+def _copy(source: Path, target: Path) -> None:
+    """``source``'s bytes to ``target``, atomically; 0600 (mkstemp creates it so)."""
+    with files.atomic_path(target) as tmp:
+        shutil.copyfile(source, tmp)
+    target.chmod(0o600)
+
+
+def _same(a: Path, b: Path) -> bool:
+    """Both exist with the same bytes."""
+    if not (a.exists() and b.exists()) or a.stat().st_size != b.stat().st_size:
+        return False
+    return files.sha256(a) == files.sha256(b)
 
 
 def _read_frame(path: Path) -> pd.DataFrame | None:
@@ -642,9 +755,14 @@ def _merge(
 def _append_rejected(path: Path, bad: pd.DataFrame) -> pd.DataFrame:
     """rejected.parquet with this run's rows appended (a re-read after a crash adds none)."""
     old = _read_frame(path)
-    if old is None or old.empty:
-        return bad.reset_index(drop=True)
-    both = pd.concat([old, bad], ignore_index=True)
+    return bad.reset_index(drop=True) if old is None else _union_rejected(old, bad)
+
+
+def _union_rejected(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
+    """``old``'s rejected rows, then those of ``new`` it lacks."""
+    if old.empty:
+        return new.reset_index(drop=True)
+    both = pd.concat([old, new], ignore_index=True)
     return both.drop_duplicates(["prediction_id", "labelled_at", REASON]).reset_index(drop=True)
 
 

@@ -334,11 +334,85 @@ def test_dvc_add_tracks_the_harvest_and_a_failure_says_what_to_do(tmp_path: Path
         p.stat().st_size for p in harvesting.log_files(log_dir)
     )
 
-    # a fresh clone without `dvc pull`: harvest refuses to start the dataset afresh
+    # a fresh clone without `dvc pull`, and a log whose harvest state lost its copy:
+    # harvest refuses to start the dataset afresh (with the copy it restores it: below)
     git(proj.root, "rm", "-qf", "--cached", "data/production/labelled.parquet")
     (proj.root / "data/production/labelled.parquet").unlink()
-    with pytest.raises(DataError, match=r"run `dvc pull .*labelled\.parquet\.dvc` first"):
+    (log_dir / ".harvest/labelled.parquet").unlink()
+    with pytest.raises(DataError, match=r"no copy of it: run `dvc pull .*labelled\.parquet\.dvc`"):
         run(proj, log_dir)
+
+
+@pytest.mark.parametrize("with_dvc", [False, True], ids=["plain", "dvc"])
+def test_a_clean_checkout_loses_no_label(tmp_path: Path, with_dvc: bool) -> None:
+    """monitor.yml's checkout cleans the workspace every run, while the log volume (and
+    the manifest saying which lines were consumed) persists: the harvest state's copies
+    bring the earlier labels back, and the next dataset holds them and the new ones."""
+    proj = new_project(tmp_path / "repo")
+    out, state = proj.root / "data/production", tmp_path / "log/.harvest"
+    if with_dvc:
+        git(proj.root, "init", "-q")
+        dvc(proj.root, "init", "-q")
+        git(proj.root, "add", "-A")
+        git(proj.root, "commit", "-qm", "init")
+    log_dir = tmp_path / "log"
+    rng = np.random.default_rng(8)
+
+    def label(n: int, *labels: Any) -> list[str]:
+        writer = InferenceLog(log_dir)
+        ids = predict(writer, [digit(rng) for _ in range(n)])
+        for pid, value in zip(ids, labels, strict=False):
+            feedback(writer, pid, value)
+        writer.close()
+        return ids
+
+    a, b, c = label(3, 1, 2, 11)  # c: rejected
+    assert run(proj, log_dir).rows == 2
+    assert run(proj, log_dir).restored == 0  # the project and the copy agree
+    first = (out / "labelled.parquet").read_bytes()
+    for name in ("labelled.parquet", "rejected.parquet"):
+        assert (state / name).read_bytes() == (out / name).read_bytes()
+        assert stat.S_IMODE((state / name).stat().st_mode) == 0o600
+    if with_dvc:  # the pointers are committed, as after a developer's harvest
+        git(proj.root, "add", "data/production")
+        git(proj.root, "commit", "-qm", "labels")
+        git(proj.root, "clean", "-ffdxq")  # what actions/checkout does
+        assert (out / "labelled.parquet.dvc").exists()
+    else:
+        for name in ("labelled.parquet", "rejected.parquet", "harvest.json"):
+            (out / name).unlink()
+    assert not (out / "labelled.parquet").exists()
+
+    (d,) = label(1, 3)
+    done = run(proj, log_dir)
+    assert (done.new, done.restored, done.rows) == (1, 2, 3)
+    table = labelled(proj)
+    assert table.loc[[a, b, d], "label"].tolist() == [1, 2, 3]
+    rejected = pd.read_parquet(out / "rejected.parquet")
+    assert rejected["prediction_id"].tolist() == [c]
+    if with_dvc:  # the pointer monitor.py pushes and sends to train.yml: every label
+        md5 = next(
+            line.split()[-1]
+            for line in (out / "labelled.parquet.dvc").read_text().splitlines()
+            if "md5:" in line
+        )
+        cached = pd.read_parquet(proj.root / ".dvc/cache/files/md5" / md5[:2] / md5[2:])
+        assert sorted(cached["prediction_id"]) == sorted([a, b, d])
+        return
+
+    # an older version (an old pointer pulled) is replaced by the copy, then merged
+    (out / "labelled.parquet").write_bytes(first)
+    (e,) = label(1, 4)
+    done = run(proj, log_dir)
+    assert (done.new, done.restored, done.rows) == (1, 1, 4)
+    assert labelled(proj).loc[[a, b, d, e], "label"].tolist() == [1, 2, 3, 4]
+    # a copy behind the project (a harvest stopped before keeping it) takes nothing away
+    now = (out / "labelled.parquet").read_bytes()
+    (state / "labelled.parquet").write_bytes(first)
+    done = run(proj, log_dir)
+    assert (done.new, done.restored, done.rows) == (0, 0, 4)
+    assert (out / "labelled.parquet").read_bytes() == now
+    assert (state / "labelled.parquet").read_bytes() == now
 
 
 def test_harvest_command_prints_the_summary_and_a_missing_log_dir_is_2(
