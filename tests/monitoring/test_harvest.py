@@ -3,6 +3,7 @@ twice, wrong or torn, and every one ends in labelled.parquet or rejected.parquet
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import stat
@@ -413,6 +414,13 @@ def test_a_clean_checkout_loses_no_label(tmp_path: Path, with_dvc: bool) -> None
     assert (done.new, done.restored, done.rows) == (0, 0, 4)
     assert (out / "labelled.parquet").read_bytes() == now
     assert (state / "labelled.parquet").read_bytes() == now
+    # each lacks rows the other has (b re-labelled in the project only): both kept
+    older = pd.read_parquet(io.BytesIO(first))
+    older.loc[older["prediction_id"] == b, ["label", "labelled_at"]] = [5, time.time() + 60]
+    older.to_parquet(out / "labelled.parquet", index=False)
+    done = run(proj, log_dir)
+    assert (done.new, done.restored, done.rows) == (0, 2, 4)
+    assert labelled(proj).loc[[a, b, d, e], "label"].tolist() == [1, 5, 3, 4]
 
 
 def test_harvest_command_prints_the_summary_and_a_missing_log_dir_is_2(
