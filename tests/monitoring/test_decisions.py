@@ -4,6 +4,7 @@ which records can be compared, what an alert failure may say."""
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -212,6 +213,13 @@ def test_a_version_without_a_test_split_says_its_quality_reference_is_the_traini
     fields = dict(header.fields)
     assert header.title == "OK: m v1, 2026-11-26T01:00:00+00:00 .. 2026-11-26T02:00:00+00:00"
     assert fields["Quality reference"] == f"the training split: {note}"
+    assert (
+        fields["Drift reference"] == "the training split, 2 rows (runs:/r/reference/train.parquet)"
+    )
+    production = replace(ref, drift_split="train:production")
+    assert dict(monitor.report_header(summary, production, Monitor(), at="t").fields)[
+        "Drift reference"
+    ].startswith("the production rows of the training split, 2 rows")
     assert fields["Run at (UTC)"] == "2026-11-26T02:00:05+00:00"
     assert fields["Verdict"] == "no drift: 0/1 features drifted"
 
