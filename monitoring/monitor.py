@@ -1234,6 +1234,9 @@ def report_header(
     """The header of report.html (or of its classification page): which model, which
     window, when, the verdict, and what it was compared with."""
     window = summary.window
+    drift_text = "the training split"
+    if ref.drift_split != "train":  # a version retrained on production labels
+        drift_text = "the production rows of the training split"
     fields = [
         ("Model", f"{ref.name} v{ref.version}"),
         ("Verdict", summary.message),
@@ -1243,7 +1246,7 @@ def report_header(
             "Predictions",
             f"{summary.rows:,} in the window, {summary.sampled:,} sampled, from {window.log_dir}",
         ),
-        ("Drift reference", f"the training split, {len(ref.frame):,} rows ({ref.uri})"),
+        ("Drift reference", f"{drift_text}, {len(ref.frame):,} rows ({ref.uri})"),
         (
             "Quality reference",
             f"the held-out test split, {len(ref.quality):,} rows ({ref.quality_uri})"
