@@ -1074,7 +1074,8 @@ def _tracking_errors(what: str) -> Iterator[None]:
 
 def log_drift_run(params: Params, summary: Summary, *, root: Path) -> DriftRun:
     """The verdict as an MLflow run in ``<tracking.experiment>-monitoring``: metrics
-    (drift_share, rows, rows per model version), tags (status, model, window), report.html.
+    (drift_share, rows, rows per model version), tags (status, model, window), and
+    report.html for a drift verdict.
     A failure is recorded (the job exits 2), never raised."""
     from pipelines import tracking
 
@@ -1106,7 +1107,10 @@ def log_drift_run(params: Params, summary: Summary, *, root: Path) -> DriftRun:
                         "monitor.folder": summary.folder,
                     }
                 )
-                if summary.report and Path(summary.report).is_file():
+                # The ~7 MB report only where someone will read it (a drift verdict, the
+                # evidence a retrain links to); an ok run's numbers are in its metrics
+                # and summary.json, and its report in runs/ until retention.
+                if summary.status == DRIFT and summary.report and Path(summary.report).is_file():
                     tracking.log_artifact(Path(summary.report))
     except ModelyardError as exc:
         log.error("the drift run was not logged: %s", exc)
