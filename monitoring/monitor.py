@@ -3,15 +3,18 @@
 ``job`` runs it end to end and returns a frozen ``Summary``; ``run`` is its first half
 (the verdict and the report), the rest are the actions on drift.
 
-1. Read the window of the inference log in one streaming pass: every prediction is
-   counted (per model version, malformed lines skipped and counted), a seeded uniform
-   sample of ``monitor.sample_rows`` predictions is kept (reservoir sampling), and
-   feedback labels are joined by prediction id. Memory is bounded by the sample, not
-   the log.
-2. Find the reference through the registry: the serving version (the one most of the
+1. Read the window of the inference log in one streaming pass (``monitoring.logscan``):
+   every prediction is counted (per model version, malformed lines skipped and counted)
+   without being parsed, a seeded uniform sample of ``monitor.sample_rows`` predictions
+   is kept (reservoir sampling; only the kept lines are parsed), feedback labels are
+   joined by prediction id and shadow answers collected. Memory is bounded by the
+   sample, not the log.
+2. Find the references through the registry: the serving version (the one most of the
    window's predictions name) -> its ``data.reference_uri`` tag -> the training split
-   logged with its training run. Its predictions (the version's own ONNX model, run
-   once) and the split are cached per version under ``monitor.output``.
+   logged with its training run (only its production rows, for a version trained on at
+   least ``monitor.min_rows`` of them: ``drift_rows``), and its ``data.test_uri`` -> the
+   held-out test split, the classification-quality reference. Their predictions (the
+   version's own ONNX model, run once) are cached per version under ``monitor.output``.
 3. Screen the sample (``screen``): a record with the wrong number of features, or a
    null or non-numeric one, cannot be compared; it is left out and counted. Too few
    records left (fewer than ``monitor.min_rows``) is an error, not a verdict.
@@ -19,8 +22,11 @@
    prediction drift; classification quality where feedback labels exist. Data quality:
    the training contract's checks (and the checked-in GX suite's column checks) on the
    sample, through ``pipelines.validation``.
-5. Write the run folder (report.html, drift_scores.png; atomically) and add the run to
-   the Evidently workspace.
+5. Write the run folder (report.html with a header naming the model, window, time and
+   verdict; drift_scores.png; atomically), add the run to the Evidently workspace (its
+   snapshots tagged with the verdict and the version, the thresholds as series), and
+   keep only ``monitor.keep_days`` / ``monitor.keep_runs`` of runs and snapshots
+   (``monitoring.retention``).
 6. A verdict (ok or drift) is logged as an MLflow run in ``<tracking.experiment>-monitoring``
    (``log_drift_run``: drift share, rows per model version, report.html). On drift:
    harvest the feedback labels (``monitoring.harvest``) and count those newer than the
