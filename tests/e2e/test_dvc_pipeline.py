@@ -223,9 +223,11 @@ def test_diff_comments_metrics_and_params_on_the_pull_request(repo: Path) -> Non
         github.close()
 
 
-def test_drift_with_no_github_retrains_locally_with_dvc_repro(repo: Path, tmp_path: Path) -> None:
-    """monitor run on a log written by the service's own log writer (occluded digits):
-    drift -> no GitHub configured -> `dvc repro` in the project (here: up to date)."""
+def test_drift_without_labels_on_a_fresh_run_retrains_nothing(repo: Path, tmp_path: Path) -> None:
+    """monitor run on a log written by the service's own log writer (occluded digits), in
+    the project `make run` left: drift, no GitHub configured, no feedback label since v1,
+    so nothing runs and the job says what to do. (With labels the retrain runs here:
+    tests/e2e/test_loop.py.)"""
     from services.inference_log import InferenceLog
 
     test = pd.read_parquet(repo / "data/prepared/test.parquet")
@@ -242,12 +244,12 @@ def test_drift_with_no_github_retrains_locally_with_dvc_repro(repo: Path, tmp_pa
     proc = modelyard(repo, "monitor", "run", "--log-dir", str(tmp_path / "log"), check=False)
 
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    # Same data: the pipeline's model is already registered, and the job says so.
     flat = " ".join(proc.stdout.split())
-    assert "retrain: nothing retrained: the training data has not changed since v" in flat
-    assert "Data and pipelines are up to date" in proc.stdout + proc.stderr
+    assert "0 new labels since v1: collect feedback (POST /v1/feedback), nothing retrained" in flat
+    assert "Running stage" not in proc.stdout + proc.stderr  # no pipeline ran
     summary = json.loads((repo / ".modelyard/monitoring/summary.json").read_text())
     assert summary["status"] == "drift" and summary["model"] == "digits-classifier/1"
+    assert summary["retrain"]["status"] == "no-new-labels"
 
 
 def _leaves(value: Any, path: str = "") -> Iterator[tuple[str, Any]]:
