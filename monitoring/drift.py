@@ -78,6 +78,8 @@ def compare(
     drift_share: float,
     method: str | None = None,
     threshold: float | None = None,
+    prediction_method: str | None = None,
+    prediction_threshold: float | None = None,
     labelled: tuple[pd.DataFrame, pd.DataFrame] | None = None,
     timestamp: datetime | None = None,
     metadata: dict[str, str] | None = None,
@@ -94,12 +96,17 @@ def compare(
         DataDriftPreset(
             columns=features, drift_share=drift_share, method=method, threshold=threshold
         ),
-        ValueDrift(column=PREDICTION),
+        ValueDrift(column=PREDICTION, method=prediction_method, threshold=prediction_threshold),
     ]
     metrics += [
         _threshold_metric()(name=SHARE_THRESHOLD, value=drift_share),
         # the prediction test's threshold as Evidently resolves it (method default or ours)
-        _threshold_metric()(name=PREDICTION_THRESHOLD, column=PREDICTION),
+        _threshold_metric()(
+            name=PREDICTION_THRESHOLD,
+            column=PREDICTION,
+            method=prediction_method,
+            threshold=prediction_threshold,
+        ),
     ]
     # what each report was compared with, as Evidently got it (the snapshots say so)
     report = Report(

@@ -655,6 +655,8 @@ def run(
         drift_share=cfg.drift_share,
         method=cfg.method,
         threshold=cfg.threshold,
+        prediction_method=cfg.prediction_method,
+        prediction_threshold=cfg.prediction_threshold,
         labelled=labelled,
         timestamp=datetime.fromtimestamp(min(end, now), UTC),
         metadata={

@@ -279,6 +279,12 @@ class Monitor(Section):
     drift_share: Annotated[float, Field(gt=0, le=1)] = 0.3
     method: str | None = None  # Evidently stattest for every feature; None: its defaults
     threshold: float | None = None  # that test's threshold; None: its default
+    # The predicted class's drift test. Jensen-Shannon distance (what Evidently picks above
+    # 1000 reference rows) at every size: its p-value tests (chi-square below 1000 rows,
+    # e.g. a version's few hundred production rows) raise a chance alarm in 5% of
+    # unchanged windows. None: Evidently's choice by size.
+    prediction_method: str | None = "jensenshannon"
+    prediction_threshold: float | None = 0.1
     min_feedback: Annotated[int, Field(ge=1)] = 50  # labelled rows for classification quality
     output: Path = Path(".modelyard/monitoring")  # reports, summary.json, Evidently workspace
     project: str = "modelyard"  # Evidently UI project

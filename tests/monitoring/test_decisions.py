@@ -237,3 +237,35 @@ def test_a_version_that_learned_from_production_drifts_against_those_rows() -> N
     for frame, minimum in ((split, 5), (split.drop(columns="source"), 1), (split, None)):
         rows, which = monitor.drift_rows(frame, production_min=minimum)
         assert which == "train" and len(rows) == 10
+
+
+def test_prediction_drift_is_a_distance_not_a_chance_alarm_on_a_small_reference() -> None:
+    """A few hundred reference rows (a retrained version's production rows): Evidently's
+    own choice there is a chi-square p-value, which flags a class mix this close (each
+    class within a few rows); monitor.prediction_method (Jensen-Shannon, 0.1) does not."""
+    import numpy as np
+    import pandas as pd
+
+    from monitoring import drift
+
+    rng = np.random.default_rng(0)
+    ref_counts = [70] * 10  # 700 rows, uniform over the classes
+    cur_counts = [45, 45, 45, 45, 60, 60, 75, 75, 75, 75]  # 600 rows, slightly skewed
+
+    def frame(counts: list[int]) -> pd.DataFrame:
+        labels = [str(c) for c, n in enumerate(counts) for _ in range(n)]
+        return pd.DataFrame({"f0": rng.normal(size=len(labels)), drift.PREDICTION: labels})
+
+    ref, cur = frame(ref_counts), frame(cur_counts)
+    default = drift.compare(ref, cur, features=["f0"], drift_share=0.3).prediction
+    assert "chi" in default.method.lower() and default.drifted, default
+    configured = drift.compare(
+        ref,
+        cur,
+        features=["f0"],
+        drift_share=0.3,
+        prediction_method="jensenshannon",
+        prediction_threshold=0.1,
+    ).prediction
+    assert "jensen" in configured.method.lower() and not configured.drifted, configured
+    assert configured.threshold == 0.1
