@@ -21,6 +21,7 @@ runs on: this module ships in the Bento.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 from collections.abc import Callable, Mapping
 from functools import cache
@@ -131,11 +132,9 @@ def limit_header_time(seconds: float) -> None:
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
     classes: list[type[Any]] = [H11Protocol]
-    try:
+    if importlib.util.find_spec("httptools") is not None:  # else uvicorn uses h11 only
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-    except ImportError:  # httptools not installed: uvicorn uses h11
-        pass
-    else:
+
         classes.append(HttpToolsProtocol)
     for cls in classes:
         if not getattr(cls, "_modelyard_header_timeout", None):
