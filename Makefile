@@ -40,7 +40,7 @@ serve: setup ## Build the Bento for the default model version and serve it on 12
 bench: setup ## Serving benchmark: this service vs mlflow models serve vs Flask (needs wrk)
 	$(BIN)/python benchmarks/serving.py
 
-bench-monitoring: setup ## Drift job over 1M logged rows vs Evidently on all rows (after make run)
+bench-monitoring: setup ## Drift job over 1M and 10M logged rows: time, peak RSS, verdict vs Evidently on the full data
 	$(BIN)/python benchmarks/monitoring.py
 
 bench-optimize: setup ## The optimize stage's measured table for the CNN and the wide MLP
