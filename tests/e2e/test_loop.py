@@ -33,7 +33,7 @@ import pytest
 
 from pipelines import tracking
 from registry.client import Registry
-from tests.conftest import BIN, FAST_OPTIMIZE, FAST_TRAIN, dvc, free_port, git, git_copy, modelyard
+from tests.conftest import BIN, FAST_OPTIMIZE, dvc, free_port, git, git_copy, modelyard
 from tests.e2e.test_dvc_pipeline import edit_params
 from tests.services.live import Proc
 
@@ -102,9 +102,12 @@ class Loop:
 
 def test_production_labels_close_the_loop(tmp_path: Path) -> None:
     root = git_copy(tmp_path / "repo")
+    # The shipped training settings (60 epochs, early stopping), not the suite's 12-epoch
+    # FAST_TRAIN: v2 must match v1 on the base test split by the same champion gate the
+    # product uses, and a 12-epoch CNN trained on base + shifted rows sometimes fell
+    # 1.7 points short of it (McNemar p=0.03 on a fresh clone). About 15 s per training.
     edit_params(
         root,
-        train=FAST_TRAIN,
         optimize=FAST_OPTIMIZE,
         monitor={"min_rows": 200},
         evaluate={"min_production_rows": 30},
