@@ -85,7 +85,7 @@ import pandas as pd
 from core import files, tools
 from core.errors import DataError, PipelineFailed
 from pipelines import validation
-from pipelines.config import Data, Params, Paths
+from pipelines.config import PROVENANCE, Data, Params, Paths
 from services import inference_log
 
 log = logging.getLogger(__name__)
@@ -99,15 +99,6 @@ DAY = 86_400.0
 # A torn last line untouched this long is what a crash left: a write in flight (one
 # os.write) completes in microseconds, so it will never be finished.
 TORN_FINAL_SECONDS = 60.0
-PROVENANCE = (
-    "prediction_id",
-    "model",
-    "prediction",
-    "predicted_at",
-    "labelled_at",
-    "log_file",
-    "harvested_at",
-)
 REASON = "reason"
 LOGGED_FEATURES = "logged_features"
 PENDING_COLUMNS = ("kind", "id", "model", "features", "prediction", "ts", "log_file", "label")

@@ -22,6 +22,18 @@ SPLITS = ("train", "val", "test")  # what prepare writes, in paths.prepared
 # The second test set: the held-out slice of production labels (prepare writes it, empty
 # when no production rows train). The base "test" split never changes with them.
 PRODUCTION_TEST = "test_production"
+# What `modelyard harvest` writes beside the features and the label, one row per
+# prediction (column -> dtype): where the label came from. Ingest, validate, prepare and
+# harvest share it; prepare keeps them on the production test split.
+PROVENANCE: dict[str, str] = {
+    "prediction_id": "str",
+    "model": "str",
+    "prediction": "str",
+    "predicted_at": "float64",
+    "labelled_at": "float64",
+    "log_file": "str",
+    "harvested_at": "str",
+}
 
 
 class Section(BaseModel):

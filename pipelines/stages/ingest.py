@@ -25,21 +25,10 @@ import pandas as pd
 from core import files
 from core.errors import DataError
 from pipelines import sources
-from pipelines.config import Data, Ingest, Paths, ProductionSource
+from pipelines.config import PROVENANCE, Data, Ingest, Paths, ProductionSource
 
 log = logging.getLogger(__name__)
 
-# What `modelyard harvest` writes beside the features and the label, one row per
-# prediction: where the label came from. Prepare keeps them on the production test split.
-PROVENANCE: dict[str, str] = {
-    "prediction_id": "str",
-    "model": "str",
-    "prediction": "str",
-    "predicted_at": "float64",
-    "labelled_at": "float64",
-    "log_file": "str",
-    "harvested_at": "str",
-}
 DAY = 86_400.0
 
 

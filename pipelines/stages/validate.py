@@ -36,7 +36,7 @@ import pandas as pd
 from core import files
 from core.errors import DataError, DataValidationError
 from pipelines import validation
-from pipelines.config import PRODUCTION_TEST, SPLITS, Data, Paths, Validate
+from pipelines.config import PRODUCTION_TEST, PROVENANCE, SPLITS, Data, Paths, Validate
 
 log = logging.getLogger(__name__)
 
@@ -57,16 +57,6 @@ NUMERIC = [
 ]
 TEXT = ["object", "str", "string", "category"]
 PRODUCTION_TABLES = ("production", "production_provenance")
-# What harvest writes beside the features and the label (pipelines.stages.ingest.PROVENANCE).
-PROVENANCE = (
-    "prediction_id",
-    "model",
-    "prediction",
-    "predicted_at",
-    "labelled_at",
-    "log_file",
-    "harvested_at",
-)
 SOURCE = "source"  # the train/val column prepare adds ("base" | "production")
 # Suite expectations that judge each row or the table's columns, so they hold for any
 # slice of good rows; the others (means, unique shares, row counts) describe the base.

@@ -8,16 +8,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipelines import config
+
 FEATURES = [f"pixel_{i}" for i in range(64)]
-PROVENANCE = [
-    "prediction_id",
-    "model",
-    "prediction",
-    "predicted_at",
-    "labelled_at",
-    "log_file",
-    "harvested_at",
-]
+PROVENANCE = list(config.PROVENANCE)
 T0 = 1_780_000_000.0  # labelled_at of the first row (UNIX seconds)
 
 
