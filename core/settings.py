@@ -36,6 +36,10 @@ class Settings(BaseSettings):
     )
     # The review gate (team mode): its signing key, its own database, where it listens.
     gate_key: SecretStr | None = Field(None, validation_alias="MODELYARD_GATE_KEY")
+    # Keys that only verify (comma-separated), while a rotation re-signs the approvals.
+    gate_previous_keys: SecretStr | None = Field(
+        None, validation_alias="MODELYARD_GATE_PREVIOUS_KEYS"
+    )
     gate_database_url: SecretStr | None = Field(
         None, validation_alias="MODELYARD_GATE_DATABASE_URL"
     )

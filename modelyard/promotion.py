@@ -155,7 +155,7 @@ def _gate(params_file: Path, team_file: Path, retry_base: float = 60.0) -> Gate:
     """The team's review gate, from the environment, the team file and params.yaml
     (its own thresholds: evaluate). Exits 2 when something is missing or when the
     MLflow login is not the team's gate account."""
-    from registry import dispatch, policy
+    from registry import dispatch, keys, policy
     from registry import team as team_mod
     from registry.auth import AuthAPI
     from registry.client import Registry
@@ -195,7 +195,7 @@ def _gate(params_file: Path, team_file: Path, retry_base: float = 60.0) -> Gate:
         registry=registry,
         team=team,
         store=guard("gate", lambda: GateStore(database)),
-        key=env.gate_key.get_secret_value().encode(),
+        key=guard("gate", lambda: keys.from_settings(env)) or b"",
         rules=rules,
         dispatcher=dispatch.from_env(_local_build(registry)),
         backoff=Backoff(base=timedelta(seconds=retry_base)),
@@ -364,6 +364,7 @@ def registry_verify(
     """Refuse to deploy a version the gate did not approve (deploy.yml runs it first):
     it must be @champion, carry an approval signed with MODELYARD_GATE_KEY for exactly
     this version, and its model.onnx must be the signed file (sha256 recomputed)."""
+    from registry import keys
     from registry.client import Registry
     from registry.gate import verify_for_deploy
 
@@ -371,7 +372,9 @@ def registry_verify(
     if not env.gate_key or not env.mlflow_tracking_uri:
         err_console.print("[red]set MODELYARD_GATE_KEY and MLFLOW_TRACKING_URI[/]")
         raise typer.Exit(2)
-    key, uri = env.gate_key.get_secret_value().encode(), env.mlflow_tracking_uri
+    # The current key and, during a rotation, MODELYARD_GATE_PREVIOUS_KEYS.
+    key = guard("verify", lambda: keys.from_settings(env)) or b""
+    uri = env.mlflow_tracking_uri
     approval = guard("verify", lambda: verify_for_deploy(Registry(uri), key, name, version))
     console.print(
         f"verify: {name} v{version} approved by {approval.reviewer} at {approval.at} "

@@ -1,5 +1,6 @@
-"""Team mode: `registry server` (MLflow with users, on PostgreSQL) and
-`registry users apply` (users and permissions from team.yaml)."""
+"""Team mode: `registry server` (MLflow with users, on PostgreSQL),
+`registry users apply` (users and permissions from team.yaml) and `registry resign`
+(the gate's approvals re-signed with its current key, after a key rotation)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from types import FrameType
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from core import settings
-from modelyard.common import console, err_console, guard
+from modelyard.common import ParamsOpt, console, err_console, guard
 
 app = typer.Typer()  # its commands join the `registry` group (modelyard/app.py)
 users_app = typer.Typer(
@@ -24,6 +26,14 @@ SERVER_CODES = (
     "Exit codes: 0 stopped (Ctrl-C or SIGTERM); 1 the server did not start or died "
     "(its log's tail is printed); 2 a configuration error (first start without "
     "MLFLOW_AUTH_ADMIN_PASSWORD)."
+)
+RESIGN_CODES = (
+    "Exit codes: 0 every approval is signed with the current key (re-signed now or "
+    "already); 1 an approval did not verify with any key the gate has (listed, not "
+    "re-signed), or the registry or the gate's database failed; 2 MLFLOW_TRACKING_URI, "
+    "the gate's MLFLOW_TRACKING_USERNAME/PASSWORD, MODELYARD_GATE_KEY or "
+    "MODELYARD_GATE_DATABASE_URL not set, a key shorter than 16 bytes, or a login that "
+    "is not the team's gate."
 )
 APPLY_CODES = (
     "Exit codes: 0 the server matches the file; 1 the server refused or could not be "
@@ -146,3 +156,38 @@ def users_apply(
         console.print(f"granted {line}")
     if not applied.changed:
         console.print(f"{uri} already matches {team_file}: nothing changed")
+
+
+@app.command("resign", epilog=RESIGN_CODES)
+def registry_resign(
+    team_file: Annotated[
+        Path, typer.Option("--team", help="team.yaml: the gate's account and models.")
+    ],
+    params_file: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Re-sign every approval the gate stored with its current key (MODELYARD_GATE_KEY),
+    after verifying each with the key that signed it (the current one or one of
+    MODELYARD_GATE_PREVIOUS_KEYS). Run as the gate (its MLflow login and environment)
+    during a key rotation (README: "Rotating the gate's key"); one audit entry per
+    re-signed approval; running it again changes nothing."""
+    from modelyard.promotion import _gate
+    from registry import keys
+
+    gate = _gate(params_file, team_file)
+    actor = settings.current().mlflow_username or "gate"
+    done = guard(
+        "resign",
+        lambda: keys.resign(gate.registry, gate.store, gate.key, gate.production, actor=actor),
+    )
+    key_id = keys.ring(gate.key).key_id
+    for version, old in done.resigned:
+        console.print(f"re-signed {gate.production} v{version}: key {old} -> {key_id}")
+    if done.current:
+        versions = ", ".join(f"v{v}" for v in done.current)
+        console.print(f"already signed with key {key_id}: {versions}")
+    for version, why in done.refused:
+        err_console.print(f"[red]{gate.production} v{version} not re-signed:[/] {escape(why)}")
+    if done.refused:
+        raise typer.Exit(1)
+    if not done.resigned and not done.current:
+        console.print(f"{gate.production}: no approvals to re-sign")

@@ -25,9 +25,6 @@ retried with backoff when the dispatch failed or was never confirmed.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import json
 import logging
 import threading
@@ -38,7 +35,7 @@ from typing import Any
 
 from core import http
 from core.errors import ExternalServiceError, ModelyardError, PromotionRefused, RegistryError
-from registry import policy
+from registry import keys, policy
 from registry.auth import AuthAPI
 from registry.client import CHAMPION, Registry, Version
 from registry.dispatch import Dispatcher
@@ -73,11 +70,14 @@ class Approval:
 
 
 def sign(key: bytes, record: str) -> str:
-    return base64.b64encode(hmac.new(key, record.encode(), hashlib.sha256).digest()).decode()
+    """``<key id>:<HMAC-SHA256>`` with the current key (``key``: a registry.keys.Keyring
+    or one plain key)."""
+    return keys.sign(key, record)
 
 
 def signed(key: bytes, record: str, signature: str) -> bool:
-    return hmac.compare_digest(sign(key, record), signature)
+    """Whether the current key or a previous one of ``key`` made ``signature``."""
+    return keys.check(key, record, signature).ok
 
 
 @dataclass(frozen=True)
@@ -427,16 +427,25 @@ class Gate:
 
 def verify_for_deploy(registry: Registry, key: bytes, name: str, version: str) -> Approval:
     """Refuse (PromotionRefused) to deploy ``name`` v``version`` unless it is the champion,
-    carries an approval signed with ``key`` for exactly this version, and its artifact is
-    the signed file (sha256 recomputed). Returns the approval."""
+    carries an approval signed with ``key`` (its current key or a previous one, while a
+    rotation re-signs) for exactly this version, and its artifact is the signed file
+    (sha256 recomputed). Returns the approval."""
     current = registry.by_alias(name, CHAMPION)
     if current is None or current.version != version:
         now = f"v{current.version}" if current else "none"
         raise PromotionRefused(f"{name} v{version} is not the champion (champion: {now})")
     record, signature = current.tags.get(RECORD_TAG), current.tags.get(SIGNATURE_TAG)
-    if not record or not signature or not signed(key, record, signature):
+    if not record or not signature:
         raise PromotionRefused(
             f"{name} v{version} carries no approval signed by the gate: not deploying it"
+        )
+    verdict = keys.check(key, record, signature)
+    if not verdict.known:
+        raise PromotionRefused(f"{name} v{version}: not deploying it: {verdict.reason}")
+    if not verdict.ok:
+        raise PromotionRefused(
+            f"{name} v{version} carries no approval signed by the gate ({verdict.reason}): "
+            "not deploying it"
         )
     approval = Approval(**json.loads(record))
     if (approval.production_name, approval.production_version) != (name, version):

@@ -31,6 +31,8 @@ TEAM = "tests/registry/test_team.py"
 GATE = "tests/registry/test_gate.py"
 GATE_FAILED = "tests/pipelines/test_evaluate_register.py::test_failing_gate_registers_nothing"
 WEBHOOKS = "tests/registry/test_webhooks.py::test_promotion_dispatches_the_deploy"
+KEYS = "tests/registry/test_keys.py"
+ROTATION = "test_a_key_rotation_keeps_approvals_valid_and_resign_moves_them_to_the_new_key"
 WEBAPP = "tests/services/webapp/test_package.py"
 HARVEST = (
     "tests/monitoring/test_harvest.py::"
@@ -154,6 +156,9 @@ PRODUCED_BY: dict[tuple[str, int], str] = {
     ("webapp build", 2): f"{USAGE}[webapp build --no-such]",
     ("harvest", 0): HARVEST,
     ("harvest", 2): HARVEST,
+    ("registry resign", 0): f"{KEYS}::{ROTATION}",
+    ("registry resign", 1): f"{KEYS}::{ROTATION}",
+    ("registry resign", 2): f"{KEYS}::test_resign_without_the_gate_key_is_2",
 }
 
 # Why a documented code has no producing test yet.
