@@ -208,6 +208,67 @@ def deploy_containerize(
     github_output(image=made.by_digest, digest=made.digest, bento_tag=built.bento_tag)
 
 
+PushOpt = Annotated[
+    str | None,
+    typer.Option(help="Push to this registry path (e.g. ghcr.io/OWNER/REPO)."),
+]
+BackendOpt = Annotated[
+    str, typer.Option(help="The image builder: docker (needs an engine) or buildah.")
+]
+BaseImageOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Build FROM this local image instead of python:3.11-slim (see `deploy base-image`)."
+    ),
+]
+TlsVerifyOpt = Annotated[bool, typer.Option(help="Require HTTPS to the registry (buildah only).")]
+
+
+def print_image(command: str, made: Any) -> None:
+    """Say what was built (or reused) and pushed; the step outputs image (by digest when
+    pushed), digest and tag."""
+    how = f"built in {made.seconds:.0f} s" if made.built else "unchanged, not rebuilt"
+    if made.digest is None:
+        console.print(f"{command}: {made.ref} ({how}, not pushed)")
+        github_output(image=made.ref, tag=made.tag)
+        return
+    console.print(f"{command}: {made.by_digest} ({how}, pushed)")
+    github_output(image=made.by_digest, digest=made.digest, tag=made.tag)
+
+
+@deploy_app.command("monitor-image", epilog=EXIT_CODES)
+def deploy_monitor_image(
+    push: PushOpt = None,
+    backend: BackendOpt = "docker",
+    base_image: BaseImageOpt = None,
+    tls_verify: TlsVerifyOpt = True,
+    params_file: ParamsOpt = PARAMS,
+) -> None:
+    """Build the drift CronJob's image (monitoring/Containerfile) from this project.
+
+    It holds the project's packages, params.yaml and the GX suites, and only the job's
+    pinned packages (monitoring/requirements.txt: no torch, dvc or bentoml); ENTRYPOINT
+    modelyard, WORKDIR /app, uid 1034. Tagged REGISTRY/modelyard-monitor:<hash of those
+    inputs>: when that image is in the builder's storage already it is not rebuilt. With
+    --push it is pushed; in GitHub Actions the step outputs are image (by digest), digest
+    and tag. `deploy apply --monitor-image IMAGE` deploys it.
+    """
+    from services import image
+
+    _, root = guard("monitor-image", lambda: load(params_file))
+    made = guard(
+        "monitor-image",
+        lambda: image.monitor_image(
+            root,
+            backend=backend,  # type: ignore[arg-type]  # checked by monitor_image
+            registry=push,
+            base_image=base_image,
+            tls_verify=tls_verify,
+        ),
+    )
+    print_image("monitor-image", made)
+
+
 EnvOpt = Annotated[
     str, typer.Option("--env", help="staging or production (services/k8s/overlays).")
 ]

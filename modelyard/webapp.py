@@ -13,7 +13,7 @@ from modelyard.common import EXIT_CODES, console, err_console, github_output, gu
 app = typer.Typer()
 webapp_app = typer.Typer(
     help="The web application: `modelyard webapp --api URL --port P` serves it; "
-    "`modelyard webapp build` builds its Bento.",
+    "`modelyard webapp build` builds its Bento, `modelyard webapp containerize` its image.",
     invoke_without_command=True,
 )
 
@@ -85,3 +85,49 @@ def build() -> None:
         f"webapp build: {'built' if built.created else 'up to date:'} Bento {built.bento_tag}"
     )
     github_output(bento_tag=built.bento_tag)
+
+
+@webapp_app.command("containerize", epilog=EXIT_CODES)
+def containerize(
+    push: Annotated[
+        str | None, typer.Option(help="Push to this registry path (e.g. ghcr.io/OWNER/REPO).")
+    ] = None,
+    backend: Annotated[
+        str, typer.Option(help="The image builder: docker (needs an engine) or buildah.")
+    ] = "docker",
+    base_image: Annotated[
+        str | None,
+        typer.Option(
+            help="Build FROM this local image instead of the Dockerfile's python:3.11-slim "
+            "(see `deploy base-image`)."
+        ),
+    ] = None,
+    tls_verify: Annotated[
+        bool, typer.Option(help="Require HTTPS to the registry (buildah only).")
+    ] = True,
+) -> None:
+    """Build the web app's Bento (as `webapp build`), then its OCI image with `bentoml
+    containerize`, as `deploy containerize` does for the model API.
+
+    The image is REGISTRY/modelyard-webapp:<Bento version>; it runs `bentoml serve` of the
+    Bento on port 3000 (what services/k8s/components/webapp/deployment.yaml expects). With
+    --push it is pushed; in GitHub Actions the step outputs are image (by digest), digest
+    and tag. `deploy apply --webapp-image IMAGE` deploys it.
+    """
+    from modelyard.serving import print_image
+    from services import image
+    from services.webapp import build as webapp_build
+
+    guard("webapp containerize", lambda: image.check_backend(backend))
+    built = guard("webapp containerize", webapp_build.build)
+    made = guard(
+        "webapp containerize",
+        lambda: image.containerize(
+            built.bento_tag,
+            backend=backend,  # type: ignore[arg-type]  # checked by containerize
+            registry=push,
+            base_image=base_image,
+            tls_verify=tls_verify,
+        ),
+    )
+    print_image("webapp containerize", made)

@@ -1,6 +1,11 @@
-"""A Bento becomes an OCI image, pushed and known by its digest.
+"""The project's three images, built, pushed and known by their digests.
 
     modelyard deploy containerize NAME/VERSION --push REGISTRY [--backend buildah]
+    modelyard webapp containerize --push REGISTRY [--backend buildah]
+    modelyard deploy monitor-image --push REGISTRY [--backend buildah]
+
+The model API and the web app are Bentos (``containerize``); the drift job is the project
+itself, built from ``monitoring/Containerfile`` (``monitor_image``). For the Bentos:
 
 1. ``bentoml containerize`` builds the Bento's own generated Dockerfile with the chosen
    backend: ``docker`` (GitHub's runners) or ``buildah`` (no daemon; runs ``RUN`` steps
@@ -11,6 +16,12 @@
    compatible one from Debian packages with mmdebstrap;
 3. the image is pushed and its manifest digest read back from the push;
    ``REGISTRY/NAME@sha256:...`` is what Kubernetes deploys (``services/deploy.py``).
+
+The drift job's image is built from a context holding only its inputs (``monitor_inputs``:
+the Containerfile, its pinned requirements, the project's packages, params.yaml, the GX
+suites) and tagged with their hash (plus the base image's id with ``--base-image``): an
+image of that tag already in the builder's storage is not built again, only pushed.
+``--base-image`` works as for the Bentos (tagged as the Containerfile's FROM).
 
 The image is slimmed by ``services/image-slim.sh`` (the Bento's ``docker.setup_script``,
 run after the Python packages are installed): BentoML's Dockerfile installs
@@ -46,7 +57,7 @@ log = logging.getLogger(__name__)
 
 Backend = Literal["docker", "buildah"]
 BACKENDS: tuple[Backend, ...] = ("docker", "buildah")
-BENTO_TAG = re.compile(r"^[a-z0-9][a-z0-9_.-]*:[A-Za-z0-9_.-]+$")
+TAG = BENTO_TAG = re.compile(r"^[a-z0-9][a-z0-9_.-]*:[A-Za-z0-9_.-]+$")
 REGISTRY_PATH = re.compile(r"^[a-z0-9.-]+(:\d+)?(/[a-z0-9._-]+)*$")
 DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 
@@ -73,12 +84,13 @@ CMD ["python3"]
 
 @dataclass(frozen=True)
 class Image:
-    """A built (and maybe pushed) image of one Bento."""
+    """A built (and maybe pushed) image of one Bento or of the drift job's Containerfile."""
 
-    bento_tag: str
+    tag: str  # NAME:TAG it was built from: the Bento's tag, or the job's content tag
     ref: str  # REGISTRY/NAME:TAG as built
     digest: str | None  # the manifest digest in the registry, after a push
-    seconds: float  # build time
+    seconds: float  # build time (0 when an unchanged image was reused)
+    built: bool = True  # False: an image of this content tag was in storage already
 
     @property
     def by_digest(self) -> str:
@@ -95,18 +107,18 @@ class BaseImage:
     reused_rootfs: bool
 
 
-def image_ref(registry: str | None, bento_tag: str) -> str:
+def image_ref(registry: str | None, tag: str) -> str:
     """``ghcr.io/Acme/Models`` + ``digits-classifier:v3-ab12`` ->
     ``ghcr.io/acme/models/digits-classifier:v3-ab12`` (registries want lower case);
     without a registry, ``localhost/digits-classifier:v3-ab12``."""
-    if not BENTO_TAG.match(bento_tag):
-        raise ConfigError(f"{bento_tag!r}: expected a Bento tag NAME:VERSION")
+    if not TAG.match(tag):
+        raise ConfigError(f"{tag!r}: expected an image tag NAME:VERSION")
     prefix = (registry or "localhost").rstrip("/").lower()
     if not REGISTRY_PATH.match(prefix):
         raise ConfigError(
             f"--push {registry!r}: expected a registry path such as ghcr.io/acme/models"
         )
-    return f"{prefix}/{bento_tag}"
+    return f"{prefix}/{tag}"
 
 
 def _tool(name: str, why: str) -> str:
@@ -149,11 +161,27 @@ def dockerfile_base(bento_tag: str) -> str:
         raise ConfigError(
             f"no Bento {bento_tag} in the BentoML store ($BENTOML_HOME): build it first"
         ) from exc
-    dockerfile = Path(bento.path_of("env/docker/Dockerfile")).read_text()
-    found = re.search(r"^FROM\s+(\S+)", dockerfile, flags=re.M)
+    return from_line(Path(bento.path_of("env/docker/Dockerfile")), bento_tag)
+
+
+def from_line(containerfile: Path, what: str) -> str:
+    """The image a Dockerfile/Containerfile starts FROM (its first FROM), fully qualified."""
+    found = re.search(r"^FROM\s+(\S+)", containerfile.read_text(), flags=re.M)
     if found is None:
-        raise DeployError(f"{bento_tag}: its Dockerfile has no FROM line")
+        raise DeployError(f"{what}: its Dockerfile has no FROM line")
     return qualify(found[1])
+
+
+def check_backend(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise ConfigError(f"--backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+
+
+def _use_base(builder: str, backend: Backend, base_image: str, stock: str) -> None:
+    """Tag the local ``base_image`` as ``stock`` (the FROM) in the builder's storage, so
+    the build starts from it without pulling."""
+    log.info("building FROM %s in place of %s", base_image, stock)
+    _run([builder, "tag", base_image, stock], f"{backend} tag {base_image}")
 
 
 def qualify(name: str) -> str:
@@ -175,16 +203,13 @@ def containerize(
 ) -> Image:
     """Build the Bento's image with ``bentoml containerize``; push it when ``registry``
     is given and return it with its manifest digest."""
-    if backend not in BACKENDS:
-        raise ConfigError(f"--backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+    check_backend(backend)
     ref = image_ref(registry, bento_tag)
     builder = _builder(backend)
     bentoml_bin = tools.binary("bentoml")
     opts: list[str] = []
     if base_image:
-        stock = dockerfile_base(bento_tag)
-        log.info("building FROM %s in place of %s", base_image, stock)
-        _run([builder, "tag", base_image, stock], f"{backend} tag {base_image}")
+        _use_base(builder, backend, base_image, dockerfile_base(bento_tag))
         if backend == "buildah":
             opts += ["--opt", "pull-never"]
     started = time.perf_counter()
@@ -296,6 +321,99 @@ def base_image(
         "buildah build (base image)",
     )
     return BaseImage(tag, rootfs, reused)
+
+
+# -- the drift job's image -----------------------------------------------------------------
+
+MONITOR_NAME = "modelyard-monitor"
+MONITOR_CONTAINERFILE = "monitoring/Containerfile"
+MONITOR_REQUIREMENTS = "monitoring/requirements.txt"
+# What the image carries (the Containerfile's COPY lines): the packages' Python files,
+# the params and the GX suites `monitor run` validates the sample with.
+MONITOR_PACKAGES = ("core", "registry", "pipelines", "services", "monitoring", "modelyard")
+MONITOR_FILES = ("params.yaml", MONITOR_CONTAINERFILE, MONITOR_REQUIREMENTS)
+MONITOR_GLOBS = ("data/expectations/*.json",)
+
+
+def monitor_inputs(root: Path) -> list[Path]:
+    """Every file the drift job's image is built from, relative to ``root``, sorted (what
+    its content tag hashes, and all its build context holds)."""
+    found = {Path(rel) for rel in MONITOR_FILES}
+    for package in MONITOR_PACKAGES:
+        found |= {p.relative_to(root) for p in (root / package).rglob("*.py")}
+    for pattern in MONITOR_GLOBS:
+        found |= {p.relative_to(root) for p in root.glob(pattern)}
+    missing = sorted(str(rel) for rel in found if not (root / rel).is_file())
+    if missing:
+        raise ConfigError(f"the drift job's image needs {', '.join(missing)} in {root}")
+    return sorted(found)
+
+
+def content_tag(root: Path, files: list[Path], *, salt: str = "") -> str:
+    """``modelyard-monitor:<12 hex>``: a hash of the files' paths and bytes (and ``salt``,
+    the base image's id when one replaces the FROM)."""
+    digest = hashlib.sha256(salt.encode())
+    for rel in files:
+        digest.update(rel.as_posix().encode() + b"\0" + (root / rel).read_bytes() + b"\0")
+    return f"{MONITOR_NAME}:{digest.hexdigest()[:12]}"
+
+
+def _image_id(builder: str, backend: Backend, ref: str) -> str | None:
+    """The id of ``ref`` in the builder's local storage, or None when it holds no such
+    image."""
+    if backend == "buildah":
+        cmd = [builder, "inspect", "--type", "image", "--format", "{{.FromImageID}}", ref]
+    else:
+        cmd = [builder, "image", "inspect", "--format", "{{.Id}}", ref]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    return done.stdout.strip() or None if done.returncode == 0 else None
+
+
+def monitor_image(
+    root: Path,
+    *,
+    backend: Backend = "docker",
+    registry: str | None = None,
+    base_image: str | None = None,
+    tls_verify: bool = True,
+) -> Image:
+    """Build the drift job's image from ``monitoring/Containerfile`` (unless an image of
+    the same content tag is in the builder's storage); push it when ``registry`` is given
+    and return it with its manifest digest."""
+    check_backend(backend)
+    builder = _builder(backend)
+    files = monitor_inputs(root)
+    salt = ""
+    if base_image:
+        salt = _image_id(builder, backend, base_image) or ""
+        if not salt:
+            raise DeployError(
+                f"--base-image {base_image}: no such image in {backend}'s local storage "
+                "(build one with `modelyard deploy base-image`)"
+            )
+    tag = content_tag(root, files, salt=salt)
+    ref = image_ref(registry, tag)
+    started = time.perf_counter()
+    built = _image_id(builder, backend, ref) is None
+    if built:
+        with tempfile.TemporaryDirectory(prefix="modelyard-monitor-") as tmp:
+            context = Path(tmp)
+            for rel in files:
+                (context / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(root / rel, context / rel)
+            containerfile = context / MONITOR_CONTAINERFILE
+            cmd = [builder, "build", "-f", str(containerfile), "-t", ref]
+            if backend == "buildah":
+                cmd.insert(2, "--layers=false")  # one layer: what a RUN removes is not shipped
+            if base_image:
+                _use_base(builder, backend, base_image, from_line(containerfile, tag))
+                cmd.insert(2, "--pull=never" if backend == "buildah" else "--pull=false")
+            _run([*cmd, str(context)], f"{backend} build of the drift job's image", tools.env())
+    else:
+        log.info("%s is built already (same inputs); not building it again", ref)
+    seconds = time.perf_counter() - started if built else 0.0
+    digest = push(ref, backend=backend, tls_verify=tls_verify) if registry else None
+    return Image(tag, ref, digest, seconds, built)
 
 
 # Version tags: the image built for a registry version (by digest), which `deploy apply`

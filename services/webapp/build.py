@@ -37,7 +37,11 @@ def code_root() -> Path:
 def files(root: Path) -> list[Path]:
     """Every file the Bento carries, in a stable order (what its version hashes)."""
     webapp = root / "services" / "webapp"
-    found = [root / "services/__init__.py", root / "services/client.py"]
+    found = [
+        root / "services/__init__.py",
+        root / "services/client.py",
+        root / "services/image-slim.sh",  # the image's docker.setup_script
+    ]
     for pattern in ("*.py", "templates/*.html", "static/*", "bentofile.yaml", "requirements.txt"):
         found += sorted(p for p in webapp.glob(pattern) if p.is_file())
     return found

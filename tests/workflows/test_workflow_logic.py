@@ -213,13 +213,16 @@ def simulate(cluster: bool, fails: set[str], gate: bool = False) -> list[str]:
     return ran
 
 
+IMAGES = ["deploy containerize", "webapp containerize", "deploy monitor-image"]
+
+
 def test_deploy_without_a_cluster_builds_the_image_and_records_no_deploy() -> None:
-    assert simulate(cluster=False, fails=set()) == ["deploy containerize"]
+    assert simulate(cluster=False, fails=set()) == IMAGES
 
 
 def test_deploy_goes_through_staging_and_its_smoke_test_to_production() -> None:
     assert simulate(cluster=True, fails=set()) == [
-        "deploy containerize",
+        *IMAGES,
         "deploy apply",
         "deploy smoke",
         "deploy apply",
@@ -245,8 +248,29 @@ def test_a_failed_production_rollout_is_recorded_and_undone_there(failing: str) 
     assert [u["run"].split()[-1] for u in undo] == ["staging", "production"]
 
 
-def test_a_failed_image_build_touches_no_environment() -> None:
-    assert simulate(cluster=True, fails={"image"}) == ["deploy containerize"]
+@pytest.mark.parametrize("failing", ["image", "webapp_image", "monitor_image"])
+def test_a_failed_image_build_touches_no_environment(failing: str) -> None:
+    ran = simulate(cluster=True, fails={failing})
+    assert ran == IMAGES[: IMAGES.index(ran[-1]) + 1] and "deploy apply" not in ran
+
+
+def test_both_rollouts_deploy_the_three_images_by_the_build_steps_digests() -> None:
+    (job,) = load(GITHUB / "workflows/deploy.yml")["jobs"].values()
+    applies = [s for s in job["steps"] if "deploy apply" in s.get("run", "")]
+    assert [a["id"] for a in applies] == ["staging", "production"]
+    for step in applies:
+        assert step["env"] == {
+            "IMAGE": "${{ steps.image.outputs.image }}",
+            "WEBAPP_IMAGE": "${{ steps.webapp_image.outputs.image }}",
+            "MONITOR_IMAGE": "${{ steps.monitor_image.outputs.image }}",
+        }
+        words = step["run"].split()
+        for option, variable in [
+            ("--image", "IMAGE"),
+            ("--webapp-image", "WEBAPP_IMAGE"),
+            ("--monitor-image", "MONITOR_IMAGE"),
+        ]:
+            assert words[words.index(option) + 1] == f'"${variable}"'
 
 
 def test_team_mode_checks_the_gates_approval_before_building_anything() -> None:
