@@ -118,7 +118,7 @@ def containerize(
     from services import image
     from services.webapp import build as webapp_build
 
-    guard("webapp containerize", lambda: image.check_backend(backend))
+    guard("webapp containerize", lambda: image.builder(backend))  # before the Bento build
     built = guard("webapp containerize", webapp_build.build)
     made = guard(
         "webapp containerize",

@@ -172,16 +172,19 @@ def from_line(containerfile: Path, what: str) -> str:
     return qualify(found[1])
 
 
-def check_backend(backend: str) -> None:
+def builder(backend: str) -> str:
+    """The image builder's binary for ``--backend``: a ConfigError for an unknown backend,
+    a DeployError (what to install) when it is not on PATH. Checked before any build."""
     if backend not in BACKENDS:
         raise ConfigError(f"--backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+    return _builder(backend)
 
 
-def _use_base(builder: str, backend: Backend, base_image: str, stock: str) -> None:
+def _use_base(tool: str, backend: Backend, base_image: str, stock: str) -> None:
     """Tag the local ``base_image`` as ``stock`` (the FROM) in the builder's storage, so
     the build starts from it without pulling."""
     log.info("building FROM %s in place of %s", base_image, stock)
-    _run([builder, "tag", base_image, stock], f"{backend} tag {base_image}")
+    _run([tool, "tag", base_image, stock], f"{backend} tag {base_image}")
 
 
 def qualify(name: str) -> str:
@@ -203,13 +206,12 @@ def containerize(
 ) -> Image:
     """Build the Bento's image with ``bentoml containerize``; push it when ``registry``
     is given and return it with its manifest digest."""
-    check_backend(backend)
+    tool = builder(backend)
     ref = image_ref(registry, bento_tag)
-    builder = _builder(backend)
     bentoml_bin = tools.binary("bentoml")
     opts: list[str] = []
     if base_image:
-        _use_base(builder, backend, base_image, dockerfile_base(bento_tag))
+        _use_base(tool, backend, base_image, dockerfile_base(bento_tag))
         if backend == "buildah":
             opts += ["--opt", "pull-never"]
     started = time.perf_counter()
@@ -225,13 +227,13 @@ def containerize(
 
 def push(ref: str, *, backend: Backend, tls_verify: bool = True) -> str:
     """Push ``ref`` to its registry; the manifest digest the registry now holds."""
-    builder = _builder(backend)
+    tool = _builder(backend)
     if backend == "buildah":
         with tempfile.TemporaryDirectory(prefix="modelyard-push-") as tmp:
             digest_file = Path(tmp) / "digest"
             _run(
                 [
-                    builder,
+                    tool,
                     "push",
                     f"--tls-verify={str(tls_verify).lower()}",
                     "--digestfile",
@@ -247,10 +249,10 @@ def push(ref: str, *, backend: Backend, tls_verify: bool = True) -> str:
             raise ConfigError(
                 "--no-tls-verify is for buildah; docker reads its own insecure-registries setting"
             )
-        _run([builder, "push", ref], "docker push (is the registry login done?)")
+        _run([tool, "push", ref], "docker push (is the registry login done?)")
         repository = ref.rpartition(":")[0]
         digests = _run(
-            [builder, "inspect", "--format", '{{join .RepoDigests "\\n"}}', ref],
+            [tool, "inspect", "--format", '{{join .RepoDigests "\\n"}}', ref],
             "docker inspect",
             capture=True,
         ).split()
@@ -358,13 +360,13 @@ def content_tag(root: Path, files: list[Path], *, salt: str = "") -> str:
     return f"{MONITOR_NAME}:{digest.hexdigest()[:12]}"
 
 
-def _image_id(builder: str, backend: Backend, ref: str) -> str | None:
+def _image_id(tool: str, backend: Backend, ref: str) -> str | None:
     """The id of ``ref`` in the builder's local storage, or None when it holds no such
     image."""
     if backend == "buildah":
-        cmd = [builder, "inspect", "--type", "image", "--format", "{{.FromImageID}}", ref]
+        cmd = [tool, "inspect", "--type", "image", "--format", "{{.FromImageID}}", ref]
     else:
-        cmd = [builder, "image", "inspect", "--format", "{{.Id}}", ref]
+        cmd = [tool, "image", "inspect", "--format", "{{.Id}}", ref]
     done = subprocess.run(cmd, capture_output=True, text=True)
     return done.stdout.strip() or None if done.returncode == 0 else None
 
@@ -380,12 +382,11 @@ def monitor_image(
     """Build the drift job's image from ``monitoring/Containerfile`` (unless an image of
     the same content tag is in the builder's storage); push it when ``registry`` is given
     and return it with its manifest digest."""
-    check_backend(backend)
-    builder = _builder(backend)
+    tool = builder(backend)
     files = monitor_inputs(root)
     salt = ""
     if base_image:
-        salt = _image_id(builder, backend, base_image) or ""
+        salt = _image_id(tool, backend, base_image) or ""
         if not salt:
             raise DeployError(
                 f"--base-image {base_image}: no such image in {backend}'s local storage "
@@ -394,7 +395,7 @@ def monitor_image(
     tag = content_tag(root, files, salt=salt)
     ref = image_ref(registry, tag)
     started = time.perf_counter()
-    built = _image_id(builder, backend, ref) is None
+    built = _image_id(tool, backend, ref) is None
     if built:
         with tempfile.TemporaryDirectory(prefix="modelyard-monitor-") as tmp:
             context = Path(tmp)
@@ -402,11 +403,11 @@ def monitor_image(
                 (context / rel).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(root / rel, context / rel)
             containerfile = context / MONITOR_CONTAINERFILE
-            cmd = [builder, "build", "-f", str(containerfile), "-t", ref]
+            cmd = [tool, "build", "-f", str(containerfile), "-t", ref]
             if backend == "buildah":
                 cmd.insert(2, "--layers=false")  # one layer: what a RUN removes is not shipped
             if base_image:
-                _use_base(builder, backend, base_image, from_line(containerfile, tag))
+                _use_base(tool, backend, base_image, from_line(containerfile, tag))
                 cmd.insert(2, "--pull=never" if backend == "buildah" else "--pull=false")
             _run([*cmd, str(context)], f"{backend} build of the drift job's image", tools.env())
     else:

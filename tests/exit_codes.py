@@ -38,6 +38,8 @@ HARVEST = (
     "tests/monitoring/test_harvest.py::"
     "test_harvest_command_prints_the_summary_and_a_missing_log_dir_is_2"
 )
+IMAGES = "tests/services/test_images_more.py"
+REFUSED = f"{IMAGES}::test_the_commands_refuse_a_bad_backend_or_a_missing_builder"
 WEBAPP_BUILD = (
     f"{WEBAPP}::test_webapp_build_makes_a_bento_with_the_pages_and_without_the_model_service"
 )
@@ -122,6 +124,12 @@ PRODUCED_BY: dict[tuple[str, int], str] = {
     ("deploy containerize", 0): IMAGE,
     ("deploy containerize", 1): f"{EMPTY}[deploy containerize]",
     ("deploy containerize", 2): f"{BAD_PARAMS}[deploy containerize]",
+    (
+        "deploy monitor-image",
+        0,
+    ): f"{IMAGES}::test_the_monitor_image_runs_the_drift_job_over_a_real_log",
+    ("deploy monitor-image", 1): REFUSED,
+    ("deploy monitor-image", 2): REFUSED,
     ("deploy render", 0): f"{K8S}::test_a_full_release_validates_strictly[staging]",
     ("deploy render", 2): f"{K8S}::test_render_refuses_a_tag_no_keys_or_an_unknown_environment",
     ("deploy apply", 1): f"{K8S}::test_apply_and_undo_report_an_unreachable_cluster",
@@ -154,6 +162,12 @@ PRODUCED_BY: dict[tuple[str, int], str] = {
     ("registry users apply", 1): f"{TEAM}::test_users_apply_needs_the_admin",
     ("webapp build", 0): WEBAPP_BUILD,
     ("webapp build", 2): f"{USAGE}[webapp build --no-such]",
+    (
+        "webapp containerize",
+        0,
+    ): f"{IMAGES}::test_the_web_app_image_serves_the_try_it_page_over_a_real_api",
+    ("webapp containerize", 1): REFUSED,
+    ("webapp containerize", 2): REFUSED,
     ("harvest", 0): HARVEST,
     ("harvest", 2): HARVEST,
     ("registry resign", 0): f"{KEYS}::{ROTATION}",
