@@ -189,7 +189,7 @@ def _gate(params_file: Path, team_file: Path, retry_base: float = 60.0) -> Gate:
         )
         raise typer.Exit(2)
     registry = Registry(uri)
-    rules = policy.Rules(**{name: getattr(params.evaluate, name) for name in policy.METRIC_OF_GATE})
+    rules = policy.Rules.of(params.evaluate)
     database = env.gate_database_url.get_secret_value()
     return Gate(
         registry=registry,
@@ -317,8 +317,10 @@ def registry_reconcile(
 
 
 APPROVE_CODES = (
-    "Exit codes: 0 approved, `champion` moved, deploy requested; 1 refused (the reasons "
-    "are printed: not a reviewer, four eyes, evidence) or the gate/registry failed; "
+    "Exit codes: 0 approved, `champion` moved, deploy requested (or approved before and "
+    "still @champion: nothing changed); 1 refused (the reasons are printed: not a reviewer, "
+    "four eyes, evidence, worse than the current champion, approved before) or the "
+    "gate/registry failed; "
     "2 MODELYARD_GATE_URL or MLFLOW_TRACKING_USERNAME/PASSWORD not set."
 )
 
@@ -348,12 +350,24 @@ def approve(
     done = guard(
         "approve", lambda: request_approval(url, credentials, name, version, comment=comment)
     )
+    if done.get("already"):
+        approval = done["approval"]
+        console.print(
+            f"approve: {name} v{version} was already approved by {approval['reviewer']} at "
+            f"{approval['at']}: {done['production']} v{done['version']} is @champion; "
+            f"nothing changed ({done['deploy']})",
+            soft_wrap=True,
+        )
+        return
     was = f" (was v{done['previous']})" if done.get("previous") else ""
     console.print(
         f"approve: {name} v{version} approved by {done['approval']['reviewer']}: "
         f"{done['production']} v{done['version']} is now @champion{was}; {done['deploy']}",
         soft_wrap=True,
     )
+    summary = (done.get("comparison") or {}).get("summary")
+    if summary:
+        console.print(f"approve: recomputed by the gate: {summary}", soft_wrap=True, markup=False)
 
 
 @registry_app.command("verify", epilog=EXIT_CODES)

@@ -27,17 +27,26 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 import threading
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
-from core import http
-from core.errors import ExternalServiceError, ModelyardError, PromotionRefused, RegistryError
-from registry import keys, policy
+from core import files, http
+from core.errors import (
+    DataError,
+    ExternalServiceError,
+    ModelyardError,
+    PromotionRefused,
+    RegistryError,
+)
+from registry import card, keys, policy
 from registry.auth import AuthAPI
-from registry.client import CHAMPION, Registry, Version
+from registry.client import CHALLENGER, CHAMPION, Registry, Version
+from registry.comparison import REFERENCE, Comparison, compare_models
 from registry.dispatch import Dispatcher
 from registry.promotion import DEPLOYED
 from registry.store import CHAMPION_EVENTS, REQUESTED, GateStore, StoredApproval
@@ -47,6 +56,8 @@ log = logging.getLogger(__name__)
 
 RECORD_TAG = "approval.record"  # the signed fields, canonical JSON
 SIGNATURE_TAG = "approval.signature"
+# Where the whole audit is (the model card shows a summary of it).
+AUDIT_WHERE = "the `gate_audit` table of the gate's database, MODELYARD_GATE_DATABASE_URL"
 
 
 @dataclass(frozen=True)
@@ -64,6 +75,9 @@ class Approval:
     author: str
     comment: str
     at: str
+    # The comparison with the champion it replaced, recomputed at approval
+    # (registry.comparison.Comparison.record); empty in approvals made before it existed.
+    comparison: dict[str, Any] = field(default_factory=dict)
 
     def canonical(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
@@ -88,6 +102,8 @@ class Promotion:
     previous: str | None
     deploy: str
     gates: list[policy.GateCheck] = field(default_factory=list)
+    comparison: Comparison | None = None
+    already: bool = False  # approved before: nothing was done again
 
 
 @dataclass(frozen=True)
@@ -157,6 +173,8 @@ class Gate:
             "deploy": done.deploy,
             "approval": asdict(done.approval),
             "gates": [asdict(g) for g in done.gates],
+            "comparison": done.approval.comparison,
+            "already": done.already,
         }
 
     def _approve(self, user: str, name: str, version: str, comment: str) -> Promotion:
@@ -168,83 +186,295 @@ class Gate:
                 f"{name} is not the team's candidates model ({self.team.models.candidates})"
             )
         candidate = self.registry.version(name, version)
-        evidence = self.gather(candidate)
-        verdict = policy.judge(
-            evidence, self.rules, reviewer=user, reviewer_names=self.team.identities(user)
-        )
-        if not verdict.decision.ok:
-            raise PromotionRefused(f"{name} v{version}: {verdict.decision}")
-        assert evidence.onnx_sha256 and evidence.run_id and verdict.author
-        at = _now()
-        with self._lock:
-            copied = self.registry.copy_version(
-                name,
-                version,
-                self.production,
-                tags={
-                    "source.model": name,
-                    "source.version": version,
-                    "source.run_id": evidence.run_id,
-                    "onnx.sha256": evidence.onnx_sha256,
-                    policy.RUN_AUTHOR: verdict.author,
-                    policy.APPROVAL_REVIEWER: user,
-                    policy.APPROVAL_AT: at,
-                    policy.APPROVAL_COMMENT: comment,
-                },
+        with self._lock:  # the champion compared with is the one replaced
+            again = self._approved_before(user, name, version)
+            if again is not None:
+                return again
+            evidence = self.gather(candidate)
+            verdict = policy.judge(
+                evidence, self.rules, reviewer=user, reviewer_names=self.team.identities(user)
             )
-            approval = Approval(
-                approval_id=uuid.uuid4().hex,
-                candidate_name=name,
-                candidate_version=version,
-                production_name=self.production,
-                production_version=copied.version,
-                run_id=evidence.run_id,
-                onnx_sha256=evidence.onnx_sha256,
-                reviewer=user,
-                author=verdict.author,
-                comment=comment,
-                at=at,
-            )
-            record = approval.canonical()
-            signature = sign(self.key, record)
-            # The approval is written (its own table, then the version) before the alias
-            # moves: whoever sees the new champion can find what approved it.
-            self.store.add_approval(
-                StoredApproval(
-                    approval.approval_id,
-                    self.production,
-                    copied.version,
-                    asdict(approval),
-                    signature,
-                )
-            )
-            self.registry.set_version_tags(
-                self.production, copied.version, {RECORD_TAG: record, SIGNATURE_TAG: signature}
-            )
-            gates = {g.name: g.value for g in verdict.gates}
-            self.store.audit(
-                "approved",
-                model=self.production,
-                version=copied.version,
-                actor=user,
-                candidate=f"{name} v{version}",
-                run_id=evidence.run_id,
-                author=verdict.author,
-                onnx_sha256=evidence.onnx_sha256,
-                gates=gates,
-                comment=comment,
-            )
+            if not verdict.decision.ok:
+                raise PromotionRefused(f"{name} v{version}: {verdict.decision}")
+            assert evidence.onnx_sha256 and evidence.run_id and verdict.author
             previous = self.registry.by_alias(self.production, CHAMPION)
-            self.registry.set_champion(self.production, copied.version)
-            self.store.audit(
-                "promote",
-                model=self.production,
-                version=copied.version,
-                actor=user,
-                previous=previous.version if previous else None,
+            comparison = self.compare(candidate, evidence, previous)
+            if not comparison.passed:
+                raise PromotionRefused(
+                    f"{name} v{version} is worse than the current champion: {comparison.summary()}"
+                )
+            return self._promote(user, candidate, evidence, verdict, comparison, previous, comment)
+
+    def _promote(
+        self,
+        user: str,
+        candidate: Version,
+        evidence: policy.Evidence,
+        verdict: policy.Verdict,
+        comparison: Comparison,
+        previous: Version | None,
+        comment: str,
+    ) -> Promotion:
+        assert evidence.onnx_sha256 and evidence.run_id and verdict.author
+        name, version = candidate.name, candidate.version
+        at = _now()
+        copied = self.registry.copy_version(
+            name,
+            version,
+            self.production,
+            tags={
+                "source.model": name,
+                "source.version": version,
+                "source.run_id": evidence.run_id,
+                "onnx.sha256": evidence.onnx_sha256,
+                policy.RUN_AUTHOR: verdict.author,
+                policy.APPROVAL_REVIEWER: user,
+                policy.APPROVAL_AT: at,
+                policy.APPROVAL_COMMENT: comment,
+            },
+        )
+        approval = Approval(
+            approval_id=uuid.uuid4().hex,
+            candidate_name=name,
+            candidate_version=version,
+            production_name=self.production,
+            production_version=copied.version,
+            run_id=evidence.run_id,
+            onnx_sha256=evidence.onnx_sha256,
+            reviewer=user,
+            author=verdict.author,
+            comment=comment,
+            at=at,
+            comparison=comparison.record(),
+        )
+        record = approval.canonical()
+        signature = sign(self.key, record)
+        # The approval is written (its own table, then the version) before the alias
+        # moves: whoever sees the new champion can find what approved it.
+        self.store.add_approval(
+            StoredApproval(
+                approval.approval_id,
+                self.production,
+                copied.version,
+                asdict(approval),
+                signature,
             )
-            deploy = self._ensure_deployed(copied.version)
-        return Promotion(approval, previous.version if previous else None, deploy, verdict.gates)
+        )
+        self.registry.set_version_tags(
+            self.production, copied.version, {RECORD_TAG: record, SIGNATURE_TAG: signature}
+        )
+        gates = {g.name: g.value for g in verdict.gates}
+        self.store.audit(
+            "approved",
+            model=self.production,
+            version=copied.version,
+            actor=user,
+            candidate=f"{name} v{version}",
+            run_id=evidence.run_id,
+            author=verdict.author,
+            onnx_sha256=evidence.onnx_sha256,
+            gates=gates,
+            comparison=comparison.record(),
+            comment=comment,
+        )
+        self.registry.set_champion(self.production, copied.version)
+        self.store.audit(
+            "promote",
+            model=self.production,
+            version=copied.version,
+            actor=user,
+            previous=previous.version if previous else None,
+        )
+        deploy = self._ensure_deployed(copied.version)
+        self._refresh_cards(copied.version, candidate=candidate, comparison=comparison)
+        return Promotion(
+            approval,
+            previous.version if previous else None,
+            deploy,
+            verdict.gates,
+            comparison,
+        )
+
+    def _approved_before(self, user: str, name: str, version: str) -> Promotion | None:
+        """Approving a candidate again changes nothing. While its production copy is the
+        champion the answer is that copy (a retried request); otherwise a refusal."""
+        stored = self.store.approval_of_candidate(self.production, name, version)
+        if stored is None:
+            return None
+        approval = Approval(**stored.record)
+        champion = self.registry.by_alias(self.production, CHAMPION)
+        if champion is None or champion.version != approval.production_version:
+            now = f"v{champion.version}" if champion else "none"
+            raise PromotionRefused(
+                f"{name} v{version} was approved before, by {approval.reviewer} at "
+                f"{approval.at}, as {self.production} v{approval.production_version}, which is "
+                f"no longer the champion (champion: {now}); a candidate is approved once: "
+                "to go back to it use `modelyard rollback`, or register it again"
+            )
+        self.store.audit(
+            "approval-repeated",
+            model=name,
+            version=version,
+            actor=user,
+            production_version=approval.production_version,
+        )
+        state = self.store.deploy(self.production, approval.production_version)
+        return Promotion(
+            approval,
+            None,
+            f"deploy-{state.state}" if state else "deploy-unknown",
+            already=True,
+        )
+
+    # -- the comparison with the current champion ----------------------------------------
+
+    def compare(
+        self, candidate: Version, evidence: policy.Evidence, champion: Version | None
+    ) -> Comparison:
+        """The candidate against ``champion`` (the current one), recomputed now: both
+        verified model files scored on the rows of the candidate's logged test splits
+        (run artifacts ``reference/``, never a tag's URI). Raises PromotionRefused when
+        something it needs is missing or was changed."""
+        alpha = self.rules.champion_alpha
+        if champion is None:
+            return Comparison(None, alpha, notes=["no champion yet: nothing to compare with"])
+        label = f"{self.production} v{champion.version}"
+        stored = self.store.approval_for(self.production, champion.version)
+        if stored is None or not self.approved(champion.version):
+            raise PromotionRefused(
+                f"the current champion {label} carries no approval signed by this gate, so "
+                "it is no baseline: run `modelyard registry reconcile --team team.yaml` first"
+            )
+        with tempfile.TemporaryDirectory(prefix="modelyard-gate-") as tmp:
+            scratch = Path(tmp)
+            mine = self._verified_onnx(
+                candidate.name, candidate.version, evidence.onnx_sha256 or "", scratch / "c"
+            )
+            theirs = self._verified_onnx(
+                self.production, champion.version, str(stored.record["onnx_sha256"]), scratch / "p"
+            )
+            reference = self.registry.download_artifacts(
+                f"runs:/{evidence.run_id}/{REFERENCE}", scratch / "reference"
+            )
+            try:
+                return compare_models(
+                    mine,
+                    theirs,
+                    reference,
+                    champion_label=label,
+                    alpha=alpha,
+                    min_production_rows=self.rules.min_production_rows,
+                )
+            except DataError as exc:
+                raise PromotionRefused(
+                    f"{candidate.name} v{candidate.version}: cannot compare it with {label} on "
+                    f"run {evidence.run_id}'s logged test split: {exc}; train it with the "
+                    "current pipeline (train logs reference/test.parquet and schema.json)"
+                ) from exc
+
+    def _verified_onnx(self, name: str, version: str, sha256: str, dest: Path) -> Path:
+        onnx_file = self.registry.download(name, version, dest) / "model.onnx"
+        if not onnx_file.is_file() or files.sha256(onnx_file) != sha256:
+            raise PromotionRefused(
+                f"{name} v{version}: its model.onnx is not the verified file (sha256 "
+                f"{sha256[:12]}): it changed during the approval; investigate, then try again"
+            )
+        return onnx_file
+
+    # -- the cards ------------------------------------------------------------------------
+
+    def _refresh_cards(
+        self, champion: str, *, candidate: Version | None, comparison: Comparison | None
+    ) -> None:
+        """After ``champion`` moved: the production version's description (its comparison
+        with the champion it replaced, the gate's audit) and the open challenger's
+        comparison, recomputed against the new champion. The champion has moved already:
+        a failure here is logged and audited, not raised."""
+        try:
+            self.describe_production(champion, candidate=candidate, comparison=comparison)
+            self.refresh_challenger(champion)
+        except ModelyardError as exc:
+            log.error("refreshing the model cards after v%s became champion: %s", champion, exc)
+            self.store.audit(
+                "card-refresh-failed",
+                model=self.production,
+                version=champion,
+                actor="gate",
+                error=str(exc)[:500],
+            )
+
+    def describe_production(
+        self, version: str, *, candidate: Version | None, comparison: Comparison | None
+    ) -> None:
+        """The production version's card: the gate's audit summary, its comparison with
+        the champion it replaced (when the gate made it), then the candidate's card."""
+        current = self.registry.version(self.production, version)
+        text = current.description
+        if comparison is not None and candidate is not None:
+            stored = self.store.approval_for(self.production, version)
+            replaced = comparison.champion
+            theirs = self._lineage(replaced.rsplit(" v", 1)[1]) if replaced else None
+            body = card.comparison_markdown(
+                comparison,
+                mine=candidate.tags,
+                theirs=theirs,
+                at=stored.record["at"] if stored else _now(),
+                heading="Against the champion it replaced,",
+            )
+            text = card.replace_section(text, card.SECTION, body)
+        entries = [e for e in self.store.audit_log(self.production) if e.version == version]
+        audit = card.audit_markdown(entries, where=AUDIT_WHERE)
+        self.registry.set_description(
+            self.production, version, card.replace_section(text, card.AUDIT, audit)
+        )
+
+    def refresh_challenger(self, champion: str) -> str:
+        """Rewrite the open candidate's (``challenger``) comparison against the new
+        champion, recomputed. Returns what it did."""
+        models = self.team.models
+        challenger = self.registry.by_alias(models.candidates, CHALLENGER)
+        if challenger is None:
+            return "no challenger"
+        label = f"{models.candidates} v{challenger.version}"
+        champ = self.registry.version(self.production, champion)
+        if champ.tags.get("source.version") == challenger.version:
+            note = f"**This version is the champion**: {self.production} v{champion}."
+            text = card.replace_section(challenger.description, card.SECTION, note)
+            self.registry.set_description(models.candidates, challenger.version, text)
+            return f"{label}: champion"
+        evidence = self.gather(challenger)
+        if not (evidence.run_in_trainer_experiment and evidence.artifact_logged_by_run):
+            log.warning("%s was not produced by the trainer: its card is not refreshed", label)
+            return f"{label}: not the trainer's"
+        if evidence.run_tags.get(policy.RUN_ONNX_SHA256) != evidence.onnx_sha256:
+            return f"{label}: not the file its run registered"
+        compared = self.compare(challenger, evidence, champ)
+        body = card.comparison_markdown(
+            compared,
+            mine=challenger.tags,
+            theirs=self._lineage(champion),
+            at=_now(),
+            heading="Against the current champion,",
+        )
+        text = card.replace_section(challenger.description, card.SECTION, body)
+        self.registry.set_description(models.candidates, challenger.version, text)
+        self.store.audit(
+            "card-refreshed",
+            model=models.candidates,
+            version=challenger.version,
+            actor="gate",
+            champion=champion,
+            comparison=compared.record(),
+        )
+        return f"{label}: {'worse' if not compared.passed else 'not worse'}"
+
+    def _lineage(self, production_version: str) -> dict[str, str]:
+        """The lineage tags a production version was registered with (its candidate's)."""
+        tags = self.registry.version(self.production, production_version).tags
+        source, number = tags.get("source.model"), tags.get("source.version")
+        if not source or not number:
+            return tags
+        return self.registry.version(source, number).tags
 
     def gather(self, candidate: Version) -> policy.Evidence:
         """The evidence for ``candidate``, from the run and the artifact (not its tags)."""
@@ -302,6 +532,7 @@ class Gate:
                 previous=current.version,
             )
             self._ensure_deployed(target)
+            self._refresh_cards(target, candidate=None, comparison=None)
         return current.version, target
 
     def rollback_request(

@@ -13,7 +13,7 @@ No I/O here: ``registry.promotion`` reads the registry, calls ``decide`` and app
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 APPROVAL_REVIEWER = "approval.reviewer"
 APPROVAL_AT = "approval.at"
@@ -92,6 +92,16 @@ class Rules:
     max_p99_ms: float
     min_class_recall: float
     min_noise_invariance: float
+    # The comparison with the current champion (registry.comparison), recomputed at
+    # approval on the candidate's logged test splits: refused when significantly worse.
+    champion_alpha: float = 0.05
+    min_production_rows: int = 30  # production test rows needed to compare on them
+
+    @classmethod
+    def of(cls, section: object) -> Rules:
+        """The rules from a config section with these names (params.yaml: evaluate)."""
+        names = [f.name for f in fields(cls)]
+        return cls(**{name: getattr(section, name) for name in names})
 
 
 @dataclass(frozen=True)

@@ -185,6 +185,33 @@ class GateStore:
             row["signature"],
         )
 
+    def approval_of_candidate(
+        self, production_name: str, name: str, version: str
+    ) -> StoredApproval | None:
+        """The approval that copied candidate ``name`` v``version`` into production, if
+        any (approvals are few: read them all)."""
+        with self._tx() as conn:
+            rows = (
+                conn.execute(
+                    approvals.select()
+                    .where(approvals.c.production_name == production_name)
+                    .order_by(approvals.c.at)
+                )
+                .mappings()
+                .all()
+            )
+        for row in rows:
+            record = json.loads(row["record"])
+            if (record.get("candidate_name"), record.get("candidate_version")) == (name, version):
+                return StoredApproval(
+                    row["approval_id"],
+                    row["production_name"],
+                    row["production_version"],
+                    record,
+                    row["signature"],
+                )
+        return None
+
     # -- audit --------------------------------------------------------------------------
 
     def audit(

@@ -16,8 +16,9 @@ with one role::
 Why two models: creating a version and moving an alias need the same right (update) on a
 registered model, so one model cannot let the trainer register while forbidding it to move
 ``champion``. The trainer may update ``candidates``; only the gate may update
-``production`` (it copies an approved candidate there and moves ``champion``); everyone
-else reads. Only the trainer may write to the experiment, so a run there was produced by
+``production`` (it copies an approved candidate there and moves ``champion``). The gate
+may update ``candidates`` too, to rewrite the open candidate's model card against a new
+champion; everyone else reads. Only the trainer may write to the experiment, so a run there was produced by
 the trainer: that is what the gate trusts as evidence.
 
 ``apply`` makes the server match the file and is idempotent: it creates the experiment,
@@ -49,7 +50,9 @@ ACCESS: dict[str, dict[Resource, str]] = {
     "data_scientist": {"experiment": "READ", "candidates": "READ", "production": "READ"},
     "trainer": {"experiment": "EDIT", "candidates": "EDIT", "production": "READ"},
     "reviewer": {"experiment": "READ", "candidates": "READ", "production": "READ"},
-    "gate": {"experiment": "READ", "candidates": "READ", "production": "EDIT"},
+    # EDIT on candidates: the gate rewrites the open candidate's card when champion moves
+    # (a version's description needs update rights); it registers nothing there.
+    "gate": {"experiment": "READ", "candidates": "EDIT", "production": "EDIT"},
 }
 MIN_PASSWORD = 12  # MLflow refuses shorter ones
 

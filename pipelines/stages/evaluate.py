@@ -37,6 +37,7 @@ from core.errors import RegistryError
 from pipelines import dataset, inference, pointer, tracking
 from pipelines.config import PRODUCTION_TEST, Evaluate, Params
 from pipelines.models import read_meta
+from registry import comparison
 
 log = logging.getLogger(__name__)
 
@@ -214,19 +215,9 @@ def noise_invariance(
 
 
 def mcnemar(y: np.ndarray, challenger: np.ndarray, champion: np.ndarray) -> dict[str, Any]:
-    """McNemar's exact test on the discordant pairs of two classifiers."""
-    from scipy.stats import binomtest
-
-    ch_right, cp_right = challenger == y, champion == y
-    only_champion = int((cp_right & ~ch_right).sum())  # champion right, challenger wrong
-    only_challenger = int((ch_right & ~cp_right).sum())
-    n = only_champion + only_challenger
-    p = 1.0 if n == 0 else float(binomtest(only_champion, n, 0.5).pvalue)
-    return {
-        "only_champion_right": only_champion,
-        "only_challenger_right": only_challenger,
-        "p_value": p,
-    }
+    """McNemar's exact test on the discordant pairs of two classifiers (the review gate
+    uses the same one at approval: registry.comparison)."""
+    return asdict(comparison.mcnemar(y, challenger, champion))
 
 
 def compare_with_champion(
@@ -327,15 +318,16 @@ def _champion_gate(
 ) -> Gate:
     """Fails only when the challenger is worse on these rows and McNemar says it is
     significant (p < ``champion_alpha``)."""
-    worse = champ["only_champion_right"] > champ["only_challenger_right"]
-    significant = champ["p_value"] < cfg.champion_alpha
+    test = comparison.McNemar(
+        champ["only_champion_right"], champ["only_challenger_right"], champ["p_value"]
+    )
     on = f" on {champ['rows']} {rows} rows" if "rows" in champ else ""
     return Gate(
         name,
         champ["p_value"],
         cfg.champion_alpha,
         ">=",
-        passed=not (worse and significant),
+        passed=not comparison.significantly_worse(test, cfg.champion_alpha),
         detail=(
             f"champion v{champ['version']}{on}: accuracy {champ['accuracy']:.4f} vs "
             f"{accuracy:.4f}, McNemar p={champ['p_value']:.3g}"

@@ -30,6 +30,7 @@ from core.errors import ConfigError, GateFailed, SchemaMismatch
 from pipelines import dataset, inference, lineage, tracking
 from pipelines.config import PRODUCTION_TEST, Params
 from pipelines.models import read_meta
+from registry import card
 from registry.client import Registry
 
 log = logging.getLogger(__name__)
@@ -345,13 +346,17 @@ def model_card(
     per-class recall, the data validation, what changed, and where the evidence is."""
     gates = reports.gates
     compared = reports.evaluation.get("champion") or {}
-    lines = [f"**{_verdict(gates, reports.evaluation)}**", ""]
+    # The part that depends on the champion is a section the review gate rewrites when
+    # champion moves (registry.card), recomputed against the new one.
+    versus = [f"**{_verdict(gates, reports.evaluation)}**", ""]
     production = _production_verdict(reports.evaluation, tags)
     if production:
-        lines += [production, ""]
-    lines += _side_by_side(
+        versus += [production, ""]
+    versus += _side_by_side(
         tags, champion, compared, reports.evaluation.get("champion_production") or {}
     )
+    versus += ["", card.what_changed(tags, champion)]
+    lines = [card.section(card.SECTION, "\n".join(versus))]
     lines += ["", "| gate | value | threshold | result |", "|---|---|---|---|"]
     for g in gates["gates"].values():
         value = "n/a" if g["value"] is None else f"{g['value']:.4g}"
@@ -375,8 +380,6 @@ def model_card(
         "",
         f"**Data validation** {passed}: {val.get('evaluated')} expectations, "
         f"{val.get('failed')} failed; rows: {rows}.",
-        "",
-        _what_changed(tags, champion),
     ]
     if run_link:
         lines += [
@@ -455,16 +458,16 @@ def _side_by_side(
     for label, key, fmt, lower_better in CARD_ROWS:
         if key.startswith("metric.production_") and key not in tags:
             continue  # not scored on production rows: no row of "n/a"
-        mine = _number(tags.get(key))
+        mine = card.number(tags.get(key))
         row = f"| {label} | {fmt.format(mine) if mine is not None else 'n/a'} |"
         if champion:
-            theirs = _number(champion[1].get(key))
+            theirs = card.number(champion[1].get(key))
             if label == "accuracy" and compared.get("compared"):
                 theirs = float(compared["accuracy"])  # on this version's test set
             elif label == "production accuracy" and compared_production.get("compared"):
                 theirs = float(compared_production["accuracy"])  # on its production test set
             shown = fmt.format(theirs) if theirs is not None else "n/a"
-            row += f" {shown} | {_change(mine, theirs, lower_better)} |"
+            row += f" {shown} | {card.change(mine, theirs, lower_better)} |"
         out.append(row)
     variant = f"| variant | {tags.get('model.family')} {tags.get('model.variant')} |"
     if champion:
@@ -479,47 +482,6 @@ def _side_by_side(
             f"(v{champion[0]}'s own run).",
         ]
     return out
-
-
-def _change(mine: float | None, theirs: float | None, lower_better: bool) -> str:
-    if mine is None or theirs is None or theirs == 0:
-        return ""
-    delta = mine - theirs
-    if delta == 0:
-        return "same"
-    worse = delta > 0 if lower_better else delta < 0
-    text = f"{delta:+.4g} ({delta / abs(theirs):+.1%})"
-    return f"**{text} worse**" if worse and abs(delta / theirs) > 0.005 else text
-
-
-def _what_changed(tags: dict[str, str], champion: tuple[str, dict[str, str]] | None) -> str:
-    commit = tags.get("git.commit", "unknown")
-    dirty = " (uncommitted changes)" if tags.get("git.dirty") == "True" else ""
-    text = (
-        f"**What changed**: commit `{commit[:12]}`{dirty} by {tags.get('git.author')}; "
-        f"data md5 `{tags.get('dvc.data_md5', '?')[:12]}`, params sha256 "
-        f"`{tags.get('dvc.params_sha256', '?')[:12]}`"
-    )
-    if champion:
-        theirs = champion[1]
-        other = theirs.get("git.commit", "unknown")
-        same_data = theirs.get("dvc.data_md5") == tags.get("dvc.data_md5")
-        same_params = theirs.get("dvc.params_sha256") == tags.get("dvc.params_sha256")
-        text += (
-            f". The champion came from `{other[:12]}`: data "
-            f"{'the same' if same_data else 'changed'}, params "
-            f"{'the same' if same_params else 'changed'}"
-        )
-        if not same_params and commit != "unknown" and other != "unknown":
-            text += f" (`git diff {other[:12]} {commit[:12]} -- params.yaml`)"
-    return text + "."
-
-
-def _number(value: str | None) -> float | None:
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None
 
 
 def _champion_tags(

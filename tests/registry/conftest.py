@@ -5,6 +5,7 @@ session (~10-20 s), and a team applied to it with `modelyard registry users appl
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -210,6 +211,36 @@ def tiny_onnx(path: Path, seed: int) -> Path:
     return path
 
 
+def write_reference(
+    folder: Path, tmp: Path, *, labelled_by: int, rows: int = 60, production_rows: int = 0
+) -> Path:
+    """What train logs as the run's ``reference/``: schema.json and the test split(s), here
+    ``rows`` random rows labelled by the predictions of the tiny model of seed
+    ``labelled_by`` (that model is right on every row)."""
+    import numpy as np
+    import pandas as pd
+
+    from registry.comparison import predict
+
+    folder.mkdir(parents=True, exist_ok=True)
+    labeller = tiny_onnx(tmp / f"labeller-{labelled_by}.onnx", labelled_by)
+    features = [f"f{i}" for i in range(4)]
+    schema = {
+        "target": "label",
+        "classes": ["0", "1", "2"],
+        "features": [{"name": f} for f in features],
+    }
+    (folder / "schema.json").write_text(json.dumps(schema))
+    rng = np.random.default_rng(1000 + labelled_by)
+    for split, n in (("test", rows), ("test_production", production_rows)):
+        if n:
+            x = rng.normal(size=(n, 4)).astype(np.float32)
+            frame = pd.DataFrame(x, columns=features)
+            frame["label"] = [str(c) for c in predict(labeller, x)]
+            frame.to_parquet(folder / f"{split}.parquet")
+    return folder
+
+
 def log_candidate(
     server: TeamServer,
     tmp: Path,
@@ -220,10 +251,13 @@ def log_candidate(
     metrics: dict[str, float] | None = None,
     author: str | None = "dana-gh",
     run_sha: str | None = None,
+    labelled_by: int | None = None,
 ) -> tuple[str, str, str]:
     """What CI's train..register do, on the team server as ``user``: a run in
-    ``experiment`` with the evaluate metrics, the author and validation tags, the ONNX model
-    logged to it and the file's sha256 recorded. Returns (run id, model uri, sha256)."""
+    ``experiment`` with the evaluate metrics, the author and validation tags, its test
+    split (``reference/``: labelled by the model of seed ``labelled_by``, by default its
+    own, so it is right on every row), the ONNX model logged to it and the file's sha256
+    recorded. Returns (run id, model uri, sha256)."""
     import mlflow
     import numpy as np
 
@@ -231,6 +265,11 @@ def log_candidate(
     from pipelines import tracking
 
     onnx_file = tiny_onnx(tmp / f"model-{seed}.onnx", seed)
+    reference = write_reference(
+        tmp / f"reference-{seed}" / "reference",
+        tmp,
+        labelled_by=seed if labelled_by is None else labelled_by,
+    )
     sha = files.sha256(onnx_file)
     with as_user(server, user):
         mlflow.set_tracking_uri(server.uri)
@@ -241,6 +280,7 @@ def log_candidate(
             if author is not None:
                 tags["modelyard.author"] = author
             mlflow.set_tags(tags)
+            mlflow.log_artifacts(str(reference), "reference")
             example = np.zeros((2, 4), dtype=np.float32)
             model_uri, _ = tracking.log_onnx_model(onnx_file, example, {"schema": {}})
     return run.info.run_id, model_uri, sha

@@ -429,7 +429,8 @@ def test_deploy_verify_refuses_what_the_gate_did_not_approve(gate: Gate) -> None
     other_key = gate.run(
         "dana", "registry", "verify", PRODUCTION, champion, MODELYARD_GATE_KEY="another-key-01234"
     )
-    assert other_key.returncode == 1 and "no approval signed by the gate" in other_key.stderr
+    assert other_key.returncode == 1  # signed with another key (registry.keys says which)
+    assert "not deploying it: it is signed with key" in " ".join(other_key.stderr.split())
 
 
 def test_a_reviewer_rolls_back_through_the_gate(gate: Gate, tmp_path: Path) -> None:
@@ -490,3 +491,71 @@ def test_the_approval_is_written_before_champion_moves(
     print(f"\ngate.approve in-process (login, evidence, copy, sign, alias, deploy): {took:.2f} s")
     assert at_move == [(True, True)]
     assert done.approval.reviewer == "rui" and done.approval.candidate_version == candidate
+
+
+def test_the_comparison_with_the_current_champion_is_recomputed_at_approval(
+    gate: Gate, tmp_path: Path
+) -> None:
+    """Issue 11 item 4: a candidate whose own gates pass but which is worse than the
+    current champion on its own test rows is refused; a better one is approved with the
+    recomputed numbers signed, audited and on the model cards; approving it again
+    changes nothing."""
+    first = train_candidate(gate.server, tmp_path, seed=40)
+    assert gate.approve("rui", first).returncode == 0
+    champion = gate.champion()
+    # Its test rows are labelled the way the champion predicts: the champion gets all.
+    worse = train_candidate(gate.server, tmp_path, seed=41, labelled_by=40)
+    since = gate.last_id()
+    refused = gate.approve("rui", worse)
+    assert refused.returncode == 1, refused.stdout
+    said = " ".join(refused.stderr.split())
+    assert f"{CANDIDATES} v{worse} is worse than the current champion" in said
+    assert f"vs champion {PRODUCTION} v{champion} on the same 60 test rows" in said
+    assert "vs 1.0000" in said and "McNemar p = " in said and "WORSE" in said
+    assert gate.champion() == champion and gate.events(since) == []
+
+    # The open candidate (@challenger) is the worse one while a better one is approved.
+    with as_user(gate.server, "ci"):
+        Registry(gate.server.uri).set_alias(CANDIDATES, "challenger", worse)
+    better = train_candidate(gate.server, tmp_path, seed=42)  # right on its own rows
+    dispatched = len(gate.github.dispatched())
+    approved = gate.approve("lee", better)
+    assert approved.returncode == 0, approved.stderr
+    now = gate.champion()
+    assert now != champion
+    shown = " ".join(approved.stdout.split())
+    assert f"recomputed by the gate: vs champion {PRODUCTION} v{champion}" in shown
+    assert "accuracy 1.0000 vs" in shown and "not worse" in shown
+    entry = next(
+        e for e in gate.store.audit_log(PRODUCTION) if e.event == "approved" and e.version == now
+    )
+    (split,) = entry.detail["comparison"]["splits"]
+    assert entry.detail["comparison"]["champion"] == f"{PRODUCTION} v{champion}"
+    assert split["challenger"]["accuracy"] == 1.0 and split["champion"]["accuracy"] < 1.0
+    assert split["test"]["p_value"] < 0.05 and set(split["challenger"]["recall"]) == {"0", "1", "2"}
+    with as_user(gate.server, "dana"):
+        registry = Registry(gate.server.uri)
+        production = registry.version(PRODUCTION, str(now))
+        challenger = registry.version(CANDIDATES, worse)
+    # the signed record carries the comparison
+    assert json.loads(production.tags[RECORD_TAG])["comparison"] == entry.detail["comparison"]
+    # the production card: the gate's audit and the comparison with the champion it replaced
+    card = production.description
+    assert f"Against the champion it replaced, {PRODUCTION} v{champion}**" in card
+    assert f"approved by lee**: {CANDIDATES} v{better}" in card
+    assert "deploy-triggered by gate" in card and "gate_audit" in card
+    # the open candidate's card, recomputed against the new champion
+    assert f"Against the current champion, {PRODUCTION} v{now}**" in challenger.description
+    assert "**WORSE than the champion**" in challenger.description
+
+    # Approved twice: the same answer, nothing moved or dispatched again.
+    again = gate.approve("rui", better)
+    assert again.returncode == 0, again.stderr
+    assert "was already approved by lee" in again.stdout and "nothing changed" in again.stdout
+    assert gate.champion() == now
+    assert len(gate.github.dispatched()) == dispatched + 1
+    with as_user(gate.server, "dana"):
+        assert Registry(gate.server.uri).versions(PRODUCTION)[-1].version == now
+    old = gate.approve("rui", first)  # no longer the champion: refused, not re-promoted
+    assert old.returncode == 1 and "was approved before" in " ".join(old.stderr.split())
+    assert gate.champion() == now

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -93,7 +94,8 @@ def test_the_signature_covers_every_field() -> None:
     assert signed(b"k" * 32, record, signature)
     assert not signed(b"x" * 32, record, signature)
     for field in dataclasses.fields(Approval):
-        changed = dataclasses.replace(approval, **{field.name: "changed"}).canonical()
+        change: dict[str, Any] = {field.name: "changed"}
+        changed = dataclasses.replace(approval, **change).canonical()
         assert not signed(b"k" * 32, changed, signature), field.name
 
 
@@ -126,7 +128,7 @@ def test_team_file_roles_identities_and_passwords(tmp_path: Path) -> None:
     grants = team.grants_for(loaded, "7")
     assert {(g.resource_type, g.resource_id, g.permission) for g in grants["gate"]} == {
         ("experiment", "7", "READ"),
-        ("registered_model", "c", "READ"),
+        ("registered_model", "c", "EDIT"),  # it rewrites the open candidate's card
         ("registered_model", "p", "EDIT"),
     }
     assert all(g.permission == "READ" for g in grants["dana"])
@@ -185,3 +187,69 @@ def test_the_audit_cannot_be_changed(store: GateStore) -> None:
             conn.rollback()
     assert [(e.event, e.actor) for e in store.audit_log("p")] == [("promote", "rui")]
     assert store.last_champion("p") == "1"
+
+
+# -- the comparison with the current champion (registry.comparison) ---------------------------
+
+
+def compare(tmp_path: Path, challenger: int, champion: int, labelled_by: int, **kw: int) -> Any:
+    """Two tiny real ONNX models (seeds) on a reference folder labelled by a third."""
+    from registry.comparison import compare_models
+    from tests.registry.conftest import tiny_onnx, write_reference
+
+    reference = write_reference(
+        tmp_path / f"ref-{labelled_by}-{kw}", tmp_path, labelled_by=labelled_by, **kw
+    )
+    return compare_models(
+        tiny_onnx(tmp_path / f"a-{challenger}.onnx", challenger),
+        tiny_onnx(tmp_path / f"b-{champion}.onnx", champion),
+        reference,
+        champion_label="prod v1",
+        alpha=RULES.champion_alpha,
+        min_production_rows=RULES.min_production_rows,
+    )
+
+
+def test_a_candidate_worse_than_the_champion_on_its_own_test_rows_fails(tmp_path: Path) -> None:
+    worse = compare(tmp_path, challenger=2, champion=1, labelled_by=1)  # the champion's labels
+    assert not worse.passed
+    (split,) = worse.splits
+    assert split.split == "test" and split.rows == 60
+    assert split.champion.accuracy == 1.0 and split.challenger.accuracy < 0.7
+    assert split.test.only_challenger_right == 0 and split.test.p_value < 1e-6
+    assert set(split.challenger.recall) == {"0", "1", "2"}
+    assert "accuracy" in worse.summary() and "WORSE" in worse.summary()
+
+    better = compare(tmp_path, challenger=1, champion=2, labelled_by=1)
+    assert better.passed and better.splits[0].challenger.accuracy == 1.0
+    same = compare(tmp_path, challenger=1, champion=1, labelled_by=2)
+    assert same.passed and same.splits[0].test.p_value == 1.0  # no discordant rows
+    assert same.record()["passed"] and "McNemar p = 1" in same.record()["summary"]
+
+
+def test_the_production_split_counts_only_with_enough_rows(tmp_path: Path) -> None:
+    few = compare(tmp_path, challenger=2, champion=1, labelled_by=2, production_rows=10)
+    assert [s.split for s in few.splits] == ["test"]
+    assert few.notes == ["test_production: 10 rows, fewer than 30: not compared"]
+    enough = compare(tmp_path, challenger=2, champion=1, labelled_by=2, production_rows=40)
+    assert [s.split for s in enough.splits] == ["test", "test_production"]
+    assert enough.passed
+
+
+def test_no_logged_test_split_is_an_error(tmp_path: Path) -> None:
+    from core.errors import DataError
+    from registry.comparison import compare_models
+    from tests.registry.conftest import tiny_onnx
+
+    model = tiny_onnx(tmp_path / "m.onnx", 1)
+    with pytest.raises(DataError, match=r"reference/test\.parquet was not logged"):
+        compare_models(
+            model, model, tmp_path, champion_label="p v1", alpha=0.05, min_production_rows=30
+        )
+
+
+def test_the_gate_reads_every_rule_from_the_evaluate_section() -> None:
+    from pipelines.config import Evaluate
+
+    rules = policy.Rules.of(Evaluate(champion_alpha=0.01, min_production_rows=50))
+    assert (rules.champion_alpha, rules.min_production_rows, rules.min_accuracy) == (0.01, 50, 0.95)
