@@ -109,7 +109,7 @@ def _refresh_pointer(params_file: Path, name: str) -> None:
     from pipelines import pointer
 
     params, root = guard("champion", lambda: load(params_file))
-    if params.register_.model_name != name:
+    if params.register_.champion_model != name:
         return
     now, changed = guard(
         "champion",
@@ -132,7 +132,7 @@ def champion(params_file: ParamsOpt = PARAMS) -> None:
 
     params, root = guard("champion", lambda: load(params_file))
     registry = open_registry(params_file)
-    name = params.register_.model_name
+    name = params.register_.champion_model  # team mode: the production model
     now, changed = guard("champion", lambda: pointer.refresh(registry, name, params.paths, root))
     state = f"v{now.version}" if now.version else "none yet"
     console.print(f"champion of {name}: {state}" + (" (pointer updated)" if changed else ""))

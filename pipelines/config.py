@@ -264,6 +264,18 @@ class Evaluate(Section):
 class Register(Section):
     model_name: str = "digits-classifier"
     alias: str = "challenger"
+    # The registered model whose `champion` evaluate compares with (the champion pointer,
+    # `modelyard champion`). Unset: model_name. Team mode: the production model
+    # (team.yaml: models.production), where only the gate moves `champion`.
+    champion_model: str = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _champion_model(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not data.get("champion_model"):
+            name = data.get("model_name") or cls.model_fields["model_name"].default
+            return {**data, "champion_model": name}
+        return data
 
 
 class Tracking(Section):

@@ -3,7 +3,9 @@
 DVC cannot see the MLflow registry: on a fresh clone (or a fresh store) it may find
 every stage up to date and skip ``register``. So ``run`` ends with the register step,
 which adds the version only if this store lacks it. With ``push``, the stage outputs go
-to the DVC remote first, and a failed push registers nothing.
+to the DVC remote first, and a failed push registers nothing. On an MLflow server (team
+mode), a trained model whose run the server lacks (DVC restored it from its cache) is
+trained again, so the registered version's run, with its metrics, is on the server.
 """
 
 from __future__ import annotations
@@ -60,9 +62,11 @@ def check_inputs(params: Params, root: Path) -> None:
         raise ConfigError("nothing was run:\n  - " + "\n  - ".join(missing))
 
 
-def repro(root: Path, *, force: bool = False) -> None:
-    """`dvc repro` in ``root``; the stages' commands find this venv's tools."""
-    cmd = [tools.binary("dvc"), "repro", *(["--force"] if force else [])]
+def repro(root: Path, *, force: bool = False, start: str | None = None) -> None:
+    """`dvc repro` in ``root`` (from stage ``start`` on, if given: it and every stage
+    after it); the stages' commands find this venv's tools."""
+    downstream = ["--downstream", start] if start else []
+    cmd = [tools.binary("dvc"), "repro", *(["--force"] if force else []), *downstream]
     code = subprocess.call(cmd, cwd=root, env=tools.env())
     if code != 0:
         raise PipelineFailed(
@@ -160,8 +164,23 @@ def run(
         )
     name = params.register_.model_name
     before = {v.version for v in registry.versions(name)}
-    pointer.refresh(registry, name, params.paths, root)  # a new champion re-runs evaluate
+    # A new champion re-runs evaluate (team mode: the production model's champion).
+    pointer.refresh(registry, params.register_.champion_model, params.paths, root)
     repro(root, force=force)
+    if tracking.on_server(root) and (lost := training_run_missing(params, root)):
+        # DVC restored the trained model from its cache (trained on someone's machine, or
+        # another store): the server never saw its run. The gate trusts a version because
+        # its run is in the trainer's experiment with the metrics evaluate logged, so
+        # train again here, and run every later stage again too: each logs to the run
+        # meta.json names, even when its own inputs (the same ONNX bytes) did not change.
+        log.warning(
+            "the trained model's MLflow run %s is not in experiment %s on %s: training "
+            "again so the registered version's run is there",
+            lost,
+            params.tracking.experiment,
+            registry.uri,
+        )
+        repro(root, force=True, start="train")
     if push_outputs:
         push(root, url=push_to)
     logging.getLogger("pipelines.stages.register").setLevel(logging.WARNING)
@@ -176,6 +195,20 @@ def run(
         alias=params.register_.alias,
         alias_version=now.version if now else None,
     )
+
+
+def training_run_missing(params: Params, root: Path) -> str | None:
+    """The MLflow run the trained model (``paths.native``) was trained in, if this store
+    lacks it in ``tracking.experiment`` (the trainer's, in team mode); None when it is
+    there (or there is no trained model)."""
+    from pipelines.models import read_meta
+
+    if not (root / params.paths.native / "meta.json").is_file():
+        return None
+    run_id = str(read_meta(root / params.paths.native).get("run_id") or "")
+    if run_id and tracking.run_in_experiment(run_id, params.tracking.experiment):
+        return None
+    return run_id or "(none recorded)"
 
 
 def link_drift_run(registry: Registry, name: str, version: str, drift_run: str) -> None:

@@ -4,7 +4,9 @@ One MLflow run per pipeline execution: ``train`` starts it and records its id ne
 to the native model; ``export``, ``evaluate`` and ``register`` resume it.
 
 Where MLflow lives is read here and nowhere else: ``MLFLOW_TRACKING_URI`` if set (a
-team server), else the embedded SQLite store in ``<project>/.modelyard/``.
+team server), else the embedded SQLite store in ``<project>/.modelyard/``. Tracking and
+the registry always use the same URI, and the same credentials (MLflow's client reads
+``MLFLOW_TRACKING_USERNAME``/``PASSWORD``; the DVC stages inherit them).
 """
 
 from __future__ import annotations
@@ -32,6 +34,12 @@ def embedded_uri(root: Path) -> str:
 def tracking_uri(root: Path) -> str:
     """The MLflow tracking (and registry) URI for a project rooted at ``root``."""
     return settings.current().mlflow_tracking_uri or embedded_uri(root)
+
+
+def on_server(root: Path) -> bool:
+    """Whether runs go to an MLflow server (a team's, with its users) rather than a file
+    store of this project: a run must then be on that server to count as evidence."""
+    return tracking_uri(root).startswith(("http://", "https://"))
 
 
 def artifact_root(root: Path) -> str | None:
@@ -87,6 +95,25 @@ def run_exists(run_id: str) -> bool:
             return False
         raise _unreadable(run_id, exc) from exc
     return True
+
+
+def run_in_experiment(run_id: str, experiment: str) -> bool:
+    """Whether ``experiment`` holds the run. Searched within the experiment: a team server
+    (basic-auth) answers 403, not "does not exist", for the id of a run it lacks. A store
+    that cannot be read raises RegistryError."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        found = mlflow.get_experiment_by_name(experiment)
+        if found is None:
+            return False
+        runs = mlflow.MlflowClient().search_runs(
+            [found.experiment_id], filter_string=f"attributes.run_id = '{run_id}'", max_results=1
+        )
+    except MlflowException as exc:
+        raise _unreadable(run_id, exc) from exc
+    return len(runs) == 1
 
 
 @contextlib.contextmanager

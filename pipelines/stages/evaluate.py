@@ -233,7 +233,8 @@ def compare_with_champion(
 
     champ = pointer.read(params.paths, root)
     registry = Registry(tracking.tracking_uri(root))
-    now = pointer.current(registry, params.register_.model_name)
+    # register.champion_model: in team mode the production model, not the candidates.
+    now = pointer.current(registry, params.register_.champion_model)
     if now != champ:
         raise RegistryError(
             f"the champion of {now.model} changed since {params.paths.report(pointer.FILE)} "
@@ -271,6 +272,7 @@ def compare_with_champion(
     for name, (split, pred) in scored.items():
         champ_pred = inference.predict_proba(sess, split.x).argmax(1)
         out[name] = {
+            "model": champ.model,
             "version": champ.version,
             "compared": True,
             "rows": len(split.y),
@@ -322,6 +324,7 @@ def _champion_gate(
         champ["only_champion_right"], champ["only_challenger_right"], champ["p_value"]
     )
     on = f" on {champ['rows']} {rows} rows" if "rows" in champ else ""
+    of = f" of {champ['model']}" if champ.get("model") else ""
     return Gate(
         name,
         champ["p_value"],
@@ -329,7 +332,7 @@ def _champion_gate(
         ">=",
         passed=not comparison.significantly_worse(test, cfg.champion_alpha),
         detail=(
-            f"champion v{champ['version']}{on}: accuracy {champ['accuracy']:.4f} vs "
+            f"champion v{champ['version']}{of}{on}: accuracy {champ['accuracy']:.4f} vs "
             f"{accuracy:.4f}, McNemar p={champ['p_value']:.3g}"
         ),
     )
