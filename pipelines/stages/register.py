@@ -110,7 +110,7 @@ def run(params: Params, root: Path) -> Result:
         card = model_card(
             reports=Reports.read(root / paths.reports),
             tags=tags,
-            champion=_champion_tags(registry, cfg.model_name, reports),
+            champion=_champion_tags(registry, cfg.champion_model, reports),
             run_link=_run_link(registry, run_id),
         )
         version = registry.register(cfg.model_name, model_uri, run_id, tags, card)
@@ -487,12 +487,18 @@ def _side_by_side(
 def _champion_tags(
     registry: Registry, name: str, reports: Path
 ) -> tuple[str, dict[str, str]] | None:
-    """The champion evaluate compared with (its number and tags), if there was one."""
+    """The champion evaluate compared with (its number and tags), if there was one. In
+    team mode it is a production version (``register.champion_model``): its lineage tags
+    are those of the candidate the gate copied (``source.model``/``source.version``)."""
     compared = files.read_json(reports / "evaluate.details.json").get("champion") or {}
     version = compared.get("version")
     if not version:
         return None
-    return str(version), registry.version(name, str(version)).tags
+    tags = registry.version(str(compared.get("model") or name), str(version)).tags
+    source, number = tags.get("source.model"), tags.get("source.version")
+    if source and number:
+        tags = {**registry.version(source, number).tags, **tags}
+    return str(version), tags
 
 
 def _run_link(registry: Registry, run_id: str) -> str | None:

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipelines.stages import register
 from registry.client import Registry
 from tests.conftest import BIN, FAST_OPTIMIZE, FAST_TRAIN, dvc, git, git_copy, modelyard
 from tests.registry.conftest import EXPERIMENT, RULES, TeamServer, as_user, team_yaml
@@ -110,7 +111,11 @@ def test_ci_trains_on_the_team_server_and_evaluate_compares_with_the_production_
             CANDIDATES,
             version.version,
             PRODUCTION,
-            tags={"onnx.sha256": version.tags["onnx.sha256"]},
+            tags={  # what the gate writes on its copy
+                "source.model": CANDIDATES,
+                "source.version": version.version,
+                "onnx.sha256": version.tags["onnx.sha256"],
+            },
         )
         registry.set_champion(PRODUCTION, copied.version)
 
@@ -130,6 +135,14 @@ def test_ci_trains_on_the_team_server_and_evaluate_compares_with_the_production_
     assert isinstance(gates, dict)
     detail = gates["not_worse_than_champion"]["detail"]
     assert f"champion v{copied.version} of {PRODUCTION}" in detail, detail
+
+    # The next version's card shows that champion with its candidate's lineage and metrics.
+    with as_user(team_server, "ci"):
+        shown = register._champion_tags(registry, PRODUCTION, root / "data/reports")
+    assert shown is not None
+    number, tags = shown
+    assert number == copied.version and tags["source.version"] == version.version
+    assert tags["metric.accuracy"] == version.tags["metric.accuracy"]
 
 
 class NoDeploys:
