@@ -1,7 +1,9 @@
 """The champion pointer: who the registry's ``champion`` is, as a small git-tracked file.
 
 DVC cannot see the registry, yet ``evaluate`` compares the challenger with the current
-champion. ``paths.reports/champion.json`` names the champion (model, version, ONNX
+champion: ``champion`` of ``register.champion_model`` (``register.model_name`` unless set;
+in team mode the production model, where only the gate moves it).
+``paths.reports/champion.json`` names the champion (model, version, ONNX
 sha256; nulls while there is none) and ``evaluate`` lists it as a DVC dep. ``refresh``
 rewrites it only when the champion changed: ``modelyard run`` calls it before
 ``dvc repro``, and ``promote`` / ``rollback`` call it after moving the alias, so a
