@@ -11,6 +11,11 @@ Starlette route on uvicorn, benchmarks/starlette_baseline.py) at 1 and 2 workers
 Prints a Markdown table (req/s, p50/p99, the 2-worker scaling, the ratio to the bare app
 at the same worker count) and writes it, with the raw numbers, to
 benchmarks/results/workers.{md,json}.
+
+It also reports the server's CPU time per request (user + system of its whole process
+tree during the measured run, divided by the requests served). On a shared machine
+req/s moves with whatever else runs (wrk itself shares the cores); CPU time per request
+moves much less, so its ratio to the bare app is the steadier per-worker comparison.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serving import BIN, HERE, KEY, free_port, machine, stop, wait_until, wrk
@@ -104,11 +110,13 @@ def main() -> None:
         try:
             wait_until(url, body.encode(), proc)
             wrk(url, body, 3, args.connections)  # warm-up
-            results[label] = wrk(url, body, args.duration, args.connections)
-            r = results[label]
+            tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+            cpu_before = cpu_seconds(tree)
+            results[label] = r = wrk(url, body, args.duration, args.connections)
+            r["cpu_us_per_request"] = (cpu_seconds(tree) - cpu_before) / r["requests"] * 1e6
             print(
                 f"  {r['rps']:.0f} req/s, p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms, "
-                f"errors {r['errors']}",
+                f"errors {r['errors']}, server CPU {r['cpu_us_per_request']:.0f} us/request",
                 flush=True,
             )
         finally:
@@ -121,6 +129,11 @@ def main() -> None:
     (out / "workers.json").write_text(
         json.dumps({"results": results, "machine": machine()}, indent=2)
     )
+
+
+def cpu_seconds(tree: list[psutil.Process]) -> float:
+    """User + system CPU seconds used so far by the processes of a server's tree."""
+    return sum(t.user + t.system for t in (p.cpu_times() for p in tree))
 
 
 def cpu_model() -> str:
@@ -136,16 +149,19 @@ def render(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
         f"{cpu_model()}, {os.cpu_count()} cores, Python {machine()['python']}, "
         f"{machine()['date']}",
         "",
-        "| server | req/s | p50 ms | p99 ms | errors | vs 1 worker | vs bare, same workers |",
-        "|---|---|---|---|---|---|---|",
+        "| server | req/s | p50 ms | p99 ms | errors | vs 1 worker | vs bare, same workers "
+        "| server CPU µs/request | vs bare, CPU per request |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for label, r in results.items():
         kind, workers = label.split(", ")
         one = results[f"{kind}, 1 worker(s)"]["rps"]
-        bare = results[f"bare Starlette, {workers}"]["rps"]
+        bare = results[f"bare Starlette, {workers}"]
+        cpu = r["cpu_us_per_request"]
         lines.append(
             f"| {label} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
-            f"{r['errors']} | {r['rps'] / one:.2f}x | {r['rps'] / bare:.2f}x |"
+            f"{r['errors']} | {r['rps'] / one:.2f}x | {r['rps'] / bare['rps']:.2f}x | "
+            f"{cpu:.0f} | {bare['cpu_us_per_request'] / cpu:.2f}x |"
         )
     return "\n".join(lines) + "\n"
 
