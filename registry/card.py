@@ -156,9 +156,10 @@ def number(value: str | None) -> float | None:
 # -- the gate's audit, on the production version ------------------------------------------------
 
 
-def audit_markdown(entries: Sequence[Any], *, where: str) -> str:
+def audit_markdown(entries: Sequence[Any], *, deploy: Any | None, where: str) -> str:
     """The gate's audit entries of one production version (``registry.store.Entry``),
-    summarised: approved by, when, comment, candidate, gates, comparison, deploy state."""
+    summarised: approved by, when, comment, candidate, gates, comparison; and its deploy
+    as the gate's database has it now (``registry.store.Deploy``, None: never requested)."""
     lines = [
         "**Review gate audit** (written by the gate; the full append-only log: " + where + ")",
         "",
@@ -188,4 +189,16 @@ def audit_markdown(entries: Sequence[Any], *, where: str) -> str:
                 f"{k} {v}" for k, v in d.items() if k in {"previous", "via", "attempts", "error"}
             )
             lines.append(f"- {at} {e.event} by {e.actor}" + (f" ({extra})" if extra else ""))
+    if deploy is None:
+        lines.append("- deploy: never requested")
+    else:
+        when = deploy.updated_at.isoformat(timespec="seconds")
+        retry = (
+            f", next attempt {deploy.next_attempt_at.isoformat(timespec='seconds')}"
+            if deploy.state == "failed" and deploy.next_attempt_at
+            else ""
+        )
+        lines.append(
+            f"- **deploy: {deploy.state}** (attempts {deploy.attempts}, since {when}{retry})"
+        )
     return "\n".join(lines)

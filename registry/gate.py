@@ -8,12 +8,18 @@ A reviewer asks it with their own MLflow login (`modelyard approve NAME VERSION`
    version's run exists and lives in the trainer's experiment (only the trainer can write
    there), the registered artifact was logged by that run, its model.onnx sha256 is
    recomputed and must be the file the run registered, the gates are recomputed from the
-   run's logged metrics with the gate's own thresholds, and four eyes compares the
-   reviewer's identities with the run's verified author;
+   run's logged metrics with the gate's own thresholds, four eyes compares the
+   reviewer's identities with the run's verified author, and the candidate is compared
+   with the current champion now (registry.comparison: both verified model files scored
+   on the run's logged test splits; refused when significantly worse, as evaluate does);
+   a candidate approved before is not copied again;
 3. it copies the candidate into the production model (tags written by the gate only),
    signs the approval (HMAC-SHA256 with the gate's key) and stores it in its own
    database and on the production version, audits it, and only then moves
-   ``champion``, then triggers the deploy once (``registry.dispatch``).
+   ``champion``, then triggers the deploy once (``registry.dispatch``);
+4. it rewrites the model cards (registry.card): on the new production version the
+   comparison with the champion it replaced and a summary of its audit, on the open
+   candidate (``challenger``) the comparison recomputed against the new champion.
 
 Webhook events on the production model and ``reconcile`` (on a schedule) check the
 same thing from the other side: a champion without a valid signed approval is put back
@@ -384,7 +390,12 @@ class Gate:
     # -- the cards ------------------------------------------------------------------------
 
     def _refresh_cards(
-        self, champion: str, *, candidate: Version | None, comparison: Comparison | None
+        self,
+        champion: str,
+        *,
+        candidate: Version | None,
+        comparison: Comparison | None,
+        challenger: bool = True,
     ) -> None:
         """After ``champion`` moved: the production version's description (its comparison
         with the champion it replaced, the gate's audit) and the open challenger's
@@ -392,7 +403,8 @@ class Gate:
         a failure here is logged and audited, not raised."""
         try:
             self.describe_production(champion, candidate=candidate, comparison=comparison)
-            self.refresh_challenger(champion)
+            if challenger:
+                self.refresh_challenger()
         except ModelyardError as exc:
             log.error("refreshing the model cards after v%s became champion: %s", champion, exc)
             self.store.audit(
@@ -408,35 +420,45 @@ class Gate:
     ) -> None:
         """The production version's card: the gate's audit summary, its comparison with
         the champion it replaced (when the gate made it), then the candidate's card."""
-        current = self.registry.version(self.production, version)
-        text = current.description
+        versus = None
         if comparison is not None and candidate is not None:
             stored = self.store.approval_for(self.production, version)
             replaced = comparison.champion
-            theirs = self._lineage(replaced.rsplit(" v", 1)[1]) if replaced else None
-            body = card.comparison_markdown(
+            versus = card.comparison_markdown(
                 comparison,
                 mine=candidate.tags,
-                theirs=theirs,
+                theirs=self._lineage(replaced.rsplit(" v", 1)[1]) if replaced else None,
                 at=stored.record["at"] if stored else _now(),
                 heading="Against the champion it replaced,",
             )
-            text = card.replace_section(text, card.SECTION, body)
-        entries = [e for e in self.store.audit_log(self.production) if e.version == version]
-        audit = card.audit_markdown(entries, where=AUDIT_WHERE)
-        self.registry.set_description(
-            self.production, version, card.replace_section(text, card.AUDIT, audit)
-        )
+        # Read under the lock (the gate and a scheduled reconcile both write here): the
+        # last writer has read the latest deploy state.
+        with self.store.exclusive(f"card {self.production} {version}"):
+            text = self.registry.version(self.production, version).description
+            if versus is not None:
+                text = card.replace_section(text, card.SECTION, versus)
+            entries = [e for e in self.store.audit_log(self.production) if e.version == version]
+            audit = card.audit_markdown(
+                entries, deploy=self.store.deploy(self.production, version), where=AUDIT_WHERE
+            )
+            self.registry.set_description(
+                self.production, version, card.replace_section(text, card.AUDIT, audit)
+            )
 
-    def refresh_challenger(self, champion: str) -> str:
-        """Rewrite the open candidate's (``challenger``) comparison against the new
-        champion, recomputed. Returns what it did."""
+    def refresh_challenger(self) -> str:
+        """Rewrite the open candidate's (``challenger``) comparison against the champion
+        of now, recomputed. Returns what it did."""
+        with self.store.exclusive(f"card {self.team.models.candidates} {CHALLENGER}"):
+            return self._refresh_challenger()
+
+    def _refresh_challenger(self) -> str:
         models = self.team.models
+        champ = self.registry.by_alias(self.production, CHAMPION)
         challenger = self.registry.by_alias(models.candidates, CHALLENGER)
-        if challenger is None:
-            return "no challenger"
+        if champ is None or challenger is None:
+            return "no champion or no challenger"
+        champion = champ.version
         label = f"{models.candidates} v{challenger.version}"
-        champ = self.registry.version(self.production, champion)
         if champ.tags.get("source.version") == challenger.version:
             note = f"**This version is the champion**: {self.production} v{champion}."
             text = card.replace_section(challenger.description, card.SECTION, note)
@@ -602,7 +624,15 @@ class Gate:
                     previous=expected,
                 )
                 done.append(f"recorded:{current}")
+        before = self.store.deploy(model, current)
         done.append(self._ensure_deployed(current))
+        after = self.store.deploy(model, current)
+        moved = any(d.startswith(("recorded:", "restored:", "reverted:")) for d in done)
+        state = (before.state, before.attempts) if before else None
+        if moved or state != ((after.state, after.attempts) if after else None):
+            # The page shows the champion's deploy as it is now; a new champion gets
+            # the open candidate's comparison recomputed against it.
+            self._refresh_cards(current, candidate=None, comparison=None, challenger=moved)
         return ",".join(done)
 
     def approved(self, version: str) -> bool:

@@ -14,6 +14,7 @@ of the pure parts.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Iterator
@@ -358,6 +359,26 @@ class GateStore:
                         model=model, version=version, state=DEPLOYED, attempts=0, updated_at=at
                     )
                 )
+
+    @contextmanager
+    def exclusive(self, name: str) -> Iterator[None]:
+        """Hold the lock ``name`` across processes (the gate and a scheduled reconcile
+        both rewrite model cards: the last writer must have read the latest state).
+        PostgreSQL: a session advisory lock; SQLite: one writer at a time anyway."""
+        if self.engine.dialect.name != "postgresql":
+            yield
+            return
+        key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": key})
+                try:
+                    yield
+                finally:
+                    conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+                    conn.commit()
+        except sa.exc.SQLAlchemyError as exc:
+            raise RegistryError(f"the gate's database failed: {exc}") from exc
 
     @contextmanager
     def _tx(self) -> Iterator[sa.Connection]:

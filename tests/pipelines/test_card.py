@@ -134,3 +134,35 @@ def test_the_gate_rewrites_only_the_champion_section() -> None:
         again.count("<!-- modelyard:vs-champion -->") == 1
         and "v4" not in shown(again).split("\n")[0]
     )
+
+
+def test_the_gate_audit_summary_says_who_what_when_and_the_deploy() -> None:
+    from datetime import UTC, datetime
+
+    from registry.store import Deploy, Entry
+
+    at = datetime(2026, 11, 26, 7, 0, tzinfo=UTC)
+    approved = {
+        "candidate": "digits-classifier v7",
+        "run_id": "r1",
+        "author": "dana-gh",
+        "onnx_sha256": "ab" * 32,
+        "gates": {"min_accuracy": 0.9861, "max_p99_ms": None},
+        "comparison": {"summary": "vs champion p v2 on the same 360 test rows: accuracy"},
+        "comment": "beats v2 on 8s",
+    }
+    entries = [
+        Entry(1, at, "approved", "p", "3", "rui", approved),
+        Entry(2, at, "promote", "p", "3", "rui", {"previous": "2"}),
+        Entry(3, at, "deploy-failed", "p", "3", "gate", {"attempts": 1, "error": "HTTP 500"}),
+    ]
+    failed = Deploy("p", "3", "failed", 1, "HTTP 500", at, at)
+    text = card.audit_markdown(entries, deploy=failed, where="the gate_audit table")
+    assert "full append-only log: the gate_audit table" in text
+    assert "**approved by rui**: digits-classifier v7 (run `r1`, author dana-gh" in text
+    assert 'comment: "beats v2 on 8s"' in text
+    assert "gates recomputed from the run: min_accuracy 0.9861; not logged: ['max_p99_ms']" in text
+    assert "comparison recomputed at approval: vs champion p v2" in text
+    assert "promote by rui (previous 2)" in text
+    assert "**deploy: failed** (attempts 1, since 2026-11-26T07:00:00+00:00, next attempt" in text
+    assert "deploy: never requested" in card.audit_markdown([], deploy=None, where="x")

@@ -391,6 +391,11 @@ def test_a_failed_deploy_is_retried(gate: Gate, tmp_path: Path) -> None:
     assert gate.github.dispatched().count((PRODUCTION, champion)) == 1
     state = gate.store.deploy(PRODUCTION, champion)
     assert state is not None and state.state == "requested" and state.attempts >= 2
+    # the model page shows the deploy as the gate has it now, not as it was at approval
+    with as_user(gate.server, "dana"):
+        page = Registry(gate.server.uri).version(PRODUCTION, champion).description
+    assert f"**deploy: requested** (attempts {state.attempts}," in page
+    assert "deploy-failed by gate" in page and "deploy-triggered by gate" in page
     events = [event for event, version in gate.events(since) if version == champion]
     assert events[:3] == ["approved", "promote", "deploy-failed"]
     assert events[-1] == "deploy-triggered" and events.count("deploy-triggered") == 1
@@ -544,6 +549,7 @@ def test_the_comparison_with_the_current_champion_is_recomputed_at_approval(
     assert f"Against the champion it replaced, {PRODUCTION} v{champion}**" in card
     assert f"approved by lee**: {CANDIDATES} v{better}" in card
     assert "deploy-triggered by gate" in card and "gate_audit" in card
+    assert "**deploy: requested** (attempts 1" in card
     # the open candidate's card, recomputed against the new champion
     assert f"Against the current champion, {PRODUCTION} v{now}**" in challenger.description
     assert "**WORSE than the champion**" in challenger.description
