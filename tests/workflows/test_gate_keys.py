@@ -1,0 +1,50 @@
+"""A key rotation reaches every workflow that checks the gate's signatures.
+
+During a rotation (README "Rotating the gate's key") approvals signed with the old key
+stay valid only where MODELYARD_GATE_PREVIOUS_KEYS is set: a job that has the current key
+but not the previous ones would refuse every approval not yet re-signed (`registry
+verify` stops the deploy, the scheduled reconcile reverts the champion).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.workflows.test_workflows import WORKFLOWS, load
+
+
+def _envs(doc: dict[Any, Any]) -> list[tuple[str, dict[str, str]]]:
+    """Each job's environment (workflow level merged in), and each step's on top of it."""
+    top = doc.get("env") or {}
+    found = []
+    for name, job in doc["jobs"].items():
+        job_env = {**top, **(job.get("env") or {})}
+        found.append((name, job_env))
+        for step in job.get("steps", []):
+            found.append(
+                (
+                    f"{name}: {step.get('name', step.get('run', '?'))}",
+                    {**job_env, **(step.get("env") or {})},
+                )
+            )
+    return found
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_where_the_gate_key_goes_the_previous_keys_go_too(path: Any) -> None:
+    missing = [
+        where
+        for where, env in _envs(load(path))
+        if "MODELYARD_GATE_KEY" in env and "MODELYARD_GATE_PREVIOUS_KEYS" not in env
+    ]
+    assert not missing, f"{path.name}: MODELYARD_GATE_PREVIOUS_KEYS missing in {missing}"
+
+
+def test_the_gate_key_is_used_by_deploy_and_reconcile() -> None:
+    """The check above is not vacuous: both workflows that verify signatures carry the key."""
+    using = {
+        p.name for p in WORKFLOWS if any("MODELYARD_GATE_KEY" in env for _, env in _envs(load(p)))
+    }
+    assert {"deploy.yml", "reconcile.yml"} <= using
