@@ -521,17 +521,21 @@ def test_the_monitor_image_runs_the_drift_job_over_a_real_log(
         time.sleep(0.05)
         log = tmp_path / "log"
         shutil.copytree(digits_api.log_dir, log)
+        # The training run's artifacts (file:// URIs in the store), as the job's user can
+        # read them: in the cluster the MLflow server serves them; here, a copy mounted at
+        # their path (the pipeline wrote some 0600, as root).
+        store = digits_api.project.root / ".modelyard"  # sqlite + the training split
+        artifacts = shutil.copytree(store / "artifacts", tmp_path / "artifacts")
         work = tmp_path / "work"
         work.mkdir()
-        for path in [log, work, *log.rglob("*")]:
+        for path in [log, work, artifacts, *log.rglob("*"), *artifacts.rglob("*")]:
             os.chown(path, 1034, 1034)
-        store = digits_api.project.root / ".modelyard"  # sqlite + the training split
         server, tracking = mlflow_server(store, tmp_path)
         try:
             volumes = [
                 f"--volume={log}:{env_of['MODELYARD_LOG_DIR']}:ro",
                 f"--volume={work}:/app/.modelyard",
-                f"--volume={store}:{store}:ro",  # file:// artifact URIs of the training run
+                f"--volume={artifacts}:{store / 'artifacts'}:ro",
             ]
             flags = [
                 f"--env={k}={v}" for k, v in {**env_of, "MLFLOW_TRACKING_URI": tracking}.items()
