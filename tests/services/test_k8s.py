@@ -286,6 +286,10 @@ def test_each_replica_logs_to_its_own_folder_and_the_cronjob_reads_all(
     pod = job["jobTemplate"]["spec"]["template"]["spec"]
     (drift,) = pod["containers"]
     assert drift["args"][:2] == ["monitor", "run"]
+    # The job mounts the log read-only and has no DVC: it detects and alerts; harvesting
+    # and retraining are monitor.yml's (README "Deploy"), so a drift verdict here must not
+    # try to harvest (that would end every drifted run in exit 2, "harvest failed").
+    assert "--no-retrain" in drift["args"]
     assert {e["name"]: e.get("value") for e in drift["env"]}["MODELYARD_LOG_DIR"] == root
     job_mounts = {m["mountPath"]: m for m in drift["volumeMounts"]}
     job_volumes = {v["name"]: v for v in pod["volumes"]}
