@@ -162,6 +162,7 @@ def _gate(params_file: Path, team_file: Path, retry_base: float = 60.0) -> Gate:
     from registry.gate import Backoff, Gate
     from registry.store import GateStore
 
+    params, _ = guard("gate", lambda: load(params_file))  # a bad params file says so first
     env = settings.current()
     credentials = env.mlflow_credentials()
     uri = env.mlflow_tracking_uri or ""
@@ -179,7 +180,6 @@ def _gate(params_file: Path, team_file: Path, retry_base: float = 60.0) -> Gate:
         err_console.print(f"[red]the gate needs: {', '.join(missing)}[/]")
         raise typer.Exit(2)
     assert credentials and env.gate_key and env.gate_database_url
-    params, _ = guard("gate", lambda: load(params_file))
     team = guard("gate", lambda: team_mod.load(team_file))
     me = guard("gate", lambda: AuthAPI(uri, credentials).current_user())
     if team.role(me.username) != "gate":
