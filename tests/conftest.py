@@ -287,6 +287,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def interruptible() -> None:
+    """``preexec_fn`` for a child a test stops with Ctrl-C (SIGINT): the default action,
+    whatever the suite inherited. A shell without job control starts background commands
+    with SIGINT ignored (``nohup make test &``), and Python keeps an inherited SIG_IGN, so
+    the child would never see the Ctrl-C the test sends."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def kill_tree(pid: int, sig: int = signal.SIGTERM) -> None:
     """Signal a process and all its descendants (BentoML and MLflow workers start their
     own sessions, so a process group is not enough); SIGKILL what outlives 20 s."""

@@ -33,6 +33,7 @@ from tests.conftest import (
     REPO,
     Project,
     free_port,
+    interruptible,
     new_project,
     record_exit,
 )
@@ -352,6 +353,7 @@ def test_registry_listen_stops_cleanly_on_ctrl_c(project: Project) -> None:
         text=True,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        preexec_fn=interruptible,
     )
     try:
         wait_until_up(f"http://127.0.0.1:{port}/health", proc)

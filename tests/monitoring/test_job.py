@@ -27,7 +27,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from tests.conftest import BIN, FakeGitHub, Project, free_port, kill_tree
+from tests.conftest import BIN, FakeGitHub, Project, free_port, interruptible, kill_tree
 from tests.monitoring.conftest import MODEL, Recorder, split_rows, write_log
 
 pytestmark = pytest.mark.slow
@@ -180,6 +180,7 @@ def test_an_interrupted_job_exits_130_not_1(job: Job) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=interruptible,
     )
     writer = None
     try:
