@@ -150,6 +150,22 @@ def deploy_base_image(
     console.print(f"base-image: {base.tag} (root filesystem {reused}: {base.rootfs})")
 
 
+PushOpt = Annotated[
+    str | None,
+    typer.Option(help="Push to this registry path (e.g. ghcr.io/OWNER/REPO)."),
+]
+BackendOpt = Annotated[
+    str, typer.Option(help="The image builder: docker (needs an engine) or buildah.")
+]
+BaseImageOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Build FROM this local image instead of python:3.11-slim (see `deploy base-image`)."
+    ),
+]
+TlsVerifyOpt = Annotated[bool, typer.Option(help="Require HTTPS to the registry (buildah only).")]
+
+
 @deploy_app.command("containerize", epilog=EXIT_CODES)
 def deploy_containerize(
     model: Annotated[str, typer.Argument(help="NAME/VERSION or NAME@ALIAS in the registry.")],
@@ -160,19 +176,9 @@ def deploy_containerize(
             "image's digest on the version."
         ),
     ] = None,
-    backend: Annotated[
-        str, typer.Option(help="The image builder: docker (needs an engine) or buildah.")
-    ] = "docker",
-    base_image: Annotated[
-        str | None,
-        typer.Option(
-            help="Build FROM this local image instead of the Dockerfile's python:3.11-slim "
-            "(see `deploy base-image`)."
-        ),
-    ] = None,
-    tls_verify: Annotated[
-        bool, typer.Option(help="Require HTTPS to the registry (buildah only).")
-    ] = True,
+    backend: BackendOpt = "docker",
+    base_image: BaseImageOpt = None,
+    tls_verify: TlsVerifyOpt = True,
     params_file: ParamsOpt = PARAMS,
 ) -> None:
     """Build the version's Bento, then its OCI image with `bentoml containerize`.
@@ -206,22 +212,6 @@ def deploy_containerize(
         f"recorded on {built.name} v{built.version})"
     )
     github_output(image=made.by_digest, digest=made.digest, bento_tag=built.bento_tag)
-
-
-PushOpt = Annotated[
-    str | None,
-    typer.Option(help="Push to this registry path (e.g. ghcr.io/OWNER/REPO)."),
-]
-BackendOpt = Annotated[
-    str, typer.Option(help="The image builder: docker (needs an engine) or buildah.")
-]
-BaseImageOpt = Annotated[
-    str | None,
-    typer.Option(
-        help="Build FROM this local image instead of python:3.11-slim (see `deploy base-image`)."
-    ),
-]
-TlsVerifyOpt = Annotated[bool, typer.Option(help="Require HTTPS to the registry (buildah only).")]
 
 
 def print_image(command: str, made: Any) -> None:

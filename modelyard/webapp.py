@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from modelyard.common import EXIT_CODES, console, err_console, github_output, guard
+from modelyard.serving import BackendOpt, BaseImageOpt, PushOpt, TlsVerifyOpt
 
 app = typer.Typer()
 webapp_app = typer.Typer(
@@ -89,22 +90,10 @@ def build() -> None:
 
 @webapp_app.command("containerize", epilog=EXIT_CODES)
 def containerize(
-    push: Annotated[
-        str | None, typer.Option(help="Push to this registry path (e.g. ghcr.io/OWNER/REPO).")
-    ] = None,
-    backend: Annotated[
-        str, typer.Option(help="The image builder: docker (needs an engine) or buildah.")
-    ] = "docker",
-    base_image: Annotated[
-        str | None,
-        typer.Option(
-            help="Build FROM this local image instead of the Dockerfile's python:3.11-slim "
-            "(see `deploy base-image`)."
-        ),
-    ] = None,
-    tls_verify: Annotated[
-        bool, typer.Option(help="Require HTTPS to the registry (buildah only).")
-    ] = True,
+    push: PushOpt = None,
+    backend: BackendOpt = "docker",
+    base_image: BaseImageOpt = None,
+    tls_verify: TlsVerifyOpt = True,
 ) -> None:
     """Build the web app's Bento (as `webapp build`), then its OCI image with `bentoml
     containerize`, as `deploy containerize` does for the model API.
