@@ -226,7 +226,7 @@ def test_a_key_rotation_keeps_approvals_valid_and_resign_moves_them_to_the_new_k
 def test_resign_without_the_gate_key_is_2(tmp_path: Path) -> None:
     team_file = tmp_path / "team.yaml"
     team_file.write_text(yaml.safe_dump(team_yaml()))
-    args = ["registry", "resign", "--team", str(team_file)]
+    args = ["registry", "resign", "--team", str(team_file), "--params", str(REPO / "params.yaml")]
     env = {k: v for k, v in os.environ.items() if not k.startswith("MODELYARD_GATE")}
     env.update(
         MLFLOW_TRACKING_URI="http://127.0.0.1:9",
