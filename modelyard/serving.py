@@ -166,6 +166,30 @@ BaseImageOpt = Annotated[
 TlsVerifyOpt = Annotated[bool, typer.Option(help="Require HTTPS to the registry (buildah only).")]
 
 
+def containerize_bento(
+    command: str,
+    bento_tag: str,
+    *,
+    push: str | None,
+    backend: str,
+    base_image: str | None,
+    tls_verify: bool,
+) -> Any:
+    """`bentoml containerize` one Bento with the image options (the API's, the web app's)."""
+    from services import image
+
+    return guard(
+        command,
+        lambda: image.containerize(
+            bento_tag,
+            backend=backend,  # type: ignore[arg-type]  # checked by containerize
+            registry=push,
+            base_image=base_image,
+            tls_verify=tls_verify,
+        ),
+    )
+
+
 @deploy_app.command("containerize", epilog=EXIT_CODES)
 def deploy_containerize(
     model: Annotated[str, typer.Argument(help="NAME/VERSION or NAME@ALIAS in the registry.")],
@@ -191,15 +215,13 @@ def deploy_containerize(
     from services import image
 
     built = _build(params_file, model)
-    made = guard(
+    made = containerize_bento(
         "containerize",
-        lambda: image.containerize(
-            built.bento_tag,
-            backend=backend,  # type: ignore[arg-type]  # checked by containerize
-            registry=push,
-            base_image=base_image,
-            tls_verify=tls_verify,
-        ),
+        built.bento_tag,
+        push=push,
+        backend=backend,
+        base_image=base_image,
+        tls_verify=tls_verify,
     )
     if made.digest is None:
         console.print(f"containerize: {made.ref} (built in {made.seconds:.0f} s, not pushed)")

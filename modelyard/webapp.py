@@ -103,20 +103,18 @@ def containerize(
     --push it is pushed; in GitHub Actions the step outputs are image (by digest), digest
     and tag. `deploy apply --webapp-image IMAGE` deploys it.
     """
-    from modelyard.serving import print_image
+    from modelyard.serving import containerize_bento, print_image
     from services import image
     from services.webapp import build as webapp_build
 
     guard("webapp containerize", lambda: image.builder(backend))  # before the Bento build
     built = guard("webapp containerize", webapp_build.build)
-    made = guard(
+    made = containerize_bento(
         "webapp containerize",
-        lambda: image.containerize(
-            built.bento_tag,
-            backend=backend,  # type: ignore[arg-type]  # checked by containerize
-            registry=push,
-            base_image=base_image,
-            tls_verify=tls_verify,
-        ),
+        built.bento_tag,
+        push=push,
+        backend=backend,
+        base_image=base_image,
+        tls_verify=tls_verify,
     )
     print_image("webapp containerize", made)
