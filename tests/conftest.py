@@ -151,6 +151,88 @@ FAST_OPTIMIZE = {
 }
 
 
+# -- trained projects, paid for once per session (tests/trained.py) ---------------------------
+
+
+def copy_of(template: Path, dest: Path) -> Project:
+    """A project of its own at ``dest``, copied from a trained template."""
+    from tests.trained import copy_project
+
+    return Project(copy_project(template, dest))
+
+
+@pytest.fixture(scope="session")
+def evaluated_template(e2e_tier: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """digits (FAST_TRAIN) after every stage up to evaluate, nothing registered yet."""
+    from tests.trained import shared
+
+    def build(folder: Path) -> None:
+        project = new_project(folder)
+        project.set_params(train=FAST_TRAIN)
+        project.stages(*PIPELINE[: PIPELINE.index("register")])
+
+    return shared(tmp_path_factory, "digits-evaluated", build)
+
+
+@pytest.fixture(scope="session")
+def trained_template(evaluated_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """digits (FAST_TRAIN) after every stage: digits-classifier v1, @challenger."""
+    from tests.trained import shared
+
+    def build(folder: Path) -> None:
+        copy_of(evaluated_template, folder).stages("register")
+
+    return shared(tmp_path_factory, "digits", build)
+
+
+@pytest.fixture
+def trained_project(trained_template: Path, tmp_path: Path) -> Project:
+    """This test's own copy of the trained digits project (v1 registered)."""
+    return copy_of(trained_template, tmp_path / "project")
+
+
+@pytest.fixture
+def evaluated_project(evaluated_template: Path, tmp_path: Path) -> Project:
+    """This test's own copy of the digits project evaluated but not registered."""
+    return copy_of(evaluated_template, tmp_path / "project")
+
+
+# The loop's settings, committed in the clone the git-based tests start from.
+REPO_PARAMS: dict[str, Any] = {
+    "optimize": FAST_OPTIMIZE,
+    "monitor": {"min_rows": 200},
+    "evaluate": {"min_production_rows": 30},
+}
+
+
+@pytest.fixture(scope="session")
+def ran_repo(e2e_tier: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A git clone of this repository after `modelyard run` (the shipped training, the fast
+    optimize measurement), run as `.venv/bin/modelyard run` without an activated venv: the
+    stages DVC runs must still find the venv's tools. Its output is in ``<repo>.out``.
+    Tests never change it: each takes its own copy (``copy_repo``)."""
+    from tests.trained import shared
+
+    def build(folder: Path) -> None:
+        git_copy(folder)
+        params = yaml.safe_load((folder / "params.yaml").read_text())
+        for name, values in REPO_PARAMS.items():
+            params[name] = {**params.get(name, {}), **values}
+        (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        git(folder, "commit", "-qam", "fast params")
+        assert not (Path("/usr/bin") / "modelyard").exists()
+        proc = modelyard(folder, "run", env={"PATH": "/usr/bin:/bin"})
+        folder.with_suffix(".out").write_text(proc.stdout)
+
+    return shared(tmp_path_factory, "repo", build)
+
+
+def copy_repo(ran_repo: Path, dest: Path) -> Path:
+    from tests.trained import copy_project
+
+    return copy_project(ran_repo, dest)
+
+
 def git_copy(dest: Path) -> Path:
     """A fresh git repository holding the committed-or-staged files of this repo,
     plus the working-tree versions of them (so uncommitted edits are tested too)."""
@@ -209,11 +291,81 @@ def _tool(
 # pyproject.toml sets 300 s per test (fixtures included); known-slow tests get longer.
 SLOW_TIMEOUT = 1200
 
+# -- tiers ------------------------------------------------------------------------------------
+# A test's tier is the costliest thing its fixtures start, read from the fixture closure at
+# collection (never set by hand): a fixture that starts a server asks for `server_tier`, one
+# that runs a whole pipeline or a tool as a subprocess `e2e_tier`, one that builds or runs an
+# OCI image `image_tier`, one that drives chromium `browser_tier`; a test that needs one of
+# those itself names it (`pytest.mark.usefixtures("e2e_tier")`). Everything else is `fast`:
+# in-process, no server, no subprocess, and `fast_guard` below fails a fast test that starts
+# a subprocess, so a test cannot sit in the fast tier by mistake.
+TIERS = ("fast", "server", "e2e", "image", "browser")  # cheapest first
+TIER_OF: dict[str, str] = {f"{tier}_tier": tier for tier in TIERS[1:]}
+ORIGINAL_NODEID = pytest.StashKey[str]()
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+
+def tier_of(fixturenames: Sequence[str]) -> str:
+    """The costliest tier whose fixture is in ``fixturenames`` (``fast`` if none)."""
+    found = {TIER_OF[name] for name in fixturenames if name in TIER_OF}
+    return max(found, key=TIERS.index, default="fast")
+
+
+@pytest.fixture(scope="session")
+def server_tier() -> None:
+    """Asked for by fixtures (or tests) that start a server (MLflow, PostgreSQL, bentoml)."""
+
+
+@pytest.fixture(scope="session")
+def e2e_tier() -> None:
+    """Asked for by fixtures (or tests) that run the pipeline, the CLI or a tool as a
+    subprocess (dvc, git, kubectl) or train a model."""
+
+
+@pytest.fixture(scope="session")
+def image_tier() -> None:
+    """Asked for by fixtures (or tests) that build, push or run an OCI image (buildah)."""
+
+
+@pytest.fixture(scope="session")
+def browser_tier() -> None:
+    """Asked for by fixtures (or tests) that drive a real browser (chromium)."""
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark each test with its tier; under xdist, keep a file's tests on one worker (its
+    module fixtures are built once) and every image test on the same one (one buildah
+    storage, one base image)."""
     for item in items:
+        item.stash[ORIGINAL_NODEID] = item.nodeid
+        tier = tier_of(getattr(item, "fixturenames", ()))
+        item.add_marker(getattr(pytest.mark, tier))
+        if tier != "fast":
+            item.add_marker(pytest.mark.slow)
+        group = "image" if tier == "image" else item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))
         if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
             item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT))
+
+
+class SubprocessInFastTier(AssertionError):
+    pass
+
+
+@pytest.fixture(autouse=True)
+def fast_guard(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fast-tier test that starts a subprocess fails, naming the command and the fix."""
+    if request.node.get_closest_marker("fast") is None:
+        return
+
+    def refuse(self: Any, args: Any, *rest: Any, **kwargs: Any) -> None:
+        raise SubprocessInFastTier(
+            f"{request.node.nodeid} is in the fast tier (no fixture of it asks for a tier) "
+            f"but started a subprocess: {args!r}. Give it the fixture that pays for it "
+            "(e2e_tier, server_tier, ...; tests/conftest.py explains the tiers)."
+        )
+
+    monkeypatch.setattr(subprocess.Popen, "_execute_child", refuse)
 
 
 # Who saw each (command, exit code) the CLI gave in this session: a test (its node id) or
@@ -259,22 +411,24 @@ def pytest_fixture_setup(fixturedef: Any, request: pytest.FixtureRequest) -> Ite
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
     """A test named in tests/exit_codes.py as producing an exit code must have seen it."""
-    _RUNNING.append(item.nodeid)
+    # xdist's loadgroup appends "@group" to the node id; the tables name the original.
+    nodeid = item.stash.get(ORIGINAL_NODEID, item.nodeid)
+    _RUNNING.append(nodeid)
     try:
         result = yield
     finally:
         _RUNNING.pop()
     from tests.exit_codes import claims
 
-    seen_by = {item.nodeid, *(f"fixture:{name}" for name in getattr(item, "fixturenames", ()))}
+    seen_by = {nodeid, *(f"fixture:{name}" for name in getattr(item, "fixturenames", ()))}
     missing = [
         f"`modelyard {cmd}` exiting {code}"
-        for cmd, code in claims(item.nodeid)
+        for cmd, code in claims(nodeid)
         if not CLI_EXITS.get((cmd, code), set()) & seen_by
     ]
     if missing:
         raise AssertionError(
-            f"tests/exit_codes.py names {item.nodeid} as the test that produces "
+            f"tests/exit_codes.py names {nodeid} as the test that produces "
             f"{', '.join(missing)}, but neither it nor its fixtures saw that (through "
             "Project.cli, modelyard() or record_exit). Fix the test or the table."
         )

@@ -24,6 +24,7 @@ IMAGE = "tests/services/test_image.py::test_the_recorded_digest_is_the_manifest_
 MONITOR = "tests/monitoring/test_monitor.py"
 PROMOTION = "tests/registry/test_promotion.py"
 DEPLOY = "tests/services/test_deploy.py::test_record_then_reconcile_is_in_sync"
+DEPLOY_MISSING = "tests/services/test_deploy.py::test_record_of_a_version_that_does_not_exist_is_1"
 SMOKE = "tests/services/test_deploy.py"
 RECORD_FAILURE = "test_a_failed_rollout_is_recorded_and_an_image_only_run_is_not_a_deploy"
 E2E = "tests/e2e/test_dvc_pipeline.py"
@@ -137,7 +138,7 @@ PRODUCED_BY: dict[tuple[str, int], str] = {
     ("deploy undo", 1): f"{K8S}::test_apply_and_undo_report_an_unreachable_cluster",
     ("deploy undo", 2): f"{USAGE}[deploy undo --no-such]",
     ("deploy record", 0): DEPLOY,
-    ("deploy record", 1): DEPLOY,
+    ("deploy record", 1): DEPLOY_MISSING,
     ("deploy record", 2): f"{BAD_PARAMS}[deploy record]",
     ("deploy smoke", 0): f"{SMOKE}::test_smoke_passes_against_the_version_it_serves",
     ("deploy smoke", 1): f"{SMOKE}::test_smoke_fails_on_another_version_a_bad_key_or_no_service",

@@ -1,8 +1,8 @@
 """The champion pointer in a real `dvc repro`: a promotion re-runs evaluate, nothing else
 does, a stale pointer stops evaluate, and an unreachable registry is an error.
 
-One pipeline run (fast training settings) in a temporary git repository, reused by the
-steps of one test: promote -> repro re-runs evaluate against the champion -> repro again
+One pipeline run in a temporary git repository (a copy of the session's ran_repo), reused
+by the steps of one test: promote -> repro re-runs evaluate against the champion -> repro again
 runs nothing -> the champion is removed behind the pointer's back -> evaluate refuses ->
 `modelyard champion` -> repro re-runs evaluate without a champion.
 """
@@ -14,13 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from pipelines import tracking
 from registry.client import Registry
-from tests.conftest import FAST_OPTIMIZE, FAST_TRAIN, dvc, free_port, git, git_copy, modelyard
+from tests.conftest import copy_repo, dvc, free_port, modelyard
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("e2e_tier")]
 
 NAME = "digits-classifier"
 POINTER = "data/reports/champion.json"
@@ -38,16 +37,11 @@ def report(root: Path, name: str) -> Any:
     return json.loads((root / "data/reports" / name).read_text())
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A clone with fast training settings, after one `dvc repro` (v1 is @challenger)."""
-    root = git_copy(tmp_path_factory.mktemp("champion"))
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["train"].update(FAST_TRAIN)
-    params["optimize"].update(FAST_OPTIMIZE)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    git(root, "commit", "-qam", "fast settings")
-    dvc(root, "repro")
+@pytest.fixture
+def repo(ran_repo: Path, tmp_path: Path) -> Path:
+    """A clone after one pipeline run (tests.conftest.ran_repo), this test's own copy:
+    v1 is @challenger and no champion yet."""
+    root = copy_repo(ran_repo, tmp_path / "repo")
     assert json.loads((root / POINTER).read_text())["version"] is None
     assert Registry(tracking.tracking_uri(root)).by_alias(NAME, "challenger") is not None
     return root

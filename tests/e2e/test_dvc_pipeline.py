@@ -16,9 +16,9 @@ import yaml
 
 from pipelines import tracking
 from registry.client import Registry
-from tests.conftest import REPO, dvc, git, git_copy, modelyard
+from tests.conftest import REPO, copy_repo, dvc, git, git_copy, modelyard
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("e2e_tier")]
 
 
 def registry(root: Path) -> Registry:
@@ -40,30 +40,25 @@ def edit_params(root: Path, **sections: Any) -> None:
 
 
 @pytest.fixture(scope="module")
-def fresh_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def fresh_run(ran_repo: Path) -> Path:
     """A fresh clone after `make run`'s main step: `modelyard run` (dvc repro + summary),
-    run as `.venv/bin/modelyard run` without an activated venv: the stages DVC runs
-    (`modelyard ingest`, ...) must still find the venv's tools. Tests never change it:
-    each works on its own copy (``repo``), so none depends on which ran before."""
-    root = git_copy(tmp_path_factory.mktemp("digits"))
-    assert not (Path("/usr/bin") / "modelyard").exists()
-    proc = modelyard(root, "run", env={"PATH": "/usr/bin:/bin"})
+    run as `.venv/bin/modelyard run` without an activated venv (tests.conftest.ran_repo,
+    built once per session). Tests never change it: each works on its own copy (``repo``)."""
+    out = ran_repo.with_suffix(".out").read_text()
     # Stages whose outputs are cached (not in git) must run on a fresh clone; validate,
     # evaluate and register may be skipped by DVC when their git-kept outputs match.
-    assert {"ingest", "prepare", "train", "export"} <= ran_stages(proc.stdout)
-    out = " ".join(proc.stdout.split())
-    assert "gates: all passed" in out
-    assert "digits-classifier v1" in out and "modelyard ui" in out
-    return root
+    assert {"ingest", "prepare", "train", "export"} <= ran_stages(out)
+    flat = " ".join(out.split())
+    assert "gates: all passed" in flat
+    assert "digits-classifier v1" in flat and "modelyard ui" in flat
+    return ran_repo
 
 
 @pytest.fixture
 def repo(fresh_run: Path, tmp_path: Path) -> Path:
-    """This test's own copy of the fresh clone after its run (git, DVC cache, MLflow store).
-
-    The copied store still names the original folder as its artifact root, so runs made in
-    the copy add their artifacts there; nothing reads another test's artifacts."""
-    return Path(shutil.copytree(fresh_run, tmp_path / "digits", symlinks=True))
+    """This test's own copy of the fresh clone after its run (git, DVC cache, MLflow store,
+    its store's paths naming the copy)."""
+    return copy_repo(fresh_run, tmp_path / "digits")
 
 
 def test_repro_registers_a_version_with_full_lineage(repo: Path) -> None:

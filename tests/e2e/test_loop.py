@@ -1,7 +1,7 @@
 """The whole loop, on this machine, in one test (issue 13): production labels go back
 into training and a challenger is proven on live traffic before a reviewer promotes it.
 
-A fresh clone runs `modelyard run` (v1, promoted to champion) and `modelyard serve`s it.
+A fresh clone after `modelyard run` (v1, promoted to champion) and `modelyard serve`s it.
 Then digits in a new writing style (shifted two pixels right) arrive:
 
 1. without labels: `monitor run` flags drift and retrains nothing, saying why;
@@ -33,11 +33,10 @@ import pytest
 
 from pipelines import tracking
 from registry.client import Registry
-from tests.conftest import BIN, FAST_OPTIMIZE, dvc, free_port, git, git_copy, modelyard
-from tests.e2e.test_dvc_pipeline import edit_params
+from tests.conftest import BIN, copy_repo, dvc, free_port, modelyard
 from tests.services.live import Proc
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("e2e_tier", "server_tier")]
 
 MODEL = "digits-classifier"
 REVIEWER = "rui@example.com"  # not the training commit's author (t@example.com)
@@ -100,21 +99,15 @@ class Loop:
         return json.loads((self.root / "data/reports" / name).read_text())
 
 
-def test_production_labels_close_the_loop(tmp_path: Path) -> None:
-    root = git_copy(tmp_path / "repo")
+def test_production_labels_close_the_loop(ran_repo: Path, tmp_path: Path) -> None:
+    # A fresh clone after `modelyard run` (tests.conftest.ran_repo: monitor.min_rows 200,
+    # evaluate.min_production_rows 30, FAST_OPTIMIZE committed), this test's own copy.
     # The shipped training settings (60 epochs, early stopping), not the suite's 12-epoch
     # FAST_TRAIN: v2 must match v1 on the base test split by the same champion gate the
     # product uses, and a 12-epoch CNN trained on base + shifted rows sometimes fell
     # 1.7 points short of it (McNemar p=0.03 on a fresh clone). About 15 s per training.
-    edit_params(
-        root,
-        optimize=FAST_OPTIMIZE,
-        monitor={"min_rows": 200},
-        evaluate={"min_production_rows": 30},
-    )
-    git(root, "commit", "-qam", "fast params")
+    root = copy_repo(ran_repo, tmp_path / "repo")
     loop = Loop(root, tmp_path)
-    loop.cli("run")
     loop.cli("promote", MODEL, "1", "--reviewer", REVIEWER)
     assert loop.versions() == ["1"]
     base_test = (root / "data/prepared/test.parquet").read_bytes()

@@ -28,13 +28,12 @@ from typer.testing import CliRunner
 from modelyard.app import app
 from tests.conftest import (
     BIN,
-    FAST_TRAIN,
     PIPELINE,
     REPO,
     Project,
+    copy_of,
     free_port,
     interruptible,
-    new_project,
     record_exit,
 )
 from tests.exit_codes import NOT_YET_PRODUCED, PRODUCED_BY
@@ -407,11 +406,9 @@ STAGES = PIPELINE
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Project:
-    project = new_project(tmp_path_factory.mktemp("cli") / "project")
-    project.set_params(train=FAST_TRAIN)
-    project.stages(*STAGES)
-    return project
+def trained(trained_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Project:
+    """The session's trained digits project (every stage ran), this module's own copy."""
+    return copy_of(trained_template, tmp_path_factory.mktemp("cli") / "project")
 
 
 @pytest.mark.slow

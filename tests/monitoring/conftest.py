@@ -15,18 +15,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import FAST_TRAIN, PIPELINE, Project, new_project
+from tests.conftest import Project, copy_of
 
 MODEL = "digits-classifier"
-STAGES = PIPELINE
 
 
 @pytest.fixture(scope="package")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Project:
-    """A project whose pipeline ran once: digits-classifier v1 in its own store."""
-    project = new_project(tmp_path_factory.mktemp("monitoring") / "project")
-    project.set_params(train=FAST_TRAIN, monitor={"min_rows": 200})
-    project.stages(*STAGES)
+def trained(trained_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Project:
+    """A project whose pipeline ran once: digits-classifier v1 in its own store (a copy of
+    the session's trained digits project, tests.conftest.trained_template)."""
+    project = copy_of(trained_template, tmp_path_factory.mktemp("monitoring") / "project")
+    project.set_params(monitor={"min_rows": 200})
     return project
 
 

@@ -9,6 +9,7 @@ import os
 import stat
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -344,33 +345,52 @@ def test_dvc_add_tracks_the_harvest_and_a_failure_says_what_to_do(tmp_path: Path
         run(proj, log_dir)
 
 
-@pytest.mark.parametrize("with_dvc", [False, True], ids=["plain", "dvc"])
-def test_a_clean_checkout_loses_no_label(tmp_path: Path, with_dvc: bool) -> None:
-    """monitor.yml's checkout cleans the workspace every run, while the log volume (and
-    the manifest saying which lines were consumed) persists: the harvest state's copies
-    bring the earlier labels back, and the next dataset holds them and the new ones."""
-    proj = new_project(tmp_path / "repo")
-    out, state = proj.root / "data/production", tmp_path / "log/.harvest"
-    if with_dvc:
-        git(proj.root, "init", "-q")
-        dvc(proj.root, "init", "-q")
-        git(proj.root, "add", "-A")
-        git(proj.root, "commit", "-qm", "init")
-    log_dir = tmp_path / "log"
-    rng = np.random.default_rng(8)
+@dataclass
+class Checkout:
+    """A project whose harvest kept labels a, b (c rejected), then a clean checkout (the
+    workspace's datasets gone, the log volume with its harvest state kept), then label d
+    and the harvest after it."""
 
-    def label(n: int, *labels: Any) -> list[str]:
-        writer = InferenceLog(log_dir)
-        ids = predict(writer, [digit(rng) for _ in range(n)])
+    proj: Project
+    log_dir: Path
+    rng: np.random.Generator
+    ids: dict[str, str]
+    first: bytes  # the dataset after the first harvest (a, b)
+    done: harvesting.Harvested  # the harvest after the checkout
+
+    @property
+    def out(self) -> Path:
+        return self.proj.root / "data/production"
+
+    @property
+    def state(self) -> Path:
+        return self.log_dir / ".harvest"
+
+    def label(self, n: int, *labels: Any) -> list[str]:
+        writer = InferenceLog(self.log_dir)
+        ids = predict(writer, [digit(self.rng) for _ in range(n)])
         for pid, value in zip(ids, labels, strict=False):
             feedback(writer, pid, value)
         writer.close()
         return ids
 
-    a, b, c = label(3, 1, 2, 11)  # c: rejected
-    assert run(proj, log_dir).rows == 2
-    assert run(proj, log_dir).restored == 0  # the project and the copy agree
-    first = (out / "labelled.parquet").read_bytes()
+
+def clean_checkout(tmp_path: Path, *, with_dvc: bool) -> Checkout:
+    """monitor.yml's checkout cleans the workspace every run, while the log volume (and
+    the manifest saying which lines were consumed) persists."""
+    proj = new_project(tmp_path / "repo")
+    if with_dvc:
+        git(proj.root, "init", "-q")
+        dvc(proj.root, "init", "-q")
+        git(proj.root, "add", "-A")
+        git(proj.root, "commit", "-qm", "init")
+    at = Checkout(proj, tmp_path / "log", np.random.default_rng(8), {}, b"", None)  # type: ignore[arg-type]
+    out, state = at.out, at.state
+
+    a, b, c = at.label(3, 1, 2, 11)  # c: rejected
+    assert run(proj, at.log_dir).rows == 2
+    assert run(proj, at.log_dir).restored == 0  # the project and the copy agree
+    at.first = (out / "labelled.parquet").read_bytes()
     for name in ("labelled.parquet", "rejected.parquet"):
         assert (state / name).read_bytes() == (out / name).read_bytes()
         assert stat.S_IMODE((state / name).stat().st_mode) == 0o600
@@ -384,43 +404,76 @@ def test_a_clean_checkout_loses_no_label(tmp_path: Path, with_dvc: bool) -> None
             (out / name).unlink()
     assert not (out / "labelled.parquet").exists()
 
-    (d,) = label(1, 3)
-    done = run(proj, log_dir)
-    assert (done.new, done.restored, done.rows) == (1, 2, 3)
-    table = labelled(proj)
-    assert table.loc[[a, b, d], "label"].tolist() == [1, 2, 3]
-    rejected = pd.read_parquet(out / "rejected.parquet")
-    assert rejected["prediction_id"].tolist() == [c]
-    if with_dvc:  # the pointer monitor.py pushes and sends to train.yml: every label
-        md5 = next(
-            line.split()[-1]
-            for line in (out / "labelled.parquet.dvc").read_text().splitlines()
-            if "md5:" in line
-        )
-        cached = pd.read_parquet(proj.root / ".dvc/cache/files/md5" / md5[:2] / md5[2:])
-        assert sorted(cached["prediction_id"]) == sorted([a, b, d])
-        return
+    (d,) = at.label(1, 3)
+    at.ids = {"a": a, "b": b, "c": c, "d": d}
+    at.done = run(proj, at.log_dir)
+    return at
 
-    # an older version (an old pointer pulled) is replaced by the copy, then merged
-    (out / "labelled.parquet").write_bytes(first)
-    (e,) = label(1, 4)
-    done = run(proj, log_dir)
+
+def check_nothing_lost(at: Checkout) -> None:
+    """The harvest state's copies brought a and b back; the dataset holds them and d."""
+    ids = at.ids
+    assert (at.done.new, at.done.restored, at.done.rows) == (1, 2, 3)
+    assert labelled(at.proj).loc[[ids["a"], ids["b"], ids["d"]], "label"].tolist() == [1, 2, 3]
+    rejected = pd.read_parquet(at.out / "rejected.parquet")
+    assert rejected["prediction_id"].tolist() == [ids["c"]]
+
+
+def test_a_clean_checkout_loses_no_label(tmp_path: Path) -> None:
+    check_nothing_lost(clean_checkout(tmp_path, with_dvc=False))
+
+
+def test_a_clean_dvc_checkout_loses_no_label_and_the_pointer_has_every_label(
+    e2e_tier: None, tmp_path: Path
+) -> None:
+    at = clean_checkout(tmp_path, with_dvc=True)
+    check_nothing_lost(at)
+    # the pointer monitor.py pushes and sends to train.yml: every label
+    md5 = next(
+        line.split()[-1]
+        for line in (at.out / "labelled.parquet.dvc").read_text().splitlines()
+        if "md5:" in line
+    )
+    cached = pd.read_parquet(at.proj.root / ".dvc/cache/files/md5" / md5[:2] / md5[2:])
+    assert sorted(cached["prediction_id"]) == sorted(at.ids[k] for k in "abd")
+
+
+def test_an_older_dataset_in_the_project_is_replaced_by_the_copy_then_merged(
+    tmp_path: Path,
+) -> None:
+    """An old pointer pulled (the first harvest's dataset): the copy replaces it."""
+    at = clean_checkout(tmp_path, with_dvc=False)
+    (at.out / "labelled.parquet").write_bytes(at.first)
+    (e,) = at.label(1, 4)
+    done = run(at.proj, at.log_dir)
     assert (done.new, done.restored, done.rows) == (1, 1, 4)
-    assert labelled(proj).loc[[a, b, d, e], "label"].tolist() == [1, 2, 3, 4]
-    # a copy behind the project (a harvest stopped before keeping it) takes nothing away
-    now = (out / "labelled.parquet").read_bytes()
-    (state / "labelled.parquet").write_bytes(first)
-    done = run(proj, log_dir)
-    assert (done.new, done.restored, done.rows) == (0, 0, 4)
-    assert (out / "labelled.parquet").read_bytes() == now
-    assert (state / "labelled.parquet").read_bytes() == now
-    # each lacks rows the other has (b re-labelled in the project only): both kept
-    older = pd.read_parquet(io.BytesIO(first))
+    ids = [at.ids["a"], at.ids["b"], at.ids["d"], e]
+    assert labelled(at.proj).loc[ids, "label"].tolist() == [1, 2, 3, 4]
+
+
+def test_a_copy_behind_the_project_takes_nothing_away(tmp_path: Path) -> None:
+    """A harvest stopped before keeping its copy: the project's newer dataset stays, and
+    the copy catches up with it."""
+    at = clean_checkout(tmp_path, with_dvc=False)
+    now = (at.out / "labelled.parquet").read_bytes()
+    (at.state / "labelled.parquet").write_bytes(at.first)
+    done = run(at.proj, at.log_dir)
+    assert (done.new, done.restored, done.rows) == (0, 0, 3)
+    assert (at.out / "labelled.parquet").read_bytes() == now
+    assert (at.state / "labelled.parquet").read_bytes() == now
+
+
+def test_when_project_and_copy_each_lack_rows_both_are_kept(tmp_path: Path) -> None:
+    """The project's dataset is the older one with b re-labelled later; the copy has d:
+    the merge keeps b's newer label and d."""
+    at = clean_checkout(tmp_path, with_dvc=False)
+    older = pd.read_parquet(io.BytesIO(at.first))
+    b = at.ids["b"]
     older.loc[older["prediction_id"] == b, ["label", "labelled_at"]] = [5, time.time() + 60]
-    older.to_parquet(out / "labelled.parquet", index=False)
-    done = run(proj, log_dir)
-    assert (done.new, done.restored, done.rows) == (0, 2, 4)
-    assert labelled(proj).loc[[a, b, d, e], "label"].tolist() == [1, 5, 3, 4]
+    older.to_parquet(at.out / "labelled.parquet", index=False)
+    done = run(at.proj, at.log_dir)
+    assert (done.new, done.restored, done.rows) == (0, 1, 3)
+    assert labelled(at.proj).loc[[at.ids["a"], b, at.ids["d"]], "label"].tolist() == [1, 5, 3]
 
 
 def test_harvest_command_prints_the_summary_and_a_missing_log_dir_is_2(

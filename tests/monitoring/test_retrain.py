@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -23,19 +22,10 @@ import yaml
 from pipelines import tracking
 from registry.client import Registry
 from services.inference_log import InferenceLog
-from tests.conftest import (
-    FAST_OPTIMIZE,
-    FAST_TRAIN,
-    FakeGitHub,
-    Project,
-    git,
-    git_copy,
-    modelyard,
-)
-from tests.e2e.test_dvc_pipeline import edit_params
+from tests.conftest import FakeGitHub, Project, copy_repo, modelyard
 from tests.monitoring.conftest import MODEL, split_rows, write_log
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("e2e_tier")]
 
 # No GitHub, no alert webhook (an empty variable counts as unset), and no venv on PATH.
 ENV = {
@@ -46,22 +36,13 @@ ENV = {
 }
 
 
-@pytest.fixture(scope="module")
-def ran_once(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A clone whose pipeline ran once (`modelyard run`): digits-classifier v1. Tests never
-    change it: each retrains in its own copy (``repo``), whatever ran before."""
-    root = git_copy(tmp_path_factory.mktemp("retrain"))
-    edit_params(root, train=FAST_TRAIN, optimize=FAST_OPTIMIZE, monitor={"min_rows": 200})
-    git(root, "commit", "-qam", "fast params")
-    modelyard(root, "run")
+@pytest.fixture
+def repo(ran_repo: Path, tmp_path: Path) -> Path:
+    """This test's own copy of a clone whose pipeline ran once (tests.conftest.ran_repo:
+    `modelyard run`, digits-classifier v1, monitor.min_rows 200)."""
+    root = copy_repo(ran_repo, tmp_path / "repo")
     assert [v.version for v in versions(root)] == ["1"]
     return root
-
-
-@pytest.fixture
-def repo(ran_once: Path, tmp_path: Path) -> Path:
-    """This test's own copy of the clone (git, DVC cache, MLflow store)."""
-    return Path(shutil.copytree(ran_once, tmp_path / "repo", symlinks=True))
 
 
 def versions(root: Path) -> list[Any]:
@@ -169,7 +150,7 @@ def test_a_github_retrain_carries_the_drift_run_and_the_labels_through_the_dvc_r
     assert [v.version for v in versions(repo)] == ["1"]  # nothing trained here
 
     # CI (train.yml): a checkout without the labels, the same store; its run line.
-    ci = Path(shutil.copytree(repo, tmp_path / "ci", symlinks=True))
+    ci = copy_repo(repo, tmp_path / "ci")
     (ci / "data/production/labelled.parquet").unlink()
     (ci / "data/production/labelled.parquet.dvc").unlink()
     (ci / ".dvc/cache/files/md5" / md5[:2] / md5[2:]).unlink()

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from typer.testing import CliRunner
 
 from monitoring import logscan, monitor
 from services.inference_log import InferenceLog
-from tests.conftest import Project, free_port
+from tests.conftest import Project, copy_of, free_port
 from tests.monitoring.conftest import MODEL, split_rows
 
 CHAMPION, CHALLENGER = f"{MODEL}/1", f"{MODEL}/2"
@@ -155,14 +154,26 @@ def test_a_registry_outage_while_tagging_is_a_failure(monkeypatch: pytest.Monkey
     assert dataclasses.replace(summary, shadow_tags=outcome).exit_code == 2
 
 
-@pytest.mark.slow
-def test_monitor_run_writes_the_evidence_onto_the_challenger(
-    trained: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    for name in ("MODELYARD_ALERT_WEBHOOK_URL", "GITHUB_REPOSITORY", "GITHUB_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
+@dataclasses.dataclass(frozen=True)
+class Evidence:
+    """One `monitor run` over a window where v2 shadowed v1, in a copy of the trained
+    project: what it printed, its summary, and the project's registry."""
+
+    project: Project
+    exit_code: int
+    out: str
+    summary: dict[str, Any]
+
+    @property
+    def registry(self) -> Any:
+        return self.project.registry()
+
+
+@pytest.fixture(scope="module")
+def evidence(trained: Project, tmp_path_factory: pytest.TempPathFactory) -> Evidence:
+    tmp_path = tmp_path_factory.mktemp("shadow-evidence")
     # A copy of the trained project (its own store), with a challenger v2 beside v1.
-    project = Project(Path(shutil.copytree(trained.root, tmp_path / "project", symlinks=True)))
+    project = copy_of(trained.root, tmp_path / "project")
     registry = project.registry()
     v1 = registry.version(MODEL, "1")
     registry.copy_version(MODEL, "1", MODEL, tags=v1.tags)
@@ -183,16 +194,21 @@ def test_monitor_run_writes_the_evidence_onto_the_challenger(
 
     from modelyard.app import app
 
-    result = CliRunner().invoke(
-        app,
-        ["monitor", "run", "--log-dir", str(log_dir), "--since", "1h",
-         "--params", str(project.params_path)],
-    )  # fmt: skip
-    out = " ".join(result.output.split())
-
-    assert result.exit_code == 0, out
+    with pytest.MonkeyPatch.context() as env:
+        for name in ("MODELYARD_ALERT_WEBHOOK_URL", "GITHUB_REPOSITORY", "GITHUB_TOKEN"):
+            env.delenv(name, raising=False)
+        result = CliRunner().invoke(
+            app,
+            ["monitor", "run", "--log-dir", str(log_dir), "--since", "1h",
+             "--params", str(project.params_path)],
+        )  # fmt: skip
     summary = json.loads((project.root / ".modelyard/monitoring/summary.json").read_text())
-    (shadow,) = summary["shadow"]
+    return Evidence(project, result.exit_code, " ".join(result.output.split()), summary)
+
+
+def test_monitor_run_sums_up_the_shadow_window(evidence: Evidence) -> None:
+    assert evidence.exit_code == 0, evidence.out
+    (shadow,) = evidence.summary["shadow"]
     assert shadow == {
         "challenger": CHALLENGER,
         "champion": CHAMPION,
@@ -203,8 +219,12 @@ def test_monitor_run_writes_the_evidence_onto_the_challenger(
         "accuracy": 98 / 100,  # s0 failed, s1 wrong
         "champion_accuracy": 1.0,  # the log's predictions are the true labels
     }
-    assert summary["shadow_tags"]["status"] == "tagged"
-    v2 = registry.version(MODEL, "2")
+    assert evidence.summary["shadow_tags"]["status"] == "tagged"
+
+
+def test_monitor_run_writes_the_evidence_onto_the_challenger(evidence: Evidence) -> None:
+    summary = evidence.summary
+    v2 = evidence.registry.version(MODEL, "2")
     assert v2.tags["shadow.rows"] == "300" and v2.tags["shadow.agreement"] == "0.9967"
     assert v2.tags["shadow.accuracy"] == "0.9800"
     assert v2.tags["shadow.champion_accuracy"] == "1.0000"
@@ -214,12 +234,20 @@ def test_monitor_run_writes_the_evidence_onto_the_challenger(
         v2.tags["shadow.window"] == f"{summary['window']['since']} .. {summary['window']['until']}"
     )
     assert "| accuracy on 100 labelled | 0.980 | 1.000 |" in v2.description
-    assert "shadow.rows" not in registry.version(MODEL, "1").tags  # the champion is untouched
+
+
+def test_monitor_run_leaves_the_champion_untouched(evidence: Evidence) -> None:
+    assert "shadow.rows" not in evidence.registry.version(MODEL, "1").tags
+
+
+def test_monitor_run_prints_the_shadow_evidence(evidence: Evidence) -> None:
     assert (
         f"shadow: {CHALLENGER} in shadow of {CHAMPION}: 300 requests, agreement 0.997, 1 errors; "
-        "on 100 labelled: accuracy 0.980 vs champion 1.000" in out
+        "on 100 labelled: accuracy 0.980 vs champion 1.000" in evidence.out
     )
-    # The verdict's MLflow run, with the window's rows per model.
-    run = registry.run(summary["drift_run"]["run_id"])
+
+
+def test_the_verdicts_mlflow_run_counts_the_windows_rows_per_model(evidence: Evidence) -> None:
+    run = evidence.registry.run(evidence.summary["drift_run"]["run_id"])
     assert run is not None and run.tags["status"] == "ok" and run.tags["model"] == CHAMPION
     assert run.metrics["rows"] == 300 and run.metrics[f"rows.{CHAMPION}"] == 300

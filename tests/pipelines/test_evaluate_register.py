@@ -12,7 +12,7 @@ import pytest
 
 from pipelines.config import Evaluate
 from pipelines.stages.evaluate import decide, mcnemar
-from tests.conftest import FAST_TRAIN, Project
+from tests.conftest import Project
 
 LINEAGE_TAGS = [
     "git.commit",
@@ -92,12 +92,10 @@ def test_mcnemar_counts_discordant_pairs() -> None:
 
 
 @pytest.fixture
-def evaluated(project: Project) -> Project:
-    project.set_params(train=FAST_TRAIN)
-    project.stages(
-        "champion", "ingest", "prepare", "validate", "train", "export", "optimize", "evaluate"
-    )
-    return project
+def evaluated(evaluated_project: Project) -> Project:
+    """Every stage up to evaluate ran (FAST_TRAIN), nothing registered: this test's own copy
+    of the session's tests.conftest.evaluated_template."""
+    return evaluated_project
 
 
 def test_failing_gate_registers_nothing(evaluated: Project) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from pipelines.stages import optimize
 from pipelines.stages.optimize import METRICS, NotApplicable, Row, choose
-from tests.conftest import FAST_TRAIN, REPO, Project, new_project
+from tests.conftest import FAST_TRAIN, REPO, Project
 
 
 def row(name: str, acc: float, p99: float, size: int = 1000, **other: float) -> Row:
@@ -334,34 +334,8 @@ def test_sklearn_models_get_the_variants_that_apply(make_project: object) -> Non
     assert report["chosen"] in report["variants"]
 
 
-@pytest.mark.slow
-def test_choice_flips_to_int8_for_the_wide_mlp_and_stays_fp32_for_the_cnn(tmp_path: Path) -> None:
-    """The shipped configs, measured here: int8 pays for a 4.3M-parameter MLP, not for the
-    small CNN. (Measured, so it depends on the CPU; on this machine type the margins are
-    about 3x for the MLP and about 10% against int8 for the CNN.)"""
-    chosen = {}
-    for name, params in (
-        ("cnn", REPO / "params.yaml"),
-        ("wide", REPO / "pipelines/examples/wide-mlp.params.yaml"),
-    ):
-        project = new_project(tmp_path / name, params)
-        # Shipped optimize settings (no FAST_OPTIMIZE); fewer timed calls for the big model.
-        settings = project.params()["optimize"]
-        project.set_params(
-            optimize={
-                **settings,
-                **({"runs": 600, "rounds": 6} if name == "wide" else {}),
-                "finetune_epochs": 1,
-            },
-            train={"epochs": 8 if name == "wide" else 20},
-        )
-        if name == "cnn":
-            project.set_params(
-                optimize={**project.params()["optimize"], "runs": 2000, "rounds": 10}
-            )
-        project.stages("ingest", "prepare", "validate", "train", "export", "optimize")
-        chosen[name] = project.report("optimize.details.json")
-    assert chosen["cnn"]["chosen"] in {"fp32", "fp32-ort", "pruned"}, chosen["cnn"]["variants"]
-    assert "int8" in chosen["wide"]["chosen"], chosen["wide"]["variants"]
-    wide = chosen["wide"]["variants"]
-    assert wide[chosen["wide"]["chosen"]]["size_bytes"] < 0.3 * wide["fp32"]["size_bytes"]
+# Which variant wins on this CPU (int8 for the 4.3M-parameter MLP, FP32 for the small CNN)
+# is a measurement, not a behaviour: `make bench-optimize` (benchmarks/optimize.py) measures
+# it and the README quotes its table. The rule that turns a measured table into the choice
+# is tested above on fixed tables (test_fastest_within_budget_wins, test_ties_go_to_..., the
+# budget's edge), and the stage's own output by test_stage_builds_measures_and_writes_...

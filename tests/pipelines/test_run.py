@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from core.errors import ConfigError
-from pipelines import config
+from pipelines import config, sources
 from pipelines.run import check_inputs
 from tests.conftest import REPO
 
@@ -20,7 +20,11 @@ def params(**sections: dict[str, str]) -> config.Params:
 
 
 def test_the_shipped_params_name_files_that_exist() -> None:
-    check_inputs(params(), REPO)
+    shipped = params()
+    assert (REPO / shipped.validate_.suite).is_file(), shipped.validate_.suite
+    source = shipped.ingest.source
+    assert sources.is_bundled(source) or (REPO / source).is_file(), source
+    check_inputs(shipped, REPO)  # and the check agrees: it raises ConfigError otherwise
 
 
 def test_a_missing_suite_and_source_are_named_with_what_to_do(tmp_path: Path) -> None:

@@ -149,7 +149,9 @@ def stop_server(server: TeamServer) -> int | None:
 
 
 @pytest.fixture(scope="session")
-def team_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TeamServer]:
+def team_server(
+    server_tier: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TeamServer]:
     base = tmp_path_factory.mktemp("team")
     server = start_server(base / "data")
     try:

@@ -33,15 +33,23 @@ from tests.registry.conftest import (
 pytestmark = pytest.mark.slow
 
 
-def test_the_server_has_users_and_keeps_its_state_in_postgresql(
-    team_server: TeamServer, team_file: Path
-) -> None:
+def test_the_server_knows_its_admin(team_server: TeamServer, team_file: Path) -> None:
     me = httpx.get(f"{team_server.uri}/api/2.0/mlflow/users/current", auth=ADMIN).json()
     assert me == {"is_basic_auth": True, "user": {"id": 1, "is_admin": True, "username": "admin"}}
-    assert httpx.get(f"{team_server.uri}/api/2.0/mlflow/users/current").status_code == 401
-    bad = httpx.get(f"{team_server.uri}/api/2.0/mlflow/users/current", auth=("dana", "nope"))
-    assert bad.status_code == 401
-    # The registry lives in PostgreSQL (the gate's database is on the same server).
+
+
+@pytest.mark.parametrize("auth", [None, ("dana", "nope")], ids=["no-login", "wrong-password"])
+def test_the_server_refuses_a_client_it_cannot_authenticate(
+    team_server: TeamServer, team_file: Path, auth: tuple[str, str] | None
+) -> None:
+    refused = httpx.get(f"{team_server.uri}/api/2.0/mlflow/users/current", auth=auth)
+    assert refused.status_code == 401
+
+
+def test_the_server_keeps_models_and_users_in_postgresql(
+    team_server: TeamServer, team_file: Path
+) -> None:
+    """The registry lives in PostgreSQL (the gate's database is on the same server)."""
     engine = sa.create_engine(team_server.gate_database_url.replace("/modelyard_gate?", "/mlflow?"))
     with engine.connect() as conn:
         names = {r[0] for r in conn.execute(sa.text("SELECT name FROM registered_models"))}
@@ -54,7 +62,10 @@ def test_the_server_has_users_and_keeps_its_state_in_postgresql(
     users.dispose()
     assert {CANDIDATES, PRODUCTION} <= names
     assert {"admin", "dana", "ci", "rui", "lee", "gate"} <= logins
-    # Artifacts go through the server (proxied), not to a path clients must reach.
+
+
+def test_artifacts_go_through_the_server(team_server: TeamServer, team_file: Path) -> None:
+    """Proxied (mlflow-artifacts:), not a path clients must reach."""
     with as_user(team_server, "dana"):
         experiment = Registry(team_server.uri).client.get_experiment_by_name(EXPERIMENT)
     assert experiment.artifact_location.startswith("mlflow-artifacts:")
@@ -168,12 +179,25 @@ def test_the_server_refuses(
         assert "approval.reviewer" not in registry.version(PRODUCTION, versions["production"]).tags
 
 
-def test_the_roles_that_should_can(team_server: TeamServer, versions: dict[str, str]) -> None:
-    with as_user(team_server, "ci"):
-        ACTIONS["tag a candidate"](Registry(team_server.uri).client, versions)
-        ACTIONS["register a candidate"](Registry(team_server.uri).client, versions)
-    with as_user(team_server, "gate"):
-        ACTIONS["move champion"](Registry(team_server.uri).client, versions)
+ALLOWED = [("ci", "tag a candidate"), ("ci", "register a candidate"), ("gate", "move champion")]
+
+
+@pytest.mark.parametrize(("user", "action"), ALLOWED, ids=[f"{u}-{a}" for u, a in ALLOWED])
+def test_the_roles_that_should_can(
+    team_server: TeamServer, versions: dict[str, str], user: str, action: str
+) -> None:
+    """What a role may do, it can, and the server then holds the change."""
+    with as_user(team_server, user):
+        registry = Registry(team_server.uri)
+        before = {v.version for v in registry.versions(CANDIDATES)}
+        done = ACTIONS[action](registry.client, versions)
+        if action == "tag a candidate":
+            tags = registry.version(CANDIDATES, versions["candidate"]).tags
+            assert tags["gates.passed"] == "True"
+        elif action == "register a candidate":
+            assert {v.version for v in registry.versions(CANDIDATES)} == {*before, done.version}
+        else:
+            assert registry.by_alias(PRODUCTION, "champion").version == versions["production"]
 
 
 def test_a_restart_keeps_users_grants_and_models(team_server: TeamServer, team_file: Path) -> None:

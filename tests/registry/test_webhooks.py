@@ -159,7 +159,7 @@ class Loop:
 
 
 @pytest.fixture(scope="module")
-def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
+def loop(server_tier: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
     """One MLflow server, listener and stand-in GitHub for the module. Each test works on a
     registered model of its own (``name``), so none depends on what another did before."""
     lp = Loop(tmp_path_factory.mktemp("webhooks"))

@@ -4,6 +4,7 @@ model is trained and served once per session, for both."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -11,9 +12,12 @@ from tests.services.live import LiveApi, registered, serve_model
 
 
 @pytest.fixture(scope="session")
-def digits_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveApi]:
+def digits_api(
+    server_tier: None, trained_template: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveApi]:
     """A real `bentoml serve` of a registered digits CNN (key: live.API_KEY)."""
     base = tmp_path_factory.mktemp("digits-api")
-    api = serve_model(registered(base / "project", "digits"), base)
+    project = registered(base / "project", "digits", template=trained_template)
+    api = serve_model(project, base)
     yield api
     api.server.stop()

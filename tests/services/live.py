@@ -16,10 +16,10 @@ import httpx
 
 from tests.conftest import (
     BIN,
-    FAST_TRAIN,
     PIPELINE,
     REPO,
     Project,
+    copy_of,
     free_port,
     kill_tree,
     new_project,
@@ -29,15 +29,15 @@ API_KEY = "test-key-7d1f"
 STAGES = PIPELINE
 
 
-def registered(root: Path, kind: str) -> Project:
-    """A project whose model (``digits``: the CNN, fast settings; ``wine``: logistic
-    regression) went through the whole pipeline and is registered."""
-    if kind == "digits":
-        project = new_project(root)
-        project.set_params(train=FAST_TRAIN)
-    else:
-        project = new_project(root, REPO / "pipelines/examples/wine.params.yaml")
+def registered(root: Path, kind: str, *, template: Path | None = None) -> Project:
+    """A project whose model went through the whole pipeline and is registered:
+    ``digits`` (the CNN, fast settings) is a copy of ``template`` (the session's
+    tests.conftest.trained_template); ``wine`` (logistic regression) runs here."""
     os.environ.pop("MLFLOW_TRACKING_URI", None)
+    if kind == "digits":
+        assert template is not None, "digits is copied from the session's trained template"
+        return copy_of(template, root)
+    project = new_project(root, REPO / "pipelines/examples/wine.params.yaml")
     project.stages(*STAGES)
     return project
 

@@ -19,14 +19,12 @@ import pytest
 
 from tests.conftest import (
     BIN,
-    FAST_TRAIN,
-    PIPELINE,
     FakeGitHub,
     Project,
+    copy_of,
     free_port,
     kill_tree,
     modelyard,
-    new_project,
 )
 
 pytestmark = pytest.mark.slow
@@ -35,11 +33,11 @@ NAME = "digits-classifier"
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Project, dict[str, str]]]:
+def built(
+    trained_template: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Project, dict[str, str]]]:
     base = tmp_path_factory.mktemp("deploy")
-    project = new_project(base / "project")
-    project.set_params(train=FAST_TRAIN)
-    project.stages(*PIPELINE)
+    project = copy_of(trained_template, base / "project")
     env = {"BENTOML_HOME": str(base / "bentoml"), "GITHUB_OUTPUT": str(base / "github_output")}
     out = modelyard(
         project.root, "build", "--model", f"{NAME}/1", "--params", str(project.params_path), env=env
@@ -109,6 +107,12 @@ def test_record_then_reconcile_is_in_sync(built: tuple[Project, dict[str, str]])
         assert len(github.requests) == before  # in sync: nothing dispatched
     finally:
         github.close()
+
+
+def test_record_of_a_version_that_does_not_exist_is_1(
+    built: tuple[Project, dict[str, str]],
+) -> None:
+    project, env = built
     missing = modelyard(
         project.root,
         "deploy",
@@ -117,11 +121,15 @@ def test_record_then_reconcile_is_in_sync(built: tuple[Project, dict[str, str]])
         "99",
         "--image",
         "x:y",
-        *params,
+        "--params",
+        str(project.params_path),
         env=env,
         check=False,
     )
     assert missing.returncode == 1 and "no version 99" in missing.stderr
+    from registry import promotion
+
+    assert project.registry().model_tags(NAME).get(promotion.DEPLOYED) != "99"  # nothing recorded
 
 
 @pytest.fixture(scope="module")

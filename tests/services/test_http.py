@@ -32,7 +32,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 
 from services.inference_log import ReadStats, read
-from tests.conftest import BIN, FAST_TRAIN, PIPELINE, Project, free_port, kill_tree, new_project
+from tests.conftest import BIN, Project, copy_of, free_port, kill_tree
 
 pytestmark = pytest.mark.slow
 
@@ -147,20 +147,22 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def server(
+    server_tier: None, evaluated_template: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
     base = tmp_path_factory.mktemp("serving")
-    project = new_project(base / "project")
-    # Optimize picks int8 (any int8 no slower than twice FP32 ties, and the smaller file
-    # wins): the served file is then not the FP32 export, and tests can tell them apart.
+    # The session's trained digits project (tests.conftest.evaluated_template), optimized
+    # again: optimize picks int8 (any int8 no slower than twice FP32 ties, and the smaller
+    # file wins): the served file is then not the FP32 export, and tests can tell them apart.
+    project = copy_of(evaluated_template, base / "project")
     project.set_params(
-        train=FAST_TRAIN,
         optimize={
             "variants": ["fp32", "int8-static"],
             "tie_tolerance": 0.99,
             "accuracy_budget": 5.0,
         },
     )
-    project.stages(*PIPELINE)
+    project.stages("optimize", "evaluate", "register")
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     # The server's own temp dir: what the build downloads there must not stay.

@@ -40,14 +40,12 @@ import yaml
 
 from services import build, inference_log
 from tests.conftest import (
-    FAST_TRAIN,
-    PIPELINE,
     REPO,
     Project,
+    copy_of,
     free_port,
     kill_tree,
     modelyard,
-    new_project,
 )
 
 NAME = "digits-classifier"
@@ -119,7 +117,9 @@ def storage_env(root: Path, driver: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def buildah_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+def buildah_env(
+    image_tier: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, str]]:
     """Buildah's own image storage for this session: overlay where the kernel lets us
     mount it (a container shares its image's layers), else vfs (full copies, slower)."""
     reason = missing_tools()
@@ -174,13 +174,14 @@ def oci_registry(
 
 @pytest.fixture(scope="module")
 def pushed(
-    buildah_env: dict[str, str], oci_registry: str, tmp_path_factory: pytest.TempPathFactory
+    buildah_env: dict[str, str],
+    oci_registry: str,
+    trained_template: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Pushed:
     """The one image build of the session: version 1 -> Bento -> image -> registry."""
     base = tmp_path_factory.mktemp("image")
-    project = new_project(base / "project")
-    project.set_params(train=FAST_TRAIN)
-    project.stages(*PIPELINE)
+    project = copy_of(trained_template, base / "project")
     outputs = base / "github_output"
     env = {**buildah_env, "BENTOML_HOME": str(base / "bentoml"), "GITHUB_OUTPUT": str(outputs)}
     made = modelyard(project.root, "deploy", "base-image", env=env)  # cache: ~/.cache/modelyard

@@ -138,7 +138,7 @@ def test_the_validation_can_fail() -> None:
 
 
 @pytest.fixture(scope="module", params=deploy.ENVIRONMENTS)
-def release(request: pytest.FixtureRequest) -> tuple[str, list[dict[str, Any]]]:
+def release(e2e_tier: None, request: pytest.FixtureRequest) -> tuple[str, list[dict[str, Any]]]:
     env = str(request.param)
     return env, render(env, "--webapp-image", WEBAPP, "--monitor-image", MONITOR)
 

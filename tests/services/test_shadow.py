@@ -248,10 +248,12 @@ def register_narrow(project: Project, metadata: dict[str, Any] | None = None) ->
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+def served(
+    server_tier: None, trained_template: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Served]:
     base = tmp_path_factory.mktemp("shadow")
     started = time.monotonic()
-    project = registered(base / "project", "digits")
+    project = registered(base / "project", "digits", template=trained_template)
     registry = project.registry()
     (v1,) = registry.versions(NAME)
     assert registry.copy_version(NAME, "1", NAME, tags=v1.tags).version == "2"

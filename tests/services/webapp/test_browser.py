@@ -44,7 +44,7 @@ SEVEN = [(0.25, 0.2), (0.75, 0.2), (0.45, 0.85)]  # a "7" in fractions of the ca
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
+def browser(browser_tier: None) -> Iterator[Any]:
     executable = chromium()
     if executable is None:
         pytest.skip(
@@ -70,7 +70,9 @@ def browser() -> Iterator[Any]:
 
 
 @pytest.fixture(scope="module")
-def digits_web(digits_api: LiveApi, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
+def digits_web(
+    server_tier: None, digits_api: LiveApi, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Proc]:
     web = webapp_server(digits_api.url, tmp_path_factory.mktemp("digits-web"))
     web.start()
     yield web
@@ -223,7 +225,9 @@ def test_an_api_that_refuses_the_web_apps_key_gives_a_clear_page(digits_api: Liv
 
 
 @pytest.fixture(scope="module")
-def wine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveApi, Proc]]:
+def wine(
+    e2e_tier: None, server_tier: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[LiveApi, Proc]]:
     base = tmp_path_factory.mktemp("wine")
     api = serve_model(registered(base / "project", "wine"), base / "api")
     # Metadata never cached: the page notices at once when the API goes away.
