@@ -14,6 +14,7 @@ from __future__ import annotations
 CLI = "tests/modelyard/test_cli.py"
 BAD_PARAMS = f"{CLI}::test_a_bad_params_file_stops_every_command_with_2"
 EMPTY = f"{CLI}::test_in_an_empty_project_each_command_says_what_is_missing"
+EMPTY_DVC = f"{CLI}::test_in_an_empty_project_the_dvc_commands_say_what_is_missing"
 UNREACHABLE = f"{CLI}::test_an_unreachable_registry_stops_registry_commands_with_1"
 USAGE = f"{CLI}::test_a_usage_error_is_2"
 STAGES = f"{CLI}::test_summary_after_the_stages_shows_metrics_gates_and_the_version"
@@ -74,13 +75,13 @@ PRODUCED_BY: dict[tuple[str, int], str] = {
     ("register", 1): GATE_FAILED,
     ("register", 2): f"{BAD_PARAMS}[register]",
     ("run", 0): f"{E2E}::test_repro_registers_a_version_with_full_lineage",
-    ("run", 1): f"{EMPTY}[run]",
+    ("run", 1): f"{EMPTY_DVC}[run]",
     ("run", 2): f"{BAD_PARAMS}[run]",
     ("summary", 0): STAGES,
     ("summary", 1): f"{EMPTY}[summary]",
     ("summary", 2): f"{BAD_PARAMS}[summary]",
     ("diff", 0): f"{E2E}::test_diff_comments_metrics_and_params_on_the_pull_request",
-    ("diff", 1): f"{EMPTY}[diff]",
+    ("diff", 1): f"{EMPTY_DVC}[diff]",
     ("diff", 2): f"{BAD_PARAMS}[diff]",
     ("ui", 0): f"{CLI}::test_ui_on_a_tracking_server_points_at_it",
     ("ui", 1): f"{CLI}::test_servers_on_a_port_in_use_say_so_and_exit_1",

@@ -24,7 +24,7 @@ def test_a_slow_test_gets_the_long_timeout(request: pytest.FixtureRequest) -> No
     assert marker is not None and marker.args == (SLOW_TIMEOUT,)
 
 
-def test_a_hung_test_fails_at_its_timeout(tmp_path: Path) -> None:
+def test_a_hung_test_fails_at_its_timeout(e2e_tier: None, tmp_path: Path) -> None:
     """pytest-timeout is active with this configuration: a test that hangs fails."""
     test = tmp_path / "test_hang.py"
     test.write_text(

@@ -12,7 +12,7 @@ from pipelines import tracking
 from registry.client import Registry
 from tests.conftest import git_copy, modelyard
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("e2e_tier")]
 
 
 def penguins_like(path: Path) -> None:

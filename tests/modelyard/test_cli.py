@@ -197,8 +197,6 @@ EMPTY_PROJECT = [  # (command, its arguments, exit code, what it says)
     ("optimize", [], 1, "Run `modelyard prepare"),
     ("evaluate", [], 1, "Run `modelyard prepare"),
     ("summary", [], 1, "no complete run yet"),
-    ("run", [], 1, "dvc repro failed"),
-    ("diff", [], 1, "dvc metrics diff main failed"),
     ("promote", [NAME, "1", "--reviewer", "rui@example.com"], 1, "RESOURCE_DOES_NOT_EXIST"),
     ("rollback", [NAME], 1, f"{NAME} has no champion to roll back from"),
     ("build", [], 1, f"{NAME} has no version with alias @challenger"),
@@ -212,6 +210,22 @@ EMPTY_PROJECT = [  # (command, its arguments, exit code, what it says)
 ]
 
 
+# The commands that run DVC (a subprocess): the e2e tier.
+EMPTY_PROJECT_DVC = [
+    ("run", [], 1, "dvc repro failed"),
+    ("diff", [], 1, "dvc metrics diff main failed"),
+]
+
+
+def says_what_is_missing(
+    project: Project, path: str, args: list[str], code: int, says: str
+) -> None:
+    result = project.cli(*path.split(), *args)
+    assert result.exit_code == code, result.output
+    assert says in words(result.output)
+    assert result.exception is None or isinstance(result.exception, SystemExit)  # no traceback
+
+
 @pytest.mark.parametrize(
     ("path", "args", "code", "says"), EMPTY_PROJECT, ids=[case[0] for case in EMPTY_PROJECT]
 )
@@ -219,10 +233,23 @@ def test_in_an_empty_project_each_command_says_what_is_missing(
     project: Project, path: str, args: list[str], code: int, says: str, monkeypatch: Any
 ) -> None:
     monkeypatch.setenv("COLUMNS", "400")  # one message, one line: paths are not wrapped
-    result = project.cli(*path.split(), *args)
-    assert result.exit_code == code, result.output
-    assert says in words(result.output)
-    assert result.exception is None or isinstance(result.exception, SystemExit)  # no traceback
+    says_what_is_missing(project, path, args, code, says)
+
+
+@pytest.mark.parametrize(
+    ("path", "args", "code", "says"), EMPTY_PROJECT_DVC, ids=[c[0] for c in EMPTY_PROJECT_DVC]
+)
+def test_in_an_empty_project_the_dvc_commands_say_what_is_missing(
+    e2e_tier: None,
+    project: Project,
+    path: str,
+    args: list[str],
+    code: int,
+    says: str,
+    monkeypatch: Any,
+) -> None:
+    monkeypatch.setenv("COLUMNS", "400")  # one message, one line: paths are not wrapped
+    says_what_is_missing(project, path, args, code, says)
 
 
 def test_ingest_of_an_unreadable_file_is_bad_data(project: Project) -> None:
@@ -341,7 +368,7 @@ def test_registry_listen_needs_the_webhook_secret(project: Project) -> None:
 
 
 @pytest.mark.slow
-def test_registry_listen_stops_cleanly_on_ctrl_c(project: Project) -> None:
+def test_registry_listen_stops_cleanly_on_ctrl_c(server_tier: None, project: Project) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env["MODELYARD_WEBHOOK_SECRET"] = "s3cret"
@@ -423,7 +450,7 @@ def test_summary_after_the_stages_shows_metrics_gates_and_the_version(trained: P
 # -- the MLflow UI -------------------------------------------------------------------------------
 
 
-def test_ui_serves_the_local_store(project: Project, tmp_path: Path) -> None:
+def test_ui_serves_the_local_store(server_tier: None, project: Project, tmp_path: Path) -> None:
     project.stages("ingest")  # any command; the store appears on first use
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}

@@ -68,7 +68,7 @@ def test_missing_params_file(tmp_path: Path) -> None:
         config.load(tmp_path / "params.yaml")
 
 
-def test_git_dirty_ignores_pipeline_outputs(tmp_path: Path) -> None:
+def test_git_dirty_ignores_pipeline_outputs(e2e_tier: None, tmp_path: Path) -> None:
     from pipelines import lineage
     from tests.conftest import git
 

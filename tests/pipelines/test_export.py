@@ -187,7 +187,7 @@ def _exported_in(clone: Path) -> bytes:
 
 @pytest.mark.slow
 def test_the_same_model_exports_to_the_same_bytes_from_any_folder(
-    project: Project, tmp_path: Path
+    e2e_tier: None, project: Project, tmp_path: Path
 ) -> None:
     """The README's "same commit, same ONNX file, byte for byte", across clones: torch's
     exporter wrote each node's stack trace (this checkout's absolute paths) into the file,

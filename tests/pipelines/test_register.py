@@ -60,7 +60,7 @@ def test_schema_difference(
 
 
 @pytest.fixture
-def wine(make_project: Callable[..., Project]) -> Project:
+def wine(e2e_tier: None, make_project: Callable[..., Project]) -> Project:
     """A wine project, run up to evaluate (no champion yet)."""
     project = make_project(WINE)
     project.stages("champion", *STAGES)

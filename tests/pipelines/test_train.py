@@ -57,7 +57,7 @@ def test_cnn_on_non_image_data_explains(make_project) -> None:
     assert not (project.root / "data/models/native").exists()
 
 
-def test_any_tabular_csv_with_string_labels(project: Project) -> None:
+def test_any_tabular_csv_with_string_labels(e2e_tier: None, project: Project) -> None:
     """A user's own CSV (iris, species as text) declared in params runs to a version."""
     from sklearn.datasets import load_iris
 

@@ -223,7 +223,7 @@ def test_a_key_rotation_keeps_approvals_valid_and_resign_moves_them_to_the_new_k
     store.close()
 
 
-def test_resign_without_the_gate_key_is_2(tmp_path: Path) -> None:
+def test_resign_without_the_gate_key_is_2(e2e_tier: None, tmp_path: Path) -> None:
     team_file = tmp_path / "team.yaml"
     team_file.write_text(yaml.safe_dump(team_yaml()))
     args = ["registry", "resign", "--team", str(team_file), "--params", str(REPO / "params.yaml")]

@@ -222,7 +222,9 @@ def test_a_restart_keeps_users_grants_and_models(team_server: TeamServer, team_f
     assert refused.value.get_http_status_code() == 403
 
 
-def test_a_server_that_cannot_reach_its_database_stops_with_1(tmp_path: Path) -> None:
+def test_a_server_that_cannot_reach_its_database_stops_with_1(
+    server_tier: None, tmp_path: Path
+) -> None:
     args = ["registry", "server", "--data-dir", str(tmp_path / "data")]
     unreachable = "postgresql://modelyard@127.0.0.1:9/none"  # port 9: nothing listens
     done = subprocess.run(

@@ -37,7 +37,7 @@ TIMEOUT = 1.0
 
 
 @pytest.fixture(params=["h11", "httptools"])
-def port(request: pytest.FixtureRequest) -> Iterator[int]:
+def port(server_tier: None, request: pytest.FixtureRequest) -> Iterator[int]:
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-c", SERVER, str(port), request.param, str(TIMEOUT)], cwd=REPO

@@ -222,7 +222,9 @@ def test_the_image_inputs_are_what_the_containerfile_copies() -> None:
     assert image.content_tag(REPO, files, salt="another base") != tag
 
 
-def test_the_commands_refuse_a_bad_backend_or_a_missing_builder(tmp_path: Path) -> None:
+def test_the_commands_refuse_a_bad_backend_or_a_missing_builder(
+    e2e_tier: None, tmp_path: Path
+) -> None:
     """Exit 2 for an unknown backend, 1 when the builder is not installed (PATH holds only
     this venv): both before anything is built."""
     env = {"PATH": str(BIN), "BENTOML_HOME": str(tmp_path / "bentoml")}

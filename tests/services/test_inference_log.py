@@ -87,7 +87,7 @@ while True:
 """
 
 
-def test_kill_9_loses_no_acknowledged_record(tmp_path: Path) -> None:
+def test_kill_9_loses_no_acknowledged_record(e2e_tier: None, tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-c", WRITER, str(tmp_path)],
         stdout=subprocess.PIPE,

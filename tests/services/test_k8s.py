@@ -101,7 +101,7 @@ def test_every_overlay_is_one_of_the_environments() -> None:
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
-def test_every_overlay_renders_and_validates_strictly(overlay: Path) -> None:
+def test_every_overlay_renders_and_validates_strictly(e2e_tier: None, overlay: Path) -> None:
     docs = kustomize(overlay)
     assert {d["kind"] for d in docs} >= {
         "Deployment",
@@ -116,14 +116,14 @@ def test_every_overlay_renders_and_validates_strictly(overlay: Path) -> None:
 
 
 @pytest.mark.parametrize("env", deploy.ENVIRONMENTS)
-def test_a_full_release_validates_strictly(env: str) -> None:
+def test_a_full_release_validates_strictly(e2e_tier: None, env: str) -> None:
     docs = render(env, "--webapp-image", WEBAPP, "--monitor-image", MONITOR)
     assert set(by_kind(docs, "Deployment")) == {"modelyard-api", "modelyard-webapp"}
     assert set(by_kind(docs, "CronJob")) == {"modelyard-drift"}
     validate(docs)
 
 
-def test_the_validation_can_fail() -> None:
+def test_the_validation_can_fail(e2e_tier: None) -> None:
     """A misspelt field (`replica`) and a wrong type are refused, as a cluster would."""
     (deployment,) = by_kind(render("staging"), "Deployment").values()
     broken = {**deployment, "spec": {**deployment["spec"], "replica": 2}}
@@ -320,7 +320,7 @@ def test_the_api_keys_secret_is_generated_and_referenced(
     assert {d["metadata"].get("namespace") for d in docs if d["kind"] in NAMESPACED} == {namespace}
 
 
-def test_a_rotated_key_renames_the_secret_so_pods_roll() -> None:
+def test_a_rotated_key_renames_the_secret_so_pods_roll(e2e_tier: None) -> None:
     first = by_kind(render("staging"), "Secret")
     second = by_kind(render("staging", keys="key-three,key-one"), "Secret")
     assert first.keys() != second.keys()
@@ -340,7 +340,7 @@ def test_the_release_overlay_uses_relative_paths_only(tmp_path: Path) -> None:
     }
 
 
-def test_render_refuses_a_tag_no_keys_or_an_unknown_environment() -> None:
+def test_render_refuses_a_tag_no_keys_or_an_unknown_environment(e2e_tier: None) -> None:
     def run(*args: str, keys: str = KEYS) -> subprocess.CompletedProcess[str]:
         return modelyard(
             REPO,
@@ -362,7 +362,7 @@ def test_render_refuses_a_tag_no_keys_or_an_unknown_environment() -> None:
     assert unknown.returncode == 2 and "expected one of staging, production" in unknown.stderr
 
 
-def test_apply_and_undo_report_an_unreachable_cluster(tmp_path: Path) -> None:
+def test_apply_and_undo_report_an_unreachable_cluster(e2e_tier: None, tmp_path: Path) -> None:
     """Real kubectl, real kubeconfig, nothing listening: exit 1 naming the failed step,
     and the kubeconfig written for kubectl is gone afterwards."""
     kubeconfig = yaml.safe_dump(

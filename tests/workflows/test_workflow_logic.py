@@ -301,7 +301,7 @@ def test_dependabot_updates_the_python_packages_and_the_actions() -> None:
         assert update["directory"] == "/" and update["schedule"]["interval"] in {"daily", "weekly"}
 
 
-def test_codeowners_patterns_match_files_and_name_owners() -> None:
+def test_codeowners_patterns_match_files_and_name_owners(e2e_tier: None) -> None:
     tracked = subprocess.run(
         ["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True
     ).stdout.splitlines()

