@@ -13,7 +13,7 @@ export BENTOML_DO_NOT_TRACK := true
 export GX_ANALYTICS_ENABLED := false
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: help setup system-tools browser-tools bench-webapp run serve test check lint format lock clean bench bench-monitoring bench-optimize bench-workers bench-shadow
+.PHONY: help setup system-tools browser-tools bench-webapp bench-suite run serve test test-fast test-tier coverage check lint format lock clean bench bench-monitoring bench-optimize bench-workers bench-shadow
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -81,8 +81,28 @@ browser-tools: ## Install chromium with apt when missing (for the browser tests)
 	echo "browser-tools: installing chromium"; \
 	DEBIAN_FRONTEND=noninteractive $$sudo apt-get -o DPkg::Lock::Timeout=600 install -y -qq chromium
 
-test: setup system-tools browser-tools ## Run the test suite (real MLflow, DVC, GX, ONNX Runtime, buildah)
-	$(BIN)/pytest
+# Tiers (tests/conftest.py derives them from the fixtures a test uses): fast (in-process, no
+# server, no subprocess), server, e2e, image, browser. The tests of one file stay on one
+# worker (its module fixtures are built once) and every image test on the same worker.
+XDIST ?= -n auto --dist loadgroup
+test: setup system-tools browser-tools ## Run every tier (real MLflow, DVC, GX, ONNX Runtime, buildah, chromium) on all CPUs
+	$(BIN)/pytest $(XDIST)
+
+test-fast: setup ## Run the fast tier only (in-process, no server, no subprocess): about 2 minutes
+	$(BIN)/pytest -m fast $(XDIST)
+
+TIER ?= server
+test-tier: setup system-tools browser-tools ## Run one tier: make test-tier TIER=fast|server|e2e|image|browser
+	$(BIN)/pytest -m $(TIER) $(XDIST)
+
+bench-suite: setup system-tools browser-tools ## Time each tier on a fresh clone of HEAD: benchmarks/results/suite.{json,md}
+	$(BIN)/python benchmarks/suite.py
+
+coverage: setup system-tools browser-tools ## Line coverage of the product packages over every tier (subprocesses included)
+	rm -rf .coverage-data && mkdir -p .coverage-data
+	export MODELYARD_COVERAGE_DIR=$(abspath .coverage-data) COVERAGE_RCFILE=$(abspath .coveragerc); \
+	$(BIN)/coverage run -m pytest $(XDIST) -p no:cacheprovider -q; status=$$?; \
+	$(BIN)/coverage combine -q && $(BIN)/coverage report | tail -1; exit $$status
 
 check: setup ## Lint and type-check (what CI runs)
 	$(BIN)/ruff check .
