@@ -13,10 +13,10 @@ export BENTOML_DO_NOT_TRACK := true
 export GX_ANALYTICS_ENABLED := false
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: help setup system-tools browser-tools bench-webapp bench-suite run serve test test-fast test-tier coverage check lint format lock clean bench bench-monitoring bench-optimize bench-workers bench-shadow
+.PHONY: help setup system-tools browser-tools bench-webapp bench-suite run serve test test-fast test-server test-e2e test-image test-browser coverage check lint format lock clean bench bench-monitoring bench-optimize bench-workers bench-shadow
 
 help: ## Show the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
 # The stamp is named after the lock's content, not its mtime: a venv restored from the CI
 # cache (older mtimes than the fresh checkout) is reused when the lock is the same.
@@ -88,12 +88,20 @@ XDIST ?= -n auto --dist loadgroup
 test: setup system-tools browser-tools ## Run every tier (real MLflow, DVC, GX, ONNX Runtime, buildah, chromium) on all CPUs
 	$(BIN)/pytest $(XDIST)
 
-test-fast: setup ## Run the fast tier only (in-process, no server, no subprocess): about 2 minutes
+test-fast: setup ## The fast tier only (in-process, no server, no subprocess): about 2 minutes
 	$(BIN)/pytest -m fast $(XDIST)
 
-TIER ?= server
-test-tier: setup system-tools browser-tools ## Run one tier: make test-tier TIER=fast|server|e2e|image|browser
-	$(BIN)/pytest -m $(TIER) $(XDIST)
+test-server: setup ## The server tier (real MLflow, PostgreSQL, bentoml serve)
+	$(BIN)/pytest -m server $(XDIST)
+
+test-e2e: setup ## The e2e tier (the pipeline, the CLI, dvc, git, kubectl as subprocesses)
+	$(BIN)/pytest -m e2e $(XDIST)
+
+test-image: setup system-tools ## The image tier (buildah builds, pushes and runs the images)
+	$(BIN)/pytest -m image $(XDIST)
+
+test-browser: setup browser-tools ## The browser tier (chromium drives the web app)
+	$(BIN)/pytest -m browser $(XDIST)
 
 bench-suite: setup system-tools browser-tools ## Time each tier on a fresh clone of HEAD: benchmarks/results/suite.{json,md}
 	$(BIN)/python benchmarks/suite.py

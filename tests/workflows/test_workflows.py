@@ -104,19 +104,40 @@ def test_every_job_installs_through_the_cached_setup(path: Path) -> None:
     assert ".venv" in paths and ".dvc/cache" in paths
 
 
+MATRIX = re.compile(r"\$\{\{\s*matrix\.(\w+)\s*\}\}")
+
+
+def expand(line: str, matrix: dict[str, Any]) -> list[str]:
+    """``line`` once per value of each ``${{ matrix.KEY }}`` it names (the job's own)."""
+    found = MATRIX.search(line)
+    if not found:
+        return [line]
+    values = matrix.get(found.group(1))
+    assert isinstance(values, list), f"{line}: no matrix.{found.group(1)} in its job"
+    return [
+        out
+        for value in values
+        for out in expand(line[: found.start()] + str(value) + line[found.end() :], matrix)
+    ]
+
+
 def run_commands() -> list[tuple[str, list[str]]]:
     found = []
-    for path in WORKFLOWS + ACTIONS:
-        for step in steps(load(path)):
-            for line in step.get("run", "").replace("\\\n", " ").splitlines():
-                if line.strip():
-                    found.append((path.name, shlex.split(line)))
+    for path in [*WORKFLOWS, *ACTIONS]:
+        doc = load(path)
+        jobs = [doc["runs"]] if "runs" in doc else list(doc["jobs"].values())
+        for job in jobs:
+            matrix = job.get("strategy", {}).get("matrix", {})
+            for step in job.get("steps", []):
+                for line in step.get("run", "").replace("\\\n", " ").splitlines():
+                    for each in expand(line, matrix) if line.strip() else []:
+                        found.append((path.name, shlex.split(each)))
     return found
 
 
 def make_targets() -> set[str]:
     text = (REPO / "Makefile").read_text()
-    return set(re.findall(r"^([a-z-]+):", text, flags=re.M))
+    return set(re.findall(r"^([a-z0-9-]+):", text, flags=re.M))
 
 
 SHELL_VAR = re.compile(r"\$\{?\w+\}?")
