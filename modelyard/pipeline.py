@@ -22,6 +22,14 @@ PARAMS = Path("params.yaml")
 def run(
     params_file: ParamsOpt = PARAMS,
     force: Annotated[bool, typer.Option("--force", "-f", help="Re-run every stage.")] = False,
+    remeasure: Annotated[
+        bool,
+        typer.Option(
+            help="Run evaluate again even if DVC finds it up to date (`dvc repro -f -s "
+            "evaluate`, then register): its latency is a measurement of this moment, so a "
+            "timing gate that failed while the machine was busy can be measured again."
+        ),
+    ] = False,
     push: Annotated[
         bool,
         typer.Option(
@@ -67,6 +75,7 @@ def run(
             params,
             root,
             force=force,
+            remeasure=remeasure,
             push_outputs=push,
             push_to=url,
             drift_run=drift_run or None,

@@ -248,7 +248,7 @@ class Optimize(Section):
 class Evaluate(Section):
     min_accuracy: Annotated[float, Field(ge=0, le=1)] = 0.95
     min_macro_f1: Annotated[float, Field(ge=0, le=1)] = 0.95
-    max_p99_ms: Annotated[float, Field(gt=0)] = 5.0  # batch-1 p99 with ONNX Runtime
+    max_p99_ms: Annotated[float, Field(gt=0)] = 5.0  # batch-1 p99 CPU time per call (ORT)
     min_class_recall: Annotated[float, Field(ge=0, le=1)] = 0.85
     # Gaussian noise with std = noise_scale * (feature std on train); predictions must stay.
     noise_scale: Annotated[float, Field(ge=0)] = 0.05

@@ -62,11 +62,14 @@ def check_inputs(params: Params, root: Path) -> None:
         raise ConfigError("nothing was run:\n  - " + "\n  - ".join(missing))
 
 
-def repro(root: Path, *, force: bool = False, start: str | None = None) -> None:
+def repro(
+    root: Path, *, force: bool = False, start: str | None = None, target: str | None = None
+) -> None:
     """`dvc repro` in ``root`` (from stage ``start`` on, if given: it and every stage
-    after it); the stages' commands find this venv's tools."""
+    after it; or up to stage ``target`` only); the stages' commands find this venv's tools."""
     downstream = ["--downstream", start] if start else []
     cmd = [tools.binary("dvc"), "repro", *(["--force"] if force else []), *downstream]
+    cmd += [target] if target else []
     code = subprocess.call(cmd, cwd=root, env=tools.env())
     if code != 0:
         raise PipelineFailed(
@@ -138,12 +141,15 @@ def run(
     root: Path,
     *,
     force: bool = False,
+    remeasure: bool = False,
     push_to: str | None = None,
     push_outputs: bool = False,
     drift_run: str | None = None,
     production_pointer: str | None = None,
 ) -> Outcome:
-    """repro, optionally push, then register (idempotent). ``production_pointer``: first
+    """repro, optionally push, then register (idempotent). ``remeasure``: evaluate runs
+    again even when DVC finds it up to date (its timings are of the machine's moment).
+    ``production_pointer``: first
     pull the harvested labels it points at (a ``retrain`` dispatch). ``drift_run``: the
     drift job's MLflow run that caused this run; a version registered now is tagged with
     it (``monitor.drift_run_id``, ``monitor.drift_report``) and the run with the version
@@ -166,6 +172,9 @@ def run(
     before = {v.version for v in registry.versions(name)}
     # A new champion re-runs evaluate (team mode: the production model's champion).
     pointer.refresh(registry, params.register_.champion_model, params.paths, root)
+    if remeasure and not force:
+        repro(root, target="evaluate")  # its inputs up to date first, then measure again
+        repro(root, force=True, start="evaluate")
     repro(root, force=force)
     if tracking.on_server(root) and (lost := training_run_missing(params, root)):
         # DVC restored the trained model from its cache (trained on someone's machine, or

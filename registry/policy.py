@@ -74,7 +74,7 @@ def _same_person(reviewer: str, author: str) -> bool:
 METRIC_OF_GATE = {
     "min_accuracy": ("test.accuracy", ">="),
     "min_macro_f1": ("test.macro_f1", ">="),
-    "max_p99_ms": ("test.latency.batch_1.p99_ms", "<="),
+    "max_p99_ms": ("test.latency.batch_1.cpu_p99_ms", "<="),  # CPU time: load cannot fake it
     "min_class_recall": ("test.min_class_recall", ">="),
     "min_noise_invariance": ("test.noise_invariance", ">="),
 }

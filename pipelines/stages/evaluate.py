@@ -24,6 +24,7 @@ is kept either way.
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -75,6 +76,14 @@ def run(params: Params, root: Path) -> Result:
         f"batch_{b}": asdict(inference.latency(sess, test.x, b, runs))
         for b, runs in ((1, cfg.latency_runs), (256, max(10, cfg.latency_runs // 10)))
     }
+    # The gate's figure: CPU time per call, which other processes' load cannot inflate.
+    cpu = inference.cpu_latency(sess, test.x, 1, cfg.latency_runs)
+    lat["batch_1"].update(
+        cpu_p50_ms=cpu.p50_ms,
+        cpu_p99_ms=cpu.p99_ms,
+        cpu_rounds=cpu.rounds,
+        load_1min=os.getloadavg()[0],
+    )
     metrics["latency"] = lat
     rng = np.random.default_rng(params.seed)
     metrics["noise_invariance"] = noise_invariance(sess, test.x, pred, schema, cfg.noise_scale, rng)
@@ -169,6 +178,7 @@ def headline(metrics: dict[str, Any], gates: list[Gate]) -> dict[str, float]:
         "noise_invariance": metrics["noise_invariance"],
         "p50_ms_batch1": lat["batch_1"]["p50_ms"],
         "p99_ms_batch1": lat["batch_1"]["p99_ms"],
+        "cpu_p99_ms_batch1": lat["batch_1"].get("cpu_p99_ms", lat["batch_1"]["p99_ms"]),
         "p50_ms_batch256": lat["batch_256"]["p50_ms"],
         "p99_ms_batch256": lat["batch_256"]["p99_ms"],
         "test_rows": metrics["test_rows"],
@@ -293,7 +303,7 @@ def decide(cfg: Evaluate, m: dict[str, Any]) -> list[Gate]:
     gates = [
         _gate("min_accuracy", m["accuracy"], cfg.min_accuracy, ">="),
         _gate("min_macro_f1", m["macro_f1"], cfg.min_macro_f1, ">="),
-        _gate("max_p99_ms", m["latency"]["batch_1"]["p99_ms"], cfg.max_p99_ms, "<="),
+        latency_gate(cfg, m["latency"]["batch_1"]),
         _gate("min_class_recall", m["min_class_recall"], cfg.min_class_recall, ">="),
         _gate("min_noise_invariance", m["noise_invariance"], cfg.min_noise_invariance, ">="),
     ]
@@ -336,6 +346,33 @@ def _champion_gate(
             f"{accuracy:.4f}, McNemar p={champ['p_value']:.3g}"
         ),
     )
+
+
+TIMING_GATES = ("max_p99_ms",)  # gates on a measured time: re-measuring can change them
+
+
+def latency_gate(cfg: Evaluate, batch_1: dict[str, Any]) -> Gate:
+    """``max_p99_ms`` on the p99 CPU time per batch-1 call (median of rounds): what the
+    model costs, not how busy the machine was. The wall-clock p99 and the load average at
+    the time are in the detail, reported, never gated."""
+    cpu = batch_1.get("cpu_p99_ms")
+    if cpu is None:  # a report from before CPU time was measured
+        return _gate("max_p99_ms", batch_1["p99_ms"], cfg.max_p99_ms, "<=")
+    load = batch_1.get("load_1min")
+    detail = (
+        f"CPU time per call, p99 (median of {batch_1.get('cpu_rounds', '?')} rounds); "
+        f"wall-clock p99 {batch_1['p99_ms']:.4g} ms"
+        + (f" at load average {load:.2f}" if load is not None else "")
+        + " (reported, not gated)"
+    )
+    gate = _gate("max_p99_ms", cpu, cfg.max_p99_ms, "<=")
+    if not gate.passed:
+        detail += (
+            "; a timing: if the machine was busy, measure again when it is quiet with "
+            "`modelyard run --remeasure` (or `dvc repro -f -s evaluate`), else make the "
+            "model cheaper or raise evaluate.max_p99_ms"
+        )
+    return Gate(gate.name, gate.value, gate.threshold, gate.op, gate.passed, detail)
 
 
 def _gate(name: str, value: float, threshold: float, op: str) -> Gate:

@@ -29,7 +29,7 @@ GOOD = policy.Evidence(
     metrics={
         "test.accuracy": 0.97,
         "test.macro_f1": 0.96,
-        "test.latency.batch_1.p99_ms": 0.5,
+        "test.latency.batch_1.cpu_p99_ms": 0.5,
         "test.min_class_recall": 0.9,
         "test.noise_invariance": 0.99,
     },
@@ -65,7 +65,7 @@ def test_good_evidence_passes_with_every_gate_recomputed() -> None:
         ({"version_tags": {"onnx.sha256": "ef" * 32}}, "the tags were edited"),
         ({"metrics": {**GOOD.metrics, "test.accuracy": 0.83}}, "min_accuracy 0.83 (needs >= 0.95)"),
         ({"metrics": {}}, "min_accuracy not logged"),
-        ({"metrics": {**GOOD.metrics, "test.latency.batch_1.p99_ms": 9.0}}, "max_p99_ms 9"),
+        ({"metrics": {**GOOD.metrics, "test.latency.batch_1.cpu_p99_ms": 9.0}}, "max_p99_ms 9"),
         ({"run_tags": {**GOOD.run_tags, "validation.success": "False"}}, "data validation"),
         ({"run_tags": {**GOOD.run_tags, "modelyard.author": "unknown"}}, "no verified author"),
         ({"run_tags": {**GOOD.run_tags, "modelyard.author": "RUI-GH"}}, "four eyes: rui is RUI-GH"),
