@@ -34,6 +34,11 @@ os.environ.update(
     GX_ANALYTICS_ENABLED="false",
     DVC_NO_ANALYTICS="1",
 )
+# pytest-xdist's workers start with COLUMNS=80 and LINES=24 (a serial run has neither): a
+# CLI a test starts would wrap its output at 80 columns there, and only there.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for _name in ("COLUMNS", "LINES"):
+        os.environ.pop(_name, None)
 
 
 @pytest.fixture(autouse=True)
@@ -154,6 +159,36 @@ FAST_OPTIMIZE = {
 # -- trained projects, paid for once per session (tests/trained.py) ---------------------------
 
 
+def shared_template(
+    factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None], *, fixture: str
+) -> Path:
+    """tests.trained.shared, keeping what the CLI answered while building: the exits the
+    build saw (tests/exit_codes.py counts them for ``fixture``, the fixture that asks) are
+    written beside the template and counted again for it when another worker built it.
+    (A session fixture's setup does not reach this conftest's pytest_fixture_setup: its
+    node is the session, above tests/, so the fixture is named here.)"""
+    import json
+
+    from tests.trained import shared
+
+    me = f"fixture:{fixture}"
+
+    def recorded(folder: Path) -> None:
+        before = {pair for pair, seen in CLI_EXITS.items() if me in seen}
+        _RUNNING.append(me)
+        try:
+            build(folder)
+        finally:
+            _RUNNING.pop()
+        made = {pair for pair, seen in CLI_EXITS.items() if me in seen} - before
+        folder.with_suffix(".exits.json").write_text(json.dumps(sorted(made)))
+
+    folder = shared(factory, name, recorded)
+    for cmd, code in json.loads(folder.with_suffix(".exits.json").read_text()):
+        CLI_EXITS.setdefault((cmd, code), set()).add(me)
+    return folder
+
+
 def copy_of(template: Path, dest: Path) -> Project:
     """A project of its own at ``dest``, copied from a trained template."""
     from tests.trained import copy_project
@@ -164,25 +199,25 @@ def copy_of(template: Path, dest: Path) -> Project:
 @pytest.fixture(scope="session")
 def evaluated_template(e2e_tier: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """digits (FAST_TRAIN) after every stage up to evaluate, nothing registered yet."""
-    from tests.trained import shared
 
     def build(folder: Path) -> None:
         project = new_project(folder)
         project.set_params(train=FAST_TRAIN)
         project.stages(*PIPELINE[: PIPELINE.index("register")])
 
-    return shared(tmp_path_factory, "digits-evaluated", build)
+    return shared_template(
+        tmp_path_factory, "digits-evaluated", build, fixture="evaluated_template"
+    )
 
 
 @pytest.fixture(scope="session")
 def trained_template(evaluated_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """digits (FAST_TRAIN) after every stage: digits-classifier v1, @challenger."""
-    from tests.trained import shared
 
     def build(folder: Path) -> None:
         copy_of(evaluated_template, folder).stages("register")
 
-    return shared(tmp_path_factory, "digits", build)
+    return shared_template(tmp_path_factory, "digits", build, fixture="trained_template")
 
 
 @pytest.fixture
@@ -211,7 +246,6 @@ def ran_repo(e2e_tier: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
     optimize measurement), run as `.venv/bin/modelyard run` without an activated venv: the
     stages DVC runs must still find the venv's tools. Its output is in ``<repo>.out``.
     Tests never change it: each takes its own copy (``copy_repo``)."""
-    from tests.trained import shared
 
     def build(folder: Path) -> None:
         git_copy(folder)
@@ -224,7 +258,7 @@ def ran_repo(e2e_tier: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
         proc = modelyard(folder, "run", env={"PATH": "/usr/bin:/bin"})
         folder.with_suffix(".out").write_text(proc.stdout)
 
-    return shared(tmp_path_factory, "repo", build)
+    return shared_template(tmp_path_factory, "repo", build, fixture="ran_repo")
 
 
 def copy_repo(ran_repo: Path, dest: Path) -> Path:
