@@ -636,21 +636,19 @@ class Classifier:
             )
 
     def authorize(self, headers: Any) -> None:
+        """Every credential the request carries must be a valid key (see ``credentials``)."""
         if not self.keys:
             return
-        supplied = headers.get("x-api-key")
-        auth = headers.get("authorization", "")
-        if supplied is None and auth.lower().startswith("bearer "):
-            supplied = auth[7:].strip()
+        supplied = credentials(headers)
         if not supplied:
             raise RequestError(401, "authorization", "missing API key")
-        candidate = supplied.encode()
-        # Compare with every key, in constant time each, so timing tells nothing.
-        matched = False
-        for key in self.keys:
-            matched |= hmac.compare_digest(key, candidate)
-        if not matched:
-            raise RequestError(401, "authorization", "invalid API key")
+        for candidate in supplied:
+            # Compare with every key, in constant time each, so timing tells nothing.
+            matched = False
+            for key in self.keys:
+                matched |= hmac.compare_digest(key, candidate)
+            if not matched:
+                raise RequestError(401, "authorization", "invalid API key")
 
     def predict(self, x: np.ndarray) -> bytes:
         """Predict, log, count; the JSON response body."""
@@ -721,3 +719,16 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def credentials(headers: Any) -> list[bytes]:
+    """The API keys a request presents: every ``X-API-Key`` header and an
+    ``Authorization: Bearer`` token. One rule: an empty value counts as absent, and every
+    non-empty one must be a valid key (an empty ``X-API-Key`` never hides a valid Bearer
+    token; a second, wrong ``X-API-Key`` is refused, not skipped)."""
+    getlist = getattr(headers, "getlist", None)
+    keys = list(getlist("x-api-key")) if getlist else [headers.get("x-api-key") or ""]
+    for auth in list(getlist("authorization")) if getlist else [headers.get("authorization") or ""]:
+        if auth[:7].lower() == "bearer ":
+            keys.append(auth[7:])
+    return [k.strip().encode() for k in keys if k and k.strip()]

@@ -87,6 +87,10 @@ def parse_strokes(text: str) -> list[list[tuple[float, float]]]:
         data = json.loads(text)
     except ValueError:
         raise InputError("strokes", "the drawing did not arrive (not JSON)") from None
+    except RecursionError:  # lists nested thousands deep: no drawing looks like that
+        raise InputError(
+            "strokes", "nested too deep: [[[x, y], ...], ...] is three levels"
+        ) from None
     if not isinstance(data, list) or len(data) > MAX_STROKES:
         raise InputError("strokes", f"expected a list of at most {MAX_STROKES} strokes")
     strokes: list[list[tuple[float, float]]] = []

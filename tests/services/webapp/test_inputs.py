@@ -84,6 +84,7 @@ def test_other_ranges_scale_the_counts() -> None:
         ("[[[1, true]]]", "two finite numbers"),
         ("[[[1, NaN]]]", "two finite numbers"),
         ("[[" + ",".join(["[1, 2]"] * 5001) + "]]", "5001 points; at most 5000"),
+        ("[" * 5000 + "]" * 5000, "nested too deep"),  # was a RecursionError: a 500
     ],
 )
 def test_bad_strokes_are_refused_with_a_reason(text: str, message: str) -> None:
