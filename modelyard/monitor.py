@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
-from core import settings
+from core import processes, settings
 from core.errors import ModelyardError
 from modelyard.common import ParamsOpt, console, err_console, guard, load, log
 from modelyard.common import tracking as use_store
@@ -213,7 +212,8 @@ def monitor_ui(
 ) -> None:
     """The Evidently UI on the monitoring workspace: drift over time, every report.
 
-    Exit codes: 0 stopped; 1 no workspace yet (run `modelyard monitor run`); 2 bad params.
+    Exit codes: 0 stopped; 1 no workspace yet (run `modelyard monitor run`); 2 bad params;
+    130 stopped by Ctrl-C; 143 stopped by SIGTERM (the UI server is stopped first).
     """
     from monitoring import drift
 
@@ -226,7 +226,7 @@ def monitor_ui(
         f"Evidently UI on http://127.0.0.1:{port} (workspace {workspace}); Ctrl-C to stop"
     )
     command = guard("monitor ui", lambda: drift.ui_command(workspace, "127.0.0.1", port))
-    raise typer.Exit(subprocess.call(command))
+    raise typer.Exit(processes.run_foreground(command))
 
 
 @app.command("simulate-traffic")

@@ -3,11 +3,11 @@ its Bento."""
 
 from __future__ import annotations
 
-import subprocess
 from typing import Annotated
 
 import typer
 
+from core import processes
 from modelyard.common import EXIT_CODES, console, err_console, github_output, guard
 from modelyard.serving import BackendOpt, BaseImageOpt, PushOpt, TlsVerifyOpt
 
@@ -20,7 +20,8 @@ webapp_app = typer.Typer(
 
 WEBAPP_CODES = (
     EXIT_CODES + " Serving returns the exit code of `bentoml serve` when it stops; 2 also "
-    "when --api (or MODELYARD_API_URL) is missing or not an http(s) URL."
+    "when --api (or MODELYARD_API_URL) is missing or not an http(s) URL; 130 stopped by "
+    "Ctrl-C; 143 stopped by SIGTERM (the server and its workers are stopped first)."
 )
 
 
@@ -71,7 +72,7 @@ def webapp(
         "--port",
         str(port),
     ]
-    raise typer.Exit(subprocess.call(cmd, env=env, cwd=root))
+    raise typer.Exit(processes.run_foreground(cmd, env=env, cwd=root))
 
 
 @webapp_app.command("build", epilog=EXIT_CODES)

@@ -152,6 +152,8 @@ PRODUCED_BY: dict[tuple[str, int], str] = {
     ("monitor run", 2): f"{MONITOR}::test_errors_exit_2_and_say_what_to_do",
     ("monitor ui", 1): f"{EMPTY}[monitor ui]",
     ("monitor ui", 2): f"{BAD_PARAMS}[monitor ui]",
+    ("monitor ui", 130): f"{MONITOR}::test_stopping_monitor_ui_stops_the_ui_server[2-130]",
+    ("monitor ui", 143): f"{MONITOR}::test_stopping_monitor_ui_stops_the_ui_server[15-143]",
     ("approve", 0): f"{GATE}::test_a_reviewer_approves_and_the_gate_moves_champion",
     ("approve", 1): f"{GATE}::test_four_eyes_uses_the_authenticated_login_not_a_typed_name",
     ("registry verify", 0): f"{GATE}::test_a_reviewer_approves_and_the_gate_moves_champion",

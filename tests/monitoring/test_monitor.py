@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -18,7 +20,17 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from tests.conftest import BIN, FakeGitHub, Project, dvc, free_port, kill_tree, modelyard
+from tests.conftest import (
+    BIN,
+    FakeGitHub,
+    Project,
+    dvc,
+    free_port,
+    interruptible,
+    kill_tree,
+    modelyard,
+    record_exit,
+)
 from tests.monitoring.conftest import Recorder
 from tests.services.test_http import KEYS, Server, call
 
@@ -331,6 +343,48 @@ def test_monitor_ui_shows_the_runs(mon: Monitoring) -> None:
         assert len(line["values"]) >= 2 and set(line["values"]) == {0.3}  # monitor.drift_share
     finally:
         kill_tree(proc.pid)
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_stopping_monitor_ui_stops_the_ui_server(
+    mon: Monitoring, sig: signal.Signals, code: int
+) -> None:
+    """SIGTERM (or Ctrl-C) to `modelyard monitor ui` stops `evidently ui` too: the port is
+    free again and the wrapper exits 128 + the signal (issue 22: it kept listening)."""
+    if not (mon.server.project.root / ".modelyard/monitoring/workspace").exists():
+        code0, summary, said = mon.monitor(mon.traffic("--rows", "250"))
+        assert code0 == 0 and summary["status"] == "ok", said
+    port = free_port()
+    with open(mon.base / f"ui-{code}.out", "w") as out:
+        proc = subprocess.Popen(
+            [str(BIN / "modelyard"), "monitor", "ui", "--port", str(port), *mon.params],
+            cwd=mon.server.project.root,
+            env=mon.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=interruptible,
+        )
+    try:
+        deadline = time.monotonic() + 90
+        while not listening(port):
+            assert proc.poll() is None, (mon.base / f"ui-{code}.out").read_text()
+            assert time.monotonic() < deadline, "the UI did not listen in 90 s"
+            time.sleep(0.3)
+        proc.send_signal(sig)  # the wrapper only
+        exit_code = proc.wait(timeout=60)
+        record_exit(["monitor", "ui"], exit_code)
+        assert exit_code == code
+        deadline = time.monotonic() + 10
+        while listening(port) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not listening(port), "evidently ui still listens after its wrapper stopped"
+    finally:
+        kill_tree(proc.pid)
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def test_unreachable_service_is_a_clear_error(mon: Monitoring) -> None:
