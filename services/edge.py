@@ -40,10 +40,28 @@ def error_response(err: RequestError, headers: Mapping[str, str] | None = None) 
     return JSONResponse(err.body(), status_code=err.status, headers=headers)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+# BentoML answers a request still running after its traffic timeout (10 s) with its own 504
+# (a 5xx for a client's slow body, outside our JSON shape and our counters): the body gets a
+# deadline of its own, well inside that, and a slow one is the client's 408.
+BODY_TIMEOUT_SECONDS = 8.0
+
+
+async def read_body(
+    request: Request, limit: int, *, timeout: float = BODY_TIMEOUT_SECONDS
+) -> bytes:
     """The whole body, or RequestError(413) as soon as more than ``limit`` bytes arrived
-    (at once when Content-Length announces more). Never holds more than ``limit`` bytes
-    plus one chunk."""
+    (at once when Content-Length announces more), or RequestError(408) when it has not
+    all arrived ``timeout`` seconds after the headers. Never holds more than ``limit``
+    bytes plus one chunk."""
+    try:
+        return await asyncio.wait_for(_read_body(request, limit), timeout)
+    except TimeoutError:
+        raise RequestError(
+            408, "body", f"the request body did not arrive within {timeout:g} s; send it at once"
+        ) from None
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise RequestError(413, "body", f"{declared} bytes; at most {limit}")
@@ -61,9 +79,9 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 def refuse(err: RequestError) -> JSONResponse:
-    """The JSON answer to a refused request. A 413 also closes the connection, so the
-    rest of an oversized body is never read."""
-    return error_response(err, {"Connection": "close"} if err.status == 413 else None)
+    """The JSON answer to a refused request. A 413 or 408 also closes the connection, so
+    the rest of an oversized or late body is never read."""
+    return error_response(err, {"Connection": "close"} if err.status in (408, 413) else None)
 
 
 def fallback(routes: Mapping[str, frozenset[str]]) -> Callable[[Request], Any]:

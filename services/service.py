@@ -31,7 +31,9 @@ Its queue is bounded: when full, requests are dropped and counted, never waited 
 challenger that fails is counted and recorded with the reason, never seen by clients.
 
 Environment: ``MODELYARD_LOG_DIR``, ``MODELYARD_MAX_BODY_BYTES`` (2 MB),
-``MODELYARD_HEADER_TIMEOUT_SECONDS`` (10), ``MODELYARD_ORT_THREADS`` (1),
+``MODELYARD_HEADER_TIMEOUT_SECONDS`` (10), ``MODELYARD_BODY_TIMEOUT_SECONDS`` (8: a body
+still arriving then is a 408, before BentoML's own 10 s timeout would answer 504),
+``MODELYARD_ORT_THREADS`` (1),
 ``MODELYARD_LOG_FSYNC_SECONDS`` (1), ``MODELYARD_SHADOW`` (``on``; ``off`` serves a
 Bento built with a shadow without it), ``MODELYARD_SHADOW_QUEUE`` (1024 requests).
 """
@@ -101,7 +103,9 @@ async def predict(request: Request) -> Response:
     started = time.perf_counter()
     try:
         svc.authorize(request.headers)
-        x = svc.contract.parse_predict(await edge.read_body(request, svc.max_body))
+        x = svc.contract.parse_predict(
+            await edge.read_body(request, svc.max_body, timeout=svc.body_timeout)
+        )
     except RequestError as err:
         svc.rejected.labels(reason=str(err.status)).inc()
         return edge.refuse(err)
@@ -114,7 +118,9 @@ async def feedback(request: Request) -> Response:
     svc = _state()
     try:
         svc.authorize(request.headers)
-        fb = svc.contract.parse_feedback(await edge.read_body(request, svc.max_body))
+        fb = svc.contract.parse_feedback(
+            await edge.read_body(request, svc.max_body, timeout=svc.body_timeout)
+        )
     except RequestError as err:
         svc.rejected.labels(reason=str(err.status)).inc()
         return edge.refuse(err)
@@ -196,6 +202,7 @@ class _Job:
 
 _STOP = None  # the last item of the queue: score what came before, then end
 SHADOW_DRAIN_SECONDS = 10.0  # at shutdown, the longest the queue's rest is scored for
+TRAFFIC_TIMEOUT_SECONDS = 10  # BentoML answers 504 to a request still running after this
 
 
 @functools.cache
@@ -408,7 +415,7 @@ HOT_PATHS = ("/v1/predict", "/v1/feedback")
 
 @bentoml.service(
     name="modelyard",
-    traffic={"timeout": 10},
+    traffic={"timeout": TRAFFIC_TIMEOUT_SECONDS},
     metrics={"enabled": False},
     logging={"access": {"skip_paths": [*OPEN_PATHS, *HOT_PATHS]}},
     tracing={"excluded_urls": list(HOT_PATHS)},
@@ -430,6 +437,15 @@ class Classifier:
         self.classes = self.contract.classes
         self.model_ref = f"{contract['name']}/{contract['version']}"
         self.max_body = int(os.environ.get("MODELYARD_MAX_BODY_BYTES", str(MAX_BODY_BYTES)))
+        self.body_timeout = float(
+            os.environ.get("MODELYARD_BODY_TIMEOUT_SECONDS", str(edge.BODY_TIMEOUT_SECONDS))
+        )
+        if not 0 < self.body_timeout < TRAFFIC_TIMEOUT_SECONDS:
+            raise StartupRefused(
+                f"MODELYARD_BODY_TIMEOUT_SECONDS={self.body_timeout:g}: must be above 0 and "
+                f"below the service's own {TRAFFIC_TIMEOUT_SECONDS} s request timeout, so a "
+                "slow body is the client's 408, not the server's 504"
+            )
         self.metadata = {
             "name": contract["name"],
             "version": contract["version"],

@@ -39,6 +39,7 @@ pytestmark = pytest.mark.slow
 KEYS = ("key-alpha", "key-beta")
 MAX_BODY = 2 * 1024 * 1024
 HEADER_TIMEOUT = 2  # seconds: MODELYARD_HEADER_TIMEOUT_SECONDS of the test server
+BODY_TIMEOUT = 2  # seconds: MODELYARD_BODY_TIMEOUT_SECONDS of the test server
 
 
 def call(
@@ -173,6 +174,7 @@ def server(
         MODELYARD_LOG_DIR=str(base / "log"),
         TMPDIR=str(base / "tmp"),
         MODELYARD_HEADER_TIMEOUT_SECONDS=str(HEADER_TIMEOUT),
+        MODELYARD_BODY_TIMEOUT_SECONDS=str(BODY_TIMEOUT),
     )
     srv = Server(project, env, base / "log")
     srv.start()
@@ -380,6 +382,42 @@ def test_slow_headers_are_cut_off(server: Server) -> None:
     sock.close()
     assert closed, f"the server still waited after {sent} header lines"
     assert sent < lines
+
+
+def test_a_body_that_arrives_too_slowly_is_a_counted_408(server: Server) -> None:
+    """Headers at once, then 10 of the 1,000 bytes the body announces, then nothing: a
+    408 in the API's JSON error shape after MODELYARD_BODY_TIMEOUT_SECONDS, counted with
+    its status (issue 22: BentoML's own 504 after 10 s, uncounted)."""
+
+    def counted() -> float:
+        _, text = call(server.port, "GET", "/metrics", key=None)
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("modelyard_http_requests_total{")
+            and 'route="/v1/predict"' in line
+            and 'status="408"' in line
+        )
+
+    before = counted()
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    sock.sendall(
+        b"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        + f"Authorization: Bearer {KEYS[0]}\r\n".encode()
+        + b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+        + b'{"inputs":'
+    )
+    response = b""
+    with contextlib.suppress(ConnectionResetError):
+        while part := sock.recv(65536):
+            response += part
+    sock.close()
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408"), response[:300]
+    error = json.loads(body)["error"]
+    assert error["field"] == "body"
+    assert f"did not arrive within {BODY_TIMEOUT} s" in error["message"]
+    assert counted() == before + 1
 
 
 def test_unknown_paths_do_not_grow_the_metrics(server: Server) -> None:
