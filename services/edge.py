@@ -61,7 +61,27 @@ async def read_body(
         ) from None
 
 
+def check_encoding(headers: Any) -> None:
+    """Only plain bodies: a gzip (or any coded) body would otherwise be read as plain JSON
+    and refused for the wrong reason; compressed sizes would also dodge the body limit.
+    415 names what to send instead."""
+    coded = headers.get("content-encoding", "").strip().lower()
+    if coded not in ("", "identity"):
+        raise RequestError(
+            415, "content-encoding", f"{coded} bodies are not accepted; send the JSON uncompressed"
+        )
+    transfer = [c.strip().lower() for c in headers.get("transfer-encoding", "").split(",")]
+    other = [c for c in transfer if c and c not in ("chunked", "identity")]
+    if other:
+        raise RequestError(
+            415,
+            "transfer-encoding",
+            f"{', '.join(other)} transfer coding is not accepted; send the JSON uncompressed",
+        )
+
+
 async def _read_body(request: Request, limit: int) -> bytes:
+    check_encoding(request.headers)
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise RequestError(413, "body", f"{declared} bytes; at most {limit}")

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pandas as pd
 import psutil
@@ -418,6 +419,25 @@ def test_a_body_that_arrives_too_slowly_is_a_counted_408(server: Server) -> None
     assert error["field"] == "body"
     assert f"did not arrive within {BODY_TIMEOUT} s" in error["message"]
     assert counted() == before + 1
+
+
+def test_a_gzip_body_is_a_415_not_read_as_plain(server: Server) -> None:
+    import gzip
+
+    body = gzip.compress(json.dumps({"inputs": [[0.0] * 64]}).encode())
+    response = httpx.post(
+        f"http://127.0.0.1:{server.port}/v1/predict",
+        content=body,
+        headers={
+            "Authorization": f"Bearer {KEYS[0]}",
+            "Content-Type": "application/json",
+            "Content-Encoding": "gzip",
+        },
+        timeout=30,
+    )
+    assert response.status_code == 415, response.text
+    error = response.json()["error"]
+    assert error["field"] == "content-encoding" and "uncompressed" in error["message"]
 
 
 def test_unknown_paths_do_not_grow_the_metrics(server: Server) -> None:
