@@ -1,5 +1,6 @@
-"""The test suite's own rules: every test has a timeout, and the CLI recorder that
-tests/exit_codes.py relies on reads command paths the way the app does."""
+"""The test suite's own rules: every test has a timeout, the CLI recorder that
+tests/exit_codes.py relies on reads command paths the way the app does, tiers come from
+fixtures (a fast test cannot start a subprocess), and a copied project is its own."""
 
 from __future__ import annotations
 
@@ -10,7 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, SLOW_TIMEOUT, command_path
+from tests.conftest import (
+    REPO,
+    SLOW_TIMEOUT,
+    Project,
+    SubprocessInFastTier,
+    command_path,
+    tier_of,
+)
 
 
 def test_a_test_gets_the_global_timeout(request: pytest.FixtureRequest) -> None:
@@ -73,3 +81,51 @@ def test_a_hung_test_fails_at_its_timeout(e2e_tier: None, tmp_path: Path) -> Non
 )
 def test_the_recorder_reads_the_command_path_from_the_app(args: list[str], path: str) -> None:
     assert command_path(args) == path
+
+
+# -- tiers (tests/conftest.py derives them from the fixtures a test uses) ----------------------
+
+
+@pytest.mark.parametrize(
+    ("fixtures", "tier"),
+    [
+        ([], "fast"),
+        (["tmp_path", "project"], "fast"),
+        (["server_tier"], "server"),
+        (["server_tier", "e2e_tier"], "e2e"),
+        (["e2e_tier", "image_tier", "server_tier"], "image"),
+        (["browser_tier", "image_tier"], "browser"),
+    ],
+)
+def test_the_costliest_tier_fixture_names_the_tier(fixtures: list[str], tier: str) -> None:
+    assert tier_of(fixtures) == tier
+
+
+def test_a_fast_test_carries_the_fast_marker(request: pytest.FixtureRequest) -> None:
+    assert request.node.get_closest_marker("fast") is not None
+    assert request.node.get_closest_marker("slow") is None
+
+
+def test_a_fixture_that_asks_for_a_tier_puts_its_tests_there(
+    trained_project: Project, request: pytest.FixtureRequest
+) -> None:
+    """trained_project -> trained_template -> evaluated_template -> e2e_tier."""
+    assert request.node.get_closest_marker("e2e") is not None
+    assert request.node.get_closest_marker("fast") is None
+    assert (trained_project.root / ".modelyard/mlflow.db").exists()
+
+
+def test_a_fast_test_that_starts_a_subprocess_fails_naming_the_fix() -> None:
+    with pytest.raises(SubprocessInFastTier, match=r"started a subprocess: \['true'\].*e2e_tier"):
+        subprocess.run(["true"], check=False)
+
+
+def test_a_copied_project_reads_and_writes_its_own_store(trained_project: Project) -> None:
+    """tests/trained.py rewrote the template's paths in the copy's MLflow store."""
+    registry = trained_project.registry()
+    (version,) = registry.versions("digits-classifier")
+    folder = registry.download_artifacts(f"models:/digits-classifier/{version.version}")
+    assert str(trained_project.root) in str(
+        registry.client.get_run(version.run_id).info.artifact_uri
+    )
+    assert folder.exists()
