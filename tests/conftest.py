@@ -42,9 +42,12 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 
 @pytest.fixture(autouse=True)
-def _own_tracking_uri(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI; keep tests apart."""
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+def _own_tracking_uri() -> Iterator[None]:
+    """mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI; keep tests apart. Popped, not
+    monkeypatched: monkeypatch's undo would put back a URI that an in-process stage of a
+    session fixture exported (a shared template's store), for the next module's fixtures
+    to register into."""
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
     yield
     os.environ.pop("MLFLOW_TRACKING_URI", None)
 
@@ -180,6 +183,7 @@ def shared_template(
             build(folder)
         finally:
             _RUNNING.pop()
+            os.environ.pop("MLFLOW_TRACKING_URI", None)  # the in-process stages exported it
         made = {pair for pair, seen in CLI_EXITS.items() if me in seen} - before
         folder.with_suffix(".exits.json").write_text(json.dumps(sorted(made)))
 
