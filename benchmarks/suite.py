@@ -66,6 +66,11 @@ def counts(junit: Path) -> dict[str, int]:
     }
 
 
+def make_command(run: str) -> str:
+    """The make target that runs what ``run`` measures."""
+    return "make test" if RUNS[run] is None else f"make test-{RUNS[run]}"
+
+
 def run_tier(clone: Path, python_bin: Path, name: str, env: dict[str, str]) -> dict[str, object]:
     marker = RUNS[name]
     junit = clone / f".suite-{name}.xml"
@@ -88,7 +93,7 @@ def run_tier(clone: Path, python_bin: Path, name: str, env: dict[str, str]) -> d
     (HERE / "results" / f"suite-{name}.log").write_text(done.stdout[-20000:] + done.stderr[-5000:])
     result: dict[str, object] = {
         "run": name,
-        "command": "make test" if marker is None else f"make test-tier TIER={marker}",
+        "command": make_command(name),
         "seconds": round(seconds, 1),
         "exit_code": done.returncode,
         "load_at_start": [round(x, 2) for x in load],
@@ -162,7 +167,7 @@ def markdown(report: dict[str, object]) -> str:
         load = "/".join(f"{x:.2f}" for x in r["load_at_start"])
         bad = int(r.get("failed", 0)) + int(r.get("errors", 0))
         lines.append(
-            f"| {r['run']} | `{r['command']}` | {r['seconds'] / 60:.1f} min | {r.get('tests', '?')} "
+            f"| {r['run']} | `{make_command(r['run'])}` | {r['seconds'] / 60:.1f} min | {r.get('tests', '?')} "
             f"| {r.get('passed', '?')} | {r.get('skipped', '?')} | {bad} | {load} |"
         )
     if "install_seconds" in report:

@@ -338,6 +338,7 @@ SLOW_TIMEOUT = 1200
 # in-process, no server, no subprocess, and `fast_guard` below fails a fast test that starts
 # a subprocess, so a test cannot sit in the fast tier by mistake.
 TIERS = ("fast", "server", "e2e", "image", "browser")  # cheapest first
+GROUP_COST = ("fast", "server", "browser", "e2e", "image")  # a group's typical wall time
 TIER_OF: dict[str, str] = {f"{tier}_tier": tier for tier in TIERS[1:]}
 ORIGINAL_NODEID = pytest.StashKey[str]()
 
@@ -374,6 +375,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Mark each test with its tier; under xdist, keep a file's tests on one worker (its
     module fixtures are built once) and every image test on the same one (one buildah
     storage, one base image)."""
+    costliest: dict[str, int] = {}  # group -> the costliest tier of its tests
+    group_of: dict[str, str] = {}
     for item in items:
         item.stash[ORIGINAL_NODEID] = item.nodeid
         tier = tier_of(getattr(item, "fixturenames", ()))
@@ -382,8 +385,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.slow)
         group = "image" if tier == "image" else item.nodeid.split("::")[0]
         item.add_marker(pytest.mark.xdist_group(group))
+        group_of[item.nodeid] = group
+        costliest[group] = max(costliest.get(group, 0), GROUP_COST.index(tier))
         if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
             item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT))
+    # The costliest groups first (the image builds, then whole flows), so no worker is left
+    # alone with a long group at the end while the other idles; a group keeps its order.
+    items.sort(key=lambda item: -costliest[group_of[item.nodeid]])
 
 
 class SubprocessInFastTier(AssertionError):
