@@ -487,6 +487,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def listening(port: int) -> bool:
+    """Whether something accepts connections on 127.0.0.1:``port``."""
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
 def interruptible() -> None:
     """``preexec_fn`` for a child a test stops with Ctrl-C (SIGINT): the default action,
     whatever the suite inherited. A shell without job control starts background commands

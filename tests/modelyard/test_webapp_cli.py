@@ -6,7 +6,6 @@ by tests/services/webapp/test_package.py.)"""
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -16,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from modelyard.app import app
-from tests.conftest import free_port, interruptible, kill_tree, record_exit
+from tests.conftest import free_port, interruptible, kill_tree, listening, record_exit
 from tests.services.live import webapp_server
 
 
@@ -78,8 +77,3 @@ def test_stopping_the_webapp_stops_its_server(
         assert not [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     finally:
         kill_tree(proc.pid)
-
-
-def listening(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0

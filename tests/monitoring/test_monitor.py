@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -28,6 +27,7 @@ from tests.conftest import (
     free_port,
     interruptible,
     kill_tree,
+    listening,
     modelyard,
     record_exit,
 )
@@ -380,11 +380,6 @@ def test_stopping_monitor_ui_stops_the_ui_server(
         assert not listening(port), "evidently ui still listens after its wrapper stopped"
     finally:
         kill_tree(proc.pid)
-
-
-def listening(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def test_unreachable_service_is_a_clear_error(mon: Monitoring) -> None:
