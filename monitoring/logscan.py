@@ -162,7 +162,10 @@ def _files(
         if path.stat().st_mtime < window.since:
             continue
         window.stats.files.append(str(path.relative_to(log_dir)))
-        with open(path, "rb") as fh:
+        # Unbuffered: each read() is one system call that returns what is there (up to a
+        # block), so Ctrl-C stops a scan even where a log blocks (a FIFO, a stalled mount)
+        # and the kernel gave the signal to one of ONNX Runtime's threads.
+        with open(path, "rb", buffering=0) as fh:
             rest = b""
             while chunk := fh.read(BLOCK):
                 block = rest + chunk if rest else chunk
