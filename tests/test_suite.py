@@ -4,6 +4,8 @@ fixtures (a fast test cannot start a subprocess), and a copied project is its ow
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -67,6 +69,23 @@ def test_a_hung_test_fails_at_its_timeout(e2e_tier: None, tmp_path: Path) -> Non
     )
     assert done.returncode == 1, done.stdout + done.stderr
     assert "Timeout (>1.0s) from pytest-timeout" in done.stdout
+
+
+def test_a_files_tests_share_one_worker_under_xdist(e2e_tier: None) -> None:
+    """`make test`'s --dist loadgroup keeps the group the collection hook gives (a file)
+    on one worker, so module fixtures are built once. pytest 9.2 silently dropped the
+    group (pytest-xdist#1386) and every image was built twice: requirements pin below."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-n", "2", "--dist", "loadgroup", "-v",
+         "-p", "no:cacheprovider", "tests/test_suite.py", "-k", "recorder or carries"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    ran = re.findall(r"^\[(gw\d)\] .*PASSED (.+?) *$", done.stdout, re.MULTILINE)
+    assert len(ran) == 6, done.stdout
+    assert all(test.endswith("@tests/test_suite.py") for _, test in ran), ran
+    assert len({worker for worker, _ in ran}) == 1, ran
 
 
 @pytest.mark.parametrize(
