@@ -84,7 +84,7 @@ browser-tools: ## Install chromium with apt when missing (for the browser tests)
 # Tiers (tests/conftest.py derives them from the fixtures a test uses): fast (in-process, no
 # server, no subprocess), server, e2e, image, browser. The tests of one file stay on one
 # worker (its module fixtures are built once) and every image test on the same worker.
-XDIST ?= -n auto --dist loadgroup
+XDIST ?= -n auto --dist loadgroup --no-loadscope-reorder
 test: setup system-tools browser-tools ## Run every tier (real MLflow, DVC, GX, ONNX Runtime, buildah, chromium) on all CPUs
 	$(BIN)/pytest $(XDIST)
 

@@ -311,6 +311,13 @@ def registry_reconcile(
     while True:
         outcome = guard("reconcile", run)
         console.print(f"reconcile {label}: {outcome}")
+        if "files-changed:" in outcome:  # the champion's files are not the approved ones
+            err_console.print(
+                f"[bold red]reconcile: {label}'s champion files changed after approval: not "
+                "deployed; the gate's audit (files-changed) names each file[/]"
+            )
+            if every is None:
+                raise typer.Exit(1)
         if every is None:
             return
         time.sleep(every)

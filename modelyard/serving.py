@@ -4,7 +4,7 @@ Kubernetes rollout, record) that .github/workflows/deploy.yml runs."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -19,6 +19,10 @@ from modelyard.common import (
     load,
 )
 from modelyard.common import registry as open_registry
+
+if TYPE_CHECKING:
+    from pipelines.config import Register
+    from registry.client import Registry
 
 app = typer.Typer()
 deploy_app = typer.Typer(
@@ -56,10 +60,31 @@ def _build(params_file: Path, ref: str | None, shadow: str | None = None) -> Any
     params, _ = guard("build", lambda: load(params_file))
     registry = open_registry(params_file)
     if ref is None:
-        ref, fallback = guard("build", lambda: registry.default_ref(params.register_.model_name))
-        if fallback:
-            err_console.print(f"[yellow]no @champion yet (see promotion); using {ref}[/]")
+        ref = guard("build", lambda: default_ref(registry, params.register_))
     return guard("build", lambda: bento_build.build(ref, registry, shadow=shadow))
+
+
+def default_ref(registry: Registry, register: Register) -> str:
+    """What to build and serve when no --model is named. Team mode (the champion lives on
+    another model than the candidates, register.champion_model): only that model's
+    ``champion``, which only the review gate moves; never an alias on the candidates
+    model, which the trainer can set. Otherwise NAME@champion, or NAME@challenger while
+    there is no champion."""
+    from core.errors import RegistryError
+
+    production, candidates = register.champion_model, register.model_name
+    if production != candidates:
+        if registry.by_alias(production, "champion") is None:
+            raise RegistryError(
+                f"team mode: {production} has no @champion yet, and nothing else is served by "
+                f"default (an alias on {candidates} is the trainer's to set): approve a "
+                "version (`modelyard approve`), or name one with --model"
+            )
+        return f"{production}@champion"
+    ref, fallback = registry.default_ref(candidates)
+    if fallback:
+        err_console.print(f"[yellow]no @champion yet (see promotion); using {ref}[/]")
+    return ref
 
 
 def _shadowing(built: Any) -> str:

@@ -27,10 +27,11 @@ def git_commit(root: Path, outputs: tuple[Path, ...] = ()) -> tuple[str, bool]:
     return sha, dirty
 
 
-def git_author(root: Path) -> str:
-    """The email of the commit's author (the four-eyes rule compares reviewers with it)."""
+def git_author(root: Path, *, name: bool = False) -> str:
+    """The email (``name``: the name) of the commit's author: the four-eyes rule compares
+    reviewers with both."""
     try:
-        return _git(root, "log", "-1", "--format=%ae").strip() or UNKNOWN
+        return _git(root, "log", "-1", f"--format={'%an' if name else '%ae'}").strip() or UNKNOWN
     except (OSError, subprocess.CalledProcessError):
         return UNKNOWN
 

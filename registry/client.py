@@ -271,6 +271,33 @@ class Registry:
             )
         return self._version(mv)
 
+    def keep_folder(self, experiment_id: str, folder: Path, *, run_name: str) -> tuple[str, str]:
+        """Log ``folder`` as the artifacts (``model/``) of a new, finished run in
+        ``experiment_id``; returns (the run's id, the folder's artifact URI). The gate keeps
+        what it approved this way, in an experiment only it may write to."""
+        with self._errors(f"keep {folder.name} in experiment {experiment_id}"):
+            run = self.client.create_run(experiment_id, run_name=run_name)
+            self.client.log_artifacts(run.info.run_id, str(folder), "model")
+            self.client.set_terminated(run.info.run_id)
+        return run.info.run_id, f"{run.info.artifact_uri.rstrip('/')}/model"
+
+    def create_version(
+        self,
+        name: str,
+        source: str,
+        *,
+        run_id: str | None = None,
+        tags: dict[str, str],
+        description: str = "",
+    ) -> Version:
+        """A new version of ``name`` whose files are ``source`` (an artifact URI; the
+        server wants the run whose artifacts hold it)."""
+        with self._errors(f"create a version of {name!r} from {source}"):
+            mv = self.client.create_model_version(
+                name, source=source, run_id=run_id, tags=tags, description=description or None
+            )
+        return self._version(mv)
+
     def set_description(self, name: str, version: str, text: str) -> None:
         with self._errors(f"describe {name} v{version}"):
             self.client.update_model_version(name, version, description=text)

@@ -54,6 +54,7 @@ from registry.auth import AuthAPI
 from registry.client import CHALLENGER, CHAMPION, Registry, Version
 from registry.comparison import REFERENCE, Comparison, compare_models
 from registry.dispatch import Dispatcher
+from registry.manifest import DOWNLOAD_META, Manifest, differences
 from registry.promotion import DEPLOYED
 from registry.store import CHAMPION_EVENTS, REQUESTED, GateStore, StoredApproval
 from registry.team import Team
@@ -62,6 +63,7 @@ log = logging.getLogger(__name__)
 
 RECORD_TAG = "approval.record"  # the signed fields, canonical JSON
 SIGNATURE_TAG = "approval.signature"
+MANIFEST_TAG = "manifest.sha256"  # the approved folder's manifest digest (also signed)
 # Where the whole audit is (the model card shows a summary of it).
 AUDIT_WHERE = "the `gate_audit` table of the gate's database, MODELYARD_GATE_DATABASE_URL"
 
@@ -84,6 +86,10 @@ class Approval:
     # The comparison with the champion it replaced, recomputed at approval
     # (registry.comparison.Comparison.record); empty in approvals made before it existed.
     comparison: dict[str, Any] = field(default_factory=dict)
+    # Every file of the approved model folder (registry.manifest) and where the gate
+    # keeps that copy; empty in approvals made before manifests (model.onnx only).
+    manifest: list[dict[str, Any]] = field(default_factory=list)
+    artifacts: str = ""
 
     def canonical(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
@@ -197,9 +203,7 @@ class Gate:
             if again is not None:
                 return again
             evidence = self.gather(candidate)
-            verdict = policy.judge(
-                evidence, self.rules, reviewer=user, reviewer_names=self.team.identities(user)
-            )
+            verdict = policy.judge(evidence, self.rules, reviewer=user, people=self.team.people())
             if not verdict.decision.ok:
                 raise PromotionRefused(f"{name} v{version}: {verdict.decision}")
             assert evidence.onnx_sha256 and evidence.run_id and verdict.author
@@ -224,20 +228,23 @@ class Gate:
         assert evidence.onnx_sha256 and evidence.run_id and verdict.author
         name, version = candidate.name, candidate.version
         at = _now()
-        copied = self.registry.copy_version(
-            name,
-            version,
+        manifest, (kept_by, source) = self._keep(candidate, evidence.onnx_sha256)
+        copied = self.registry.create_version(
             self.production,
+            source,
+            run_id=kept_by,
             tags={
                 "source.model": name,
                 "source.version": version,
                 "source.run_id": evidence.run_id,
                 "onnx.sha256": evidence.onnx_sha256,
+                MANIFEST_TAG: manifest.digest(),
                 policy.RUN_AUTHOR: verdict.author,
                 policy.APPROVAL_REVIEWER: user,
                 policy.APPROVAL_AT: at,
                 policy.APPROVAL_COMMENT: comment,
             },
+            description=candidate.description,
         )
         approval = Approval(
             approval_id=uuid.uuid4().hex,
@@ -252,6 +259,8 @@ class Gate:
             comment=comment,
             at=at,
             comparison=comparison.record(),
+            manifest=manifest.record(),
+            artifacts=source,
         )
         record = approval.canonical()
         signature = sign(self.key, record)
@@ -279,6 +288,8 @@ class Gate:
             run_id=evidence.run_id,
             author=verdict.author,
             onnx_sha256=evidence.onnx_sha256,
+            manifest_sha256=manifest.digest(),
+            artifacts=source,
             gates=gates,
             comparison=comparison.record(),
             comment=comment,
@@ -300,6 +311,26 @@ class Gate:
             verdict.gates,
             comparison,
         )
+
+    def _keep(self, candidate: Version, onnx_sha256: str) -> tuple[Manifest, tuple[str, str]]:
+        """Copy the candidate's model folder into the gate's own experiment (only the
+        gate may write there: team.yaml's ``approved`` experiment), so no one can change
+        an approved file afterwards. Returns its manifest and (the gate's run, the copy's URI).
+        Refuses when model.onnx is no longer the file the evidence verified."""
+        label = f"{candidate.name} v{candidate.version}"
+        with tempfile.TemporaryDirectory(prefix="modelyard-approve-") as tmp:
+            folder = self.registry.download(candidate.name, candidate.version, Path(tmp) / "m")
+            (folder / DOWNLOAD_META).unlink(missing_ok=True)
+            manifest = Manifest.of_folder(folder)
+            if manifest.sha256_of("model.onnx") != onnx_sha256:
+                raise PromotionRefused(
+                    f"{label}: its model.onnx is not the verified file (sha256 "
+                    f"{onnx_sha256[:12]}): it changed during the approval; investigate, "
+                    "then try again"
+                )
+            experiment, _ = self.registry.ensure_experiment(self.team.approved_experiment)
+            source = self.registry.keep_folder(experiment, folder, run_name=f"approved {label}")
+        return manifest, source
 
     def _approved_before(self, user: str, name: str, version: str) -> Promotion | None:
         """Approving a candidate again changes nothing. While its production copy is the
@@ -624,6 +655,10 @@ class Gate:
                     previous=expected,
                 )
                 done.append(f"recorded:{current}")
+        changed = self._files_changed(current)
+        if changed:  # never deploy it; an admin must look (the audit says what changed)
+            done.append(f"files-changed:{current}")
+            return ",".join(done)
         before = self.store.deploy(model, current)
         done.append(self._ensure_deployed(current))
         after = self.store.deploy(model, current)
@@ -634,6 +669,37 @@ class Gate:
             # the open candidate's comparison recomputed against it.
             self._refresh_cards(current, candidate=None, comparison=None, challenger=moved)
         return ",".join(done)
+
+    def _files_changed(self, version: str) -> str | None:
+        """Why production ``version``'s files are not the approved ones (None: they are).
+        Audited once per finding, and logged as an error each time."""
+        stored = self.store.approval_for(self.production, version)
+        if stored is None:
+            return None
+        try:
+            check_files(
+                self.registry,
+                Approval(**stored.record),
+                self.registry.version(self.production, version),
+            )
+        except PromotionRefused as exc:
+            found = str(exc)
+            log.error("%s", found)
+            last = [e for e in self.store.audit_log(self.production) if e.version == version]
+            if (
+                not last
+                or last[-1].event != "files-changed"
+                or last[-1].detail.get("found") != found
+            ):
+                self.store.audit(
+                    "files-changed",
+                    model=self.production,
+                    version=version,
+                    actor="gate",
+                    found=found,
+                )
+            return found
+        return None
 
     def approved(self, version: str) -> bool:
         """Whether production ``version`` carries an approval this gate signed."""
@@ -714,13 +780,39 @@ def verify_for_deploy(registry: Registry, key: bytes, name: str, version: str) -
             f"{name} v{version}: the signed approval is for {approval.production_name} "
             f"v{approval.production_version}"
         )
-    sha = registry.file_sha256(name, version) or "none"
-    if sha != approval.onnx_sha256:
-        raise PromotionRefused(
-            f"{name} v{version}: model.onnx is {sha[:12]}, the approved file was "
-            f"{approval.onnx_sha256[:12]}: not deploying it"
-        )
+    check_files(registry, approval, current)
     return approval
+
+
+def check_files(registry: Registry, approval: Approval, version: Version) -> None:
+    """Refuse (PromotionRefused, naming each file) unless the version's files are the
+    ones the signed approval lists, byte for byte, where the gate kept them."""
+    label = f"{version.name} v{version.version}"
+    if not approval.manifest:  # approved before manifests: only model.onnx was signed
+        sha = registry.file_sha256(version.name, version.version) or "none"
+        if sha != approval.onnx_sha256:
+            raise PromotionRefused(
+                f"{label}: model.onnx is {sha[:12]}, the approved file was "
+                f"{approval.onnx_sha256[:12]}: not deploying it"
+            )
+        return
+    if version.source != approval.artifacts:
+        raise PromotionRefused(
+            f"{label}: its files are at {version.source}, not where the gate kept the approved "
+            f"copy ({approval.artifacts}): not deploying it"
+        )
+    with tempfile.TemporaryDirectory(prefix="modelyard-verify-") as tmp:
+        folder = registry.download(version.name, version.version, Path(tmp) / "m")
+        found = folder_differences(approval, folder)
+    if found:
+        raise PromotionRefused(
+            f"{label}: its files are not the ones approved: {'; '.join(found)}: not deploying it"
+        )
+
+
+def folder_differences(approval: Approval, folder: Path) -> list[str]:
+    """What in a downloaded model ``folder`` is not in the approval's signed manifest."""
+    return differences(Manifest.from_record(approval.manifest), Manifest.of_folder(folder))
 
 
 # -- the reviewer's side -------------------------------------------------------------------

@@ -48,11 +48,14 @@ def decide(tags: Mapping[str, str]) -> Decision:
         reasons.append(f"no approval: a reviewer must set the version tag {APPROVAL_REVIEWER}")
     else:
         author = tags.get("git.author", "").strip()
+        author_name = tags.get("git.author_name", "").strip()
         if not author or author == "unknown":
             reasons.append(
                 "the training commit's author is unknown, so four eyes cannot be checked"
             )
-        elif _same_person(reviewer, author):
+        elif _same_person(reviewer, author) or (
+            author_name and reviewer.strip().lower() == author_name.lower()
+        ):
             reasons.append(
                 f"four eyes: reviewer {reviewer} is the author of commit {tags.get('git.commit', '?')[:12]}"
             )
@@ -78,6 +81,7 @@ METRIC_OF_GATE = {
     "min_class_recall": ("test.min_class_recall", ">="),
     "min_noise_invariance": ("test.noise_invariance", ">="),
 }
+RUN_COMMIT_AUTHOR = "git.author"  # the training commit's author email, as CI checked it out
 RUN_AUTHOR = "modelyard.author"  # the verified identity CI trained for (GITHUB_ACTOR)
 RUN_VALIDATION = "validation.success"
 RUN_ONNX_SHA256 = "registered.onnx_sha256"
@@ -146,11 +150,13 @@ def recompute_gates(metrics: Mapping[str, float], rules: Rules) -> list[GateChec
     return checks
 
 
-def judge(evidence: Evidence, rules: Rules, *, reviewer: str, reviewer_names: set[str]) -> Verdict:
+def judge(evidence: Evidence, rules: Rules, *, reviewer: str, people: Mapping[str, str]) -> Verdict:
     """Whether the reviewer may make this candidate champion, from evidence only. Pure.
 
-    ``reviewer_names``: every identity of the authenticated reviewer (MLflow login, GitHub
-    login), lower-cased; four eyes refuses when the run's author is one of them.
+    ``reviewer``: the authenticated login. ``people``: every known name (login, GitHub
+    login, commit email; lower-cased) -> the person (login) it names (team.yaml). Four
+    eyes compares persons: the run's author (CI's verified actor) and the training
+    commit's author (its email) must each name a known person, and neither the reviewer.
     """
     reasons: list[str] = []
     name = evidence.candidate
@@ -196,6 +202,30 @@ def judge(evidence: Evidence, rules: Rules, *, reviewer: str, reviewer_names: se
             f"{name}: run {evidence.run_id} records no verified author ({RUN_AUTHOR}), so four "
             "eyes cannot be checked: train it in CI"
         )
-    elif author.lower() in reviewer_names:
-        reasons.append(f"four eyes: {reviewer} is {author}, who authored run {evidence.run_id}")
+    else:
+        reasons += _four_eyes(reviewer, people, author, "who authored run", evidence.run_id)
+    committer = (evidence.run_tags.get(RUN_COMMIT_AUTHOR) or "").strip()
+    if not committer or committer.lower() == "unknown":
+        reasons.append(
+            f"{name}: run {evidence.run_id} records no commit author ({RUN_COMMIT_AUTHOR}), so "
+            "four eyes cannot be checked: train it with the current pipeline in CI"
+        )
+    else:
+        reasons += _four_eyes(
+            reviewer, people, committer, "author of the commit of run", evidence.run_id
+        )
     return Verdict(Decision(not reasons, reasons), gates, author)
+
+
+def _four_eyes(
+    reviewer: str, people: Mapping[str, str], name: str, what: str, run_id: str | None
+) -> list[str]:
+    person = people.get(name.lower())
+    if person is None:
+        return [
+            f"unknown author: {name} ({what} {run_id}) is nobody in team.yaml: add them to "
+            "team.yaml (users.<login>.github or .emails)"
+        ]
+    if person == people.get(reviewer.lower(), reviewer):
+        return [f"four eyes: {reviewer} is {name}, {what} {run_id}"]
+    return []

@@ -4,14 +4,19 @@
 with one role::
 
     experiment: modelyard                   # the CI trainer's runs (params: tracking.experiment)
+    approved: modelyard-approved            # the gate's copies of what it approved (default)
     models:
       candidates: digits-classifier         # CI registers here (params: register.model_name)
       production: digits-classifier-prod    # `champion` lives here; only the gate writes
     users:
-      dana: {role: data_scientist, github: dana-gh}
+      dana: {role: data_scientist, github: dana-gh, emails: [dana@example.com]}
       ci-trainer: {role: trainer}
-      rui: {role: reviewer, github: rui-gh}
+      rui: {role: reviewer, github: rui-gh, emails: [rui@example.com]}
       gate: {role: gate}
+
+One person, many names: a user's MLflow login (the key), GitHub login and commit
+emails all name that person. Four eyes compares persons, and a run whose author (CI's
+GITHUB_ACTOR) or commit author (the email) names nobody here is refused.
 
 Why two models: creating a version and moving an alias need the same right (update) on a
 registered model, so one model cannot let the trainer register while forbidding it to move
@@ -43,17 +48,25 @@ from registry.auth import AuthAPI, Grant
 from registry.client import Registry
 
 Role = Literal["data_scientist", "trainer", "reviewer", "gate"]
-Resource = Literal["experiment", "candidates", "production"]
+Resource = Literal["experiment", "approved", "candidates", "production"]
 
 # What each role may do on the three resources (MLflow: READ < EDIT < MANAGE).
+# ``approved``: the experiment where the gate keeps a copy of each approved model folder,
+# the files production versions point at; only the gate writes there.
 ACCESS: dict[str, dict[Resource, str]] = {
-    "data_scientist": {"experiment": "READ", "candidates": "READ", "production": "READ"},
-    "trainer": {"experiment": "EDIT", "candidates": "EDIT", "production": "READ"},
-    "reviewer": {"experiment": "READ", "candidates": "READ", "production": "READ"},
+    "data_scientist": {
+        "experiment": "READ", "approved": "READ", "candidates": "READ", "production": "READ"
+    },
+    "trainer": {
+        "experiment": "EDIT", "approved": "READ", "candidates": "EDIT", "production": "READ"
+    },
+    "reviewer": {
+        "experiment": "READ", "approved": "READ", "candidates": "READ", "production": "READ"
+    },
     # EDIT on candidates: the gate rewrites the open candidate's card when champion moves
     # (a version's description needs update rights); it registers nothing there.
-    "gate": {"experiment": "READ", "candidates": "EDIT", "production": "EDIT"},
-}
+    "gate": {"experiment": "READ", "approved": "EDIT", "candidates": "EDIT", "production": "EDIT"},
+}  # fmt: skip
 MIN_PASSWORD = 12  # MLflow refuses shorter ones
 
 
@@ -66,6 +79,8 @@ class Member(_Strict):
     # The login CI records as the author of a training run (GITHUB_ACTOR): four eyes
     # compares a reviewer's login and this with the run's author.
     github: str | None = None
+    # The emails this person commits with: four eyes maps a commit's author to them.
+    emails: list[str] = Field(default_factory=list)
     password_env: str | None = None
 
 
@@ -76,8 +91,13 @@ class Models(_Strict):
 
 class Team(_Strict):
     experiment: str
+    approved: str = ""  # default: "<experiment>-approved"
     models: Models
     users: dict[str, Member] = Field(min_length=1)
+
+    @property
+    def approved_experiment(self) -> str:
+        return self.approved or f"{self.experiment}-approved"
 
     def users_with(self, role: str) -> list[str]:
         return sorted(name for name, m in self.users.items() if m.role == role)
@@ -87,11 +107,16 @@ class Team(_Strict):
         return member.role if member else None
 
     def identities(self, username: str) -> set[str]:
-        """Every name ``username`` is known by (its MLflow login, its GitHub login),
-        lower-cased: four eyes refuses a reviewer any of whose names authored the run."""
+        """Every name ``username`` is known by (its MLflow login, its GitHub login, its
+        commit emails), lower-cased."""
         member = self.users.get(username)
         names = {username, member.github if member and member.github else ""}
-        return {n.lower() for n in names if n}
+        names |= set(member.emails) if member else set()
+        return {n.strip().lower() for n in names if n and n.strip()}
+
+    def people(self) -> dict[str, str]:
+        """Each known name (lower-cased) -> the person (MLflow login) it names."""
+        return {name: user for user in self.users for name in self.identities(user)}
 
     def password_env(self, username: str) -> str:
         member = self.users[username]
@@ -112,6 +137,13 @@ def load(path: Path) -> Team:
         raise ConfigError(f"{path} is not a valid team file:\n{exc}") from exc
     if not team.users_with("gate"):
         raise ConfigError(f"{path}: no user has role gate (the account that moves champion)")
+    claimed: dict[str, str] = {}
+    for user in sorted(team.users):
+        for name in team.identities(user):
+            if claimed.setdefault(name, user) != user:
+                raise ConfigError(
+                    f"{path}: {name!r} names both {claimed[name]} and {user}: one name, one person"
+                )
     if team.models.candidates == team.models.production:
         raise ConfigError(f"{path}: models.candidates and models.production must differ")
     return team
@@ -129,10 +161,11 @@ class Applied:
         return bool(self.created or self.granted)
 
 
-def grants_for(team: Team, experiment_id: str) -> dict[str, list[Grant]]:
+def grants_for(team: Team, experiment_id: str, approved_id: str) -> dict[str, list[Grant]]:
     """Each listed user's grants, from its role. Pure."""
     ids: dict[Resource, tuple[str, str]] = {
         "experiment": ("experiment", experiment_id),
+        "approved": ("experiment", approved_id),
         "candidates": ("registered_model", team.models.candidates),
         "production": ("registered_model", team.models.production),
     }
@@ -162,6 +195,9 @@ def apply(
     experiment_id, made = registry.ensure_experiment(team.experiment)
     if made:
         created.append(f"experiment {team.experiment}")
+    approved_id, made = registry.ensure_experiment(team.approved_experiment)
+    if made:
+        created.append(f"experiment {team.approved_experiment}")
     for model in (team.models.candidates, team.models.production):
         if registry.ensure_model(model):
             created.append(f"registered model {model}")
@@ -170,7 +206,7 @@ def apply(
         created.append(f"user {user}")
 
     granted: list[str] = []
-    for user, wanted in grants_for(team, experiment_id).items():
+    for user, wanted in grants_for(team, experiment_id, approved_id).items():
         have = {(g.resource_type, g.resource_id): g.permission for g in admin.grants(user)}
         for grant in wanted:
             now = have.get((grant.resource_type, grant.resource_id))

@@ -137,6 +137,8 @@ def build(ref: str, registry: Registry, *, shadow: str | None = None) -> Built:
         "model": version.name, "model_version": version.version,
         "git_commit": version.tags.get("git.commit", "unknown"),
         "onnx_sha256": champion.sha256, "variant": version.tags.get("model.variant", "fp32"),
+        # the signed manifest of every approved file (registry.manifest), when the gate made it
+        "manifest_sha256": version.tags.get("manifest.sha256", "none"),
     }  # fmt: skip
     args = [f"model_tag={champion.model_tag}"]
     if challenger is not None:
@@ -176,10 +178,42 @@ def _store(bentoml: Any, registry: Registry, version: Version) -> _Stored:
                 f"{version.name} v{version.version}: the downloaded model.onnx has sha256 {actual}, "
                 f"the registry tag says {expected}. The artifact changed after registration; refusing to build."
             )
+        _check_approved(version, folder)
         model_tag = f"{version.name}:v{version.version}-{actual[:12]}"
         contract = _contract(version, folder, actual)
         created = _import_model(bentoml, model_tag, onnx_file, contract)
     return _Stored(version, model_tag, actual, created)
+
+
+def _check_approved(version: Version, folder: Path) -> None:
+    """A version the review gate approved (it carries the gate's record; only the gate
+    writes production versions' tags): every downloaded file must be one the approval
+    lists, and with MODELYARD_GATE_KEY set the record must carry the gate's signature."""
+    from core import settings
+    from core.errors import PromotionRefused
+    from registry import keys
+    from registry.gate import RECORD_TAG, SIGNATURE_TAG, Approval, folder_differences
+
+    record = version.tags.get(RECORD_TAG)
+    if not record:
+        return
+    label = f"{version.name} v{version.version}"
+    key = keys.from_settings(settings.current())
+    if key:
+        verdict = keys.check(key, record, version.tags.get(SIGNATURE_TAG, ""))
+        if not verdict.ok:
+            raise PromotionRefused(f"{label}: not building it: {verdict.reason}")
+    approval = Approval(**json.loads(record))
+    if (approval.production_name, approval.production_version) != (version.name, version.version):
+        raise PromotionRefused(
+            f"{label}: its approval is for {approval.production_name} "
+            f"v{approval.production_version}: not building it"
+        )
+    found = folder_differences(approval, folder) if approval.manifest else []
+    if found:
+        raise PromotionRefused(
+            f"{label}: its files are not the ones approved: {'; '.join(found)}: not building it"
+        )
 
 
 def _shadow_version(registry: Registry, ref: str, champion: Version) -> Version:

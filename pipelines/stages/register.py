@@ -124,6 +124,8 @@ def run(params: Params, root: Path) -> Result:
                 "registered.version": version.version,
                 "registered.onnx_sha256": sha,
                 "modelyard.author": settings.current().github_actor or "unknown",
+                # the commit's author email: the gate maps it to a person (team.yaml)
+                "git.author": tags["git.author"],
             }
         )
     result = Result(cfg.model_name, version.version, True, version.tags)
@@ -219,6 +221,7 @@ def lineage_tags(
         "git.commit": commit,
         "git.dirty": dirty,
         "git.author": lineage.git_author(root),
+        "git.author_name": lineage.git_author(root, name=True),
         "dvc.data_md5": hashes["data_md5"],
         "dvc.prepared_md5": hashes["prepared_md5"],
         "dvc.params_sha256": hashes["params_sha256"],

@@ -44,7 +44,11 @@ def team_yaml(users: dict[str, tuple[str, str | None]] = USERS) -> dict[str, Any
         "experiment": EXPERIMENT,
         "models": {"candidates": CANDIDATES, "production": PRODUCTION},
         "users": {
-            name: {"role": role, **({"github": gh} if gh else {})}
+            name: {
+                "role": role,
+                **({"github": gh} if gh else {}),
+                **({"emails": [f"{name}@example.com"]} if role != "gate" else {}),
+            }
             for name, (role, gh) in users.items()
         },
     }
@@ -254,6 +258,7 @@ def log_candidate(
     author: str | None = "dana-gh",
     run_sha: str | None = None,
     labelled_by: int | None = None,
+    commit_author: str = "dana@example.com",
 ) -> tuple[str, str, str]:
     """What CI's train..register do, on the team server as ``user``: a run in
     ``experiment`` with the evaluate metrics, the author and validation tags, its test
@@ -278,7 +283,11 @@ def log_candidate(
         experiment_id = tracking.ensure_experiment(experiment, tmp)
         with mlflow.start_run(experiment_id=experiment_id, run_name=f"train-{seed}") as run:
             mlflow.log_metrics(metrics if metrics is not None else GOOD_METRICS)
-            tags = {"validation.success": "True", "registered.onnx_sha256": run_sha or sha}
+            tags = {
+                "validation.success": "True",
+                "registered.onnx_sha256": run_sha or sha,
+                "git.author": commit_author,  # what register logs (the commit's email)
+            }
             if author is not None:
                 tags["modelyard.author"] = author
             mlflow.set_tags(tags)

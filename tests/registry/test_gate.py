@@ -565,3 +565,77 @@ def test_the_comparison_with_the_current_champion_is_recomputed_at_approval(
     old = gate.approve("rui", first)  # no longer the champion: refused, not re-promoted
     assert old.returncode == 1 and "was approved before" in " ".join(old.stderr.split())
     assert gate.champion() == now
+
+
+def put_file(uri: str, local: Path) -> None:
+    """Write ``local`` into the artifact folder ``uri`` as the current MLflow user does."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    get_artifact_repository(uri).log_artifact(str(local))
+
+
+def test_files_changed_after_approval_are_refused_by_verify_build_and_reconcile(
+    gate: Gate, tmp_path: Path
+) -> None:
+    """Issue 21's first attack: the class list in MLmodel rewritten after approval. The
+    production version points at the gate's own copy, which the trainer cannot write;
+    whoever can (an admin, the storage) is caught by every check, naming the file."""
+    from mlflow.tracking import MlflowClient
+
+    candidate = train_candidate(gate.server, tmp_path, seed=41)
+    assert gate.approve("rui", candidate).returncode == 0
+    champion = gate.champion()
+    assert champion is not None
+    with as_user(gate.server, "dana"):
+        registry = Registry(gate.server.uri)
+        production = registry.version(PRODUCTION, champion)
+        theirs = MlflowClient().get_model_version_download_uri(CANDIDATES, candidate)
+        mine = MlflowClient().get_model_version_download_uri(PRODUCTION, champion)
+        original = registry.download(PRODUCTION, champion, tmp_path / "original") / "MLmodel"
+    record = json.loads(production.tags[RECORD_TAG])
+    assert {e["path"] for e in record["manifest"]} >= {"MLmodel", "model.onnx"}
+    assert production.source == record["artifacts"] and mine.startswith("mlflow-artifacts:"), mine
+    assert "-approved" not in theirs and theirs != mine  # the gate's copy, not the trainer's
+    rotated = tmp_path / "rotated" / "MLmodel"
+    rotated.parent.mkdir()
+    rotated.write_text(original.read_text() + "# classes rotated by one\n")
+
+    # 1. The trainer rewrites the candidate's files (its own experiment: it may), then the
+    # gate's copy (refused): production still serves the approved bytes.
+    with as_user(gate.server, "ci"):
+        put_file(theirs, rotated)
+        with pytest.raises(Exception) as refused:
+            put_file(mine, rotated)
+    assert "403" in str(refused.value) or "PERMISSION_DENIED" in str(refused.value), refused
+    verified = gate.run("dana", "registry", "verify", PRODUCTION, champion)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+    # 2. Whoever can write there (here the admin) is caught by verify, build and reconcile.
+    since = gate.last_id()
+    with as_user(gate.server, None):
+        put_file(mine, rotated)
+    try:
+        verified = gate.run("dana", "registry", "verify", PRODUCTION, champion)
+        said = " ".join(verified.stderr.split())
+        assert verified.returncode == 1, verified.stdout + verified.stderr
+        assert "its files are not the ones approved: MLmodel changed" in said, said
+        built = gate.run(
+            "dana", "build", "--model", f"{PRODUCTION}/{champion}", *gate.params,
+            BENTOML_HOME=str(tmp_path / "bentoml"),
+        )  # fmt: skip
+        said = " ".join(built.stderr.split())
+        assert built.returncode == 1, built.stdout + built.stderr
+        assert "MLmodel changed" in said and "not building it" in said, said
+        args = ["registry", "reconcile", "--team", str(gate.team_file), "--retry-base", "0"]
+        reconciled = gate.run("gate", *args, *gate.params)
+        assert reconciled.returncode == 1, reconciled.stdout + reconciled.stderr
+        assert f"files-changed:{champion}" in reconciled.stdout
+        found = [e for e in gate.store.audit_log(PRODUCTION) if e.id > since]
+        assert [(e.event, e.version) for e in found] == [("files-changed", champion)]
+        assert "MLmodel changed" in found[0].detail["found"]
+        again = gate.run("gate", *args, *gate.params)  # recorded once, refused each time
+        assert again.returncode == 1 and len(gate.events(since)) == 1
+    finally:
+        with as_user(gate.server, None):
+            put_file(mine, original)
+    assert gate.reconcile()  # the approved bytes back: in sync again (exit 0)

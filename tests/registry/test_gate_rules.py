@@ -35,6 +35,7 @@ GOOD = policy.Evidence(
     },
     run_tags={
         "modelyard.author": "dana-gh",
+        "git.author": "dana@example.com",
         "validation.success": "True",
         "registered.onnx_sha256": SHA,
     },
@@ -43,12 +44,20 @@ GOOD = policy.Evidence(
 )
 
 
-def judge(evidence: policy.Evidence, reviewer: str = "rui", *names: str) -> policy.Verdict:
-    return policy.judge(evidence, RULES, reviewer=reviewer, reviewer_names={reviewer, *names})
+# team.yaml's people: each name (login, GitHub login, commit email) -> the person
+PEOPLE = {
+    **dict.fromkeys(("rui", "rui-gh", "rui@example.com"), "rui"),
+    **dict.fromkeys(("dana", "dana-gh", "dana@example.com"), "dana"),
+    "lee": "lee",
+}
+
+
+def judge(evidence: policy.Evidence, reviewer: str = "rui") -> policy.Verdict:
+    return policy.judge(evidence, RULES, reviewer=reviewer, people=PEOPLE)
 
 
 def test_good_evidence_passes_with_every_gate_recomputed() -> None:
-    verdict = judge(GOOD, "rui", "rui-gh")
+    verdict = judge(GOOD, "rui")
     assert verdict.decision.ok, verdict.decision
     assert [g.name for g in verdict.gates] == list(policy.METRIC_OF_GATE)
     assert all(g.passed for g in verdict.gates) and verdict.author == "dana-gh"
@@ -69,10 +78,19 @@ def test_good_evidence_passes_with_every_gate_recomputed() -> None:
         ({"run_tags": {**GOOD.run_tags, "validation.success": "False"}}, "data validation"),
         ({"run_tags": {**GOOD.run_tags, "modelyard.author": "unknown"}}, "no verified author"),
         ({"run_tags": {**GOOD.run_tags, "modelyard.author": "RUI-GH"}}, "four eyes: rui is RUI-GH"),
+        # one person, many names: the commit's email is rui's, approved by the login rui
+        ({"run_tags": {**GOOD.run_tags, "git.author": "Rui@Example.com"}},
+         "four eyes: rui is Rui@Example.com, author of the commit of run run1"),
+        ({"run_tags": {**GOOD.run_tags, "modelyard.author": "mallory-gh"}},
+         "unknown author: mallory-gh (who authored run run1) is nobody in team.yaml"),
+        ({"run_tags": {**GOOD.run_tags, "git.author": "someone@example.com"}},
+         "unknown author: someone@example.com (author of the commit of run run1)"),
+        ({"run_tags": {k: v for k, v in GOOD.run_tags.items() if k != "git.author"}},
+         "records no commit author (git.author)"),
     ],
-)
+)  # fmt: skip
 def test_each_missing_piece_of_evidence_refuses(change: dict[str, object], reason: str) -> None:
-    verdict = judge(dataclasses.replace(GOOD, **change), "rui", "rui-gh")  # type: ignore[arg-type]
+    verdict = judge(dataclasses.replace(GOOD, **change), "rui")  # type: ignore[arg-type]
     assert not verdict.decision.ok
     assert reason in str(verdict.decision)
 
@@ -116,22 +134,32 @@ def write(tmp_path: Path, doc: object) -> Path:
 TEAM = {
     "experiment": "e",
     "models": {"candidates": "c", "production": "p"},
-    "users": {"dana": {"role": "data_scientist", "github": "Dana-GH"}, "gate": {"role": "gate"}},
+    "users": {
+        "dana": {"role": "data_scientist", "github": "Dana-GH", "emails": ["Dana@example.com"]},
+        "ci-trainer": {"role": "trainer"},
+        "gate": {"role": "gate"},
+    },
 }
 
 
 def test_team_file_roles_identities_and_passwords(tmp_path: Path) -> None:
     loaded = team.load(write(tmp_path, TEAM))
     assert loaded.role("dana") == "data_scientist" and loaded.role("eve") is None
-    assert loaded.identities("dana") == {"dana", "dana-gh"}
+    assert loaded.identities("dana") == {"dana", "dana-gh", "dana@example.com"}
+    assert loaded.people()["dana@example.com"] == "dana"
     assert loaded.password_env("dana") == "MODELYARD_PASSWORD_DANA"
-    grants = team.grants_for(loaded, "7")
+    assert loaded.approved_experiment == "e-approved"
+    grants = team.grants_for(loaded, "7", "8")
     assert {(g.resource_type, g.resource_id, g.permission) for g in grants["gate"]} == {
         ("experiment", "7", "READ"),
+        ("experiment", "8", "EDIT"),  # its copies of what it approved: only it writes
         ("registered_model", "c", "EDIT"),  # it rewrites the open candidate's card
         ("registered_model", "p", "EDIT"),
     }
     assert all(g.permission == "READ" for g in grants["dana"])
+    assert ("experiment", "8", "READ") in {
+        (g.resource_type, g.resource_id, g.permission) for g in grants["ci-trainer"]
+    }
 
 
 @pytest.mark.parametrize(
@@ -141,6 +169,15 @@ def test_team_file_roles_identities_and_passwords(tmp_path: Path) -> None:
         ({"users": {"dana": {"role": "data_scientist"}}}, "no user has role gate"),
         ({"models": {"candidates": "c", "production": "c"}}, "must differ"),
         ({"extra": 1}, "extra"),
+        (
+            {
+                "users": {
+                    "dana": {"role": "data_scientist"},
+                    "gate": {"role": "gate", "github": "dana"},
+                }
+            },
+            "'dana' names both dana and gate",
+        ),
     ],
 )
 def test_a_bad_team_file_says_what_is_wrong(

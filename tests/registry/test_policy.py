@@ -31,6 +31,8 @@ def test_approved_version_passes() -> None:
             "four eyes: reviewer DANA@example.com is the author",
         ),
         ({"approval.reviewer": "dana"}, "four eyes"),
+        # the author's git name (`git log --format=%an`), not only the email's local part
+        ({"git.author_name": "Dana Scully", "approval.reviewer": "dana scully"}, "four eyes"),
         ({"git.author": "unknown"}, "author is unknown"),
         ({"onnx.sha256": None}, "not registered by the modelyard pipeline"),
     ],
