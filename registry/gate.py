@@ -601,6 +601,9 @@ class Gate:
         """A verified webhook delivery: anything touching the production model's aliases
         or version tags is checked against the gate's own records (``reconcile``)."""
         data = event.get("data") or {}
+        candidates = self.team.models.candidates
+        if data.get("name") == candidates and data.get("alias") == CHAMPION:
+            return self.reconcile()  # champion lives on the production model only
         if data.get("name") != self.production:
             return "ignored"
         if event.get("entity") not in {"model_version_alias", "model_version_tag"}:
@@ -615,12 +618,12 @@ class Gate:
 
     def _reconcile(self) -> str:
         model = self.production
+        done: list[str] = self._stray_champion()
         champion = self.registry.by_alias(model, CHAMPION)
         expected = self.store.last_champion(model)
-        done: list[str] = []
         if champion is None:
             if expected is None:
-                return "no-champion"
+                return ",".join([*done, "no-champion"])
             self.registry.set_champion(model, expected)
             self.store.audit("alias-restored", model=model, version=expected, actor="gate")
             done.append(f"restored:{expected}")
@@ -669,6 +672,27 @@ class Gate:
             # the open candidate's comparison recomputed against it.
             self._refresh_cards(current, candidate=None, comparison=None, challenger=moved)
         return ",".join(done)
+
+    def _stray_champion(self) -> list[str]:
+        """``champion`` set on the candidates model (which the trainer may update): removed
+        and recorded, as any unapproved move. Only the production model's is real."""
+        candidates = self.team.models.candidates
+        stray = self.registry.by_alias(candidates, CHAMPION)
+        if stray is None:
+            return []
+        self.registry.clear_champion(candidates)
+        self.store.audit(
+            "alias-reverted",
+            model=candidates,
+            version=stray.version,
+            actor="gate",
+            restored=None,
+            reason=f"champion lives on {self.production} only (moved by the review gate)",
+        )
+        log.warning(
+            "removed @champion of %s (v%s): not the production model", candidates, stray.version
+        )
+        return [f"reverted-candidates:{stray.version}"]
 
     def _files_changed(self, version: str) -> str | None:
         """Why production ``version``'s files are not the approved ones (None: they are).

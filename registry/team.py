@@ -63,9 +63,12 @@ ACCESS: dict[str, dict[Resource, str]] = {
     "reviewer": {
         "experiment": "READ", "approved": "READ", "candidates": "READ", "production": "READ"
     },
-    # EDIT on candidates: the gate rewrites the open candidate's card when champion moves
-    # (a version's description needs update rights); it registers nothing there.
-    "gate": {"experiment": "READ", "approved": "EDIT", "candidates": "EDIT", "production": "EDIT"},
+    # MANAGE on both models: the gate rewrites the open candidate's card when champion moves
+    # (update rights) and removes a `champion` it did not set, there or on production
+    # (MLflow wants MANAGE to delete an alias); it registers nothing on candidates.
+    "gate": {
+        "experiment": "READ", "approved": "EDIT", "candidates": "MANAGE", "production": "MANAGE"
+    },
 }  # fmt: skip
 MIN_PASSWORD = 12  # MLflow refuses shorter ones
 

@@ -639,3 +639,22 @@ def test_files_changed_after_approval_are_refused_by_verify_build_and_reconcile(
         with as_user(gate.server, None):
             put_file(mine, original)
     assert gate.reconcile()  # the approved bytes back: in sync again (exit 0)
+
+
+def test_champion_set_on_the_candidates_model_is_removed_and_recorded(gate: Gate) -> None:
+    """Issue 21, item 4: the trainer may move aliases on the candidates model, so a
+    `champion` there would look like production to anyone reading it. The webhook (then
+    reconcile) removes it and records it, as any unapproved move."""
+    with as_user(gate.server, "ci"):
+        registry = Registry(gate.server.uri)
+        version = registry.versions(CANDIDATES)[0].version
+        registry.client.set_registered_model_alias(CANDIDATES, "champion", version)
+
+    def removed() -> bool:
+        with as_user(gate.server, "dana"):
+            return Registry(gate.server.uri).by_alias(CANDIDATES, "champion") is None
+
+    wait_for(removed, 60, "the webhook to remove champion from the candidates model")
+    found = [e for e in gate.store.audit_log(CANDIDATES) if e.event == "alias-reverted"]
+    assert [(e.version, e.actor) for e in found][-1:] == [(version, "gate")]
+    assert "champion lives on" in found[-1].detail["reason"]

@@ -153,8 +153,8 @@ def test_team_file_roles_identities_and_passwords(tmp_path: Path) -> None:
     assert {(g.resource_type, g.resource_id, g.permission) for g in grants["gate"]} == {
         ("experiment", "7", "READ"),
         ("experiment", "8", "EDIT"),  # its copies of what it approved: only it writes
-        ("registered_model", "c", "EDIT"),  # it rewrites the open candidate's card
-        ("registered_model", "p", "EDIT"),
+        ("registered_model", "c", "MANAGE"),  # its cards; it removes a champion set there
+        ("registered_model", "p", "MANAGE"),
     }
     assert all(g.permission == "READ" for g in grants["dana"])
     assert ("experiment", "8", "READ") in {
