@@ -32,7 +32,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 BIN = Path(sys.executable).parent
-XDIST = ["-n", "auto", "--dist", "loadgroup"]
+XDIST = ["-n", "auto", "--dist", "loadgroup", "--no-loadscope-reorder"]  # as the Makefile
 RUNS = {  # name -> pytest's marker expression (None: every tier, as `make test`)
     "fast": "fast",
     "server": "server",
