@@ -641,14 +641,15 @@ def test_files_changed_after_approval_are_refused_by_verify_build_and_reconcile(
     assert gate.reconcile()  # the approved bytes back: in sync again (exit 0)
 
 
-def test_champion_set_on_the_candidates_model_is_removed_and_recorded(gate: Gate) -> None:
+def test_champion_set_on_the_candidates_model_is_removed_and_recorded(
+    gate: Gate, tmp_path: Path
+) -> None:
     """Issue 21, item 4: the trainer may move aliases on the candidates model, so a
     `champion` there would look like production to anyone reading it. The webhook (then
     reconcile) removes it and records it, as any unapproved move."""
+    version = train_candidate(gate.server, tmp_path, seed=51)
     with as_user(gate.server, "ci"):
-        registry = Registry(gate.server.uri)
-        version = registry.versions(CANDIDATES)[0].version
-        registry.client.set_registered_model_alias(CANDIDATES, "champion", version)
+        Registry(gate.server.uri).client.set_registered_model_alias(CANDIDATES, "champion", version)
 
     def removed() -> bool:
         with as_user(gate.server, "dana"):
