@@ -24,6 +24,8 @@ from tenacity import (
 from core.errors import ExternalServiceError
 
 RETRY_STATUS = frozenset({502, 503, 504})
+# Connections kept alive across requests: pass one as ``client`` to ``request_json``.
+Session = httpx.Client
 
 
 class _Retryable(Exception):
@@ -55,9 +57,11 @@ def request_json(
     timeout: float = 15.0,
     attempts: int = 3,
     what: str = "",
+    client: httpx.Client | None = None,
 ) -> tuple[int, Any]:
     """Send ``body`` as JSON (with HTTP basic ``auth`` if given); return (status,
-    parsed reply or None).
+    parsed reply or None). A caller that sends many requests passes its ``client``: one
+    connection kept alive, not a new client (TLS context, pool, connection) per request.
 
     Raises ExternalServiceError naming ``what`` (else the URL) on an HTTP error other than
     the ``accept``-ed statuses (a caller that tells a 401 from an outage), an unreachable
@@ -74,7 +78,7 @@ def request_json(
         reraise=False,
     )
     def send() -> httpx.Response:
-        response = httpx.request(
+        response = (client or httpx).request(
             method,
             url,
             content=content,

@@ -239,6 +239,7 @@ def deploy_containerize(
     """
     from services import image
 
+    guard("containerize", lambda: image.check_target(backend=backend, registry=push))
     built = _build(params_file, model)
     made = containerize_bento(
         "containerize",

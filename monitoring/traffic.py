@@ -69,8 +69,17 @@ class Sent:
 
 
 class Client:
+    """The model service, over one kept-alive connection (``with Client(...) as c``)."""
+
     def __init__(self, url: str, api_key: str | None = None, timeout: float = 30) -> None:
         self.url, self.api_key, self.timeout = url.rstrip("/"), api_key, timeout
+        self.session = http.Session()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.session.close()
 
     def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         headers = {"X-API-Key": self.api_key} if self.api_key else {}
@@ -81,6 +90,7 @@ class Client:
             headers=headers,
             timeout=self.timeout,
             what="the service",
+            client=self.session,
         )
         return dict(reply or {})
 
@@ -158,13 +168,14 @@ def simulate(
         frame[features].to_numpy(np.float64), drift, strength=strength, low=low, high=high, rng=rng
     )
     labels = frame[params.data.target].tolist()
-    return send(
-        Client(url, api_key),
-        x,
-        labels,
-        rows=rows,
-        batch=batch,
-        feedback_share=feedback,
-        rng=rng,
-        progress=progress,
-    )
+    with Client(url, api_key) as client:
+        return send(
+            client,
+            x,
+            labels,
+            rows=rows,
+            batch=batch,
+            feedback_share=feedback,
+            rng=rng,
+            progress=progress,
+        )

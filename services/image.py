@@ -113,12 +113,18 @@ def image_ref(registry: str | None, tag: str) -> str:
     without a registry, ``localhost/digits-classifier:v3-ab12``."""
     if not TAG.match(tag):
         raise ConfigError(f"{tag!r}: expected an image tag NAME:VERSION")
+    return f"{registry_prefix(registry)}/{tag}"
+
+
+def registry_prefix(registry: str | None) -> str:
+    """``ghcr.io/Acme/Models`` -> ``ghcr.io/acme/models``; ``localhost`` without one; a
+    ConfigError for what is not a registry path."""
     prefix = (registry or "localhost").rstrip("/").lower()
     if not REGISTRY_PATH.match(prefix):
         raise ConfigError(
             f"--push {registry!r}: expected a registry path such as ghcr.io/acme/models"
         )
-    return f"{prefix}/{tag}"
+    return prefix
 
 
 def _tool(name: str, why: str) -> str:
@@ -178,6 +184,13 @@ def builder(backend: str) -> str:
     if backend not in BACKENDS:
         raise ConfigError(f"--backend {backend!r}: expected one of {', '.join(BACKENDS)}")
     return _builder(backend)
+
+
+def check_target(*, backend: str, registry: str | None) -> None:
+    """The builder and the registry path, checked before anything is built: a typo costs a
+    second, not a Bento build."""
+    builder(backend)
+    registry_prefix(registry)
 
 
 def _use_base(tool: str, backend: Backend, base_image: str, stock: str) -> None:

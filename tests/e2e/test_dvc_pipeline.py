@@ -16,7 +16,7 @@ import yaml
 
 from pipelines import tracking
 from registry.client import Registry
-from tests.conftest import REPO, copy_repo, dvc, git, git_copy, modelyard
+from tests.conftest import FAST_OPTIMIZE, REPO, copy_repo, dvc, git, git_copy, modelyard
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("e2e_tier")]
 
@@ -135,6 +135,7 @@ def test_bad_data_stops_repro_before_anything_is_registered(tmp_path: Path) -> N
 def test_second_dataset_config_end_to_end(tmp_path: Path) -> None:
     root = git_copy(tmp_path / "wine")
     shutil.copy(REPO / "pipelines/examples/wine.params.yaml", root / "params.yaml")
+    edit_params(root, optimize=FAST_OPTIMIZE)  # every variant built, fewer timed calls
     # A plain `dvc repro` on another model: the committed champion pointer names the
     # digits model, so evaluate refuses it until the pointer is rewritten for this one.
     stale = dvc(root, "repro", check=False)

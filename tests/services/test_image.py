@@ -16,19 +16,15 @@ root), or without root, the image tests report skipped with the reason.
 from __future__ import annotations
 
 import ast
-import contextlib
 import importlib.metadata
 import json
 import os
 import re
 import shlex
-import shutil
 import stat
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,54 +43,13 @@ from tests.conftest import (
     kill_tree,
     modelyard,
 )
+from tests.services.oci import http, wait_for
 
 NAME = "digits-classifier"
-TOOLS = ("buildah", "docker-registry", "mmdebstrap")
 BASE = "localhost/modelyard-base:bookworm-py3.11"
 KEY = "image-test-key"
 ENTRYPOINT = "/home/bentoml/bento/env/docker/entrypoint.sh"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-
-
-def missing_tools() -> str | None:
-    """Why the image tests cannot run here, or None."""
-    absent = [tool for tool in TOOLS if shutil.which(tool) is None]
-    if absent:
-        return (
-            f"{', '.join(absent)} not installed: `make system-tools` installs them "
-            "(apt-get, as root, on Debian/Ubuntu)"
-        )
-    if os.geteuid() != 0:
-        return "buildah (chroot isolation, vfs storage) and mmdebstrap run as root here"
-    return None
-
-
-def http(
-    url: str, *, method: str = "GET", body: Any = None, headers: dict[str, str] | None = None
-) -> tuple[int, bytes, dict[str, str]]:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return r.status, r.read(), dict(r.headers)
-    except urllib.error.HTTPError as e:
-        return e.code, e.read(), dict(e.headers)
-
-
-def wait_for(
-    url: str, proc: subprocess.Popen[bytes] | None, what: str, seconds: int, log: Path | None = None
-) -> None:
-    for _ in range(seconds * 4):
-        if proc is not None and proc.poll() is not None:
-            said = log.read_text()[-3000:] if log else ""
-            raise AssertionError(
-                f"{what} exited with {proc.returncode} before it was ready\n{said}"
-            )
-        with contextlib.suppress(OSError):
-            if http(url)[0] == 200:
-                return
-        time.sleep(0.25)
-    raise AssertionError(f"{what} not ready at {url} after {seconds} s")
 
 
 @dataclass(frozen=True)
@@ -104,72 +59,6 @@ class Pushed:
     registry: str  # 127.0.0.1:PORT
     outputs: dict[str, str]  # the command's GitHub step outputs
     stdout: str
-
-
-def storage_env(root: Path, driver: str) -> dict[str, str]:
-    root.mkdir(parents=True, exist_ok=True)
-    conf = root / "storage.conf"
-    conf.write_text(
-        f'[storage]\ndriver = "{driver}"\ngraphroot = "{root / "storage"}"\n'
-        f'runroot = "{root / "run"}"\n'
-    )
-    return {**os.environ, "CONTAINERS_STORAGE_CONF": str(conf), "BUILDAH_ISOLATION": "chroot"}
-
-
-@pytest.fixture(scope="module")
-def buildah_env(
-    image_tier: None, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[dict[str, str]]:
-    """Buildah's own image storage for this session: overlay where the kernel lets us
-    mount it (a container shares its image's layers), else vfs (full copies, slower)."""
-    reason = missing_tools()
-    if reason:
-        pytest.skip(reason)
-    root = tmp_path_factory.mktemp("containers")
-    env = storage_env(root, "overlay")
-    probe = subprocess.run(["buildah", "from", "scratch"], env=env, capture_output=True, text=True)
-    mounted = (
-        probe.returncode == 0
-        and subprocess.run(
-            ["buildah", "mount", probe.stdout.strip()], env=env, capture_output=True
-        ).returncode
-        == 0
-    )
-    subprocess.run(["buildah", "rm", "--all"], env=env, capture_output=True)
-    if not mounted:
-        shutil.rmtree(root, ignore_errors=True)
-        env = storage_env(root, "vfs")
-    yield env
-    subprocess.run(["buildah", "rm", "--all"], env=env, capture_output=True)
-    subprocess.run(["buildah", "rmi", "--all", "--force"], env=env, capture_output=True)
-    shutil.rmtree(root, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def oci_registry(
-    buildah_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    """Debian's docker-registry (the CNCF distribution registry) on a free loopback port."""
-    folder = tmp_path_factory.mktemp("registry")
-    addr = f"127.0.0.1:{free_port()}"
-    config = folder / "config.yml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "version": 0.1,
-                "log": {"level": "warn"},
-                "storage": {"filesystem": {"rootdirectory": str(folder / "data")}},
-                "http": {"addr": addr},
-            }
-        )
-    )
-    with open(folder / "registry.log", "wb") as out:
-        proc = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=out, stderr=out)
-    try:
-        wait_for(f"http://{addr}/v2/", proc, "docker-registry", 20)
-        yield addr
-    finally:
-        kill_tree(proc.pid)
 
 
 @pytest.fixture(scope="module")

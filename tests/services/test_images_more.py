@@ -1,7 +1,8 @@
 """The web app's and the drift job's images, built, pushed and run for real.
 
-The same real tools as tests/services/test_image.py (its fixtures: buildah's own storage,
-Debian's docker-registry on a free loopback port, the mmdebstrap base image):
+The same real tools as tests/services/test_image.py (the session's buildah storage and
+Debian's docker-registry on a free loopback port, tests/services/conftest.py; the
+mmdebstrap base image):
 
 - `modelyard webapp containerize` builds the web app's Bento image from the working tree
   and pushes it; the image pulled back by digest serves the Try-it page in front of a real
@@ -43,18 +44,8 @@ from services.webapp import inputs
 from tests import layout
 from tests.conftest import BIN, REPO, free_port, kill_tree, modelyard
 from tests.services.live import API_KEY, LiveApi
-from tests.services.test_image import (
-    BASE,
-    ENTRYPOINT,
-    buildah_env,
-    canonical,
-    manifest,
-    oci_registry,
-    requirement_pins,
-    wait_for,
-)
-
-__all__ = ["buildah_env", "oci_registry"]  # module-scoped fixtures of test_image.py, shared
+from tests.services.oci import wait_for
+from tests.services.test_image import BASE, ENTRYPOINT, canonical, manifest, requirement_pins
 
 JOB_REQUIREMENTS = REPO / image.MONITOR_REQUIREMENTS
 # The job reaches these only through pipelines.models.module(), the trainer factory: a
