@@ -72,14 +72,19 @@ def comparison_markdown(
         return f"**{heading.rstrip(', ')}: none, nothing to compare with** (checked {at})."
     worse = [s for s in comparison.splits if s.worse]
     verdict = "**WORSE than the champion**" if worse else "not worse"
+    kept = any(s.split.startswith("gate:") for s in comparison.splits)
+    scored = "this version's logged test rows" + (
+        " and the rows the gate kept when it approved the champion" if kept else ""
+    )
     lines = [
         f"**{heading} {comparison.champion}**, recomputed by the review gate at {at} on "
-        f"this version's logged test rows: {verdict} (McNemar, alpha {comparison.alpha:g}).",
+        f"{scored}: {verdict} (McNemar, alpha {comparison.alpha:g}).",
         "",
     ]
     for s in comparison.splits:
+        whose = f" ({s.source}, sha256 `{s.sha256[:12]}`)" if s.source else ""
         lines.append(
-            f"- {s.split}, {s.rows} rows: accuracy {s.challenger.accuracy:.4f} vs "
+            f"- {s.split}, {s.rows} rows{whose}: accuracy {s.challenger.accuracy:.4f} vs "
             f"{s.champion.accuracy:.4f}; {s.test.only_challenger_right} rows only this "
             f"version gets right, {s.test.only_champion_right} only the champion; McNemar "
             f"p = {s.test.p_value:.3g}"

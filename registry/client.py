@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -271,13 +271,23 @@ class Registry:
             )
         return self._version(mv)
 
-    def keep_folder(self, experiment_id: str, folder: Path, *, run_name: str) -> tuple[str, str]:
+    def keep_folder(
+        self,
+        experiment_id: str,
+        folder: Path,
+        *,
+        run_name: str,
+        beside: Mapping[str, Path] | None = None,
+    ) -> tuple[str, str]:
         """Log ``folder`` as the artifacts (``model/``) of a new, finished run in
-        ``experiment_id``; returns (the run's id, the folder's artifact URI). The gate keeps
-        what it approved this way, in an experiment only it may write to."""
+        ``experiment_id``, and each folder of ``beside`` under its name; returns (the
+        run's id, the model folder's artifact URI; the others are ``<run>/<name>``). The
+        gate keeps what it approved this way, in an experiment only it may write to."""
         with self._errors(f"keep {folder.name} in experiment {experiment_id}"):
             run = self.client.create_run(experiment_id, run_name=run_name)
             self.client.log_artifacts(run.info.run_id, str(folder), "model")
+            for name, extra in (beside or {}).items():
+                self.client.log_artifacts(run.info.run_id, str(extra), name)
             self.client.set_terminated(run.info.run_id)
         return run.info.run_id, f"{run.info.artifact_uri.rstrip('/')}/model"
 

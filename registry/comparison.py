@@ -15,12 +15,13 @@ logs it, read through its schema.json) for the gate, which may not import ``pipe
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from core import files
 from core.errors import DataError
 
 REFERENCE = "reference"  # the run's artifact folder: the splits and schema.json
@@ -84,6 +85,10 @@ class SplitComparison:
     champion: Scores
     test: McNemar
     worse: bool  # significantly_worse at the alpha it was judged with
+    # Whose rows: the candidate's logged split, or the rows the gate kept when it approved
+    # the champion (split "gate:test"...), which no trainer can choose; with their sha256.
+    source: str = ""
+    sha256: str = ""
 
 
 def compare_split(
@@ -126,8 +131,9 @@ class Comparison:
         parts = []
         for s in self.splits:
             verdict = "WORSE" if s.worse else "not worse"
+            whose = f" ({s.source}, sha256 {s.sha256[:12]})" if s.source else ""
             parts.append(
-                f"vs champion {self.champion} on the same {s.rows} {s.split} rows: accuracy "
+                f"vs champion {self.champion} on the same {s.rows} {s.split} rows{whose}: accuracy "
                 f"{s.challenger.accuracy:.4f} vs {s.champion.accuracy:.4f}, macro-F1 "
                 f"{s.challenger.macro_f1:.4f} vs {s.champion.macro_f1:.4f}; "
                 f"{s.test.only_challenger_right} rows only the candidate gets right, "
@@ -209,12 +215,15 @@ def compare_models(
     champion_label: str,
     alpha: float,
     min_production_rows: int,
+    source: str = "",
+    prefix: str = "",
 ) -> Comparison:
-    """Both model files on the rows of the challenger's logged test splits (the folder
-    ``reference`` holds ``test.parquet``, ``schema.json`` and, when there were any,
-    ``test_production.parquet``), judged as ``evaluate`` judges: the production split
-    only with at least ``min_production_rows`` rows. Raises DataError when the base
-    split or the schema is missing."""
+    """Both model files on the rows of a logged ``reference`` (the folder holds
+    ``test.parquet``, ``schema.json`` and, when there were any, ``test_production.parquet``:
+    the challenger's own, or the ones the gate kept), judged as ``evaluate`` judges: the
+    production split only with at least ``min_production_rows`` rows. ``source`` says
+    whose rows they are and ``prefix`` marks the split names (``gate:``). Raises
+    DataError when the base split or the schema is missing."""
     schema = reference / "schema.json"
     for needed in (reference / f"{BASE}.parquet", schema):
         if not needed.is_file():
@@ -242,14 +251,14 @@ def compare_models(
                 f"{PRODUCTION}: {len(rows.y)} rows, fewer than {min_production_rows}: not compared"
             )
     for name, rows in sets:
-        splits.append(
-            compare_split(
-                name,
-                rows.y,
-                predict(challenger, rows.x),
-                predict(champion, rows.x),
-                rows.classes,
-                alpha=alpha,
-            )
+        judged = compare_split(
+            f"{prefix}{name}",
+            rows.y,
+            predict(challenger, rows.x),
+            predict(champion, rows.x),
+            rows.classes,
+            alpha=alpha,
         )
+        digest = files.sha256(reference / f"{name}.parquet") if source else ""
+        splits.append(replace(judged, source=source, sha256=digest))
     return Comparison(champion_label, alpha, splits, notes)

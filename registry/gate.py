@@ -36,7 +36,7 @@ import logging
 import tempfile
 import threading
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -52,7 +52,7 @@ from core.errors import (
 from registry import card, keys, policy
 from registry.auth import AuthAPI
 from registry.client import CHALLENGER, CHAMPION, Registry, Version
-from registry.comparison import REFERENCE, Comparison, compare_models
+from registry.comparison import BASE, REFERENCE, Comparison, compare_models
 from registry.dispatch import Dispatcher
 from registry.manifest import DOWNLOAD_META, Manifest, differences
 from registry.promotion import DEPLOYED
@@ -90,6 +90,11 @@ class Approval:
     # keeps that copy; empty in approvals made before manifests (model.onnx only).
     manifest: list[dict[str, Any]] = field(default_factory=list)
     artifacts: str = ""
+    # The test rows the comparison scored (the candidate's logged reference/ at approval),
+    # kept beside the model copy: every file and where. The next candidate is also scored
+    # on these rows, which no trainer can choose or change; empty in older approvals.
+    reference: list[dict[str, Any]] = field(default_factory=list)
+    reference_artifacts: str = ""
 
     def canonical(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
@@ -208,12 +213,17 @@ class Gate:
                 raise PromotionRefused(f"{name} v{version}: {verdict.decision}")
             assert evidence.onnx_sha256 and evidence.run_id and verdict.author
             previous = self.registry.by_alias(self.production, CHAMPION)
-            comparison = self.compare(candidate, evidence, previous)
-            if not comparison.passed:
-                raise PromotionRefused(
-                    f"{name} v{version} is worse than the current champion: {comparison.summary()}"
+            with tempfile.TemporaryDirectory(prefix="modelyard-approve-") as tmp:
+                reference = self._reference(candidate, evidence, Path(tmp) / REFERENCE)
+                comparison = self.compare(candidate, evidence, previous, reference=reference)
+                if not comparison.passed:
+                    raise PromotionRefused(
+                        f"{name} v{version} is worse than the current champion: "
+                        f"{comparison.summary()}"
+                    )
+                return self._promote(
+                    user, candidate, evidence, verdict, comparison, previous, comment, reference
                 )
-            return self._promote(user, candidate, evidence, verdict, comparison, previous, comment)
 
     def _promote(
         self,
@@ -224,11 +234,12 @@ class Gate:
         comparison: Comparison,
         previous: Version | None,
         comment: str,
+        reference: Path,
     ) -> Promotion:
         assert evidence.onnx_sha256 and evidence.run_id and verdict.author
         name, version = candidate.name, candidate.version
         at = _now()
-        manifest, (kept_by, source) = self._keep(candidate, evidence.onnx_sha256)
+        manifest, (kept_by, source) = self._keep(candidate, evidence.onnx_sha256, reference)
         copied = self.registry.create_version(
             self.production,
             source,
@@ -261,6 +272,8 @@ class Gate:
             comparison=comparison.record(),
             manifest=manifest.record(),
             artifacts=source,
+            reference=Manifest.of_folder(reference).record(),
+            reference_artifacts=f"{source.rpartition('/')[0]}/{REFERENCE}",
         )
         record = approval.canonical()
         signature = sign(self.key, record)
@@ -312,11 +325,14 @@ class Gate:
             comparison,
         )
 
-    def _keep(self, candidate: Version, onnx_sha256: str) -> tuple[Manifest, tuple[str, str]]:
-        """Copy the candidate's model folder into the gate's own experiment (only the
-        gate may write there: team.yaml's ``approved`` experiment), so no one can change
-        an approved file afterwards. Returns its manifest and (the gate's run, the copy's URI).
-        Refuses when model.onnx is no longer the file the evidence verified."""
+    def _keep(
+        self, candidate: Version, onnx_sha256: str, reference: Path
+    ) -> tuple[Manifest, tuple[str, str]]:
+        """Copy the candidate's model folder, and the ``reference`` rows it was compared
+        on, into the gate's own experiment (only the gate may write there: team.yaml's
+        ``approved`` experiment), so no one can change an approved file afterwards.
+        Returns the model's manifest and (the gate's run, the model copy's URI). Refuses
+        when model.onnx is no longer the file the evidence verified."""
         label = f"{candidate.name} v{candidate.version}"
         with tempfile.TemporaryDirectory(prefix="modelyard-approve-") as tmp:
             folder = self.registry.download(candidate.name, candidate.version, Path(tmp) / "m")
@@ -329,7 +345,9 @@ class Gate:
                     "then try again"
                 )
             experiment, _ = self.registry.ensure_experiment(self.team.approved_experiment)
-            source = self.registry.keep_folder(experiment, folder, run_name=f"approved {label}")
+            source = self.registry.keep_folder(
+                experiment, folder, run_name=f"approved {label}", beside={REFERENCE: reference}
+            )
         return manifest, source
 
     def _approved_before(self, user: str, name: str, version: str) -> Promotion | None:
@@ -365,13 +383,38 @@ class Gate:
 
     # -- the comparison with the current champion ----------------------------------------
 
+    def _reference(self, candidate: Version, evidence: policy.Evidence, dest: Path) -> Path:
+        """The candidate's logged test rows (its run's ``reference/``, never a tag's URI):
+        at least the base split and its schema, or a refusal."""
+        why = ""
+        try:
+            folder = self.registry.download_artifacts(f"runs:/{evidence.run_id}/{REFERENCE}", dest)
+        except RegistryError as exc:
+            why = str(exc)
+        else:
+            missing = [f for f in (f"{BASE}.parquet", "schema.json") if not (folder / f).is_file()]
+            if not missing:
+                return folder
+            why = f"no {', '.join(missing)}"
+        raise PromotionRefused(
+            f"{candidate.name} v{candidate.version}: run {evidence.run_id} logged no test rows "
+            f"to score it on ({REFERENCE}/: {why}); train it with the current pipeline"
+        )
+
     def compare(
-        self, candidate: Version, evidence: policy.Evidence, champion: Version | None
+        self,
+        candidate: Version,
+        evidence: policy.Evidence,
+        champion: Version | None,
+        *,
+        reference: Path | None = None,
     ) -> Comparison:
         """The candidate against ``champion`` (the current one), recomputed now: both
         verified model files scored on the rows of the candidate's logged test splits
-        (run artifacts ``reference/``, never a tag's URI). Raises PromotionRefused when
-        something it needs is missing or was changed."""
+        (``reference``, else downloaded from its run) and on the rows the gate kept when
+        it approved the champion, which the trainer can neither choose nor change (their
+        bytes are in the signed approval). Worse on either set is worse. Raises
+        PromotionRefused when something it needs is missing or was changed."""
         alpha = self.rules.champion_alpha
         if champion is None:
             return Comparison(None, alpha, notes=["no champion yet: nothing to compare with"])
@@ -390,17 +433,17 @@ class Gate:
             theirs = self._verified_onnx(
                 self.production, champion.version, str(stored.record["onnx_sha256"]), scratch / "p"
             )
-            reference = self.registry.download_artifacts(
-                f"runs:/{evidence.run_id}/{REFERENCE}", scratch / "reference"
-            )
+            if reference is None:
+                reference = self._reference(candidate, evidence, scratch / REFERENCE)
             try:
-                return compare_models(
+                theirs_rows = compare_models(
                     mine,
                     theirs,
                     reference,
                     champion_label=label,
                     alpha=alpha,
                     min_production_rows=self.rules.min_production_rows,
+                    source="the candidate's logged rows",
                 )
             except DataError as exc:
                 raise PromotionRefused(
@@ -408,6 +451,58 @@ class Gate:
                     f"run {evidence.run_id}'s logged test split: {exc}; train it with the "
                     "current pipeline (train logs reference/test.parquet and schema.json)"
                 ) from exc
+            approval = Approval(**stored.record)
+            if not approval.reference:
+                return replace(
+                    theirs_rows,
+                    notes=[
+                        *theirs_rows.notes,
+                        f"the approval of {label} kept no test rows (made before the gate "
+                        "kept them): compared on the candidate's rows only",
+                    ],
+                )
+            kept = self._kept_reference(approval, label, scratch / "kept")
+            try:
+                gate_rows = compare_models(
+                    mine,
+                    theirs,
+                    kept,
+                    champion_label=label,
+                    alpha=alpha,
+                    min_production_rows=self.rules.min_production_rows,
+                    source=f"the rows the gate kept when it approved {label}",
+                    prefix="gate:",
+                )
+            except DataError as exc:
+                raise PromotionRefused(
+                    f"{candidate.name} v{candidate.version}: cannot score it on the rows the "
+                    f"gate kept for {label}: {exc}"
+                ) from exc
+            return Comparison(
+                label,
+                alpha,
+                [*theirs_rows.splits, *gate_rows.splits],
+                [*theirs_rows.notes, *gate_rows.notes],
+            )
+
+    def _kept_reference(self, approval: Approval, label: str, dest: Path) -> Path:
+        """The rows the gate kept at ``approval``, checked file by file against the signed
+        record: a changed, added or missing file is a refusal that names it."""
+        try:
+            folder = self.registry.download_artifacts(approval.reference_artifacts, dest)
+        except RegistryError as exc:
+            raise PromotionRefused(
+                f"the test rows the gate kept for {label} cannot be read "
+                f"({approval.reference_artifacts}): {exc}"
+            ) from exc
+        found = differences(Manifest.from_record(approval.reference), Manifest.of_folder(folder))
+        if found:
+            raise PromotionRefused(
+                f"the test rows the gate kept for {label} are not the ones it signed: "
+                f"{'; '.join(found)}; investigate (only the gate's account may write "
+                f"{self.team.approved_experiment})"
+            )
+        return folder
 
     def _verified_onnx(self, name: str, version: str, sha256: str, dest: Path) -> Path:
         onnx_file = self.registry.download(name, version, dest) / "model.onnx"

@@ -15,7 +15,10 @@ One folder (``data_dir``) holds everything the server needs to come back after a
 
 Three databases on the one PostgreSQL: ``mlflow`` (tracking and registry), ``mlflow_auth``
 (users and permissions) and ``modelyard_gate`` (the review gate's own tables, which no
-MLflow account can reach). The admin's password comes from ``MLFLOW_AUTH_ADMIN_PASSWORD``
+MLflow account can reach). The gate connects as its own role, ``modelyard_gate`` (its
+password generated once, in secrets.json), which may only connect to the gate's database,
+read and append there, and move a deploy's state: it can neither rewrite nor truncate the
+audit, nor drop its triggers (the admin owns the tables), nor reach MLflow's users. The admin's password comes from ``MLFLOW_AUTH_ADMIN_PASSWORD``
 on the first start (MLflow has no default and refuses to start without one).
 """
 
@@ -39,6 +42,7 @@ from core.errors import ConfigError, RegistryError
 log = logging.getLogger(__name__)
 
 DATABASES = ("mlflow", "mlflow_auth", "modelyard_gate")
+GATE_ROLE = "modelyard_gate"  # the gate's own login (registry.store.GATE_GRANTS)
 READY_TIMEOUT_S = 120.0
 
 
@@ -118,6 +122,7 @@ def start(options: Options) -> TeamServer:
         pg, base = _postgres(data / "postgres")
         databases = _databases(base)
     _ensure_databases(databases)
+    databases = _gate_role(databases, keys["gate_db_password"])
     ini = data / "basic_auth.ini"
     files.write_text(ini, auth_ini(databases.auth, admin_username=options.admin_username))
     env = tools.env(
@@ -183,7 +188,13 @@ def _secrets(path: Path) -> dict[str, str]:
     """The server's own keys, created once and kept (0600): a new Flask key would break
     sessions, a new Fernet key would lose every stored webhook secret."""
     if path.exists():
-        return dict(files.read_json(path))
+        kept = dict(files.read_json(path))
+        if "gate_db_password" not in kept:  # made before the gate had its own role
+            kept["gate_db_password"] = secrets.token_hex(24)
+            with files.atomic_path(path) as tmp:
+                tmp.write_text(json.dumps(kept))
+                tmp.chmod(0o600)
+        return kept
     from cryptography.fernet import Fernet
 
     keys = {
@@ -191,6 +202,7 @@ def _secrets(path: Path) -> dict[str, str]:
         or secrets.token_urlsafe(32),
         "webhook_fernet_key": os.environ.get("MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY")
         or Fernet.generate_key().decode(),
+        "gate_db_password": secrets.token_hex(24),
     }
     with files.atomic_path(path) as tmp:
         tmp.write_text(json.dumps(keys))
@@ -243,6 +255,48 @@ def _ensure_databases(databases: Databases) -> None:
         raise RegistryError(f"cannot prepare the team databases: {exc}") from exc
     finally:
         admin.dispose()
+
+
+def _gate_role(databases: Databases, password: str) -> Databases:
+    """Create (or update) the gate's role, the gate's tables as the admin, and the role's
+    grants (registry.store.GATE_GRANTS); the databases with ``gate`` as that role."""
+    import re
+
+    import sqlalchemy as sa
+    from sqlalchemy.engine import make_url
+
+    from registry.store import GATE_GRANTS, create_schema
+
+    if not re.fullmatch(r"[0-9a-f]{16,}", password):  # it is spliced into SQL below
+        raise ConfigError("secrets.json: gate_db_password must be hex (delete it to renew)")
+    admin = sa.create_engine(databases.gate, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            exists = conn.execute(
+                sa.text("SELECT 1 FROM pg_roles WHERE rolname = :role"), {"role": GATE_ROLE}
+            ).first()
+            conn.execute(
+                sa.text(
+                    f"{'ALTER' if exists else 'CREATE'} ROLE {GATE_ROLE} LOGIN NOSUPERUSER "
+                    f"NOCREATEDB NOCREATEROLE NOREPLICATION PASSWORD '{password}'"
+                )
+            )
+            for name in DATABASES:
+                conn.execute(sa.text(f'REVOKE ALL ON DATABASE "{name}" FROM PUBLIC'))
+            gate_db = make_url(databases.gate).database
+            conn.execute(sa.text(f'GRANT CONNECT ON DATABASE "{gate_db}" TO {GATE_ROLE}'))
+            conn.execute(sa.text("REVOKE CREATE ON SCHEMA public FROM PUBLIC"))
+            conn.execute(sa.text(f"GRANT USAGE ON SCHEMA public TO {GATE_ROLE}"))
+        create_schema(admin)
+        with admin.connect() as conn:
+            for grant in GATE_GRANTS:
+                conn.execute(sa.text(grant.format(role=GATE_ROLE)))
+    except sa.exc.SQLAlchemyError as exc:
+        raise RegistryError(f"cannot prepare the gate's database role: {exc}") from exc
+    finally:
+        admin.dispose()
+    gate = make_url(databases.gate).set(username=GATE_ROLE, password=password)
+    return Databases(databases.tracking, databases.auth, gate.render_as_string(hide_password=False))
 
 
 def _with_database(url: str, name: str) -> str:

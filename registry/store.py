@@ -94,6 +94,32 @@ _APPEND_ONLY = {
 }
 
 
+# What the gate's own PostgreSQL role may do (``modelyard registry server`` creates it; the
+# tables and the audit's triggers belong to the server's admin): read and append, and move
+# a deploy's state. No UPDATE, DELETE or TRUNCATE of the audit, no ALTER of any table.
+GATE_GRANTS = (
+    "GRANT SELECT, INSERT ON gate_audit, gate_approvals, gate_deliveries TO {role}",
+    "GRANT SELECT, INSERT, UPDATE ON gate_deploys TO {role}",
+    "GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {role}",
+)
+
+
+def create_schema(engine: sa.Engine) -> None:
+    """The gate's tables and the audit's append-only triggers, where they are missing.
+    Run by the tables' owner; a role that may only use them (the gate's) finds them all
+    in place and changes nothing."""
+    meta.create_all(engine)
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            found = conn.execute(
+                sa.text("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'gate_audit_no_%'")
+            ).scalar()
+            if found == 2:
+                return
+        for statement in _APPEND_ONLY.get(engine.dialect.name, []):
+            conn.execute(sa.text(statement))
+
+
 @dataclass(frozen=True)
 class Entry:
     """One audit entry."""
@@ -131,10 +157,7 @@ class GateStore:
     def __init__(self, url: str) -> None:
         self.engine = sa.create_engine(url, pool_pre_ping=True)
         try:
-            meta.create_all(self.engine)
-            with self.engine.begin() as conn:
-                for statement in _APPEND_ONLY.get(self.engine.dialect.name, []):
-                    conn.execute(sa.text(statement))
+            create_schema(self.engine)
         except sa.exc.SQLAlchemyError as exc:
             raise RegistryError(f"cannot open the gate's database: {exc}") from exc
 

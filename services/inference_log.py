@@ -19,6 +19,11 @@ Design (what the monitoring job relies on):
   `modelyard harvest` more often. No manifest (harvest never ran) means nothing is
   harvested. The manifest is read only when pruning, i.e. at rotation.
 - **Cheap.** One syscall per request on the request path, no fsync there.
+- **Survives a full disk.** A write that fails (disk full, read-only, I/O error) raises
+  ``OSError`` to the caller (the service counts it and answers the prediction anyway);
+  what was half written is cut off by a newline before the next record, a rotation that
+  failed is retried at the next append, and a failed background fsync is logged, never
+  the end of the thread.
 - **Private.** The records hold raw inputs: the directory is 0700, the files 0600.
 """
 
@@ -66,34 +71,55 @@ class InferenceLog:
         self._size = 0
         self._seq = 0
         self._dirty = False
+        self._torn = False  # a failed write left part of a record: start on a fresh line
         self._closed = threading.Event()
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
             directory.chmod(0o700)  # created earlier, or by someone else's umask
         except PermissionError:
             log.warning("inference log: cannot make %s private (0700): not its owner", directory)
-        self._open_next()
+        try:
+            self._open_next()
+        except OSError as exc:  # a full disk at start: serve anyway, append says why
+            log.error("inference log: cannot open a file in %s: %s", directory, exc)
         self._syncer = threading.Thread(target=self._sync_loop, args=(fsync_every,), daemon=True)
         self._syncer.start()
 
     def append(self, records: list[dict[str, Any]]) -> None:
+        """Append ``records``, one JSON line each, with one ``write`` (more only after a
+        short write). Raises OSError when the file system refuses (ENOSPC, EROFS, EIO,
+        EFBIG): those records are not logged, and the log goes on at the next call."""
         data = b"".join(orjson.dumps(r, option=_DUMP) for r in records)
         with self._lock:
-            if self._size and self._size + len(data) > self.max_bytes:
+            if self._fd < 0:
+                self._open_next()  # the last rotation failed: try again
+            elif self._size and self._size + len(data) > self.max_bytes:
                 self._rotate()
-            written = os.write(self._fd, data)
-            while written < len(data):  # short writes are rare on regular files, not impossible
-                written += os.write(self._fd, data[written:])
-            self._size += len(data)
-            self._dirty = True
+            if self._torn:
+                data = b"\n" + data  # a reader skips the blank line, and the torn one
+            written = 0
+            try:
+                while written < len(data):  # short writes: rare on regular files, not never
+                    written += os.write(self._fd, data[written:])
+            finally:
+                self._size += written
+                self._dirty = self._dirty or written > 0
+                if written == len(data):
+                    self._torn = False
+                elif written > 0:
+                    self._torn = True
 
     def close(self) -> None:
         self._closed.set()
         with self._lock:
             if self._fd >= 0:
-                os.fsync(self._fd)
-                os.close(self._fd)
-                self._fd = -1
+                fd, self._fd = self._fd, -1
+                try:
+                    os.fsync(fd)
+                except OSError as exc:
+                    log.error("inference log: fsync of %s failed: %s", self._path, exc)
+                finally:
+                    os.close(fd)
 
     # -- internals -------------------------------------------------------------------------
 
@@ -105,13 +131,18 @@ class InferenceLog:
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         os.fchmod(self._fd, 0o600)  # the mode above applies only to a new file
         self._size = os.fstat(self._fd).st_size
-        if self._size and _last_byte(path) != b"\n":
-            os.write(self._fd, b"\n")  # never glue a record to a torn one
-        self._prune()
+        self._torn = bool(self._size) and _last_byte(path) != b"\n"  # never glue to it
+        try:
+            self._prune()
+        except OSError as exc:  # pruning frees space; failing to is no reason to stop
+            log.warning("inference log: could not prune %s: %s", self.directory, exc)
 
     def _rotate(self) -> None:
-        os.fsync(self._fd)
-        os.close(self._fd)
+        fd, self._fd = self._fd, -1  # closed even when fsync fails; reopened by append
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         self._open_next()
 
     def _prune(self) -> None:
@@ -155,6 +186,8 @@ class InferenceLog:
                 self._dirty = False
             try:
                 os.fsync(fd)
+            except OSError as exc:  # an I/O error must not end the thread
+                log.error("inference log: fsync of %s failed: %s", self._path, exc)
             finally:
                 os.close(fd)
 

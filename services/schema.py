@@ -282,7 +282,14 @@ def openapi(
                     "Record the true label of a prediction (for monitoring)",
                     {"$ref": "#/components/schemas/FeedbackResponse"},
                     "FeedbackRequest",
-                    bad,
+                    {
+                        **bad,
+                        "503": _error_response(
+                            "The inference log could not record the label (a full or "
+                            "failing disk): nothing was kept; send it again after Retry-After "
+                            "seconds."
+                        ),
+                    },
                 )
             },
             "/v1/metadata": {
@@ -407,6 +414,18 @@ def openapi(
                                 "variant": {"type": "string"},
                                 "onnx_sha256": {"type": "string"},
                                 "queue": {"type": "integer"},
+                            },
+                        },
+                        "inference_log": {
+                            "type": "object",
+                            "description": "present only while this worker's inference log "
+                            "fails to write: predictions are answered but not logged, "
+                            "feedback gets 503 (modelyard_inference_log_errors_total counts)",
+                            "required": ["status", "since", "last_error"],
+                            "properties": {
+                                "status": {"const": "degraded"},
+                                "since": {"type": "number", "description": "UNIX time"},
+                                "last_error": {"type": "string"},
                             },
                         },
                     },

@@ -40,12 +40,14 @@ Bento built with a shadow without it), ``MODELYARD_SHADOW_QUEUE`` (1024 requests
 
 from __future__ import annotations
 
+import errno
 import functools
 import gc
 import hashlib
 import hmac
 import json
 import logging
+import math
 import os
 import queue
 import threading
@@ -124,7 +126,16 @@ async def feedback(request: Request) -> Response:
     except RequestError as err:
         svc.rejected.labels(reason=str(err.status)).inc()
         return edge.refuse(err)
-    svc.log.append([{"type": "feedback", "id": fb.id, "label": fb.label, "ts": time.time()}])
+    if not svc.record([{"type": "feedback", "id": fb.id, "label": fb.label, "ts": time.time()}]):
+        # A label is only worth its record: say it was not kept, so the client sends it again.
+        return edge.error_response(
+            RequestError(
+                503,
+                "log",
+                f"the label was not recorded ({svc.log_state['last_error']}); send it again later",
+            ),
+            {"Retry-After": str(LOG_RETRY_AFTER_SECONDS)},
+        )
     return Response(
         orjson.dumps({"id": fb.id, "label": fb.label, "recorded": True}),
         media_type="application/json",
@@ -137,7 +148,7 @@ async def metadata(request: Request) -> Response:
         svc.authorize(request.headers)
     except RequestError as err:
         return edge.refuse(err)
-    return Response(svc.metadata_json, media_type="application/json")
+    return Response(svc.metadata_body(), media_type="application/json")
 
 
 async def docs(request: Request) -> Response:
@@ -203,6 +214,8 @@ class _Job:
 _STOP = None  # the last item of the queue: score what came before, then end
 SHADOW_DRAIN_SECONDS = 10.0  # at shutdown, the longest the queue's rest is scored for
 TRAFFIC_TIMEOUT_SECONDS = 10  # BentoML answers 504 to a request still running after this
+LOG_RETRY_AFTER_SECONDS = 30  # a feedback label the log could not keep: try again after
+LOG_ERROR_EVERY_SECONDS = 60.0  # a failing log is logged at most this often (and counted)
 
 
 @functools.cache
@@ -464,6 +477,9 @@ class Classifier:
             Path(os.environ.get("MODELYARD_LOG_DIR", "inference-log")),
             fsync_every=float(os.environ.get("MODELYARD_LOG_FSYNC_SECONDS", "1.0")),
         )
+        # "ok", or "degraded" with the last error since the log last failed (this worker).
+        self.log_state: dict[str, Any] = {"status": "ok"}
+        self._log_error_said = -math.inf
         self._metrics()
         self.shadow = self._shadow()
         self.metadata_json = orjson.dumps(self.metadata)
@@ -582,6 +598,12 @@ class Classifier:
             "Requests refused before inference, by HTTP status",
             labelnames=["reason"],
         )
+        self.log_errors = Counter(
+            "modelyard_inference_log_errors",
+            "Inference log writes that failed (records not logged; predictions still "
+            "answered), by errno",
+            labelnames=["kind"],
+        )
         self.latency = Histogram(
             "modelyard_predict_seconds",
             "Time in /v1/predict from request to response body",
@@ -666,6 +688,42 @@ class Classifier:
             if not matched:
                 raise RequestError(401, "authorization", "invalid API key")
 
+    def record(self, records: list[dict[str, Any]]) -> bool:
+        """Append to the inference log; False when the file system refused. A full disk
+        must not cost a prediction: the failure is counted (modelyard_inference_log_errors
+        by errno), logged at most once a minute, and shown in /v1/metadata until a write
+        succeeds again. Readiness stays up on purpose: every replica shares the volume,
+        and an unready pod per full disk would take the whole API down."""
+        try:
+            self.log.append(records)
+        except OSError as exc:
+            kind = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+            self.log_errors.labels(kind=kind).inc()
+            since = self.log_state.get("since", time.time())
+            self.log_state = {
+                "status": "degraded",
+                "since": since,
+                "last_error": f"{kind}: {exc.strerror or exc}",
+            }
+            now = time.monotonic()
+            if now - self._log_error_said >= LOG_ERROR_EVERY_SECONDS:
+                self._log_error_said = now
+                log.error(
+                    "inference log: a write failed (%s): predictions are answered but not "
+                    "logged, feedback is refused with 503, until it works again",
+                    exc,
+                )
+            return False
+        if self.log_state["status"] != "ok":
+            log.warning("inference log: writing again after %s", self.log_state["last_error"])
+            self.log_state = {"status": "ok"}
+        return True
+
+    def metadata_body(self) -> bytes:
+        if self.log_state["status"] == "ok":
+            return self.metadata_json
+        return orjson.dumps({**self.metadata, "inference_log": self.log_state})
+
     def predict(self, x: np.ndarray) -> bytes:
         """Predict, log, count; the JSON response body."""
         probs = self.session.run(["probabilities"], {self.input_name: x})[0]
@@ -675,7 +733,7 @@ class Classifier:
         labels = [self.classes[i] for i in top]
         rounded = probs.astype(np.float64).round(6)
         ids = [f"{request_id}-{i}" for i in range(len(x))]
-        self.log.append(
+        self.record(
             [
                 {
                     "type": "prediction",

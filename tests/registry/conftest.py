@@ -62,6 +62,16 @@ class TeamServer:
     process: subprocess.Popen[Any]
     log: Path
 
+    def database_url(self, database: str, *, admin: bool = False) -> str:
+        """A database of this server as the gate's role, or as PostgreSQL's superuser
+        (``admin``: pgserver's ``postgres``, over its Unix socket)."""
+        from sqlalchemy.engine import make_url
+
+        url = make_url(self.gate_database_url).set(database=database)
+        if admin:
+            url = url.set(username="postgres", password=None)
+        return url.render_as_string(hide_password=False)
+
     def env(self, user: str | None = None, **extra: str) -> dict[str, str]:
         """The environment of a command run by ``user`` (the admin if None)."""
         name, pw = (user, password(user)) if user else ADMIN
@@ -193,14 +203,37 @@ GOOD_METRICS = {
 }
 
 
-def tiny_onnx(path: Path, seed: int) -> Path:
-    """A real ONNX classifier (4 features, 3 classes: MatMul + Softmax); the seed makes
-    its weights, so each seed is another file."""
+# The candidates' test rows: 60 rows labelled by the model of seed TRUTH (random weights
+# N(seed)). A candidate as CI trains it (``log_candidate``'s default) is a decent model
+# near the truth: TRUTH's weights + 0.6 N(DECENT) + 0.001 N(seed), right on 50 of those
+# 60 rows, the same 50 for every seed (each seed is still another file). Tests that need
+# a clearly better or worse candidate say so: ``model="truth"`` (right on every row: better
+# than a decent champion, McNemar p = 0.002) or ``model="random"`` (weights N(seed):
+# seed 2 is right on 18 rows: worse, p = 4e-9).
+TRUTH, DECENT = 0, 7
+
+
+def weights(seed: int, model: str = "random") -> Any:
     import numpy as np
+
+    def normal(s: int) -> Any:
+        return np.random.default_rng(s).normal(size=(4, 3))
+
+    if model == "random":
+        return normal(seed).astype(np.float32)
+    if model == "truth":
+        return normal(TRUTH).astype(np.float32)
+    assert model == "decent", model
+    return (normal(TRUTH) + 0.6 * normal(DECENT) + 0.001 * normal(seed)).astype(np.float32)
+
+
+def tiny_onnx(path: Path, seed: int, model: str = "random") -> Path:
+    """A real ONNX classifier (4 features, 3 classes: MatMul + Softmax) with the
+    ``weights`` of ``seed`` and ``model``."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    weights = np.random.default_rng(seed).normal(size=(4, 3)).astype(np.float32)
+    w = weights(seed, model)
     graph = helper.make_graph(
         [
             helper.make_node("MatMul", ["x", "w"], ["logits"]),
@@ -209,7 +242,7 @@ def tiny_onnx(path: Path, seed: int) -> Path:
         "tiny",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
         [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 3])],
-        [numpy_helper.from_array(weights, "w")],
+        [numpy_helper.from_array(w, "w")],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 9
@@ -254,6 +287,7 @@ def log_candidate(
     user: str = "ci",
     experiment: str = EXPERIMENT,
     seed: int,
+    model: str = "decent",
     metrics: dict[str, float] | None = None,
     author: str | None = "dana-gh",
     run_sha: str | None = None,
@@ -262,20 +296,20 @@ def log_candidate(
 ) -> tuple[str, str, str]:
     """What CI's train..register do, on the team server as ``user``: a run in
     ``experiment`` with the evaluate metrics, the author and validation tags, its test
-    split (``reference/``: labelled by the model of seed ``labelled_by``, by default its
-    own, so it is right on every row), the ONNX model logged to it and the file's sha256
-    recorded. Returns (run id, model uri, sha256)."""
+    split (``reference/``: the rows labelled by the model of seed ``labelled_by``, by
+    default TRUTH's), the ONNX model (``model`` of ``seed``: see TRUTH) logged to it and
+    the file's sha256 recorded. Returns (run id, model uri, sha256)."""
     import mlflow
     import numpy as np
 
     from core import files
     from pipelines import tracking
 
-    onnx_file = tiny_onnx(tmp / f"model-{seed}.onnx", seed)
+    onnx_file = tiny_onnx(tmp / f"model-{model}-{seed}.onnx", seed, model)
     reference = write_reference(
         tmp / f"reference-{seed}" / "reference",
         tmp,
-        labelled_by=seed if labelled_by is None else labelled_by,
+        labelled_by=TRUTH if labelled_by is None else labelled_by,
     )
     sha = files.sha256(onnx_file)
     with as_user(server, user):

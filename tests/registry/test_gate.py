@@ -411,12 +411,16 @@ def test_the_champion_alias_deleted_is_restored_by_the_webhook(gate: Gate) -> No
 
 
 def test_the_audit_is_append_only(gate: Gate) -> None:
-    with gate.store.engine.connect() as conn:
+    """Even for the tables' owner (the server's admin) the audit is append-only; the
+    gate's own role may not even try (tests/registry/test_team.py)."""
+    owner = sa.create_engine(gate.server.database_url("modelyard_gate", admin=True))
+    with owner.connect() as conn:
         statements = ("UPDATE gate_audit SET actor = 'x'", "DELETE FROM gate_audit")
         for statement in (*statements, "TRUNCATE gate_audit"):
             with pytest.raises(sa.exc.DBAPIError, match="append-only"):
                 conn.execute(sa.text(statement))
             conn.rollback()
+    owner.dispose()
     assert gate.store.audit_log()
 
 
@@ -496,75 +500,6 @@ def test_the_approval_is_written_before_champion_moves(
     print(f"\ngate.approve in-process (login, evidence, copy, sign, alias, deploy): {took:.2f} s")
     assert at_move == [(True, True)]
     assert done.approval.reviewer == "rui" and done.approval.candidate_version == candidate
-
-
-def test_the_comparison_with_the_current_champion_is_recomputed_at_approval(
-    gate: Gate, tmp_path: Path
-) -> None:
-    """Issue 11 item 4: a candidate whose own gates pass but which is worse than the
-    current champion on its own test rows is refused; a better one is approved with the
-    recomputed numbers signed, audited and on the model cards; approving it again
-    changes nothing."""
-    first = train_candidate(gate.server, tmp_path, seed=40)
-    assert gate.approve("rui", first).returncode == 0
-    champion = gate.champion()
-    # Its test rows are labelled the way the champion predicts: the champion gets all.
-    worse = train_candidate(gate.server, tmp_path, seed=41, labelled_by=40)
-    since = gate.last_id()
-    refused = gate.approve("rui", worse)
-    assert refused.returncode == 1, refused.stdout
-    said = " ".join(refused.stderr.split())
-    assert f"{CANDIDATES} v{worse} is worse than the current champion" in said
-    assert f"vs champion {PRODUCTION} v{champion} on the same 60 test rows" in said
-    assert "vs 1.0000" in said and "McNemar p = " in said and "WORSE" in said
-    assert gate.champion() == champion and gate.events(since) == []
-
-    # The open candidate (@challenger) is the worse one while a better one is approved.
-    with as_user(gate.server, "ci"):
-        Registry(gate.server.uri).set_alias(CANDIDATES, "challenger", worse)
-    better = train_candidate(gate.server, tmp_path, seed=42)  # right on its own rows
-    dispatched = len(gate.github.dispatched())
-    approved = gate.approve("lee", better)
-    assert approved.returncode == 0, approved.stderr
-    now = gate.champion()
-    assert now != champion
-    shown = " ".join(approved.stdout.split())
-    assert f"recomputed by the gate: vs champion {PRODUCTION} v{champion}" in shown
-    assert "accuracy 1.0000 vs" in shown and "not worse" in shown
-    entry = next(
-        e for e in gate.store.audit_log(PRODUCTION) if e.event == "approved" and e.version == now
-    )
-    (split,) = entry.detail["comparison"]["splits"]
-    assert entry.detail["comparison"]["champion"] == f"{PRODUCTION} v{champion}"
-    assert split["challenger"]["accuracy"] == 1.0 and split["champion"]["accuracy"] < 1.0
-    assert split["test"]["p_value"] < 0.05 and set(split["challenger"]["recall"]) == {"0", "1", "2"}
-    with as_user(gate.server, "dana"):
-        registry = Registry(gate.server.uri)
-        production = registry.version(PRODUCTION, str(now))
-        challenger = registry.version(CANDIDATES, worse)
-    # the signed record carries the comparison
-    assert json.loads(production.tags[RECORD_TAG])["comparison"] == entry.detail["comparison"]
-    # the production card: the gate's audit and the comparison with the champion it replaced
-    card = production.description
-    assert f"Against the champion it replaced, {PRODUCTION} v{champion}**" in card
-    assert f"approved by lee**: {CANDIDATES} v{better}" in card
-    assert "deploy-triggered by gate" in card and "gate_audit" in card
-    assert "**deploy: requested** (attempts 1" in card
-    # the open candidate's card, recomputed against the new champion
-    assert f"Against the current champion, {PRODUCTION} v{now}**" in challenger.description
-    assert "**WORSE than the champion**" in challenger.description
-
-    # Approved twice: the same answer, nothing moved or dispatched again.
-    again = gate.approve("rui", better)
-    assert again.returncode == 0, again.stderr
-    assert "was already approved by lee" in again.stdout and "nothing changed" in again.stdout
-    assert gate.champion() == now
-    assert len(gate.github.dispatched()) == dispatched + 1
-    with as_user(gate.server, "dana"):
-        assert Registry(gate.server.uri).versions(PRODUCTION)[-1].version == now
-    old = gate.approve("rui", first)  # no longer the champion: refused, not re-promoted
-    assert old.returncode == 1 and "was approved before" in " ".join(old.stderr.split())
-    assert gate.champion() == now
 
 
 def put_file(uri: str, local: Path) -> None:
@@ -659,3 +594,113 @@ def test_champion_set_on_the_candidates_model_is_removed_and_recorded(
     found = [e for e in gate.store.audit_log(CANDIDATES) if e.event == "alias-reverted"]
     assert [(e.version, e.actor) for e in found][-1:] == [(version, "gate")]
     assert "champion lives on" in found[-1].detail["reason"]
+
+
+def test_rows_the_candidate_chose_do_not_decide_the_comparison(gate: Gate, tmp_path: Path) -> None:
+    """Issue 21 item 2: the trainer logs a random model and, as its test split, only rows
+    it gets right (labelled by itself). On those rows it beats the champion; the gate also
+    scores both on the rows it kept when it approved the champion, where the random model
+    is far worse: refused, nothing moves. The kept rows are the signed ones."""
+    decent = train_candidate(gate.server, tmp_path, seed=60)
+    assert gate.approve("rui", decent).returncode == 0
+    champion = gate.champion()
+    chosen = train_candidate(gate.server, tmp_path, seed=3, model="random", labelled_by=3)
+    since, dispatched = gate.last_id(), len(gate.github.dispatched())
+    refused = gate.approve("lee", chosen)
+    said = " ".join(refused.stderr.split())
+    assert refused.returncode == 1, refused.stdout + said
+    assert f"{CANDIDATES} v{chosen} is worse than the current champion" in said
+    own = said.split("vs champion")[1]  # its own rows first: it wins there
+    assert "(the candidate's logged rows, sha256" in own and "accuracy 1.0000 vs" in own
+    assert "(not worse," in own
+    kept = said.split("vs champion")[2]
+    assert f"(the rows the gate kept when it approved {PRODUCTION} v{champion}" in kept
+    assert "(WORSE," in kept
+    assert gate.champion() == champion and gate.events(since) == []
+    assert len(gate.github.dispatched()) == dispatched
+    # The kept rows are the bytes the approval signed.
+    with as_user(gate.server, "dana"):
+        record = json.loads(
+            Registry(gate.server.uri).version(PRODUCTION, champion).tags[RECORD_TAG]
+        )
+    assert {f["path"] for f in record["reference"]} == {"schema.json", "test.parquet"}
+    assert record["reference_artifacts"].endswith("/reference")
+
+
+def test_the_comparison_with_the_current_champion_is_recomputed_at_approval(
+    gate: Gate, tmp_path: Path
+) -> None:
+    """Issue 11 item 4: a candidate whose own gates pass but which is worse than the
+    current champion on its test rows is refused; a better one is approved with the
+    recomputed numbers (on its rows and on the rows the gate kept) signed, audited and on
+    the model cards; approving it again changes nothing. Last in this module: its better
+    candidate (``model="truth"``) leaves a champion no decent candidate is as good as."""
+    first = train_candidate(gate.server, tmp_path, seed=40)  # decent: 50 of 60 rows
+    assert gate.approve("rui", first).returncode == 0
+    champion = gate.champion()
+    worse = train_candidate(gate.server, tmp_path, seed=2, model="random")  # 18 of 60
+    since = gate.last_id()
+    refused = gate.approve("rui", worse)
+    assert refused.returncode == 1, refused.stdout
+    said = " ".join(refused.stderr.split())
+    assert f"{CANDIDATES} v{worse} is worse than the current champion" in said
+    assert f"vs champion {PRODUCTION} v{champion} on the same 60 test rows" in said
+    assert "accuracy 0.3000 vs 0.8333" in said and "McNemar p = " in said and "WORSE" in said
+    assert gate.champion() == champion and gate.events(since) == []
+
+    # The open candidate (@challenger) is the worse one while a better one is approved.
+    with as_user(gate.server, "ci"):
+        Registry(gate.server.uri).set_alias(CANDIDATES, "challenger", worse)
+    better = train_candidate(gate.server, tmp_path, seed=42, model="truth")  # right on all
+    dispatched = len(gate.github.dispatched())
+    approved = gate.approve("lee", better)
+    assert approved.returncode == 0, approved.stderr
+    now = gate.champion()
+    assert now != champion
+    shown = " ".join(approved.stdout.split())
+    assert f"recomputed by the gate: vs champion {PRODUCTION} v{champion}" in shown
+    assert "accuracy 1.0000 vs" in shown and "not worse" in shown
+    entry = next(
+        e for e in gate.store.audit_log(PRODUCTION) if e.event == "approved" and e.version == now
+    )
+    splits = {s["split"]: s for s in entry.detail["comparison"]["splits"]}
+    assert set(splits) == {"test", "gate:test"}  # its own rows, and the ones the gate kept
+    assert entry.detail["comparison"]["champion"] == f"{PRODUCTION} v{champion}"
+    assert (
+        splits["gate:test"]["source"]
+        == f"the rows the gate kept when it approved {PRODUCTION} v{champion}"
+    )
+    for split in splits.values():
+        assert split["challenger"]["accuracy"] == 1.0 and split["champion"]["accuracy"] < 1.0
+        assert split["test"]["p_value"] < 0.05
+        assert set(split["challenger"]["recall"]) == {"0", "1", "2"}
+    with as_user(gate.server, "dana"):
+        registry = Registry(gate.server.uri)
+        production = registry.version(PRODUCTION, str(now))
+        challenger = registry.version(CANDIDATES, worse)
+    # the signed record carries the comparison
+    assert json.loads(production.tags[RECORD_TAG])["comparison"] == entry.detail["comparison"]
+    # the production card: the gate's audit and the comparison with the champion it replaced
+    card = production.description
+    assert f"Against the champion it replaced, {PRODUCTION} v{champion}**" in card
+    assert f"approved by lee**: {CANDIDATES} v{better}" in card
+    assert "deploy-triggered by gate" in card and "gate_audit" in card
+    assert "**deploy: requested** (attempts 1" in card
+    # the open candidate's card, recomputed against the new champion
+    assert f"Against the current champion, {PRODUCTION} v{now}**" in challenger.description
+    assert "**WORSE than the champion**" in challenger.description
+
+    # Approved twice: the same answer, nothing moved or dispatched again.
+    again = gate.approve("rui", better)
+    assert again.returncode == 0, again.stderr
+    assert "was already approved by lee" in again.stdout and "nothing changed" in again.stdout
+    assert gate.champion() == now
+    assert len(gate.github.dispatched()) == dispatched + 1
+    with as_user(gate.server, "dana"):
+        assert Registry(gate.server.uri).versions(PRODUCTION)[-1].version == now
+    old = gate.approve("rui", first)  # no longer the champion: refused, not re-promoted
+    assert old.returncode == 1 and "was approved before" in " ".join(old.stderr.split())
+    assert gate.champion() == now
+    # The team server is the session's: leave a decent champion for the tests after this.
+    assert gate.run("lee", "rollback", PRODUCTION, *gate.params).returncode == 0
+    assert gate.champion() == champion

@@ -50,18 +50,55 @@ def test_the_server_keeps_models_and_users_in_postgresql(
     team_server: TeamServer, team_file: Path
 ) -> None:
     """The registry lives in PostgreSQL (the gate's database is on the same server)."""
-    engine = sa.create_engine(team_server.gate_database_url.replace("/modelyard_gate?", "/mlflow?"))
+    engine = sa.create_engine(team_server.database_url("mlflow", admin=True))
     with engine.connect() as conn:
         names = {r[0] for r in conn.execute(sa.text("SELECT name FROM registered_models"))}
-        users = sa.create_engine(
-            team_server.gate_database_url.replace("/modelyard_gate?", "/mlflow_auth?")
-        )
+        users = sa.create_engine(team_server.database_url("mlflow_auth", admin=True))
         with users.connect() as auth:
             logins = {r[0] for r in auth.execute(sa.text("SELECT username FROM users"))}
     engine.dispose()
     users.dispose()
     assert {CANDIDATES, PRODUCTION} <= names
     assert {"admin", "dana", "ci", "rui", "lee", "gate"} <= logins
+
+
+def test_the_gates_role_appends_but_cannot_rewrite_the_audit_nor_reach_mlflow(
+    team_server: TeamServer,
+) -> None:
+    """Issue 21: the gate's database URL is its own role, not the superuser: it may read
+    and append, but not rewrite, truncate or unprotect the audit (the admin owns the table
+    and its triggers), nor create tables, nor connect to MLflow's databases (users)."""
+    from sqlalchemy.engine import make_url
+
+    from registry.store import GateStore
+
+    assert make_url(team_server.gate_database_url).username == "modelyard_gate"
+    store = GateStore(team_server.gate_database_url)  # opens: the schema is in place
+    try:
+        store.audit("role-probe", model="m", version="1", actor="test")
+        assert any(e.event == "role-probe" for e in store.audit_log("m"))
+        with store.engine.connect() as conn:
+            for statement in (
+                "UPDATE gate_audit SET actor = 'x'",
+                "DELETE FROM gate_audit",
+                "TRUNCATE gate_audit",
+                "ALTER TABLE gate_audit DISABLE TRIGGER ALL",
+                "DROP TRIGGER gate_audit_no_change ON gate_audit",
+                "DROP TABLE gate_audit",
+                "CREATE TABLE gate_mine (x int)",
+            ):
+                with pytest.raises(
+                    sa.exc.ProgrammingError, match=r"permission denied|must be owner"
+                ):
+                    conn.execute(sa.text(statement))
+                conn.rollback()
+    finally:
+        store.close()
+    for database in ("mlflow", "mlflow_auth"):
+        other = sa.create_engine(team_server.database_url(database))
+        with pytest.raises(sa.exc.OperationalError, match="permission denied for database"):
+            other.connect().close()
+        other.dispose()
 
 
 def test_artifacts_go_through_the_server(team_server: TeamServer, team_file: Path) -> None:

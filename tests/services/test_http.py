@@ -652,6 +652,94 @@ def _environ(proc: psutil.Process) -> dict[str, str]:
         return {}
 
 
+@contextlib.contextmanager
+def small_disk(folder: Path, size: str = "512k") -> Iterator[Path]:
+    """A tmpfs of ``size`` at ``folder``: a real file system that fills up (root only)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(folder)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs (needs root): {mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "--lazy", str(folder)], check=True)
+
+
+def fill(folder: Path) -> Path:
+    """Write a file until the file system refuses (ENOSPC); the file, to free it later."""
+    filler = folder / "filler"
+    with open(filler, "wb", buffering=0) as out, contextlib.suppress(OSError):
+        while True:
+            out.write(b"\0" * 4096)
+    with contextlib.suppress(OSError), open(filler, "ab", buffering=0) as out:
+        while True:  # the last partial block too: not even one byte fits
+            out.write(b"\0")
+    return filler
+
+
+def log_errors(port: int) -> float:
+    _, text = call(port, "GET", "/metrics", key=None)
+    found = re.search(r'^modelyard_inference_log_errors_total\{kind="ENOSPC"\} (\S+)$', text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def test_a_full_log_disk_costs_no_prediction_and_refuses_feedback_until_it_has_room(
+    server: Server,
+) -> None:
+    """The inference log on a file system that fills up: predictions are still answered
+    (200, the same answer), counted as log errors and shown in /v1/metadata; a feedback
+    label that cannot be kept is a 503 with Retry-After, never `recorded: true`. Once
+    there is room again, both are logged as before."""
+    server.stop()
+    saved = server.env["MODELYARD_LOG_DIR"], server.log_dir
+    full = server.log_dir.parent / "full-disk"
+    try:
+        with small_disk(full):
+            server.env["MODELYARD_LOG_DIR"], server.log_dir = str(full), full
+            server.start()
+            payload = {"inputs": rows(server.project, 3)}
+            status, before = call(server.port, "POST", "/v1/predict", payload)
+            assert status == 200
+            filler = fill(full)
+
+            status, answered = call(server.port, "POST", "/v1/predict", payload)
+            assert status == 200, answered
+            labels = [p["label"] for p in answered["predictions"]]
+            assert labels == [p["label"] for p in before["predictions"]]
+            assert log_errors(server.port) >= 1
+            _, meta = call(server.port, "GET", "/v1/metadata")
+            degraded = meta["inference_log"]
+            assert degraded["status"] == "degraded" and "ENOSPC" in degraded["last_error"]
+            pid = answered["predictions"][0]["id"]
+            status, body, headers = call_full(
+                server.port, "POST", "/v1/feedback", {"id": pid, "label": labels[0]}
+            )
+            assert status == 503 and body["error"]["field"] == "log", body
+            assert "send it again" in body["error"]["message"]
+            assert headers.get("Retry-After") == "30"
+            logged = {r["id"] for r in read(full)}
+            assert pid not in logged  # not logged, and not claimed to be
+
+            filler.unlink()  # room again
+            status, again = call(server.port, "POST", "/v1/predict", payload)
+            assert status == 200
+            status, fb = call(server.port, "POST", "/v1/feedback", {"id": pid, "label": 1})
+            assert status == 200 and fb["recorded"] is True
+            assert "inference_log" not in call(server.port, "GET", "/v1/metadata")[1]
+            records = list(read(full, stats := ReadStats()))
+            assert {again["predictions"][0]["id"], pid} <= {r["id"] for r in records}
+            assert "inference log: a write failed" in server.output()
+            server.stop()
+    finally:
+        server.stop()
+        server.env["MODELYARD_LOG_DIR"], server.log_dir = saved
+    print(f"\nfull disk: {stats.records} records read back, {stats.malformed} malformed")
+
+
 def test_api_keys_unset_means_open_with_a_warning(server: Server) -> None:
     server.stop()
     saved = server.env.pop("MODELYARD_API_KEYS")

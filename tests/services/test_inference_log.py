@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import resource
 import signal
 import stat
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -211,3 +215,59 @@ def test_an_unreadable_manifest_harvests_nothing(tmp_path: Path) -> None:
     manifest_path(tmp_path).unlink()
     manifest_path(tmp_path).mkdir()  # not a file: reading it fails (as another user's 0600 would)
     assert harvested(tmp_path) == {}
+
+
+@contextmanager
+def file_size_limit(limit: int) -> Iterator[None]:
+    """The kernel refuses writes past ``limit`` bytes in any file this process writes
+    (EFBIG, as a full disk refuses with ENOSPC): a real failing write, in process. SIGXFSZ
+    is ignored meanwhile (its default action ends the process)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+
+
+def test_a_refused_write_raises_and_the_log_goes_on_without_a_glued_record(
+    tmp_path: Path,
+) -> None:
+    log = InferenceLog(tmp_path)
+    log.append([{"id": "before", "pad": "x" * 40}])
+    size = next(tmp_path.glob("inference-*.jsonl")).stat().st_size
+    with file_size_limit(size + 30):  # room for part of the next record only
+        with pytest.raises(OSError) as refused:
+            log.append([{"id": "lost", "pad": "x" * 40}])
+        assert refused.value.errno == errno.EFBIG
+        with pytest.raises(OSError):  # still full: refused again, nothing else written
+            log.append([{"id": "lost-too", "pad": "x" * 40}])
+    log.append([{"id": "after", "pad": "x" * 40}])  # room again: logged
+    log.close()
+    stats = ReadStats()
+    assert [r["id"] for r in read(tmp_path, stats)] == ["before", "after"]
+    assert stats.malformed == 1  # the cut-off part of "lost", on a line of its own
+
+
+def test_a_log_that_cannot_open_its_file_at_start_is_built_and_opens_it_later(
+    tmp_path: Path,
+) -> None:
+    """At start the file cannot be opened (here: no file descriptor left, EMFILE): the
+    service must still start and answer; appends raise until the file can be opened."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    lowest_free = os.open(os.devnull, os.O_RDONLY)  # the number the next open would get
+    os.close(lowest_free)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))  # ... is now refused
+    try:
+        log = InferenceLog(tmp_path)
+        with pytest.raises(OSError) as refused:
+            log.append([{"id": "lost"}])
+        assert refused.value.errno == errno.EMFILE
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert not list(tmp_path.glob("inference-*.jsonl"))
+    log.append([{"id": "after"}])
+    log.close()
+    assert [r["id"] for r in read(tmp_path)] == ["after"]
