@@ -398,11 +398,13 @@ def deploy_apply(
 
     The API-keys Secret is made from MODELYARD_API_KEYS (the deploy workflow passes the
     repository secret). Cluster credentials: $KUBE_CONFIG (a kubeconfig's content, as the
-    workflow's secret), else kubectl's own configuration. On a failed rollout nothing is
-    undone here: the workflow runs `deploy undo`.
+    workflow's secret), else kubectl's own configuration. Before applying, each
+    Deployment's revision is written to .modelyard/deploy/ENV.before.json; on a failed
+    rollout nothing is undone here: the workflow runs `deploy undo`, which reads it.
     """
     from services import deploy
 
+    deploy.before_file(env).unlink(missing_ok=True)  # a stopped apply leaves no stale record
     release = _release(params_file, env, model, image, webapp_image, monitor_image)
     guard(
         "deploy apply",
@@ -416,14 +418,26 @@ def deploy_apply(
 
 @deploy_app.command("undo", epilog=EXIT_CODES)
 def deploy_undo(env: EnvOpt = "staging", timeout: TimeoutOpt = 300) -> None:
-    """`kubectl rollout undo` the API in ENV: back to the previous ReplicaSet."""
+    """Take back what the last `deploy apply` to ENV changed, and only that.
+
+    A Deployment whose revision the apply moved goes back to the revision it had (the
+    API, the web app); one the apply left unchanged is kept; one the apply created (a
+    first deploy) is scaled to 0 replicas. No record of an apply (it stopped before the
+    cluster): nothing to do, exit 0.
+    """
     from services import deploy
 
-    guard(
+    steps = guard(
         "deploy undo",
         lambda: deploy.undo(env, timeout_s=timeout, kubeconfig=_kubeconfig()),
     )
-    console.print(f"deploy undo: {deploy.namespace(env)}/{deploy.API} rolled back")
+    if not steps:
+        console.print(
+            f"deploy undo: no apply to {env} was recorded ({deploy.before_file(env)}): "
+            "it stopped before the cluster, nothing to undo"
+        )
+    for step in steps:
+        console.print(f"deploy undo: {deploy.namespace(env)}/{step.deployment}: {step.why}")
 
 
 def _kubeconfig() -> str | None:

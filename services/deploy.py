@@ -14,13 +14,18 @@ in a temporary overlay over ``overlays/<env>``:
   GitHub secret), through a secretGenerator: its name carries a hash of the content, so
   a rotated key rolls the pods.
 
-``render`` is ``kubectl kustomize`` of that overlay; ``apply`` applies exactly that and
-waits for the rollout; ``undo`` is ``kubectl rollout undo``. Reads ``services/k8s``;
-writes only the temporary overlay (keys at 0600, removed afterwards) and the cluster.
+``render`` is ``kubectl kustomize`` of that overlay; ``apply`` records each Deployment's
+revision (``before``), applies exactly that and waits for the rollout; ``undo`` takes back
+only what that apply changed (``plan_undo``): a Deployment whose revision moved goes back
+to the recorded one, an unchanged one is left alone (a redeploy, or an apply that failed
+before kubectl changed anything), and a first deploy, with nothing to go back to, is
+scaled to zero and said so. Reads ``services/k8s``; writes the temporary overlay (keys at
+0600, removed afterwards), the revisions file and the cluster.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -229,17 +234,85 @@ def _cluster(kubeconfig: str | None) -> Iterator[dict[str, str]]:
         yield env
 
 
+DEPLOYMENTS = (API, WEBAPP)
+REVISION = r"{.metadata.annotations.deployment\.kubernetes\.io/revision}"
+
+
+def before_file(env_name: str) -> Path:
+    """Where ``apply`` records the revisions it found (``undo`` reads them): in the
+    working directory, as a workflow's later step sees it."""
+    return Path(".modelyard") / "deploy" / f"{env_name}.before.json"
+
+
+@dataclass(frozen=True)
+class UndoStep:
+    deployment: str
+    action: str  # "undo" (to ``revision``), "scale-to-zero", or "keep"
+    revision: int | None
+    why: str
+
+
+def plan_undo(before: dict[str, int | None], now: dict[str, int | None]) -> list[UndoStep]:
+    """What taking back a failed apply means for each Deployment, from its revision
+    before the apply and now (None: absent). Only what the apply changed is touched."""
+    steps = []
+    for name in sorted(set(before) | set(now)):
+        was, nowrev = before.get(name), now.get(name)
+        if nowrev is None:
+            steps.append(UndoStep(name, "keep", None, "absent now: nothing to undo"))
+        elif was is None:
+            steps.append(
+                UndoStep(
+                    name,
+                    "scale-to-zero",
+                    None,
+                    f"first deploy (revision {nowrev}), nothing to go back to: scaled to 0 "
+                    "replicas; fix the release and deploy again",
+                )
+            )
+        elif was == nowrev:
+            steps.append(UndoStep(name, "keep", was, f"unchanged by the apply (revision {was})"))
+        else:
+            steps.append(UndoStep(name, "undo", was, f"revision {nowrev} -> back to {was}"))
+    return steps
+
+
+def revisions(namespace_name: str, env: dict[str, str]) -> dict[str, int | None]:
+    """Each Deployment's current revision in ``namespace_name`` (None: it does not exist)."""
+    kubectl = _kubectl()
+    found: dict[str, int | None] = {}
+    for name in DEPLOYMENTS:
+        out = _run(
+            [kubectl, "get", "deployment", name, "--namespace", namespace_name,
+             "--ignore-not-found", "--output", f"jsonpath={REVISION}"],
+            f"kubectl get deployment {name}",
+            env,
+        ).strip()  # fmt: skip
+        found[name] = int(out) if out.isdigit() else None
+    return found
+
+
 def apply(
-    release: Release, secrets: Secrets, *, timeout_s: int = 300, kubeconfig: str | None = None
+    release: Release,
+    secrets: Secrets,
+    *,
+    timeout_s: int = 300,
+    kubeconfig: str | None = None,
+    record: Path | None = None,
 ) -> None:
-    """Apply the rendered release and wait until every Deployment in it has rolled out.
+    """Record each Deployment's revision in ``record`` (default ``before_file``), apply
+    the rendered release and wait until every Deployment in it has rolled out.
 
     Raises DeployError when kubectl fails or the rollout does not finish in time; the
     caller decides whether to ``undo``."""
     kubectl = _kubectl()
     manifests = render(release, secrets)
     ns = ["--namespace", release.namespace]
+    record = record or before_file(release.env)
     with _cluster(kubeconfig) as env, tempfile.TemporaryDirectory() as tmp:
+        found = revisions(release.namespace, env)
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps({"namespace": release.namespace, "revisions": found}))
         rendered = Path(tmp) / "release.yaml"
         rendered.touch(mode=0o600)  # it holds the keys
         rendered.write_text(manifests)
@@ -259,19 +332,44 @@ def apply(
             )
 
 
-def undo(env_name: str, *, timeout_s: int = 300, kubeconfig: str | None = None) -> None:
-    """``kubectl rollout undo`` the API: back to the previous ReplicaSet (image, labels)."""
+def undo(
+    env_name: str,
+    *,
+    timeout_s: int = 300,
+    kubeconfig: str | None = None,
+    record: Path | None = None,
+) -> list[UndoStep]:
+    """Take back what the last ``apply`` to ``env_name`` changed (``plan_undo`` on the
+    revisions it recorded and the ones now), and wait for what was undone. No record: the
+    apply stopped before it reached the cluster, and nothing is done."""
     if env_name not in ENVIRONMENTS:
         raise ConfigError(f"--env {env_name!r}: expected one of {', '.join(ENVIRONMENTS)}")
+    record = record or before_file(env_name)
+    if not record.is_file():
+        return []
+    saved = json.loads(record.read_text())
+    before = {k: (int(v) if v is not None else None) for k, v in saved["revisions"].items()}
     kubectl = _kubectl()
     ns = ["--namespace", namespace(env_name)]
     with _cluster(kubeconfig) as env:
-        _run([kubectl, "rollout", "undo", f"deployment/{API}", *ns], "kubectl rollout undo", env)
-        _run(
-            [kubectl, "rollout", "status", f"deployment/{API}", *ns, f"--timeout={timeout_s}s"],
-            "rollout (undo)",
-            env,
-        )
+        steps = plan_undo(before, revisions(namespace(env_name), env))
+        for step in steps:
+            target = f"deployment/{step.deployment}"
+            if step.action == "undo":
+                _run(
+                    [kubectl, "rollout", "undo", target, f"--to-revision={step.revision}", *ns],
+                    "kubectl rollout undo",
+                    env,
+                )
+                _run(
+                    [kubectl, "rollout", "status", target, *ns, f"--timeout={timeout_s}s"],
+                    "rollout (undo)",
+                    env,
+                )
+            elif step.action == "scale-to-zero":
+                _run([kubectl, "scale", target, "--replicas=0", *ns], "kubectl scale", env)
+    record.unlink()
+    return steps
 
 
 def record_failure(

@@ -706,10 +706,15 @@ def test_a_full_log_disk_costs_no_prediction_and_refuses_feedback_until_it_has_r
             assert status == 200
             filler = fill(full)
 
-            status, answered = call(server.port, "POST", "/v1/predict", payload)
-            assert status == 200, answered
-            labels = [p["label"] for p in answered["predictions"]]
-            assert labels == [p["label"] for p in before["predictions"]]
+            # The log file's last page may still hold a record or two: a few requests,
+            # every one answered, until the log has failed one.
+            for _ in range(5):
+                status, answered = call(server.port, "POST", "/v1/predict", payload)
+                assert status == 200, answered
+                labels = [p["label"] for p in answered["predictions"]]
+                assert labels == [p["label"] for p in before["predictions"]]
+                if log_errors(server.port) >= 1:
+                    break
             assert log_errors(server.port) >= 1
             _, meta = call(server.port, "GET", "/v1/metadata")
             degraded = meta["inference_log"]
@@ -720,9 +725,9 @@ def test_a_full_log_disk_costs_no_prediction_and_refuses_feedback_until_it_has_r
             )
             assert status == 503 and body["error"]["field"] == "log", body
             assert "send it again" in body["error"]["message"]
-            assert headers.get("Retry-After") == "30"
-            logged = {r["id"] for r in read(full)}
-            assert pid not in logged  # not logged, and not claimed to be
+            assert headers.get("retry-after") == "30"
+            labels_kept = {r["id"] for r in read(full) if r.get("type") == "feedback"}
+            assert pid not in labels_kept  # not kept, and not claimed to be
 
             filler.unlink()  # room again
             status, again = call(server.port, "POST", "/v1/predict", payload)
@@ -731,7 +736,8 @@ def test_a_full_log_disk_costs_no_prediction_and_refuses_feedback_until_it_has_r
             assert status == 200 and fb["recorded"] is True
             assert "inference_log" not in call(server.port, "GET", "/v1/metadata")[1]
             records = list(read(full, stats := ReadStats()))
-            assert {again["predictions"][0]["id"], pid} <= {r["id"] for r in records}
+            assert again["predictions"][0]["id"] in {r["id"] for r in records}
+            assert pid in {r["id"] for r in records if r.get("type") == "feedback"}
             assert "inference log: a write failed" in server.output()
             server.stop()
     finally:

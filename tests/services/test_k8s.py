@@ -8,6 +8,7 @@ are run with real kubectl against an address where nothing listens.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import shutil
@@ -400,11 +401,65 @@ def test_apply_and_undo_report_an_unreachable_cluster(e2e_tier: None, tmp_path: 
     )
     assert applied.returncode == 1, applied.stdout + applied.stderr
     message = " ".join(applied.stderr.split())
-    assert "kubectl apply failed" in message and "connection refused" in message
-    undone = modelyard(
-        REPO, "deploy", "undo", "--env", "production", "--timeout", "5", env=env, check=False
-    )
-    assert undone.returncode == 1 and "kubectl rollout undo failed" in " ".join(
-        undone.stderr.split()
-    )
+    # The revisions are read first: the apply stops there, before changing anything ...
+    assert "kubectl get deployment modelyard-api failed" in message
+    assert "connection refused" in message
     assert list(tmp_path.iterdir()) == []  # no kubeconfig, overlay or keys left behind
+    # ... so it recorded nothing, and the undo has nothing to take back: exit 0.
+    undone = modelyard(
+        tmp_path, "deploy", "undo", "--env", "staging", "--timeout", "5", env=env, check=False
+    )
+    said = " ".join(undone.stdout.split())
+    assert undone.returncode == 0, said + undone.stderr
+    assert "no apply to staging was recorded" in said and "nothing to undo" in said
+    # With a record of an apply, the undo asks the cluster first: unreachable is exit 1.
+    record = tmp_path / ".modelyard/deploy/production.before.json"
+    record.parent.mkdir(parents=True)
+    record.write_text(json.dumps({"namespace": "x", "revisions": {"modelyard-api": 3}}))
+    failed = modelyard(
+        tmp_path, "deploy", "undo", "--env", "production", "--timeout", "5", env=env, check=False
+    )
+    assert failed.returncode == 1
+    assert "kubectl get deployment modelyard-api failed" in " ".join(failed.stderr.split())
+    assert record.is_file()  # kept for the next try
+
+
+@pytest.mark.parametrize(
+    ("before", "now", "expected"),
+    [
+        # the apply moved the API and created the web app: back to 4; the web app to zero
+        (
+            {deploy.API: 4, deploy.WEBAPP: None},
+            {deploy.API: 5, deploy.WEBAPP: 1},
+            {deploy.API: ("undo", 4), deploy.WEBAPP: ("scale-to-zero", None)},
+        ),
+        # a failed web app rollout: only the web app goes back, the healthy API stays
+        (
+            {deploy.API: 7, deploy.WEBAPP: 2},
+            {deploy.API: 7, deploy.WEBAPP: 3},
+            {deploy.API: ("keep", 7), deploy.WEBAPP: ("undo", 2)},
+        ),
+        # a redeploy (or an apply that changed nothing): nothing is undone
+        (
+            {deploy.API: 7, deploy.WEBAPP: 2},
+            {deploy.API: 7, deploy.WEBAPP: 2},
+            {deploy.API: ("keep", 7), deploy.WEBAPP: ("keep", 2)},
+        ),
+        # a first deploy: nothing to go back to
+        (
+            {deploy.API: None, deploy.WEBAPP: None},
+            {deploy.API: 1, deploy.WEBAPP: None},
+            {deploy.API: ("scale-to-zero", None), deploy.WEBAPP: ("keep", None)},
+        ),
+    ],
+    ids=["moved-and-created", "webapp-failed", "unchanged", "first-deploy"],
+)
+def test_an_undo_takes_back_only_what_the_apply_changed(
+    before: dict[str, int | None],
+    now: dict[str, int | None],
+    expected: dict[str, tuple[str, int | None]],
+) -> None:
+    steps = deploy.plan_undo(before, now)
+    assert {s.deployment: (s.action, s.revision) for s in steps} == expected
+    first = [s for s in steps if s.action == "scale-to-zero"]
+    assert all("nothing to go back to" in s.why for s in first)
