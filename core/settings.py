@@ -56,6 +56,8 @@ class Settings(BaseSettings):
     api_keys: str | None = Field(None, validation_alias="MODELYARD_API_KEYS")
     # `deploy apply --webapp-image`: the web application's replicas share it (form signing).
     webapp_secret: SecretStr | None = Field(None, validation_alias="MODELYARD_WEBAPP_SECRET")
+    # The service's prediction-id key (services/ids.py): deploy puts it in the API's Secret.
+    id_key: SecretStr | None = Field(None, validation_alias="MODELYARD_ID_KEY")
     dvc_remote_url: str | None = Field(None, validation_alias="DVC_REMOTE_URL")
     kube_config: SecretStr | None = Field(None, validation_alias="KUBE_CONFIG")
 

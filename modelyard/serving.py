@@ -361,8 +361,12 @@ def _secrets() -> Any:
     from services import deploy
 
     current = settings.current()
-    secret = current.webapp_secret
-    return deploy.Secrets(current.api_keys or "", secret.get_secret_value() if secret else None)
+    secret, id_key = current.webapp_secret, current.id_key
+    return deploy.Secrets(
+        current.api_keys or "",
+        secret.get_secret_value() if secret else None,
+        id_key.get_secret_value() if id_key else None,
+    )
 
 
 @deploy_app.command("render", epilog=EXIT_CODES)

@@ -98,10 +98,12 @@ class Release:
 @dataclass(frozen=True)
 class Secrets:
     """The Secret's content: the API's keys (comma-separated; the first is the web
-    application's) and the web application's form-signing secret."""
+    application's), the web application's form-signing secret and the prediction-id key
+    every API replica shares (optional: without it feedback is recorded unverified)."""
 
     api_keys: str
     webapp_secret: str | None = None
+    id_key: str | None = None  # MODELYARD_ID_KEY: the replicas' shared prediction-id key
 
     def env_file(self, webapp: bool) -> str:
         keys = [k.strip() for k in self.api_keys.split(",") if k.strip()]
@@ -113,6 +115,10 @@ class Secrets:
         if any("\n" in k or "=" in k for k in keys):
             raise ConfigError("MODELYARD_API_KEYS: a key may not hold '=' or a line break")
         lines = [f"keys={','.join(keys)}"]
+        if self.id_key:
+            if "\n" in self.id_key:
+                raise ConfigError("MODELYARD_ID_KEY may not hold a line break")
+            lines.append(f"id-key={self.id_key}")
         if webapp:
             if not self.webapp_secret:
                 raise ConfigError(

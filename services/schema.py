@@ -284,6 +284,10 @@ def openapi(
                     "FeedbackRequest",
                     {
                         **bad,
+                        "404": _error_response(
+                            "The service never issued this prediction id (with "
+                            "MODELYARD_ID_KEY set, every replica recognises its own ids)."
+                        ),
                         "503": _error_response(
                             "The inference log could not record the label (a full or "
                             "failing disk): nothing was kept; send it again after Retry-After "
@@ -378,6 +382,11 @@ def openapi(
                         "id": {"type": "string"},
                         "label": label,
                         "recorded": {"type": "boolean"},
+                        "verified": {
+                            "type": ["boolean", "null"],
+                            "description": "true: the service issued this id "
+                            "(MODELYARD_ID_KEY); null: it has no key and cannot tell",
+                        },
                     },
                 },
                 "Metadata": {

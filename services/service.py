@@ -52,7 +52,6 @@ import os
 import queue
 import threading
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,7 +65,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from services import edge
+from services import edge, ids
 from services.inference_log import InferenceLog
 from services.schema import MAX_BODY_BYTES, Contract, RequestError, openapi
 
@@ -126,7 +125,19 @@ async def feedback(request: Request) -> Response:
     except RequestError as err:
         svc.rejected.labels(reason=str(err.status)).inc()
         return edge.refuse(err)
-    if not svc.record([{"type": "feedback", "id": fb.id, "label": fb.label, "ts": time.time()}]):
+    verified = ids.issued(svc.id_key, fb.id)
+    if verified is False:
+        svc.rejected.labels(reason="404").inc()
+        return edge.refuse(
+            RequestError(
+                404,
+                "id",
+                f"this service never issued the prediction id {fb.id!r}: send the id a "
+                "/v1/predict answer holds (predictions[].id)",
+            )
+        )
+    record = {"type": "feedback", "id": fb.id, "label": fb.label, "ts": time.time()}
+    if not svc.record([{**record, "verified": verified}]):
         # A label is only worth its record: say it was not kept, so the client sends it again.
         return edge.error_response(
             RequestError(
@@ -137,7 +148,7 @@ async def feedback(request: Request) -> Response:
             {"Retry-After": str(LOG_RETRY_AFTER_SECONDS)},
         )
     return Response(
-        orjson.dumps({"id": fb.id, "label": fb.label, "recorded": True}),
+        orjson.dumps({"id": fb.id, "label": fb.label, "recorded": True, "verified": verified}),
         media_type="application/json",
     )
 
@@ -473,6 +484,19 @@ class Classifier:
             "max_body_bytes": self.max_body,
             "auth": "api-key" if self.keys else "disabled",
         }
+        id_key = os.environ.get("MODELYARD_ID_KEY", "")
+        if id_key and len(id_key) < ids.MIN_KEY_CHARS:
+            raise StartupRefused(
+                f"MODELYARD_ID_KEY holds {len(id_key)} characters: use at least "
+                f"{ids.MIN_KEY_CHARS} (`openssl rand -hex 32`), the same on every replica"
+            )
+        # Prediction ids this service (every replica with the same key) can recognise.
+        self.id_key = id_key.encode() if id_key else None
+        if self.id_key is None:
+            log.warning(
+                "MODELYARD_ID_KEY is not set: feedback for any id is recorded as unverified "
+                "(set it, the same on every replica, to answer 404 for ids never issued)"
+            )
         self.log = InferenceLog(
             Path(os.environ.get("MODELYARD_LOG_DIR", "inference-log")),
             fsync_every=float(os.environ.get("MODELYARD_LOG_FSYNC_SECONDS", "1.0")),
@@ -728,16 +752,16 @@ class Classifier:
         """Predict, log, count; the JSON response body."""
         probs = self.session.run(["probabilities"], {self.input_name: x})[0]
         top = probs.argmax(axis=1)
-        request_id = uuid.uuid4().hex
+        request_id = ids.request_id(self.id_key)
         now = time.time()
         labels = [self.classes[i] for i in top]
         rounded = probs.astype(np.float64).round(6)
-        ids = [f"{request_id}-{i}" for i in range(len(x))]
+        row_ids = [f"{request_id}-{i}" for i in range(len(x))]
         self.record(
             [
                 {
                     "type": "prediction",
-                    "id": ids[i],
+                    "id": row_ids[i],
                     "request_id": request_id,
                     "ts": now,
                     "model": self.model_ref,
@@ -751,13 +775,13 @@ class Classifier:
         for label in labels:
             self.predictions.labels(model=self.model_ref, label=str(label)).inc()
         if self.shadow is not None:
-            self.shadow.submit(x, ids, labels, now)  # never blocks: a full queue drops
+            self.shadow.submit(x, row_ids, labels, now)  # never blocks: a full queue drops
         return orjson.dumps(
             {
                 "request_id": request_id,
                 "model": self.model_ref,
                 "predictions": [
-                    {"id": ids[i], "label": labels[i], "probabilities": rounded[i]}
+                    {"id": row_ids[i], "label": labels[i], "probabilities": rounded[i]}
                     for i in range(len(x))
                 ],
             },

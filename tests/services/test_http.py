@@ -37,6 +37,7 @@ from tests.conftest import BIN, Project, copy_of, free_port, kill_tree
 
 pytestmark = pytest.mark.slow
 
+ID_KEY = "prediction-ids-" + "k" * 32
 KEYS = ("key-alpha", "key-beta")
 MAX_BODY = 2 * 1024 * 1024
 HEADER_TIMEOUT = 2  # seconds: MODELYARD_HEADER_TIMEOUT_SECONDS of the test server
@@ -175,6 +176,7 @@ def server(
         MODELYARD_LOG_DIR=str(base / "log"),
         TMPDIR=str(base / "tmp"),
         MODELYARD_HEADER_TIMEOUT_SECONDS=str(HEADER_TIMEOUT),
+        MODELYARD_ID_KEY=ID_KEY,
         MODELYARD_BODY_TIMEOUT_SECONDS=str(BODY_TIMEOUT),
     )
     srv = Server(project, env, base / "log")
@@ -489,9 +491,36 @@ def test_feedback_is_logged(server: Server) -> None:
     _, body = call(server.port, "POST", "/v1/predict", {"inputs": rows(server.project, 1)})
     pid = body["predictions"][0]["id"]
     status, fb = call(server.port, "POST", "/v1/feedback", {"id": pid, "label": 7})
-    assert status == 200 and fb == {"id": pid, "label": 7, "recorded": True}
+    assert status == 200 and fb == {"id": pid, "label": 7, "recorded": True, "verified": True}
     feedback = [r for r in read(server.log_dir) if r.get("type") == "feedback"]
-    assert {"id": pid, "label": 7} in [{"id": r["id"], "label": r["label"]} for r in feedback]
+    logged = [{"id": r["id"], "label": r["label"], "verified": r["verified"]} for r in feedback]
+    assert {"id": pid, "label": 7, "verified": True} in logged
+
+
+def test_feedback_for_an_id_the_service_never_issued_is_a_404_and_not_logged(
+    server: Server,
+) -> None:
+    """Issue 22: with MODELYARD_ID_KEY the service recognises its own ids (an HMAC tag
+    in the id): a made-up or altered id is a JSON 404, counted, and nothing is logged."""
+    _, body = call(server.port, "POST", "/v1/predict", {"inputs": rows(server.project, 1)})
+    real = body["predictions"][0]["id"]
+    altered = real[:20] + ("0" if real[20] != "0" else "1") + real[21:]
+    _, before = call(server.port, "GET", "/metrics", key=None)
+    for made_up in (altered, "0" * 32 + "-0", "anything"):
+        status, err = call(server.port, "POST", "/v1/feedback", {"id": made_up, "label": 7})
+        assert status == 404, (made_up, err)
+        assert err["error"]["field"] == "id" and "never issued" in err["error"]["message"]
+    _, after = call(server.port, "GET", "/metrics", key=None)
+    assert counter(after, "404") - counter(before, "404") == 3
+    ids_logged = {r["id"] for r in read(server.log_dir) if r.get("type") == "feedback"}
+    assert not {altered, "0" * 32 + "-0", "anything"} & ids_logged
+
+
+def counter(metrics: str, reason: str) -> float:
+    found = re.search(
+        rf'^modelyard_rejected_requests_total\{{reason="{reason}"\}} (\S+)$', metrics, re.M
+    )
+    return float(found.group(1)) if found else 0.0
 
 
 @pytest.mark.parametrize("label", [12, False, True, 3.0, "7", None], ids=repr)

@@ -31,6 +31,7 @@ DIGEST = "sha256:" + "ab" * 32
 IMAGE = f"ghcr.io/acme/models/digits-classifier@{DIGEST}"
 WEBAPP = f"ghcr.io/acme/models/modelyard-webapp@sha256:{'cd' * 32}"
 MONITOR = f"ghcr.io/acme/models/modelyard-monitor@sha256:{'ef' * 32}"
+ID_KEY = "prediction-id-key-of-the-replicas"
 KEYS = "key-one,key-two"
 # The cluster's kubectl (1.32) and the newest schema the validator knows.
 K8S_VERSIONS = ("1.32.0", kubernetes_validate.latest_version())
@@ -66,7 +67,11 @@ def render(env: str, *extra: str, keys: str = KEYS) -> list[dict[str, Any]]:
         "--image",
         IMAGE,
         *extra,
-        env={"MODELYARD_API_KEYS": keys, "MODELYARD_WEBAPP_SECRET": "form-secret"},
+        env={
+            "MODELYARD_API_KEYS": keys,
+            "MODELYARD_WEBAPP_SECRET": "form-secret",
+            "MODELYARD_ID_KEY": ID_KEY,
+        },
     )
     return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
 
@@ -308,7 +313,12 @@ def test_the_api_keys_secret_is_generated_and_referenced(
     (secret,) = by_kind(docs, "Secret").values()
     assert re.fullmatch(r"modelyard-api-keys-[a-z0-9]{10}", secret["metadata"]["name"])
     data = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
-    assert data == {"keys": KEYS, "webapp-key": "key-one", "webapp-secret": "form-secret"}
+    assert data == {
+        "keys": KEYS,
+        "webapp-key": "key-one",
+        "webapp-secret": "form-secret",
+        "id-key": ID_KEY,
+    }
     refs = [
         e["valueFrom"]["secretKeyRef"]
         for d in by_kind(docs, "Deployment").values()
@@ -317,6 +327,8 @@ def test_the_api_keys_secret_is_generated_and_referenced(
     ]
     assert {r["name"] for r in refs} == {secret["metadata"]["name"]}
     assert {r["key"] for r in refs} == set(data)
+    # Only the prediction-id key may be absent (then feedback is recorded unverified).
+    assert {r["key"] for r in refs if r.get("optional")} == {"id-key"}
     namespace = deploy.namespace(env)
     assert {d["metadata"].get("namespace") for d in docs if d["kind"] in NAMESPACED} == {namespace}
 
