@@ -318,6 +318,14 @@ def registry_reconcile(
             )
             if every is None:
                 raise typer.Exit(1)
+        if "model-missing:" in outcome or "model-replaced:" in outcome:
+            err_console.print(
+                "[bold red]reconcile: a registered model the gate knows is gone (deleted or "
+                "renamed) or was made again under its name: nothing deployed for it; the "
+                "gate's audit (model-missing, model-replaced) says which[/]"
+            )
+            if every is None:
+                raise typer.Exit(1)
         if every is None:
             return
         time.sleep(every)

@@ -355,6 +355,13 @@ class Registry:
 
     # -- helpers -------------------------------------------------------------------------
 
+    def model_created(self, name: str) -> int | None:
+        """When the registered model ``name`` was created (ms; None: there is none). A
+        rename keeps it, a model deleted and made again under the name does not: with the
+        name, it tells one model from another (MLflow gives models no other id)."""
+        model = self._model(name)
+        return int(model.creation_timestamp) if model is not None else None
+
     def _model(self, name: str) -> Any | None:
         """The registered model, or None if it does not exist (and only then)."""
         from mlflow.exceptions import MlflowException

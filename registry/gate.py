@@ -713,7 +713,10 @@ class Gate:
 
     def _reconcile(self) -> str:
         model = self.production
-        done: list[str] = self._stray_champion()
+        identity = self._identity()
+        if any(f":{model}" in found for found in identity):
+            return ",".join(identity)  # not the production model the gate knows: hands off
+        done: list[str] = [*identity, *self._stray_champion()]
         champion = self.registry.by_alias(model, CHAMPION)
         expected = self.store.last_champion(model)
         if champion is None:
@@ -767,6 +770,40 @@ class Gate:
             # the open candidate's comparison recomputed against it.
             self._refresh_cards(current, candidate=None, comparison=None, challenger=moved)
         return ",".join(done)
+
+    def _identity(self) -> list[str]:
+        """Both registered models are still the ones the gate first saw: by name and
+        creation time (a rename keeps the time and frees the name; a model made again
+        under the name has another). Recorded the first time; a model gone
+        (``model-missing``: deleted or renamed) or replaced (``model-replaced``: someone
+        else may own it now) is audited once, logged as an error, and reported."""
+        found = []
+        for name in (self.production, self.team.models.candidates):
+            created, known = self.registry.model_created(name), self.store.model_identity(name)
+            if known is None:
+                if created is not None:
+                    self.store.audit(
+                        "model-identity", model=name, version=None, actor="gate", created=created
+                    )
+                continue
+            if created == known:
+                continue
+            event = "model-missing" if created is None else "model-replaced"
+            log.error(
+                "%s: the registered model %s is %s (created %s, now %s): an admin must look",
+                event,
+                name,
+                "gone: deleted or renamed" if created is None else "another model",
+                known,
+                created,
+            )
+            last = self.store.audit_log(name)[-1:]
+            if not last or last[0].event != event or last[0].detail.get("now") != created:
+                self.store.audit(
+                    event, model=name, version=None, actor="gate", known=known, now=created
+                )
+            found.append(f"{event}:{name}")
+        return found
 
     def _stray_champion(self) -> list[str]:
         """``champion`` set on the candidates model (which the trainer may update): removed

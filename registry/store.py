@@ -273,6 +273,18 @@ class GateStore:
             for r in rows
         ]
 
+    def model_identity(self, model: str) -> int | None:
+        """The creation time the gate recorded the first time it saw ``model`` (an
+        append-only ``model-identity`` audit entry), or None."""
+        with self._tx() as conn:
+            row = conn.execute(
+                sa.select(audit.c.detail)
+                .where(audit.c.model == model, audit.c.event == "model-identity")
+                .order_by(audit.c.id)
+                .limit(1)
+            ).first()
+        return int(json.loads(row[0])["created"]) if row is not None else None
+
     def last_champion(self, model: str) -> str | None:
         """The version the gate last made (or accepted as) champion of ``model``."""
         with self._tx() as conn:

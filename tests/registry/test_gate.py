@@ -153,7 +153,13 @@ class Gate:
         return found.version if found else None
 
     def events(self, since: int = 0) -> list[tuple[str, str | None]]:
-        return [(e.event, e.version) for e in self.store.audit_log(PRODUCTION) if e.id > since]
+        """The production model's audit since ``since``, less the one-off record of its
+        identity (``model-identity``, written the first time the gate sees it)."""
+        return [
+            (e.event, e.version)
+            for e in self.store.audit_log(PRODUCTION)
+            if e.id > since and e.event != "model-identity"
+        ]
 
     def last_id(self) -> int:
         log = self.store.audit_log()
@@ -625,6 +631,47 @@ def test_rows_the_candidate_chose_do_not_decide_the_comparison(gate: Gate, tmp_p
         )
     assert {f["path"] for f in record["reference"]} == {"schema.json", "test.parquet"}
     assert record["reference_artifacts"].endswith("/reference")
+
+
+def test_a_renamed_deleted_or_remade_model_is_caught_by_reconcile(gate: Gate) -> None:
+    """Issue 21 item 4: the gate knows each model by name and creation time. The
+    production model renamed away (its name free) is ``model-missing``; a new model under
+    the old name is ``model-replaced``: reconcile exits 1, audits each once and deploys
+    nothing; with the model back, all is as before."""
+    gate.reconcile()  # both models seen: their identity is in the audit
+    champion = gate.champion()
+    args = ["registry", "reconcile", "--team", str(gate.team_file), "--retry-base", "0"]
+    admin = Registry(gate.server.uri)
+    moved = f"{PRODUCTION}-moved"
+
+    def reconcile() -> tuple[int, str]:
+        done = gate.run("gate", *args, *gate.params)
+        return done.returncode, " ".join((done.stdout + done.stderr).split())
+
+    with as_user(gate.server, None):
+        admin.client.rename_registered_model(PRODUCTION, moved)
+    try:
+        for _ in range(2):
+            code, said = reconcile()
+            assert code == 1 and f"model-missing:{PRODUCTION}" in said, said
+        assert "is gone (deleted or renamed)" in said and "nothing deployed" in said
+        with as_user(gate.server, None):
+            admin.client.create_registered_model(PRODUCTION)  # someone takes the name
+        try:
+            code, said = reconcile()
+            assert code == 1 and f"model-replaced:{PRODUCTION}" in said, said
+        finally:
+            with as_user(gate.server, None):
+                admin.client.delete_registered_model(PRODUCTION)
+    finally:
+        with as_user(gate.server, None):
+            admin.client.rename_registered_model(moved, PRODUCTION)
+    events = [e.event for e in gate.store.audit_log(PRODUCTION)]
+    assert events.count("model-missing") == 1 and events.count("model-replaced") == 1
+    assert events.count("model-identity") == 1  # recorded once, never overwritten
+    code, said = reconcile()
+    assert code == 0 and "model-" not in said, said
+    assert gate.champion() == champion
 
 
 def test_the_comparison_with_the_current_champion_is_recomputed_at_approval(
