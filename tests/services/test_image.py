@@ -16,6 +16,7 @@ root), or without root, the image tests report skipped with the reason.
 from __future__ import annotations
 
 import ast
+import base64
 import importlib.metadata
 import json
 import os
@@ -239,7 +240,10 @@ def run_as_deployed(
         pushed.outputs["image"],
         env={"MODELYARD_API_KEYS": KEY},
     )
-    (api,) = [d for d in yaml.safe_load_all(done.stdout) if d and d["kind"] == "Deployment"]
+    docs = [d for d in yaml.safe_load_all(done.stdout) if d]
+    (api,) = [d for d in docs if d["kind"] == "Deployment"]
+    (secret,) = [d for d in docs if d["kind"] == "Secret"]
+    secret_data = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
     pod = api["spec"]["template"]["spec"]
     (spec,) = pod["containers"]
     user = pod["securityContext"]
@@ -263,8 +267,14 @@ def run_as_deployed(
             env[item["name"]] = re.sub(r"\$\((\w+)\)", lambda m: env[m[1]], item["value"])
         elif "fieldRef" in item["valueFrom"]:
             env[item["name"]] = "modelyard-api-5d8c7-x2x9q"  # metadata.name of this "pod"
-        else:
-            env[item["name"]] = KEY  # the generated Secret holds the keys given to render
+        else:  # the generated Secret, as render made it; an optional key it lacks: unset
+            ref = item["valueFrom"]["secretKeyRef"]
+            assert ref["name"] == secret["metadata"]["name"]
+            if ref["key"] in secret_data:
+                env[item["name"]] = secret_data[ref["key"]]
+            else:
+                assert ref.get("optional"), ref
+    assert env["MODELYARD_API_KEYS"] == KEY and "MODELYARD_ID_KEY" not in env
     # fsGroup: the volume belongs to that group, group-writable, setgid.
     os.chown(volume, 0, user["fsGroup"])
     volume.chmod(0o2775)
@@ -412,6 +422,46 @@ def test_the_bento_requirements_cover_every_import_of_the_service() -> None:
     lock = requirement_pins(REPO / "requirements.lock")
     for dist, version in pins.items():
         assert lock.get(dist) == version, f"{dist}=={version}, requirements.lock: {lock.get(dist)}"
+
+
+def project_imports(files: list[Path]) -> set[str]:
+    """The project files (``services/x.py``) that ``files`` import: ``from services import
+    x``, ``from services.x import ...``, ``import services.x``."""
+    found: set[str] = set()
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                if node.module == "services":
+                    found |= {f"services/{alias.name}.py" for alias in node.names}
+                elif node.module.startswith("services."):
+                    found.add(node.module.replace(".", "/") + ".py")
+            elif isinstance(node, ast.Import):
+                found |= {
+                    a.name.replace(".", "/") + ".py"
+                    for a in node.names
+                    if a.name.startswith("services.")
+                }
+    return found
+
+
+def test_the_bento_includes_every_project_module_its_code_imports() -> None:
+    """services/ids.py was imported by the service and missing from the bentofile's
+    include: every test against a local `bentoml serve` passed, the image refused to
+    start ("cannot import name 'ids' from 'services'")."""
+    included = set(build.service_files(REPO))
+    code = [REPO / rel for rel in included if rel.endswith(".py")]
+    missing = {rel for rel in project_imports(code) if (REPO / rel).is_file()} - included
+    assert not missing, f"imported by the Bento's code, not in {build.BENTOFILE}: {missing}"
+
+
+def test_the_include_check_catches_a_missing_module(tmp_path: Path) -> None:
+    code = tmp_path / "service.py"
+    code.write_text("from services import edge, ids\nimport services.schema\n")
+    assert project_imports([code]) == {
+        "services/edge.py",
+        "services/ids.py",
+        "services/schema.py",
+    }
 
 
 def test_the_requirements_check_catches_an_unlisted_import(tmp_path: Path) -> None:
