@@ -29,6 +29,7 @@ Design (what the monitoring job relies on):
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import threading
@@ -190,6 +191,49 @@ class InferenceLog:
                 log.error("inference log: fsync of %s failed: %s", self._path, exc)
             finally:
                 os.close(fd)
+
+
+class Health:
+    """What a service says about its log: ``ok``, or ``degraded`` from the first refused
+    write until one succeeds again (``state``, as /v1/metadata shows it). ``failed`` and
+    ``recovered`` return what is worth logging: the first failure and then at most one
+    every ``say_every`` seconds, and the end of a degraded spell."""
+
+    def __init__(self, *, say_every: float = 60.0, clock: Any = time.monotonic) -> None:
+        self.say_every, self.clock = say_every, clock
+        self.state: dict[str, Any] = {"status": "ok"}
+        self._said = -float("inf")
+
+    @staticmethod
+    def kind(exc: OSError) -> str:
+        """The errno's name (ENOSPC, EROFS, EIO...), the metric's label."""
+        return errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+
+    def failed(self, exc: OSError) -> str | None:
+        """Record a refused write; the message to log now, or None (said recently)."""
+        kind = self.kind(exc)
+        since = self.state.get("since", time.time())
+        self.state = {
+            "status": "degraded",
+            "since": since,
+            "last_error": f"{kind}: {exc.strerror or exc}",
+        }
+        now = self.clock()
+        if now - self._said < self.say_every:
+            return None
+        self._said = now
+        return (
+            f"inference log: a write failed ({exc}): predictions are answered but not "
+            "logged, feedback is refused with 503, until it works again"
+        )
+
+    def recovered(self) -> str | None:
+        """Record a write that worked; the message to log when it ends a degraded spell."""
+        if self.state["status"] == "ok":
+            return None
+        said = f"inference log: writing again after {self.state['last_error']}"
+        self.state = {"status": "ok"}
+        return said
 
 
 def _size(path: Path) -> int:

@@ -40,14 +40,12 @@ Bento built with a shadow without it), ``MODELYARD_SHADOW_QUEUE`` (1024 requests
 
 from __future__ import annotations
 
-import errno
 import functools
 import gc
 import hashlib
 import hmac
 import json
 import logging
-import math
 import os
 import queue
 import threading
@@ -66,7 +64,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from services import edge, ids
-from services.inference_log import InferenceLog
+from services.inference_log import Health, InferenceLog
 from services.schema import MAX_BODY_BYTES, Contract, RequestError, openapi
 
 log = logging.getLogger("modelyard.service")
@@ -143,7 +141,8 @@ async def feedback(request: Request) -> Response:
             RequestError(
                 503,
                 "log",
-                f"the label was not recorded ({svc.log_state['last_error']}); send it again later",
+                f"the label was not recorded ({svc.log_health.state['last_error']}); send it "
+                "again later",
             ),
             {"Retry-After": str(LOG_RETRY_AFTER_SECONDS)},
         )
@@ -502,8 +501,7 @@ class Classifier:
             fsync_every=float(os.environ.get("MODELYARD_LOG_FSYNC_SECONDS", "1.0")),
         )
         # "ok", or "degraded" with the last error since the log last failed (this worker).
-        self.log_state: dict[str, Any] = {"status": "ok"}
-        self._log_error_said = -math.inf
+        self.log_health = Health(say_every=LOG_ERROR_EVERY_SECONDS)
         self._metrics()
         self.shadow = self._shadow()
         self.metadata_json = orjson.dumps(self.metadata)
@@ -721,32 +719,20 @@ class Classifier:
         try:
             self.log.append(records)
         except OSError as exc:
-            kind = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
-            self.log_errors.labels(kind=kind).inc()
-            since = self.log_state.get("since", time.time())
-            self.log_state = {
-                "status": "degraded",
-                "since": since,
-                "last_error": f"{kind}: {exc.strerror or exc}",
-            }
-            now = time.monotonic()
-            if now - self._log_error_said >= LOG_ERROR_EVERY_SECONDS:
-                self._log_error_said = now
-                log.error(
-                    "inference log: a write failed (%s): predictions are answered but not "
-                    "logged, feedback is refused with 503, until it works again",
-                    exc,
-                )
+            self.log_errors.labels(kind=self.log_health.kind(exc)).inc()
+            said = self.log_health.failed(exc)
+            if said:
+                log.error("%s", said)
             return False
-        if self.log_state["status"] != "ok":
-            log.warning("inference log: writing again after %s", self.log_state["last_error"])
-            self.log_state = {"status": "ok"}
+        said = self.log_health.recovered()
+        if said:
+            log.warning("%s", said)
         return True
 
     def metadata_body(self) -> bytes:
-        if self.log_state["status"] == "ok":
+        if self.log_health.state["status"] == "ok":
             return self.metadata_json
-        return orjson.dumps({**self.metadata, "inference_log": self.log_state})
+        return orjson.dumps({**self.metadata, "inference_log": self.log_health.state})
 
     def predict(self, x: np.ndarray) -> bytes:
         """Predict, log, count; the JSON response body."""

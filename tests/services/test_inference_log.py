@@ -21,6 +21,7 @@ import pytest
 
 from services.inference_log import (
     HARVEST_DIR,
+    Health,
     InferenceLog,
     ReadStats,
     harvested,
@@ -271,3 +272,30 @@ def test_a_log_that_cannot_open_its_file_at_start_is_built_and_opens_it_later(
     log.append([{"id": "after"}])
     log.close()
     assert [r["id"] for r in read(tmp_path)] == ["after"]
+
+
+def test_health_says_degraded_from_the_first_failure_until_a_write_works() -> None:
+    """What /v1/metadata shows and what the service logs: the first failure at once, then
+    at most one a minute, and the end of the spell."""
+    now = [100.0]
+    health = Health(say_every=60.0, clock=lambda: now[0])
+    assert health.state == {"status": "ok"} and health.recovered() is None
+    full = OSError(errno.ENOSPC, "No space left on device")
+    said = health.failed(full)
+    assert said is not None and "predictions are answered but not logged" in said
+    since = health.state["since"]
+    assert health.state == {
+        "status": "degraded",
+        "since": since,
+        "last_error": "ENOSPC: No space left on device",
+    }
+    now[0] += 59
+    assert health.failed(OSError(errno.EIO, "Input/output error")) is None  # said already
+    assert health.state["since"] == since and health.state["last_error"].startswith("EIO")
+    now[0] += 2
+    assert health.failed(full) is not None  # a minute on: said again
+    assert (
+        health.recovered() == "inference log: writing again after ENOSPC: No space left on device"
+    )
+    assert health.state == {"status": "ok"} and health.recovered() is None
+    assert Health.kind(OSError(errno.EROFS, "Read-only file system")) == "EROFS"
