@@ -511,15 +511,15 @@ def test_feedback_for_an_id_the_service_never_issued_is_a_404_and_not_logged(
         assert status == 404, (made_up, err)
         assert err["error"]["field"] == "id" and "never issued" in err["error"]["message"]
     _, after = call(server.port, "GET", "/metrics", key=None)
-    assert counter(after, "404") - counter(before, "404") == 3
+    rejected = ("modelyard_rejected_requests", "reason", "404")
+    assert counter(after, *rejected) - counter(before, *rejected) == 3
     ids_logged = {r["id"] for r in read(server.log_dir) if r.get("type") == "feedback"}
     assert not {altered, "0" * 32 + "-0", "anything"} & ids_logged
 
 
-def counter(metrics: str, reason: str) -> float:
-    found = re.search(
-        rf'^modelyard_rejected_requests_total\{{reason="{reason}"\}} (\S+)$', metrics, re.M
-    )
+def counter(metrics: str, name: str, label: str, value: str) -> float:
+    """One Prometheus counter's value in a /metrics text (0 when it is not there yet)."""
+    found = re.search(rf'^{name}_total\{{{label}="{value}"\}} (\S+)$', metrics, re.M)
     return float(found.group(1)) if found else 0.0
 
 
@@ -712,8 +712,7 @@ def fill(folder: Path) -> Path:
 
 def log_errors(port: int) -> float:
     _, text = call(port, "GET", "/metrics", key=None)
-    found = re.search(r'^modelyard_inference_log_errors_total\{kind="ENOSPC"\} (\S+)$', text, re.M)
-    return float(found.group(1)) if found else 0.0
+    return counter(text, "modelyard_inference_log_errors", "kind", "ENOSPC")
 
 
 def test_a_full_log_disk_costs_no_prediction_and_refuses_feedback_until_it_has_room(
