@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     log_dir: Path | None = Field(None, validation_alias="MODELYARD_LOG_DIR")
     alert_webhook_url: str | None = Field(None, validation_alias="MODELYARD_ALERT_WEBHOOK_URL")
     api_keys: str | None = Field(None, validation_alias="MODELYARD_API_KEYS")
+    # Named keys with scopes and limits (`modelyard keys`; services/gateway.py reads it).
+    api_key_file: Path | None = Field(None, validation_alias="MODELYARD_API_KEY_FILE")
     # `deploy apply --webapp-image`: the web application's replicas share it (form signing).
     webapp_secret: SecretStr | None = Field(None, validation_alias="MODELYARD_WEBAPP_SECRET")
     # The service's prediction-id key (services/ids.py): deploy puts it in the API's Secret.

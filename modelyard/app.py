@@ -8,7 +8,18 @@ from typing import Annotated
 
 import typer
 
-from modelyard import harvest, init, monitor, pipeline, promotion, serving, stages, team, webapp
+from modelyard import (
+    apikeys,
+    harvest,
+    init,
+    monitor,
+    pipeline,
+    promotion,
+    serving,
+    stages,
+    team,
+    webapp,
+)
 from modelyard.common import err_console
 
 app = typer.Typer(
@@ -23,7 +34,8 @@ app = typer.Typer(
         "gate, reconciler), `build`/`serve` (the Bento), `deploy` "
         "(image, Kubernetes, record), `monitor` (drift jobs, Evidently UI), `harvest` "
         "(feedback labels from the inference log into training data), "
-        "`simulate-traffic`, `diff` (CI's PR comment), `webapp` (the web application)."
+        "`keys` (the API's named keys and limits), `simulate-traffic`, `diff` (CI's PR "
+        "comment), `webapp` (the web application)."
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -37,6 +49,7 @@ promotion.registry_app.add_typer(team.users_app, name="users")
 app.add_typer(serving.deploy_app, name="deploy")
 app.add_typer(monitor.monitor_app, name="monitor")
 app.add_typer(webapp.webapp_app, name="webapp")
+app.add_typer(apikeys.keys_app, name="keys")
 
 OWN_LOGGERS = ("core", "pipelines", "registry", "services", "monitoring", "modelyard")
 TELEMETRY_OFF = {

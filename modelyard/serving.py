@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from core import settings
+from modelyard.apikeys import DEFAULT_FILE as DEFAULT_KEY_FILE
 from modelyard.common import (
     EXIT_CODES,
     ParamsOpt,
@@ -128,7 +129,9 @@ def serve(
     `monitor run` compares. Clients see only the champion.
 
     API keys come from MODELYARD_API_KEYS (comma-separated; unset: no auth; set but
-    empty: the service refuses to start); the inference log goes to MODELYARD_LOG_DIR
+    empty: the service refuses to start) and the named keys of `modelyard keys` in
+    MODELYARD_API_KEY_FILE (default .modelyard/api-keys.json when it exists; re-read when
+    it changes); the inference log goes to MODELYARD_LOG_DIR
     (default .modelyard/inference-log). If the service refuses to start (a model file
     that does not match the registry's sha256, an empty MODELYARD_API_KEYS), the command
     stops it and exits 1 at once with the reason. Otherwise it runs until stopped and
@@ -139,11 +142,19 @@ def serve(
 
     _, root = guard("serve", lambda: load(params_file))
     built = _build(params_file, model, shadow)
-    log_dir = settings.current().log_dir or root / ".modelyard" / "inference-log"
-    env = tools.env({"MODELYARD_LOG_DIR": str(log_dir)})
+    current = settings.current()
+    log_dir = current.log_dir or root / ".modelyard" / "inference-log"
+    variables = {"MODELYARD_LOG_DIR": str(log_dir)}
+    key_file = current.api_key_file or root / DEFAULT_KEY_FILE
+    if current.api_key_file or key_file.exists():
+        # Absolute: the workers' working folder is not ours.
+        variables["MODELYARD_API_KEY_FILE"] = str(key_file.resolve())
+    env = tools.env(variables)
+    keys = f"; keys: {key_file}" if "MODELYARD_API_KEY_FILE" in variables else ""
     console.print(
         f"serving {built.name} v{built.version}{_shadowing(built)} on http://{host}:{port}  "
         f"(POST /v1/predict, GET /v1/metadata, /docs.json, /readyz, /metrics); log: {log_dir}"
+        f"{keys}"
     )
     code = guard("serve", lambda: bento_serve.run(built.bento_tag, host=host, port=port, env=env))
     raise typer.Exit(code)

@@ -37,6 +37,8 @@ log = logging.getLogger("modelyard.service")
 
 
 def error_response(err: RequestError, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    if err.retry_after is not None:
+        headers = {**(headers or {}), "Retry-After": str(err.retry_after)}
     return JSONResponse(err.body(), status_code=err.status, headers=headers)
 
 

@@ -34,11 +34,14 @@ MAX_BODY_BYTES = 2 * 1024 * 1024
 class RequestError(Exception):
     """A bad request: HTTP ``status`` and a message that says what to fix."""
 
-    def __init__(self, status: int, field: str, message: str) -> None:
+    def __init__(
+        self, status: int, field: str, message: str, *, retry_after: int | None = None
+    ) -> None:
         super().__init__(f"{field}: {message}")
         self.status = status
         self.field = field
         self.message = message
+        self.retry_after = retry_after  # seconds: sent as Retry-After (429, 503)
 
     def body(self) -> dict[str, Any]:
         return {"error": {"field": self.field, "message": self.message}}
@@ -229,7 +232,19 @@ def openapi(
     }
     security: list[dict[str, list[str]]] = [{"bearer": []}, {"apiKey": []}] if auth else []
     if auth:
-        bad["401"] = _error_response("Missing or invalid API key.")
+        bad["401"] = _error_response("Missing or invalid API key (or two different keys).")
+        bad["403"] = _error_response("The key lacks this route's scope.")
+        bad["429"] = _error_response(
+            "The key's rate limit or daily quota (per worker) is used up: retry after the "
+            "Retry-After header's seconds."
+        )
+    # Load shedding: a replica at its bound of requests in flight answers at once.
+    overloaded = _error_response(
+        "This replica is at its bound of requests in flight (load shedding): retry after "
+        "Retry-After seconds."
+    )
+    bad["503"] = overloaded
+    guarded = ("401", "403", "429", "503")
 
     def op(
         summary: str, ok: dict[str, Any], request: str | None, errors: dict[str, Any]
@@ -289,9 +304,9 @@ def openapi(
                             "MODELYARD_ID_KEY set, every replica recognises its own ids)."
                         ),
                         "503": _error_response(
-                            "The inference log could not record the label (a full or "
-                            "failing disk): nothing was kept; send it again after Retry-After "
-                            "seconds."
+                            "This replica is at its bound of requests in flight, or the "
+                            "inference log could not record the label (a full or failing "
+                            "disk; nothing was kept): send it again after Retry-After seconds."
                         ),
                     },
                 )
@@ -301,11 +316,17 @@ def openapi(
                     "The served model: version, lineage, metrics, features, classes",
                     {"$ref": "#/components/schemas/Metadata"},
                     None,
-                    {k: v for k, v in bad.items() if k == "401"},
+                    {k: v for k, v in bad.items() if k in guarded},
                 )
             },
             "/livez": {"get": {"summary": "Liveness probe (open)", **probe}},
-            "/readyz": {"get": {"summary": "Readiness probe: the model is loaded (open)", **probe}},
+            "/readyz": {
+                "get": {
+                    "summary": "Readiness probe: the model is loaded and this replica is not "
+                    "shedding load (open)",
+                    **probe,
+                }
+            },
             "/metrics": {"get": {"summary": "Prometheus metrics (open)", **probe}},
         },
         "components": {

@@ -14,9 +14,13 @@ Routes (a Starlette app mounted in the Bento; every error is JSON):
 - ``GET  /docs.json``    the OpenAPI 3.1 document of all of it
 - ``GET  /metrics``      Prometheus (open), ``GET /livez``, ``/readyz`` from BentoML (open)
 
-Auth: ``MODELYARD_API_KEYS`` (comma-separated; several may be active so keys can be
-rotated), sent as ``Authorization: Bearer <key>`` or ``X-API-Key``. Unset: the API is
-open (with a warning). Set but holding no key: the service refuses to start.
+Auth and limits (services/gateway.py): named keys with scopes, rates and daily quotas
+from ``MODELYARD_API_KEY_FILE`` (``modelyard keys create``; re-read when it changes), and
+``MODELYARD_API_KEYS`` (comma-separated, every scope, no limit), sent as
+``Authorization: Bearer <key>`` or ``X-API-Key``. Neither set: the API is open (with a
+warning). Set but holding no key, or an unreadable file: the service refuses to start.
+Past ``MODELYARD_MAX_INFLIGHT`` requests in flight (32; 0: no bound) a request is a 503
+with Retry-After at once, and ``/readyz`` says not ready.
 
 Integrity: the service refuses to start unless ``model.onnx`` hashes to the sha256 the
 registry recorded, as the Bento's own label carries it (``modelyard build`` writes it),
@@ -43,13 +47,13 @@ from __future__ import annotations
 import functools
 import gc
 import hashlib
-import hmac
 import json
 import logging
 import os
 import queue
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,7 +67,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from services import edge, ids
+from services import edge, gateway, ids
 from services.inference_log import Health, InferenceLog
 from services.schema import MAX_BODY_BYTES, Contract, RequestError, openapi
 
@@ -97,42 +101,58 @@ def _state() -> Classifier:
     return svc
 
 
-async def predict(request: Request) -> Response:
-    svc = _state()
+Handler = Callable[[Request, "Classifier"], Awaitable[Response]]
+
+
+def guarded(scope: str) -> Callable[[Handler], Callable[[Request], Awaitable[Response]]]:
+    """A route that sheds load (503, before anything is read), then admits the caller's
+    key for ``scope`` (401/403/429, see services.gateway). A refusal is the API's JSON
+    error, counted by status in ``modelyard_rejected_requests_total``."""
+
+    def wrap(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+        @functools.wraps(handler)
+        async def endpoint(request: Request) -> Response:
+            svc = _state()
+            if not svc.load.enter():
+                svc.rejected.labels(reason="503").inc()
+                return edge.refuse(svc.load.refusal())
+            try:
+                svc.gateway.admit(request.headers, scope)
+                return await handler(request, svc)
+            except RequestError as err:
+                svc.rejected.labels(reason=str(err.status)).inc()
+                return edge.refuse(err)
+            finally:
+                svc.load.leave()
+
+        return endpoint
+
+    return wrap
+
+
+@guarded("predict")
+async def predict(request: Request, svc: Classifier) -> Response:
     started = time.perf_counter()
-    try:
-        svc.authorize(request.headers)
-        x = svc.contract.parse_predict(
-            await edge.read_body(request, svc.max_body, timeout=svc.body_timeout)
-        )
-    except RequestError as err:
-        svc.rejected.labels(reason=str(err.status)).inc()
-        return edge.refuse(err)
+    x = svc.contract.parse_predict(
+        await edge.read_body(request, svc.max_body, timeout=svc.body_timeout)
+    )
     body = svc.predict(x)
     svc.latency.observe(time.perf_counter() - started)
     return Response(body, media_type="application/json")
 
 
-async def feedback(request: Request) -> Response:
-    svc = _state()
-    try:
-        svc.authorize(request.headers)
-        fb = svc.contract.parse_feedback(
-            await edge.read_body(request, svc.max_body, timeout=svc.body_timeout)
-        )
-    except RequestError as err:
-        svc.rejected.labels(reason=str(err.status)).inc()
-        return edge.refuse(err)
+@guarded("feedback")
+async def feedback(request: Request, svc: Classifier) -> Response:
+    fb = svc.contract.parse_feedback(
+        await edge.read_body(request, svc.max_body, timeout=svc.body_timeout)
+    )
     verified = ids.issued(svc.id_key, fb.id)
     if verified is False:
-        svc.rejected.labels(reason="404").inc()
-        return edge.refuse(
-            RequestError(
-                404,
-                "id",
-                f"this service never issued the prediction id {fb.id!r}: send the id a "
-                "/v1/predict answer holds (predictions[].id)",
-            )
+        raise RequestError(
+            404,
+            "id",
+            f"this service never issued the prediction id {fb.id!r}: send the id a "
+            "/v1/predict answer holds (predictions[].id)",
         )
     record = {"type": "feedback", "id": fb.id, "label": fb.label, "ts": time.time()}
     if not svc.record([{**record, "verified": verified}]):
@@ -143,8 +163,8 @@ async def feedback(request: Request) -> Response:
                 "log",
                 f"the label was not recorded ({svc.log_health.state['last_error']}); send it "
                 "again later",
-            ),
-            {"Retry-After": str(LOG_RETRY_AFTER_SECONDS)},
+                retry_after=LOG_RETRY_AFTER_SECONDS,
+            )
         )
     return Response(
         orjson.dumps({"id": fb.id, "label": fb.label, "recorded": True, "verified": verified}),
@@ -152,12 +172,8 @@ async def feedback(request: Request) -> Response:
     )
 
 
-async def metadata(request: Request) -> Response:
-    svc = _state()
-    try:
-        svc.authorize(request.headers)
-    except RequestError as err:
-        return edge.refuse(err)
+@guarded("metadata")
+async def metadata(request: Request, svc: Classifier) -> Response:
     return Response(svc.metadata_body(), media_type="application/json")
 
 
@@ -453,7 +469,11 @@ class Classifier:
 
     def __init__(self) -> None:
         edge.limit_header_time(float(os.environ.get("MODELYARD_HEADER_TIMEOUT_SECONDS", "10")))
-        self.keys = _api_keys(os.environ.get("MODELYARD_API_KEYS"))
+        self.gateway = _gateway(os.environ)
+        try:
+            self.load = gateway.Load(gateway.max_inflight(os.environ))
+        except ValueError as exc:
+            raise StartupRefused(str(exc)) from None
         onnx_path, contract, self.session = self._load(self.bento_model)
         self.input_name = self.session.get_inputs()[0].name
         self.contract = Contract.from_schema(contract["schema"])
@@ -481,7 +501,7 @@ class Classifier:
             "classes": self.classes,
             "max_batch": self.contract.max_batch,
             "max_body_bytes": self.max_body,
-            "auth": "api-key" if self.keys else "disabled",
+            "auth": "api-key" if self.gateway.enabled else "disabled",
         }
         id_key = os.environ.get("MODELYARD_ID_KEY", "")
         if id_key and len(id_key) < ids.MIN_KEY_CHARS:
@@ -509,7 +529,7 @@ class Classifier:
             openapi(
                 self.contract,
                 max_body=self.max_body,
-                auth=bool(self.keys),
+                auth=self.gateway.enabled,
                 title=f"modelyard: {contract['name']}",
                 version=str(contract["version"]),
             )
@@ -695,20 +715,10 @@ class Classifier:
                 f"records {reference}. Rebuild with `modelyard build`."
             )
 
-    def authorize(self, headers: Any) -> None:
-        """Every credential the request carries must be a valid key (see ``credentials``)."""
-        if not self.keys:
-            return
-        supplied = credentials(headers)
-        if not supplied:
-            raise RequestError(401, "authorization", "missing API key")
-        for candidate in supplied:
-            # Compare with every key, in constant time each, so timing tells nothing.
-            matched = False
-            for key in self.keys:
-                matched |= hmac.compare_digest(key, candidate)
-            if not matched:
-                raise RequestError(401, "authorization", "invalid API key")
+    def __is_ready__(self) -> bool:
+        """BentoML's /readyz: not ready while this worker sheds load (Kubernetes then
+        routes to other pods until it has caught up)."""
+        return self.load.ready()
 
     def record(self, records: list[dict[str, Any]]) -> bool:
         """Append to the inference log; False when the file system refused. A full disk
@@ -780,20 +790,30 @@ SERVICE: Any = Classifier
 SERVICE.add_asgi_middleware(edge.RequestCounter, routes=frozenset(ROUTES))
 
 
-def _api_keys(raw: str | None) -> list[bytes]:
-    """The accepted keys. Unset: none (the API is open, with a warning). Set but holding
-    no key (empty, blanks, commas): a refusal, since whoever set it meant to lock the
-    API and an open one would be a silent mistake."""
-    if raw is None:
-        log.warning("MODELYARD_API_KEYS is not set: the API is open to anyone who can reach it")
-        return []
-    keys = [k.strip().encode() for k in raw.split(",") if k.strip()]
-    if not keys:
+def _gateway(environ: Any) -> gateway.Gateway:
+    """The keys: MODELYARD_API_KEYS (unset: none; set but holding no key (empty, blanks,
+    commas): a refusal, since whoever set it meant to lock the API and an open one would
+    be a silent mistake) and MODELYARD_API_KEY_FILE (named keys; unreadable: a refusal).
+    With neither, the API is open, with a warning."""
+    raw, file = environ.get("MODELYARD_API_KEYS"), environ.get("MODELYARD_API_KEY_FILE")
+    keys = [k.strip().encode() for k in (raw or "").split(",") if k.strip()]
+    if raw is not None and not keys:
         raise StartupRefused(
             f"MODELYARD_API_KEYS is set but holds no key ({raw!r}). Set it to one or more "
             "comma-separated keys, or unset it to serve the API without auth."
         )
-    return keys
+    try:
+        gate = gateway.Gateway(keys, Path(file) if file else None)
+    except gateway.KeyFileError as exc:
+        raise StartupRefused(f"MODELYARD_API_KEY_FILE: {exc}") from None
+    if not gate.enabled:
+        log.warning(
+            "neither MODELYARD_API_KEYS nor MODELYARD_API_KEY_FILE is set: the API is open "
+            "to anyone who can reach it"
+        )
+    elif file:
+        log.info("API keys: %s (%s)", file, ", ".join(gate.names()) or "no live key")
+    return gate
 
 
 def _sha256(path: Path) -> str:
@@ -803,16 +823,3 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def credentials(headers: Any) -> list[bytes]:
-    """The API keys a request presents: every ``X-API-Key`` header and an
-    ``Authorization: Bearer`` token. One rule: an empty value counts as absent, and every
-    non-empty one must be a valid key (an empty ``X-API-Key`` never hides a valid Bearer
-    token; a second, wrong ``X-API-Key`` is refused, not skipped)."""
-    getlist = getattr(headers, "getlist", None)
-    keys = list(getlist("x-api-key")) if getlist else [headers.get("x-api-key") or ""]
-    for auth in list(getlist("authorization")) if getlist else [headers.get("authorization") or ""]:
-        if auth[:7].lower() == "bearer ":
-            keys.append(auth[7:])
-    return [k.strip().encode() for k in keys if k and k.strip()]

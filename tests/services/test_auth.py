@@ -1,4 +1,4 @@
-"""Which credentials a request presents (services.service.credentials), read from real
+"""Which credentials a request presents (services.gateway.credentials), read from real
 Starlette headers as the service receives them: an empty value counts as absent, and every
 non-empty one must be a valid key (issue 22: an empty X-API-Key overrode a valid Bearer
 token, and of two X-API-Key headers only the first was checked)."""
@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 from starlette.datastructures import Headers
 
+from services.gateway import Gateway, credentials
 from services.schema import RequestError
-from services.service import credentials
 
 KEY = b"key-alpha"
 
@@ -49,18 +49,10 @@ def test_the_credentials_a_request_presents(
     assert credentials(headers(*pairs)) == presented
 
 
-class Keys:
-    """The service's own authorize, on an object holding only its keys."""
-
-    def __init__(self, *keys: bytes) -> None:
-        self.keys = list(keys)
-
-
 def authorize(*pairs: tuple[str, str]) -> int:
-    from services.service import Classifier
-
+    """The service's own admission, with the keys of MODELYARD_API_KEYS."""
     try:
-        Classifier.inner.authorize(Keys(KEY, b"key-beta"), headers(*pairs))  # type: ignore[arg-type]
+        Gateway([KEY, b"key-beta"]).admit(headers(*pairs), "predict")
     except RequestError as refused:
         return refused.status
     return 200

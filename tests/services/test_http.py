@@ -653,6 +653,109 @@ def test_concurrent_requests_all_logged_then_kill_9_and_restart(server: Server) 
     assert stats.malformed == 0
 
 
+# -- the gateway: named keys, limits, load shedding (issue 22, section 3) ------------------
+
+
+def keys_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "modelyard"), "keys", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def create_key(file: Path, name: str, *options: str) -> str:
+    made = keys_cli("create", name, "--file", str(file), *options)
+    assert made.returncode == 0, made.stderr
+    return made.stdout.strip()
+
+
+def slow_request(port: int, key: str, body: bytes) -> socket.socket:
+    """A predict whose headers and first half of the body are sent; the rest is not yet."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    head = (
+        f"POST /v1/predict HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    sock.sendall(head + body[: len(body) // 2])
+    return sock
+
+
+def test_named_keys_limits_and_shedding_over_http(server: Server, tmp_path: Path) -> None:
+    """`modelyard keys` makes the file the running service reads: scopes (403), a rate
+    (429 + Retry-After), a daily quota (429), a revocation seen without a restart (401),
+    MODELYARD_API_KEYS still working, counts by key name, and past MODELYARD_MAX_INFLIGHT
+    a 503 at once with /readyz not ready until the worker has caught up."""
+    file = tmp_path / "api-keys.json"
+    limited = create_key(
+        file, "http-limited", "--scope", "predict", "--rate", "1/min", "--burst", "2"
+    )
+    reader = create_key(file, "http-reader", "--scope", "metadata", "--quota", "2/day")
+    leaving = create_key(file, "http-leaving")
+    assert all(k not in file.read_text() for k in (limited, reader, leaving))
+    server.stop()
+    server.env.update(MODELYARD_API_KEY_FILE=str(file), MODELYARD_MAX_INFLIGHT="1")
+    payload = {"inputs": rows(server.project, 1)}
+    try:
+        server.start()
+        assert call(server.port, "POST", "/v1/predict", payload)[0] == 200  # MODELYARD_API_KEYS
+        assert [call(server.port, "GET", "/v1/metadata", key=reader)[0] for _ in "ab"] == [200] * 2
+        status, body, headers = call_full(server.port, "GET", "/v1/metadata", key=reader)
+        assert (status, body["error"]["field"]) == (429, "quota"), body
+        assert int(headers["retry-after"]) >= 1
+        status, body = call(server.port, "POST", "/v1/predict", payload, key=reader)
+        assert status == 403 and "may not call predict" in body["error"]["message"], body
+        statuses = [
+            call(server.port, "POST", "/v1/predict", payload, key=limited)[0] for _ in "abc"
+        ]
+        assert statuses == [200, 200, 429]
+        status, body, headers = call_full(server.port, "POST", "/v1/predict", payload, key=limited)
+        assert (status, body["error"]["field"]) == (429, "rate") and int(headers["retry-after"]) > 1
+
+        assert call(server.port, "POST", "/v1/predict", payload, key=leaving)[0] == 200
+        assert keys_cli("revoke", "http-leaving", "--file", str(file)).returncode == 0
+        deadline = time.monotonic() + 10  # a bound, not a measurement: re-read within ~1 s
+        while call(server.port, "POST", "/v1/predict", payload, key=leaving)[0] != 401:
+            assert time.monotonic() < deadline, "the revoked key is still accepted"
+            time.sleep(0.2)
+
+        # One request in flight (its body half sent) is the bound: the next is shed.
+        body_bytes = json.dumps(payload).encode()
+        with slow_request(server.port, KEYS[0], body_bytes) as pending:
+            time.sleep(0.3)  # the service has read the headers and waits for the body
+            status, body, headers = call_full(server.port, "POST", "/v1/predict", payload)
+            assert (status, body["error"]["field"], headers["retry-after"]) == (503, "load", "1")
+            assert call(server.port, "GET", "/readyz", key=None)[0] == 503
+            pending.sendall(body_bytes[len(body_bytes) // 2 :])
+            assert pending.recv(4096).startswith(b"HTTP/1.1 200")
+        deadline = time.monotonic() + 10
+        while call(server.port, "GET", "/readyz", key=None)[0] != 200:
+            assert time.monotonic() < deadline, "/readyz stays not ready after the load is gone"
+            time.sleep(0.2)
+
+        counts = _samples(server.port, "modelyard_api_key_requests_total")
+        assert counts[(("key", "http-limited"), ("outcome", "accepted"))] == 2
+        assert counts[(("key", "http-limited"), ("outcome", "rate"))] == 2
+        assert counts[(("key", "http-reader"), ("outcome", "quota"))] == 1
+        assert counts[(("key", "http-reader"), ("outcome", "scope"))] == 1
+        assert counts[(("key", "env-1"), ("outcome", "accepted"))] >= 2
+        shed = _samples(server.port, "modelyard_rejected_requests_total")[(("reason", "503"),)]
+        assert shed == 1
+        _, text = call(server.port, "GET", "/metrics", key=None)
+        assert not [k for k in (limited, reader, leaving, *KEYS) if k in text]
+    finally:
+        server.stop()  # the next test starts it as it needs it
+        del server.env["MODELYARD_API_KEY_FILE"], server.env["MODELYARD_MAX_INFLIGHT"]
+
+
+def test_an_unreadable_key_file_refuses_to_start(server: Server, tmp_path: Path) -> None:
+    server.stop()
+    server.env["MODELYARD_API_KEY_FILE"] = str(tmp_path / "nowhere.json")
+    try:
+        out = refused(server)
+    finally:
+        del server.env["MODELYARD_API_KEY_FILE"]
+    assert "MODELYARD_API_KEY_FILE" in out and "create one with `modelyard keys create" in out
+
+
 # -- starts that must be refused, and the one that is open -----------------------------------
 
 
@@ -782,7 +885,7 @@ def test_api_keys_unset_means_open_with_a_warning(server: Server) -> None:
         payload = {"inputs": rows(server.project, 1)}
         assert call(server.port, "POST", "/v1/predict", payload, key=None)[0] == 200
         assert call(server.port, "GET", "/v1/metadata", key=None)[1]["auth"] == "disabled"
-        assert "MODELYARD_API_KEYS is not set" in server.output()
+        assert "neither MODELYARD_API_KEYS nor MODELYARD_API_KEY_FILE is set" in server.output()
     finally:
         server.stop()
         server.env["MODELYARD_API_KEYS"] = saved
