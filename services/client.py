@@ -13,7 +13,9 @@ modelyard.
 
 - **Retries** with exponential backoff where a retry cannot do a thing twice: the
   connection could not be opened, or the server (or the Ingress in front of it) answered
-  502 or 503. Everything else is final.
+  502 or 503 (a replica shedding load), or 429 for the key's rate (not its daily quota).
+  A ``Retry-After`` header is waited for (at most ``max_retry_after`` seconds; a longer
+  one is final). Everything else is final.
 - **Batching**: ``predict`` splits its rows into requests of at most the server's
   ``max_batch`` (read once from ``/v1/metadata``), and smaller when a request would
   exceed the server's ``max_body_bytes``.
@@ -23,7 +25,8 @@ modelyard.
       ApiError
        ├── ServiceUnavailable   not reachable, timed out, or 502/503 after the retries
        ├── RequestRefused       4xx: the server's ``status``, ``field`` and ``message``
-       │    └── Unauthorized    401: missing or invalid API key
+       │    ├── Unauthorized    401: missing or invalid API key
+       │    └── RateLimited     429: the key's rate or daily quota; ``retry_after``
        └── BadResponse          any other 5xx, or a reply that is not the documented JSON
 """
 
@@ -89,6 +92,23 @@ class RequestRefused(ApiError):
 
 class Unauthorized(RequestRefused):
     """401: the API key is missing or not one the server accepts."""
+
+
+class RateLimited(RequestRefused):
+    """429: the key's rate limit (``field`` "rate") or daily quota ("quota") is used up;
+    ``retry_after`` is the server's Retry-After in seconds (None if it sent none)."""
+
+    def __init__(
+        self,
+        status: int,
+        field: str,
+        message: str,
+        *,
+        offset: int = 0,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(status, field, message, offset=offset)
+        self.retry_after = retry_after
 
 
 class BadResponse(ApiError):
@@ -183,13 +203,17 @@ class Client:
         timeout: float = 10.0,
         retries: int = 3,
         backoff: float = 0.2,
+        max_retry_after: float = 10.0,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         """``retries`` is the number of tries in all (1: no retry); the waits between
-        them grow from ``backoff`` seconds, doubling, at most 5 s each."""
+        them grow from ``backoff`` seconds, doubling, at most 5 s each, or are the
+        server's Retry-After when it says more (a Retry-After above ``max_retry_after``
+        is not waited for: the error is raised)."""
         self.base_url = base_url.rstrip("/")
         self.retries = max(1, retries)
         self.backoff = backoff
+        self.max_retry_after = max_retry_after
         headers = {"Accept": "application/json", "User-Agent": "modelyard-client"}
         if api_key:
             headers["X-API-Key"] = api_key
@@ -296,19 +320,42 @@ class Client:
             raise BadResponse(f"/v1/predict answered {len(out)} predictions for {expected} rows")
         return out
 
+    def _retryable(self, response: httpx.Response) -> bool:
+        """502/503, and a 429 for the key's rate; never one whose Retry-After is longer
+        than ``max_retry_after`` (a daily quota's answer waits until midnight)."""
+        status = response.status_code
+        if status not in RETRY_STATUS and status != 429:
+            return False
+        hinted = _retry_after(response)
+        if hinted is not None and hinted > self.max_retry_after:
+            return False
+        if status == 429:
+            try:
+                return bool(response.json()["error"]["field"] == "rate")
+            except (ValueError, KeyError, TypeError):
+                return False
+        return True
+
     def _send(self, method: str, path: str, body: bytes | None = None, *, offset: int = 0) -> Any:
         headers = {"Content-Type": "application/json"} if body is not None else {}
 
         def attempt() -> httpx.Response:
             response = self._http.request(method, path, content=body, headers=headers)
-            if response.status_code in RETRY_STATUS:
+            if self._retryable(response):
                 raise _Retry(response)
             return response
+
+        backoff = wait_exponential(multiplier=self.backoff, max=5)
+
+        def wait(state: RetryCallState) -> float:
+            failed = state.outcome.exception() if state.outcome else None
+            hinted = _retry_after(failed.response) if isinstance(failed, _Retry) else None
+            return max(backoff(state), hinted or 0.0)
 
         retrying = Retrying(
             retry=retry_if_exception_type((_Retry, httpx.ConnectError, httpx.ConnectTimeout)),
             stop=stop_after_attempt(self.retries),
-            wait=wait_exponential(multiplier=self.backoff, max=5),
+            wait=wait,
             before_sleep=_log_retry,
         )
         url = f"{self.base_url}{path}"
@@ -316,6 +363,8 @@ class Client:
             response = retrying(attempt)
         except RetryError as exc:
             last = exc.last_attempt.exception()
+            if isinstance(last, _Retry) and last.response.status_code == 429:
+                return _reply(method, url, last.response, offset)  # RateLimited
             if isinstance(last, _Retry):
                 raise ServiceUnavailable(
                     f"{method} {url}: HTTP {last.response.status_code} after {self.retries} "
@@ -331,6 +380,16 @@ class Client:
         return _reply(method, url, response, offset)
 
 
+def _retry_after(response: httpx.Response) -> float | None:
+    """The Retry-After header in seconds (the delay form; a date is not used here)."""
+    raw = response.headers.get("retry-after", "").strip()
+    try:
+        value = float(raw)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value >= 0 else None
+
+
 def _reply(method: str, url: str, response: httpx.Response, offset: int) -> Any:
     status = response.status_code
     try:
@@ -343,8 +402,15 @@ def _reply(method: str, url: str, response: httpx.Response, offset: int) -> Any:
             fld, msg = str(err.get("field", "body")), str(err["message"])
         else:  # not our JSON error (a proxy in front, an older server)
             fld, msg = "body", _short(response.text) or response.reason_phrase
+        if status == 429:
+            raise RateLimited(status, fld, msg, offset=offset, retry_after=_retry_after(response))
         kind = Unauthorized if status == 401 else RequestRefused
         raise kind(status, fld, msg, offset=offset)
+    if status in RETRY_STATUS:  # not retried: its Retry-After was longer than we wait
+        raise ServiceUnavailable(
+            f"{method} {url}: HTTP {status}, Retry-After {response.headers.get('retry-after')} "
+            f"s: {_short(response.text)}"
+        )
     if status >= 400:
         raise BadResponse(f"{method} {url}: HTTP {status}: {_short(response.text)}")
     if data is None:
@@ -401,6 +467,7 @@ __all__ = [
     "Label",
     "Metadata",
     "Prediction",
+    "RateLimited",
     "RequestRefused",
     "ServiceUnavailable",
     "Unauthorized",

@@ -4,8 +4,10 @@ server's field and message, wrong key, unreachable, 503 from a gateway in front)
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -18,6 +20,7 @@ import pytest
 from services.client import (
     BadResponse,
     Client,
+    RateLimited,
     RequestRefused,
     ServiceUnavailable,
     Unauthorized,
@@ -148,7 +151,14 @@ class Gateway:
     """Answers ``status`` with ``body`` to the first ``fail`` requests, then forwards to
     the real API."""
 
-    def __init__(self, upstream: str, fail: int, status: int = 503, body: bytes = b"") -> None:
+    def __init__(
+        self,
+        upstream: str,
+        fail: int,
+        status: int = 503,
+        body: bytes = b"",
+        headers: dict[str, str] | None = None,
+    ) -> None:
         self.seen = 0
         outer = self
 
@@ -171,6 +181,8 @@ class Gateway:
                     )
                     code, reply, ctype = r.status_code, r.content, "application/json"
                 self.send_response(code)
+                for name, value in (headers or {}).items() if outer.seen <= fail else ():
+                    self.send_header(name, value)
                 self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(reply)))
                 self.end_headers()
@@ -236,6 +248,65 @@ def test_a_4xx_that_is_not_the_apis_json_still_refuses_clearly(digits_api: LiveA
             c.metadata()
         assert (caught.value.status, caught.value.field) == (404, "body")
         assert "404 Not Found" in caught.value.message
+        assert gateway.seen == 1
+    finally:
+        gateway.close()
+
+
+def limited(field: str) -> bytes:
+    return json.dumps(
+        {"error": {"field": field, "message": f"the key's {field} is used up"}}
+    ).encode()
+
+
+def test_a_rate_limit_is_waited_out_as_retry_after_says(digits_api: LiveApi) -> None:
+    """Issue 22: a 429 for the key's rate is retried after the server's Retry-After."""
+    gateway = Gateway(
+        digits_api.url, fail=1, status=429, body=limited("rate"), headers={"Retry-After": "1"}
+    )
+    try:
+        with Client(gateway.url, api_key=API_KEY, retries=2, backoff=0.01) as c:
+            started = time.monotonic()
+            assert c.metadata().name == "digits-classifier"
+            waited = time.monotonic() - started
+        assert gateway.seen == 2 and waited >= 1.0  # a lower bound: the client waited
+    finally:
+        gateway.close()
+
+
+def test_a_used_up_quota_is_final_and_says_when_to_come_back(digits_api: LiveApi) -> None:
+    gateway = Gateway(
+        digits_api.url, fail=5, status=429, body=limited("quota"), headers={"Retry-After": "3600"}
+    )
+    try:
+        with (
+            Client(gateway.url, api_key=API_KEY, retries=3, backoff=0.01) as c,
+            pytest.raises(RateLimited) as caught,
+        ):
+            c.metadata()
+        assert (caught.value.field, caught.value.retry_after) == ("quota", 3600.0)
+        assert gateway.seen == 1
+    finally:
+        gateway.close()
+
+
+def test_a_shedding_replica_is_retried_but_a_long_retry_after_is_not(digits_api: LiveApi) -> None:
+    gateway = Gateway(
+        digits_api.url, fail=1, status=503, body=limited("load"), headers={"Retry-After": "0"}
+    )
+    try:
+        with Client(gateway.url, api_key=API_KEY, retries=2, backoff=0.01) as c:
+            assert c.metadata().name == "digits-classifier"
+        assert gateway.seen == 2
+    finally:
+        gateway.close()
+    gateway = Gateway(digits_api.url, fail=5, status=503, headers={"Retry-After": "120"})
+    try:
+        with (
+            Client(gateway.url, api_key=API_KEY, retries=3, backoff=0.01) as c,
+            pytest.raises(ServiceUnavailable, match="Retry-After 120"),
+        ):
+            c.metadata()
         assert gateway.seen == 1
     finally:
         gateway.close()
