@@ -3,9 +3,10 @@ bound of requests in flight (MODELYARD_MAX_INFLIGHT) and without it (BentoML as 
 
 One `modelyard serve` per setting, on 127.0.0.1, the same registered model, auth and the
 inference log on. First the sustainable rate: the answers per second of a closed loop of
-``--concurrency`` connections. Then an open loop (requests sent on a fixed schedule,
-whatever the answers do; latency counted from the scheduled send, so a slow server
-cannot hide its queue) at fractions of that rate, for each setting in turn.
+``--concurrency`` connections. Then an open loop (Poisson arrivals on a schedule drawn in
+advance, sent whatever the answers do; latency counted from the scheduled send, so a slow
+server cannot hide its queue) at fractions of that rate, for each setting in turn. The
+load generator shares the machine's cores with the server, as it would on a laptop.
 
     python benchmarks/gateway.py [--params params.yaml] [--bounds 0,4,32] [--seconds 5]
 
@@ -118,10 +119,11 @@ async def open_loop(port: int, raw: bytes, rate: float, seconds: float) -> dict[
         results.append((status, time.perf_counter() - scheduled))
 
     tasks: set[asyncio.Task[None]] = set()
+    # Poisson arrivals (as independent clients make them), the same draw for every setting.
+    gaps = np.random.default_rng(0).exponential(1.0 / rate, size=int(rate * seconds))
     start = time.perf_counter()
-    n = int(rate * seconds)
-    for i in range(n):
-        scheduled = start + i / rate
+    n = len(gaps)
+    for scheduled in start + np.cumsum(gaps) - gaps[0]:
         delay = scheduled - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
@@ -212,7 +214,7 @@ def main() -> None:
     )
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     ap.add_argument("--model", help="NAME/VERSION (default: the @challenger)")
-    ap.add_argument("--bounds", default="0,4,32", help="MODELYARD_MAX_INFLIGHT values (0: none)")
+    ap.add_argument("--bounds", default="0,4,8,16", help="MODELYARD_MAX_INFLIGHT values (0: none)")
     ap.add_argument("--rows", type=int, default=64, help="rows per request")
     ap.add_argument("--seconds", type=float, default=5.0, help="per load point")
     ap.add_argument("--concurrency", type=int, default=8, help="closed loop for the rate")
@@ -291,7 +293,9 @@ def main() -> None:
     out = HERE / "results"
     (out / "gateway.md").write_text(table + "\n")
     (out / "gateway.json").write_text(
-        json.dumps({"sustainable_rps": sustainable, "rows": args.rows, "results": results}, indent=2)
+        json.dumps(
+            {"sustainable_rps": sustainable, "rows": args.rows, "results": results}, indent=2
+        )
     )
     plot(results, sustainable, out / "gateway.png")
 

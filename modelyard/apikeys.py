@@ -19,8 +19,8 @@ keys_app = typer.Typer(
     help="The API's named keys: each with scopes (predict, feedback, metadata), an optional "
     "rate limit (a token bucket) and daily quota. The file keeps each key's sha256, never "
     "the key: `create` shows it once. The service reads MODELYARD_API_KEY_FILE at start and "
-    "whenever it changes, so `revoke` needs no restart. Limits hold per worker process (one "
-    "per pod as deployed).",
+    "whenever it changes, so `revoke` needs no restart. Limits hold per worker process (two "
+    "per pod as deployed, one under `modelyard serve`).",
     no_args_is_help=True,
 )
 

@@ -19,7 +19,7 @@ from ``MODELYARD_API_KEY_FILE`` (``modelyard keys create``; re-read when it chan
 ``MODELYARD_API_KEYS`` (comma-separated, every scope, no limit), sent as
 ``Authorization: Bearer <key>`` or ``X-API-Key``. Neither set: the API is open (with a
 warning). Set but holding no key, or an unreadable file: the service refuses to start.
-Past ``MODELYARD_MAX_INFLIGHT`` requests in flight (32; 0: no bound) a request is a 503
+Past ``MODELYARD_MAX_INFLIGHT`` requests in flight (16; 0: no bound) a request is a 503
 with Retry-After at once, and ``/readyz`` says not ready.
 
 Integrity: the service refuses to start unless ``model.onnx`` hashes to the sha256 the

@@ -232,6 +232,10 @@ def test_one_tls_ingress_is_the_entry_point(release: tuple[str, list[dict[str, A
     (rule,) = ingress["spec"]["rules"]
     (tls,) = ingress["spec"]["tls"]
     assert tls["hosts"] == [rule["host"]] and tls["secretName"]
+    # The cluster-wide, per-client limit (the API's own are per key and per worker).
+    notes = ingress["metadata"]["annotations"]
+    assert int(notes["nginx.ingress.kubernetes.io/limit-rps"]) > 0
+    assert int(notes["nginx.ingress.kubernetes.io/limit-connections"]) > 0
     routes = {p["path"]: p["backend"]["service"]["name"] for p in rule["http"]["paths"]}
     assert routes == {"/v1": "modelyard-api", "/": "modelyard-webapp"}
     services = by_kind(docs, "Service")
