@@ -372,11 +372,17 @@ def _secrets() -> Any:
     from services import deploy
 
     current = settings.current()
-    secret, id_key = current.webapp_secret, current.id_key
+    secret, id_key, file = current.webapp_secret, current.id_key, current.api_key_file
+    try:
+        named = file.read_text() if file else None
+    except OSError as exc:
+        err_console.print(f"[bold red]deploy failed:[/] MODELYARD_API_KEY_FILE: {exc}")
+        raise typer.Exit(2) from None
     return deploy.Secrets(
         current.api_keys or "",
         secret.get_secret_value() if secret else None,
         id_key.get_secret_value() if id_key else None,
+        named,
     )
 
 
@@ -391,7 +397,8 @@ def deploy_render(
 ) -> None:
     """Print the manifests `deploy apply` would apply (kubectl kustomize), Secret included.
 
-    Keys come from MODELYARD_API_KEYS (and MODELYARD_WEBAPP_SECRET with --webapp-image).
+    Keys come from MODELYARD_API_KEYS (and MODELYARD_WEBAPP_SECRET with --webapp-image);
+    with MODELYARD_API_KEY_FILE, its named keys become a Secret mounted into the API.
     """
     from services import deploy
 
@@ -412,7 +419,8 @@ def deploy_apply(
     """Apply the release to the environment's namespace and wait for the rollout.
 
     The API-keys Secret is made from MODELYARD_API_KEYS (the deploy workflow passes the
-    repository secret). Cluster credentials: $KUBE_CONFIG (a kubeconfig's content, as the
+    repository secret), and with MODELYARD_API_KEY_FILE a second one from the named keys
+    of `modelyard keys`, mounted into the API's pods. Cluster credentials: $KUBE_CONFIG (a kubeconfig's content, as the
     workflow's secret), else kubectl's own configuration. Before applying, each
     Deployment's revision is written to .modelyard/deploy/ENV.before.json; on a failed
     rollout nothing is undone here: the workflow runs `deploy undo`, which reads it.

@@ -12,7 +12,11 @@ in a temporary overlay over ``overlays/<env>``:
   history`` shows);
 - the ``modelyard-api-keys`` Secret from ``MODELYARD_API_KEYS`` (in the workflow, a
   GitHub secret), through a secretGenerator: its name carries a hash of the content, so
-  a rotated key rolls the pods.
+  a rotated key rolls the pods;
+- with ``MODELYARD_API_KEY_FILE`` (the named keys of ``modelyard keys``: sha256s, scopes,
+  limits), the ``modelyard-api-key-file`` Secret holding it, mounted read-only into the
+  API's pods (a folder, not a subPath, so an edited Secret reaches running pods) with
+  ``MODELYARD_API_KEY_FILE`` pointing at it.
 
 ``render`` is ``kubectl kustomize`` of that overlay; ``apply`` records each Deployment's
 revision (``before``), applies exactly that and waits for the rollout; ``undo`` takes back
@@ -55,6 +59,9 @@ API = "modelyard-api"
 WEBAPP = "modelyard-webapp"
 MONITOR = "modelyard-monitor"
 SECRET = "modelyard-api-keys"
+KEY_FILE_SECRET = "modelyard-api-key-file"
+KEY_FILE_DIR = "/etc/modelyard/api-keys"
+KEY_FILE_NAME = "api-keys.json"
 MODEL_LABEL = "modelyard.dev/model"
 VERSION_LABEL = "modelyard.dev/model-version"
 BY_DIGEST = re.compile(r"^(?P<name>[a-z0-9][a-z0-9._:/-]*)@(?P<digest>sha256:[0-9a-f]{64})$")
@@ -104,6 +111,23 @@ class Secrets:
     api_keys: str
     webapp_secret: str | None = None
     id_key: str | None = None  # MODELYARD_ID_KEY: the replicas' shared prediction-id key
+    # MODELYARD_API_KEY_FILE's content: the named keys (`modelyard keys`), checked.
+    api_key_file: str | None = None
+
+    def key_file(self) -> str | None:
+        """The key file's content, once the gateway has read it as the service will."""
+        if self.api_key_file is None:
+            return None
+        from services import gateway
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / KEY_FILE_NAME
+            path.write_text(self.api_key_file)
+            try:
+                gateway.read_keys(path)
+            except gateway.KeyFileError as exc:
+                raise ConfigError(f"MODELYARD_API_KEY_FILE: {exc}") from None
+        return self.api_key_file
 
     def env_file(self, webapp: bool) -> str:
         keys = [k.strip() for k in self.api_keys.split(",") if k.strip()]
@@ -135,9 +159,26 @@ def namespace(env: str) -> str:
     return str(spec["namespace"])
 
 
-def overlay(release: Release, folder: Path) -> dict[str, Any]:
+def key_file_patch() -> dict[str, Any]:
+    """The API Deployment reads the named keys from the Secret, mounted as a folder."""
+    container = {
+        "name": "api",
+        "env": [{"name": "MODELYARD_API_KEY_FILE", "value": f"{KEY_FILE_DIR}/{KEY_FILE_NAME}"}],
+        "volumeMounts": [{"name": "api-key-file", "mountPath": KEY_FILE_DIR, "readOnly": True}],
+    }
+    volume = {"name": "api-key-file", "secret": {"secretName": KEY_FILE_SECRET}}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": API},
+        "spec": {"template": {"spec": {"containers": [container], "volumes": [volume]}}},
+    }
+
+
+def overlay(release: Release, folder: Path, *, key_file: bool = False) -> dict[str, Any]:
     """The kustomization of one release, written in ``folder``: every path in it is
-    relative to ``folder`` (kustomize v5 refuses an absolute one)."""
+    relative to ``folder`` (kustomize v5 refuses an absolute one). ``key_file``: the
+    folder holds api-keys.json, the named keys, for their own Secret."""
     images, components = [], []
     for placeholder, ref, component in (
         (API, release.image, None),
@@ -181,6 +222,9 @@ def overlay(release: Release, folder: Path) -> dict[str, Any]:
         "secretGenerator": [{"name": SECRET, "envs": ["api-keys.env"]}],
         "patches": [{"patch": yaml.safe_dump(model_patch, sort_keys=False)}],
     }
+    if key_file:
+        spec["secretGenerator"].append({"name": KEY_FILE_SECRET, "files": [KEY_FILE_NAME]})
+        spec["patches"].append({"patch": yaml.safe_dump(key_file_patch(), sort_keys=False)})
     if not components:
         del spec["components"]
     return spec
@@ -194,8 +238,13 @@ def _overlay_dir(release: Release, secrets: Secrets) -> Iterator[Path]:
         keys = folder / "api-keys.env"
         keys.touch(mode=0o600)
         keys.write_text(secrets.env_file(webapp=release.webapp_image is not None))
+        named = secrets.key_file()
+        if named is not None:
+            file = folder / KEY_FILE_NAME
+            file.touch(mode=0o600)
+            file.write_text(named)
         (folder / "kustomization.yaml").write_text(
-            yaml.safe_dump(overlay(release, folder), sort_keys=False)
+            yaml.safe_dump(overlay(release, folder, key_file=named is not None), sort_keys=False)
         )
         yield folder
 

@@ -337,6 +337,55 @@ def test_the_api_keys_secret_is_generated_and_referenced(
     assert {d["metadata"].get("namespace") for d in docs if d["kind"] in NAMESPACED} == {namespace}
 
 
+def test_named_keys_reach_the_api_as_a_mounted_secret(e2e_tier: None, tmp_path: Path) -> None:
+    """Issue 22: MODELYARD_API_KEY_FILE (`modelyard keys`) becomes its own Secret, mounted
+    as a folder (an edited Secret reaches running pods) and named by the API's variable;
+    a damaged file is refused before anything is rendered."""
+    from services import gateway
+
+    file = tmp_path / "api-keys.json"
+    gateway.create_key(file, "partner", scopes=["predict"], rate="10/s")
+    done = modelyard(
+        REPO,
+        "deploy",
+        "render",
+        "digits-classifier/3",
+        "--image",
+        IMAGE,
+        env={"MODELYARD_API_KEYS": KEYS, "MODELYARD_API_KEY_FILE": str(file)},
+    )
+    docs = [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+    validate(docs)
+    secrets = by_kind(docs, "Secret")
+    (name,) = [n for n in secrets if n.startswith("modelyard-api-key-file-")]
+    stored = base64.b64decode(secrets[name]["data"]["api-keys.json"]).decode()
+    assert stored == file.read_text()
+    pod = by_kind(docs, "Deployment")[deploy.API]["spec"]["template"]["spec"]
+    (api,) = pod["containers"]
+    env = {e["name"]: e.get("value") for e in api["env"]}
+    assert env["MODELYARD_API_KEY_FILE"] == "/etc/modelyard/api-keys/api-keys.json"
+    (mount,) = [m for m in api["volumeMounts"] if m["mountPath"] == "/etc/modelyard/api-keys"]
+    assert mount["readOnly"] is True and "subPath" not in mount
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes[mount["name"]]["secret"]["secretName"] == name
+    assert {"tmp", "inference-log"} <= set(volumes)  # the base's volumes are kept
+    without = by_kind(render("staging"), "Deployment")[deploy.API]["spec"]["template"]["spec"]
+    assert "MODELYARD_API_KEY_FILE" not in {e["name"] for e in without["containers"][0]["env"]}
+
+    file.write_text('{"version": 1, "keys": [{"name": "x"}]}')
+    refused = modelyard(
+        REPO,
+        "deploy",
+        "render",
+        "digits-classifier/3",
+        "--image",
+        IMAGE,
+        check=False,
+        env={"MODELYARD_API_KEYS": KEYS, "MODELYARD_API_KEY_FILE": str(file)},
+    )
+    assert refused.returncode == 2 and "key #1 is not valid" in refused.stderr
+
+
 def test_a_rotated_key_renames_the_secret_so_pods_roll(e2e_tier: None) -> None:
     first = by_kind(render("staging"), "Secret")
     second = by_kind(render("staging", keys="key-three,key-one"), "Secret")
