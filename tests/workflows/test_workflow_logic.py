@@ -21,7 +21,7 @@ import yaml
 from tests.conftest import REPO
 
 GITHUB = REPO / ".github"
-CONTEXT = re.compile(r"\b(?:github|vars|steps|env|inputs|secrets|runner|matrix)(?:\.[\w-]+)+")
+CONTEXT = re.compile(r"\b(?:github|vars|steps|env|inputs|secrets|runner|matrix|needs)(?:\.[\w-]+)+")
 STATUS = ("success()", "failure()", "always()", "cancelled()")
 
 
@@ -190,26 +190,39 @@ def test_the_drift_job_runs_only_on_the_runner_with_the_log(runner: str, schedul
 # -- deploy.yml -----------------------------------------------------------------------------
 
 
-def simulate(cluster: bool, fails: set[str], gate: bool = False) -> list[str]:
-    """The modelyard commands deploy.yml runs when the steps with ids in ``fails`` fail
-    (``gate``: team mode, the MODELYARD_GATE_KEY secret is set)."""
-    (job,) = load(GITHUB / "workflows/deploy.yml")["jobs"].values()
-    ctx: dict[str, Any] = {
-        "env.KUBE_CONFIG": "apiVersion: v1" if cluster else "",
-        "env.MODELYARD_GATE_KEY": "k" * 32 if gate else "",
-    }
-    failed, ran = False, []
-    for step in job["steps"]:
-        state = {**ctx, "success()": not failed, "failure()": failed, "always()": True}
-        outcome = "skipped"
-        if runs(step.get("if"), state):
-            outcome = "failure" if step.get("id") in fails else "success"
-            if "run" in step:
-                words = step["run"].split()
-                ran.append(" ".join(w for w in words[1:4] if not w.startswith(("$", '"', "-"))))
-        if "id" in step:
-            ctx[f"steps.{step['id']}.outcome"] = outcome
-        failed = failed or outcome == "failure"
+DEPLOY = GITHUB / "workflows/deploy.yml"
+
+
+def simulate(cluster: bool, fails: set[str], gate_off: bool = True) -> list[str]:
+    """The modelyard commands deploy.yml runs when the steps named in ``fails`` (``job.step
+    id``) fail; jobs in file order, each after its ``needs`` succeeded (as GitHub runs
+    them). ``cluster``: the environments hold a KUBE_CONFIG; ``gate_off``: the repository
+    variable MODELYARD_GATE is ``off`` (no team server)."""
+    results: dict[str, str] = {}
+    ran: list[str] = []
+    for name, job in load(DEPLOY)["jobs"].items():
+        needs = job.get("needs", [])
+        needs = [needs] if isinstance(needs, str) else needs
+        if any(results.get(n) != "success" for n in needs):
+            results[name] = "skipped"
+            continue
+        ctx: dict[str, Any] = {
+            "env.KUBE_CONFIG": "apiVersion: v1" if cluster and "KUBE_CONFIG" in job["env"] else "",
+            "vars.MODELYARD_GATE": "off" if gate_off else "",
+        }
+        failed = False
+        for step in job["steps"]:
+            state = {**ctx, "success()": not failed, "failure()": failed, "always()": True}
+            outcome = "skipped"
+            if runs(step.get("if"), state):
+                outcome = "failure" if f"{name}.{step.get('id')}" in fails else "success"
+                if step.get("run", "").startswith(".venv/bin/modelyard"):
+                    words = step["run"].split()
+                    ran.append(" ".join(w for w in words[1:4] if not w.startswith(("$", '"', "-"))))
+            if "id" in step:
+                ctx[f"steps.{step['id']}.outcome"] = outcome
+            failed = failed or outcome == "failure"
+        results[name] = "failure" if failed else "success"
     return ran
 
 
@@ -231,55 +244,88 @@ def test_deploy_goes_through_staging_and_its_smoke_test_to_production() -> None:
     ]
 
 
-@pytest.mark.parametrize("failing", ["staging", "staging_smoke"])
+@pytest.mark.parametrize("failing", ["staging.rollout", "staging.smoke"])
 def test_a_failed_staging_rollout_is_recorded_undone_and_goes_no_further(failing: str) -> None:
     ran = simulate(cluster=True, fails={failing})
     assert ran[-2:] == ["deploy record-failure", "deploy undo"]
     assert ran.count("deploy apply") == 1 and "deploy record" not in ran
 
 
-@pytest.mark.parametrize("failing", ["production", "production_smoke"])
+@pytest.mark.parametrize("failing", ["production.rollout", "production.smoke"])
 def test_a_failed_production_rollout_is_recorded_and_undone_there(failing: str) -> None:
     ran = simulate(cluster=True, fails={failing})
     assert ran[-2:] == ["deploy record-failure", "deploy undo"]
     assert ran.count("deploy undo") == 1 and "deploy record" not in ran
-    (job,) = load(GITHUB / "workflows/deploy.yml")["jobs"].values()
-    undo = [s for s in job["steps"] if "deploy undo" in s.get("run", "")]
-    assert [u["run"].split()[-1] for u in undo] == ["staging", "production"]
+    jobs = load(DEPLOY)["jobs"]
+    for env in ("staging", "production"):
+        undo = [s for s in jobs[env]["steps"] if "deploy undo" in s.get("run", "")]
+        failure = [s for s in jobs[env]["steps"] if "record-failure" in s.get("run", "")]
+        assert [u["run"].split()[-1] for u in undo] == [env]
+        assert f"--env {env}" in failure[0]["run"]
 
 
-@pytest.mark.parametrize("failing", ["image", "webapp_image", "monitor_image"])
+@pytest.mark.parametrize("failing", ["build.image", "build.webapp_image", "build.monitor_image"])
 def test_a_failed_image_build_touches_no_environment(failing: str) -> None:
     ran = simulate(cluster=True, fails={failing})
     assert ran == IMAGES[: IMAGES.index(ran[-1]) + 1] and "deploy apply" not in ran
 
 
-def test_both_rollouts_deploy_the_three_images_by_the_build_steps_digests() -> None:
-    (job,) = load(GITHUB / "workflows/deploy.yml")["jobs"].values()
-    applies = [s for s in job["steps"] if "deploy apply" in s.get("run", "")]
-    assert [a["id"] for a in applies] == ["staging", "production"]
-    for step in applies:
-        assert step["env"] == {
-            "IMAGE": "${{ steps.image.outputs.image }}",
-            "WEBAPP_IMAGE": "${{ steps.webapp_image.outputs.image }}",
-            "MONITOR_IMAGE": "${{ steps.monitor_image.outputs.image }}",
+def test_both_rollouts_deploy_the_three_images_the_build_job_made_once() -> None:
+    jobs = load(DEPLOY)["jobs"]
+    assert jobs["build"]["outputs"] == {
+        "image": "${{ steps.image.outputs.image }}",
+        "webapp_image": "${{ steps.webapp_image.outputs.image }}",
+        "monitor_image": "${{ steps.monitor_image.outputs.image }}",
+    }
+    for env in ("staging", "production"):
+        (apply,) = [s for s in jobs[env]["steps"] if "deploy apply" in s.get("run", "")]
+        assert apply["env"] == {
+            "IMAGE": "${{ needs.build.outputs.image }}",
+            "WEBAPP_IMAGE": "${{ needs.build.outputs.webapp_image }}",
+            "MONITOR_IMAGE": "${{ needs.build.outputs.monitor_image }}",
         }
-        words = step["run"].split()
+        words = apply["run"].split()
+        assert words[words.index("--env") + 1] == env
         for option, variable in [
             ("--image", "IMAGE"),
             ("--webapp-image", "WEBAPP_IMAGE"),
             ("--monitor-image", "MONITOR_IMAGE"),
         ]:
             assert words[words.index(option) + 1] == f'"${variable}"'
+        assert not [s for s in jobs[env]["steps"] if "containerize" in s.get("run", "")]
 
 
-def test_team_mode_checks_the_gates_approval_before_building_anything() -> None:
-    assert simulate(cluster=True, fails=set(), gate=True)[:2] == [
-        "registry verify",
-        "deploy containerize",
-    ]
+def test_two_environments_two_approvals_two_sets_of_secrets() -> None:
+    """Issue 23: staging and production are separate jobs in separate GitHub environments
+    (each its own secrets and, for production, its own reviewers, asked after staging
+    passed); the build job holds no cluster credentials."""
+    jobs = load(DEPLOY)["jobs"]
+    assert jobs["build"]["environment"] == "build" and "KUBE_CONFIG" not in jobs["build"]["env"]
+    assert jobs["staging"]["environment"] == "staging" and jobs["staging"]["needs"] == "build"
+    assert jobs["production"]["environment"] == "production"
+    assert set(jobs["production"]["needs"]) == {"build", "staging"}
+    for env in ("staging", "production"):
+        assert jobs[env]["env"]["KUBE_CONFIG"] == "${{ secrets.KUBE_CONFIG }}"
+        (smoke,) = [s for s in jobs[env]["steps"] if "deploy smoke" in s.get("run", "")]
+        assert smoke["env"]["URL"] == f"${{{{ vars.{env.upper()}_URL }}}}"
+    assert simulate(cluster=True, fails={"staging.smoke"}).count("deploy apply") == 1
+
+
+def test_the_gates_check_fails_closed() -> None:
+    """Without MODELYARD_GATE=off the approval is checked before anything is built (and
+    `registry verify` exits 2 without MODELYARD_GATE_KEY): a missing key stops the deploy."""
+    ran = simulate(cluster=True, fails=set(), gate_off=False)
+    assert ran[:2] == ["registry verify", "deploy containerize"]
+    # checked again right before production's rollout
+    assert ran[ran.index("deploy smoke") + 1 :][:2] == ["registry verify", "deploy apply"]
     # a workflow_dispatch of a version the gate did not approve: nothing else runs
-    assert simulate(cluster=True, fails={"gate"}, gate=True) == ["registry verify"]
+    assert simulate(cluster=True, fails={"build.gate"}, gate_off=False) == ["registry verify"]
+    # approval withdrawn while staging ran: production is not touched, nothing undone there
+    late = simulate(cluster=True, fails={"production.gate"}, gate_off=False)
+    assert late[-1] == "registry verify" and late.count("deploy apply") == 1
+    for job in ("build", "production"):
+        (gate,) = [s for s in load(DEPLOY)["jobs"][job]["steps"] if s.get("id") == "gate"]
+        assert "MODELYARD_GATE_KEY" not in gate["if"]  # not skipped when the key is missing
 
 
 @pytest.mark.parametrize(("runner", "scheduled"), [("gate-host", True), ("", False)])
