@@ -62,6 +62,10 @@ class Settings(BaseSettings):
     id_key: SecretStr | None = Field(None, validation_alias="MODELYARD_ID_KEY")
     dvc_remote_url: str | None = Field(None, validation_alias="DVC_REMOTE_URL")
     kube_config: SecretStr | None = Field(None, validation_alias="KUBE_CONFIG")
+    # `deploy render|apply`: where the environment lives (deploy.yml: its variables).
+    deploy_host: str | None = Field(None, validation_alias="MODELYARD_HOST")
+    tls_issuer: str | None = Field(None, validation_alias="MODELYARD_TLS_ISSUER")
+    storage_class: str | None = Field(None, validation_alias="MODELYARD_STORAGE_CLASS")
 
     @property
     def first_api_key(self) -> str | None:

@@ -340,6 +340,31 @@ MonitorImageOpt = Annotated[
     typer.Option(help="Also deploy the drift CronJob, from this image (by digest)."),
 ]
 TimeoutOpt = Annotated[int, typer.Option(help="Seconds to wait for each rollout.")]
+ApplyTimeoutOpt = Annotated[
+    int | None,
+    typer.Option(
+        help="Seconds to wait for each rollout. Default: from the manifests (the most pods "
+        "the autoscaler allows, maxSurge at a time, each its probes' whole budget)."
+    ),
+]
+HostOpt = Annotated[
+    str | None,
+    typer.Option(help="The environment's Ingress host (default: $MODELYARD_HOST). apply needs it."),
+]
+IssuerOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="cert-manager ClusterIssuer (default: $MODELYARD_TLS_ISSUER, else letsencrypt)."
+    ),
+]
+StorageClassOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="The inference log's storage class, ReadWriteMany (default: "
+        "$MODELYARD_STORAGE_CLASS, else the cluster's default): efs-sc (EKS), "
+        "standard-rwx (GKE Filestore), azurefile-csi (AKS), an NFS class elsewhere."
+    ),
+]
 
 
 def _release(
@@ -349,9 +374,14 @@ def _release(
     image: str | None,
     webapp_image: str | None,
     monitor_image: str | None,
+    host: str | None = None,
+    issuer: str | None = None,
+    storage_class: str | None = None,
 ) -> Any:
     from services import build, deploy
     from services import image as images
+
+    site = settings.current()
 
     match = build.REF.match(model)
     if image is None or not match or not match["version"]:
@@ -364,7 +394,17 @@ def _release(
         name, number = match["name"], match["version"]
     return guard(
         "deploy",
-        lambda: deploy.Release(env, image, name, number, webapp_image, monitor_image),
+        lambda: deploy.Release(
+            env,
+            image,
+            name,
+            number,
+            webapp_image,
+            monitor_image,
+            host=host or site.deploy_host,
+            issuer=issuer or site.tls_issuer,
+            storage_class=storage_class or site.storage_class,
+        ),
     )
 
 
@@ -393,6 +433,9 @@ def deploy_render(
     image: ImageOpt = None,
     webapp_image: WebappImageOpt = None,
     monitor_image: MonitorImageOpt = None,
+    host: HostOpt = None,
+    issuer: IssuerOpt = None,
+    storage_class: StorageClassOpt = None,
     params_file: ParamsOpt = PARAMS,
 ) -> None:
     """Print the manifests `deploy apply` would apply (kubectl kustomize), Secret included.
@@ -402,7 +445,9 @@ def deploy_render(
     """
     from services import deploy
 
-    release = _release(params_file, env, model, image, webapp_image, monitor_image)
+    release = _release(
+        params_file, env, model, image, webapp_image, monitor_image, host, issuer, storage_class
+    )
     typer.echo(guard("deploy render", lambda: deploy.render(release, _secrets())), nl=False)
 
 
@@ -413,7 +458,10 @@ def deploy_apply(
     image: ImageOpt = None,
     webapp_image: WebappImageOpt = None,
     monitor_image: MonitorImageOpt = None,
-    timeout: TimeoutOpt = 300,
+    host: HostOpt = None,
+    issuer: IssuerOpt = None,
+    storage_class: StorageClassOpt = None,
+    timeout: ApplyTimeoutOpt = None,
     params_file: ParamsOpt = PARAMS,
 ) -> None:
     """Apply the release to the environment's namespace and wait for the rollout.
@@ -428,7 +476,9 @@ def deploy_apply(
     from services import deploy
 
     deploy.before_file(env).unlink(missing_ok=True)  # a stopped apply leaves no stale record
-    release = _release(params_file, env, model, image, webapp_image, monitor_image)
+    release = _release(
+        params_file, env, model, image, webapp_image, monitor_image, host, issuer, storage_class
+    )
     guard(
         "deploy apply",
         lambda: deploy.apply(release, _secrets(), timeout_s=timeout, kubeconfig=_kubeconfig()),

@@ -65,6 +65,9 @@ KEY_FILE_NAME = "api-keys.json"
 MODEL_LABEL = "modelyard.dev/model"
 VERSION_LABEL = "modelyard.dev/model-version"
 BY_DIGEST = re.compile(r"^(?P<name>[a-z0-9][a-z0-9._:/-]*)@(?P<digest>sha256:[0-9a-f]{64})$")
+HOST = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
+NAME = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")
+PLACEHOLDER_HOST = "example.com"
 LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$")
 
 
@@ -78,10 +81,21 @@ class Release:
     version: str
     webapp_image: str | None = None
     monitor_image: str | None = None  # the project's own image, for the drift CronJob
+    # Where the environment lives (deploy.yml: the environment's variables): the Ingress
+    # host, cert-manager's ClusterIssuer, the inference log's storage class (ReadWriteMany).
+    # Unset: the overlay's placeholders (models.example.com, letsencrypt, the default class).
+    host: str | None = None
+    issuer: str | None = None
+    storage_class: str | None = None
 
     def __post_init__(self) -> None:
         if self.env not in ENVIRONMENTS:
             raise ConfigError(f"--env {self.env!r}: expected one of {', '.join(ENVIRONMENTS)}")
+        if self.host is not None and not HOST.match(self.host):
+            raise ConfigError(f"--host {self.host!r}: a DNS name, such as models.acme.com")
+        for option, name in (("--issuer", self.issuer), ("--storage-class", self.storage_class)):
+            if name is not None and not NAME.match(name):
+                raise ConfigError(f"{option} {name!r}: a Kubernetes object name")
         refs = (
             ("--image", self.image),
             ("--webapp-image", self.webapp_image),
@@ -175,6 +189,66 @@ def key_file_patch() -> dict[str, Any]:
     }
 
 
+def site_patches(release: Release) -> list[dict[str, Any]]:
+    """The environment's own host, TLS issuer and storage class over the overlay's."""
+    patches: list[dict[str, Any]] = []
+    ingress = {"kind": "Ingress", "name": "modelyard"}
+    if release.host:
+        ops = [
+            {"op": "replace", "path": "/spec/tls/0/hosts/0", "value": release.host},
+            {"op": "replace", "path": "/spec/rules/0/host", "value": release.host},
+        ]
+        patches.append({"target": ingress, "patch": yaml.safe_dump(ops)})
+    if release.issuer:
+        op = {
+            "op": "replace",
+            "path": "/metadata/annotations/cert-manager.io~1cluster-issuer",
+            "value": release.issuer,
+        }
+        patches.append({"target": ingress, "patch": yaml.safe_dump([op])})
+    if release.storage_class:
+        op = {"op": "add", "path": "/spec/storageClassName", "value": release.storage_class}
+        target = {"kind": "PersistentVolumeClaim", "name": "modelyard-inference-log"}
+        patches.append({"target": target, "patch": yaml.safe_dump([op])})
+    return patches
+
+
+def rollout_budget(docs: list[dict[str, Any]], deployment: str, *, margin_s: int = 60) -> int:
+    """Seconds to wait for ``deployment``'s rollout, from the rendered manifests: the
+    most pods it may run (its autoscaler's maximum, else its replicas), replaced
+    ``maxSurge`` at a time (as maxUnavailable 0 does), each given its startup probe's
+    whole budget (period x failures) and its readiness probe's, plus ``margin_s``."""
+    found = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    spec = found[("Deployment", deployment)]["spec"]
+    hpa = [
+        d for d in docs
+        if d["kind"] == "HorizontalPodAutoscaler"
+        and d["spec"]["scaleTargetRef"]["name"] == deployment
+    ]  # fmt: skip
+    pods = int(hpa[0]["spec"]["maxReplicas"]) if hpa else int(spec.get("replicas", 1))
+    rolling = spec.get("strategy", {}).get("rollingUpdate", {})
+    surge = _count(rolling.get("maxSurge", "25%"), pods)
+    unavailable = _count(rolling.get("maxUnavailable", "25%"), pods, up=False)
+    step = max(1, surge + unavailable)
+    container = spec["template"]["spec"]["containers"][0]
+    per_pod = sum(
+        int(probe.get("periodSeconds", 10)) * int(probe.get("failureThreshold", 3))
+        + int(probe.get("initialDelaySeconds", 0))
+        for probe in (container.get("startupProbe"), container.get("readinessProbe"))
+        if probe
+    )
+    waves = -(-pods // step)
+    return waves * per_pod + margin_s
+
+
+def _count(value: int | str, pods: int, *, up: bool = True) -> int:
+    """maxSurge/maxUnavailable as a count: a percentage rounds up (surge) or down."""
+    if isinstance(value, str) and value.endswith("%"):
+        share = pods * int(value[:-1]) / 100
+        return int(-(-share // 1)) if up else int(share)
+    return int(value)
+
+
 def overlay(release: Release, folder: Path, *, key_file: bool = False) -> dict[str, Any]:
     """The kustomization of one release, written in ``folder``: every path in it is
     relative to ``folder`` (kustomize v5 refuses an absolute one). ``key_file``: the
@@ -222,6 +296,7 @@ def overlay(release: Release, folder: Path, *, key_file: bool = False) -> dict[s
         "secretGenerator": [{"name": SECRET, "envs": ["api-keys.env"]}],
         "patches": [{"patch": yaml.safe_dump(model_patch, sort_keys=False)}],
     }
+    spec["patches"].extend(site_patches(release))
     if key_file:
         spec["secretGenerator"].append({"name": KEY_FILE_SECRET, "files": [KEY_FILE_NAME]})
         spec["patches"].append({"patch": yaml.safe_dump(key_file_patch(), sort_keys=False)})
@@ -351,17 +426,26 @@ def apply(
     release: Release,
     secrets: Secrets,
     *,
-    timeout_s: int = 300,
+    timeout_s: int | None = None,
     kubeconfig: str | None = None,
     record: Path | None = None,
 ) -> None:
     """Record each Deployment's revision in ``record`` (default ``before_file``), apply
-    the rendered release and wait until every Deployment in it has rolled out.
+    the rendered release and wait until every Deployment in it has rolled out (for
+    ``timeout_s``, else each its ``rollout_budget``). Refuses without the environment's
+    real host.
 
     Raises DeployError when kubectl fails or the rollout does not finish in time; the
     caller decides whether to ``undo``."""
     kubectl = _kubectl()
+    if not release.host or release.host.endswith(PLACEHOLDER_HOST):
+        raise ConfigError(
+            f"--host {release.host or '(unset)'}: give the {release.env} environment's real "
+            "host (deploy.yml: the environment's variable HOST); the overlay's "
+            f"{PLACEHOLDER_HOST} would get no certificate and no traffic"
+        )
     manifests = render(release, secrets)
+    docs = [doc for doc in yaml.safe_load_all(manifests) if doc]
     ns = ["--namespace", release.namespace]
     record = record or before_file(release.env)
     with _cluster(kubeconfig) as env, tempfile.TemporaryDirectory() as tmp:
@@ -373,6 +457,8 @@ def apply(
         rendered.write_text(manifests)
         _run([kubectl, "apply", "-f", str(rendered), *ns], "kubectl apply", env)
         for deployment in (API, WEBAPP) if release.webapp_image else (API,):
+            wait = timeout_s or rollout_budget(docs, deployment)
+            log.info("waiting up to %d s for the rollout of %s", wait, deployment)
             _run(
                 [
                     kubectl,
@@ -380,7 +466,7 @@ def apply(
                     "status",
                     f"deployment/{deployment}",
                     *ns,
-                    f"--timeout={timeout_s}s",
+                    f"--timeout={wait}s",
                 ],
                 f"rollout of {deployment}",
                 env,

@@ -386,6 +386,68 @@ def test_named_keys_reach_the_api_as_a_mounted_secret(e2e_tier: None, tmp_path: 
     assert refused.returncode == 2 and "key #1 is not valid" in refused.stderr
 
 
+def test_the_environments_host_issuer_and_storage_class_are_its_own(e2e_tier: None) -> None:
+    """Issue 23: the Ingress host and TLS issuer and the log volume's storage class come
+    from the environment (options or MODELYARD_HOST/_TLS_ISSUER/_STORAGE_CLASS)."""
+    docs = render(
+        "production",
+        "--host",
+        "models.acme.dev",
+        "--issuer",
+        "acme-dns01",
+        "--storage-class",
+        "efs-sc",
+    )
+    validate(docs)
+    (ingress,) = by_kind(docs, "Ingress").values()
+    assert ingress["spec"]["rules"][0]["host"] == "models.acme.dev"
+    assert ingress["spec"]["tls"][0]["hosts"] == ["models.acme.dev"]
+    assert ingress["metadata"]["annotations"]["cert-manager.io/cluster-issuer"] == "acme-dns01"
+    (claim,) = by_kind(docs, "PersistentVolumeClaim").values()
+    assert claim["spec"]["storageClassName"] == "efs-sc"
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    plain = render("production")
+    assert (
+        "storageClassName"
+        not in by_kind(plain, "PersistentVolumeClaim")["modelyard-inference-log"]["spec"]
+    )
+    bad = modelyard(
+        REPO, "deploy", "render", "digits-classifier/3", "--image", IMAGE, "--host", "not a host",
+        env={"MODELYARD_API_KEYS": KEYS}, check=False,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "a DNS name" in bad.stderr
+
+
+def test_the_rollout_wait_follows_the_manifests(e2e_tier: None) -> None:
+    """The production API may run 10 pods, replaced one at a time, each allowed its
+    startup probe's 120 s and its readiness probe's 10 s: far beyond a fixed 300 s."""
+    docs = kustomize(deploy.K8S / "overlays/production")
+    budget = deploy.rollout_budget(docs, deploy.API, margin_s=0)
+    assert budget == 10 * (2 * 60 + 5 * 2)
+    staging = deploy.rollout_budget(kustomize(deploy.K8S / "overlays/staging"), deploy.API)
+    assert staging < budget
+
+
+@pytest.mark.parametrize(
+    ("strategy", "pods", "waves"),
+    [({}, 8, 2), ({"maxSurge": 1, "maxUnavailable": 0}, 8, 8), ({"maxSurge": "50%"}, 8, 2)],
+)
+def test_the_rollout_wait_counts_waves_of_surge(
+    strategy: dict[str, Any], pods: int, waves: int
+) -> None:
+    probe = {"periodSeconds": 10, "failureThreshold": 3}
+    deployment = {
+        "kind": "Deployment",
+        "metadata": {"name": "x"},
+        "spec": {
+            "replicas": pods,
+            "strategy": {"rollingUpdate": strategy},
+            "template": {"spec": {"containers": [{"readinessProbe": probe}]}},
+        },
+    }
+    assert deploy.rollout_budget([deployment], "x", margin_s=0) == waves * 30
+
+
 def test_a_rotated_key_renames_the_secret_so_pods_roll(e2e_tier: None) -> None:
     first = by_kind(render("staging"), "Secret")
     second = by_kind(render("staging", keys="key-three,key-one"), "Secret")
@@ -450,19 +512,11 @@ def test_apply_and_undo_report_an_unreachable_cluster(e2e_tier: None, tmp_path: 
         }
     )
     env = {"MODELYARD_API_KEYS": KEYS, "KUBE_CONFIG": kubeconfig, "TMPDIR": str(tmp_path)}
+    apply = ("deploy", "apply", "digits-classifier/3", "--env", "staging", "--image", IMAGE)
+    placeholder = modelyard(REPO, *apply, env=env, check=False)
+    assert placeholder.returncode == 2 and "real host" in " ".join(placeholder.stderr.split())
     applied = modelyard(
-        REPO,
-        "deploy",
-        "apply",
-        "digits-classifier/3",
-        "--env",
-        "staging",
-        "--image",
-        IMAGE,
-        "--timeout",
-        "5",
-        env=env,
-        check=False,
+        REPO, *apply, "--host", "models.staging.acme.dev", "--timeout", "5", env=env, check=False
     )
     assert applied.returncode == 1, applied.stdout + applied.stderr
     message = " ".join(applied.stderr.split())

@@ -306,6 +306,8 @@ def test_two_environments_two_approvals_two_sets_of_secrets() -> None:
     assert set(jobs["production"]["needs"]) == {"build", "staging"}
     for env in ("staging", "production"):
         assert jobs[env]["env"]["KUBE_CONFIG"] == "${{ secrets.KUBE_CONFIG }}"
+        assert jobs[env]["env"]["MODELYARD_HOST"] == "${{ vars.HOST }}"  # apply needs it
+        assert jobs[env]["env"]["MODELYARD_STORAGE_CLASS"] == "${{ vars.STORAGE_CLASS }}"
         (smoke,) = [s for s in jobs[env]["steps"] if "deploy smoke" in s.get("run", "")]
         assert smoke["env"]["URL"] == f"${{{{ vars.{env.upper()}_URL }}}}"
     assert simulate(cluster=True, fails={"staging.smoke"}).count("deploy apply") == 1
