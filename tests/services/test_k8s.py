@@ -237,7 +237,11 @@ def test_one_tls_ingress_is_the_entry_point(release: tuple[str, list[dict[str, A
     assert int(notes["nginx.ingress.kubernetes.io/limit-rps"]) > 0
     assert int(notes["nginx.ingress.kubernetes.io/limit-connections"]) > 0
     routes = {p["path"]: p["backend"]["service"]["name"] for p in rule["http"]["paths"]}
-    assert routes == {"/v1": "modelyard-api", "/": "modelyard-webapp"}
+    # The web app's pages, each by name: its /metrics is not public (Prometheus only).
+    pages = ["/", "/predict", "/feedback", "/batch", "/model", "/static"]
+    assert routes == {"/v1": "modelyard-api", **dict.fromkeys(pages, "modelyard-webapp")}
+    kinds = {p["path"]: p["pathType"] for p in rule["http"]["paths"]}
+    assert {k for k, v in kinds.items() if v == "Prefix"} == {"/v1", "/static"}
     services = by_kind(docs, "Service")
     for path in rule["http"]["paths"]:
         backend = path["backend"]["service"]
@@ -267,9 +271,29 @@ def test_network_policies_admit_only_their_callers(
     reaches = [t for e in web["egress"] for t in e["to"]]
     assert {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "modelyard-api"}}} in reaches
     selected = {
-        p["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/name"] for p in policies.values()
+        p["spec"]["podSelector"].get("matchLabels", {}).get("app.kubernetes.io/name", "*")
+        for p in policies.values()
     }
-    assert selected == {"modelyard-api", "modelyard-webapp"}
+    assert selected == {"*", "modelyard-api", "modelyard-webapp", "modelyard-drift"}
+    # Issue 23: the namespace starts closed; Prometheus by its pod label, not its namespace.
+    deny = policies["default-deny"]["spec"]
+    assert deny == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
+    for name in ("modelyard-api", "modelyard-webapp"):
+        peers = [p for r in policies[name]["spec"]["ingress"] for p in r["from"]]
+        monitoring = [p for p in peers if "namespaceSelector" in p and "monitoring" in str(p)]
+        assert monitoring and all(
+            p.get("podSelector") == {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}
+            for p in monitoring
+        ), name
+    for name in ("modelyard-webapp", "modelyard-drift"):
+        dns = [
+            rule for rule in policies[name]["spec"]["egress"]
+            if {"protocol": "UDP", "port": 53} in rule["ports"]
+        ]  # fmt: skip
+        assert {"ipBlock": {"cidr": "169.254.20.10/32"}} in dns[0]["to"], name  # NodeLocal DNS
+    drift = policies["modelyard-drift"]["spec"]
+    assert drift["ingress"] == []
+    assert {p["port"] for r in drift["egress"] for p in r["ports"]} == {53, 443, 5000}
 
 
 def test_each_replica_logs_to_its_own_folder_and_the_cronjob_reads_all(
