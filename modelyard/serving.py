@@ -559,10 +559,19 @@ def deploy_record(
 def deploy_smoke(
     url: Annotated[str, typer.Argument(help="The live service, e.g. https://models.example.com.")],
     model: Annotated[str, typer.Option(help="NAME/VERSION it must serve.")],
+    wait: Annotated[
+        float,
+        typer.Option(
+            help="Seconds to keep asking while the endpoint is unreachable, not routed yet "
+            "(404/502/503/504) or still serves another version."
+        ),
+    ] = 180.0,
     params_file: ParamsOpt = PARAMS,
 ) -> None:
-    """Smoke-test a live endpoint: /readyz, /v1/metadata names MODEL, and one probe row
-    gets the label the registered artifact itself gives it.
+    """Smoke-test a live endpoint: /v1/metadata names MODEL (asked again, with backoff, for
+    up to --wait seconds while the Ingress, its certificate or the rollout catch up; a
+    401/403 fails at once), and one probe row gets the label the registered artifact
+    itself gives it.
 
     The API key is the first of MODELYARD_API_KEYS. Exit 1 when a check fails (the
     deploy workflow then rolls back with `deploy undo`).
@@ -584,6 +593,7 @@ def deploy_smoke(
             version=version,
             api_key=settings.current().first_api_key,
             expected=expected,
+            wait_s=wait,
         ),
     )
     console.print(f"deploy smoke: {passed.url} serves {passed.model}; probe -> {passed.label!r}")

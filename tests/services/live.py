@@ -8,9 +8,12 @@ import contextlib
 import os
 import shutil
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -147,3 +150,62 @@ def serve_model(project: Project, base: Path) -> LiveApi:
     server = api_server(project, base)
     server.start()
     return LiveApi(project, server, base / "log")
+
+
+# -- a gateway in front of the real API (as an Ingress is): errors first, then it forwards ----
+
+
+class Gateway:
+    """Answers ``status`` with ``body`` to the first ``fail`` requests, then forwards to
+    the real API (its ``X-API-Key`` and ``Authorization`` headers too)."""
+
+    def __init__(
+        self,
+        upstream: str,
+        fail: int,
+        status: int = 503,
+        body: bytes = b"",
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.seen = 0
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _handle(self) -> None:
+                outer.seen += 1
+                length = int(self.headers.get("Content-Length") or 0)
+                data = self.rfile.read(length) if length else None
+                if outer.seen <= fail:
+                    code, reply, ctype = status, body, "text/html"
+                else:
+                    r = httpx.request(
+                        self.command,
+                        upstream + self.path,
+                        content=data,
+                        headers={
+                            "X-API-Key": self.headers.get("X-API-Key", ""),
+                            "Authorization": self.headers.get("Authorization", ""),
+                            "Content-Type": "application/json",
+                        },
+                    )
+                    code, reply, ctype = r.status_code, r.content, "application/json"
+                self.send_response(code)
+                for name, value in (headers or {}).items() if outer.seen <= fail else ():
+                    self.send_header(name, value)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            do_GET = do_POST = _handle
+
+            def log_message(self, *args: Any) -> None:
+                return
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

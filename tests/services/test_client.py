@@ -6,11 +6,8 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
 import httpx
 import numpy as np
@@ -27,7 +24,7 @@ from services.client import (
 )
 from services.inference_log import read
 from tests.conftest import free_port
-from tests.services.live import API_KEY, LiveApi
+from tests.services.live import API_KEY, Gateway, LiveApi
 
 pytestmark = pytest.mark.slow
 
@@ -145,61 +142,6 @@ def test_an_unreachable_api_is_retried_then_unavailable(caplog: pytest.LogCaptur
 
 
 # -- a gateway in front of the real API (as an Ingress is): 503s first, then it forwards ------
-
-
-class Gateway:
-    """Answers ``status`` with ``body`` to the first ``fail`` requests, then forwards to
-    the real API."""
-
-    def __init__(
-        self,
-        upstream: str,
-        fail: int,
-        status: int = 503,
-        body: bytes = b"",
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        self.seen = 0
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _handle(self) -> None:
-                outer.seen += 1
-                length = int(self.headers.get("Content-Length") or 0)
-                data = self.rfile.read(length) if length else None
-                if outer.seen <= fail:
-                    code, reply, ctype = status, body, "text/html"
-                else:
-                    r = httpx.request(
-                        self.command,
-                        upstream + self.path,
-                        content=data,
-                        headers={
-                            "X-API-Key": self.headers.get("X-API-Key", ""),
-                            "Content-Type": "application/json",
-                        },
-                    )
-                    code, reply, ctype = r.status_code, r.content, "application/json"
-                self.send_response(code)
-                for name, value in (headers or {}).items() if outer.seen <= fail else ():
-                    self.send_header(name, value)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(reply)))
-                self.end_headers()
-                self.wfile.write(reply)
-
-            do_GET = do_POST = _handle
-
-            def log_message(self, *args: Any) -> None:
-                return
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def test_503s_are_retried_until_the_api_answers(digits_api: LiveApi) -> None:

@@ -26,6 +26,7 @@ from tests.conftest import (
     kill_tree,
     modelyard,
 )
+from tests.services.live import Gateway
 
 pytestmark = pytest.mark.slow
 
@@ -182,6 +183,33 @@ def test_smoke_passes_against_the_version_it_serves(
     assert int(label) in range(10)
 
 
+def test_smoke_waits_for_an_ingress_that_is_not_routing_yet(
+    built: tuple[Project, dict[str, str]], serving: str
+) -> None:
+    """Issue 23: the smoke test asks the API's own route through what stands in front
+    (here a gateway that answers 404, as an Ingress not routing yet does, then forwards),
+    again with backoff, instead of failing the deploy on its first answer."""
+    project, env = built
+    gateway = Gateway(serving, fail=2, status=404, body=b"<h1>404 Not Found</h1>")
+    try:
+        done = modelyard(
+            project.root,
+            "deploy",
+            "smoke",
+            gateway.url,
+            "--model",
+            f"{NAME}/1",
+            "--params",
+            str(project.params_path),
+            env={**env, "MODELYARD_API_KEYS": "smoke-key"},
+        )
+    finally:
+        gateway.close()
+    assert f"serves {NAME}/1" in done.stdout
+    assert gateway.seen == 4  # two 404s, then /v1/metadata and /v1/predict forwarded
+    assert "answered HTTP 404; trying again" in " ".join(done.stderr.split())
+
+
 def test_smoke_fails_on_another_version_a_bad_key_or_no_service(
     built: tuple[Project, dict[str, str]], serving: str
 ) -> None:
@@ -190,9 +218,12 @@ def test_smoke_fails_on_another_version_a_bad_key_or_no_service(
     keyed = {**env, "MODELYARD_API_KEYS": "smoke-key"}
     # Version 2 exists (the same artifact, copied), but the live service still serves 1.
     project.registry().client.copy_model_version(f"models:/{NAME}/1", NAME)
-    other = modelyard(project.root, *smoke, serving, "--model", f"{NAME}/2", env=keyed, check=False)
+    other = modelyard(
+        project.root, *smoke, serving, "--model", f"{NAME}/2", "--wait", "2", env=keyed, check=False
+    )
     assert other.returncode == 1
-    assert f"serves {NAME}/1, expected {NAME}/2" in " ".join(other.stderr.split())
+    said = " ".join(other.stderr.split())
+    assert f"serves {NAME}/1, expected {NAME}/2 (still after waiting 2 s)" in said
     bad_key = modelyard(
         project.root,
         *smoke,
@@ -209,6 +240,8 @@ def test_smoke_fails_on_another_version_a_bad_key_or_no_service(
         f"http://127.0.0.1:{free_port()}",
         "--model",
         f"{NAME}/1",
+        "--wait",
+        "1",
         env=keyed,
         check=False,
     )
