@@ -422,6 +422,40 @@ def revisions(namespace_name: str, env: dict[str, str]) -> dict[str, int | None]
     return found
 
 
+# What a release may remove when it no longer holds it. Not Secrets (the API's previous
+# keys Secret is what `kubectl rollout undo` to the previous ReplicaSet needs) and never the
+# inference log's PersistentVolumeClaim (its data outlives every release).
+PRUNE_ALLOWLIST = (
+    "apps/v1/Deployment",
+    "core/v1/Service",
+    "core/v1/ServiceAccount",
+    "autoscaling/v2/HorizontalPodAutoscaler",
+    "policy/v1/PodDisruptionBudget",
+    "networking.k8s.io/v1/NetworkPolicy",
+    "networking.k8s.io/v1/Ingress",
+    "batch/v1/CronJob",
+)
+
+
+def apply_command(kubectl: str, manifests: Path, release: Release) -> list[str]:
+    """``kubectl apply`` of the rendered release that also removes what an earlier
+    release of this environment made and this one no longer holds (a web app or drift
+    job left out, a renamed policy): pruned by the release's labels, kinds allowlisted."""
+    selector = f"app.kubernetes.io/part-of=modelyard,app.kubernetes.io/instance={release.env}"
+    return [
+        kubectl,
+        "apply",
+        "-f",
+        str(manifests),
+        "--namespace",
+        release.namespace,
+        "--prune",
+        "--selector",
+        selector,
+        *(f"--prune-allowlist={kind}" for kind in PRUNE_ALLOWLIST),
+    ]
+
+
 def apply(
     release: Release,
     secrets: Secrets,
@@ -455,7 +489,7 @@ def apply(
         rendered = Path(tmp) / "release.yaml"
         rendered.touch(mode=0o600)  # it holds the keys
         rendered.write_text(manifests)
-        _run([kubectl, "apply", "-f", str(rendered), *ns], "kubectl apply", env)
+        _run(apply_command(kubectl, rendered, release), "kubectl apply", env)
         for deployment in (API, WEBAPP) if release.webapp_image else (API,):
             wait = timeout_s or rollout_budget(docs, deployment)
             log.info("waiting up to %d s for the rollout of %s", wait, deployment)

@@ -472,6 +472,52 @@ def test_the_rollout_wait_counts_waves_of_surge(
     assert deploy.rollout_budget([deployment], "x", margin_s=0) == waves * 30
 
 
+def test_apply_prunes_what_a_release_dropped_but_never_secrets_or_the_log(
+    e2e_tier: None, tmp_path: Path
+) -> None:
+    """Issue 23: `kubectl apply` without pruning left dropped objects running. Pruned by
+    the release's labels, every kind a release holds is allowlisted but the Secrets (a
+    rollback's ReplicaSet needs its keys) and the log's claim (its data outlives releases);
+    real kubectl accepts the flags (it fails on the unreachable cluster, not on them)."""
+    docs = render("production", "--webapp-image", WEBAPP, "--monitor-image", MONITOR)
+    kinds = {
+        f"{d['apiVersion'] if '/' in d['apiVersion'] else 'core/' + d['apiVersion']}/{d['kind']}"
+        for d in docs
+    }
+    kept = {"core/v1/Secret", "core/v1/PersistentVolumeClaim"}
+    assert set(deploy.PRUNE_ALLOWLIST) == kinds - kept
+    release = deploy.Release("production", IMAGE, "digits-classifier", "3", WEBAPP, MONITOR)
+    manifests = tmp_path / "release.yaml"
+    manifests.write_text(yaml.safe_dump_all(docs))
+    argv = deploy.apply_command("kubectl", manifests, release)
+    selector = dict(pair.split("=") for pair in argv[argv.index("--selector") + 1].split(","))
+    for doc in docs:  # every object is the release's, so a later release may prune it
+        assert selector.items() <= doc["metadata"]["labels"].items(), doc["metadata"]["name"]
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "c",
+                "clusters": [
+                    {"name": "c", "cluster": {"server": f"https://127.0.0.1:{free_port()}"}}
+                ],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+                "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+            }
+        )
+    )
+    done = subprocess.run(
+        [*argv, "--dry-run=client"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "KUBECONFIG": str(kubeconfig)},
+    )
+    assert done.returncode != 0 and "unknown flag" not in done.stderr
+    assert "refused" in done.stderr or "connect" in done.stderr, done.stderr
+
+
 def test_a_rotated_key_renames_the_secret_so_pods_roll(e2e_tier: None) -> None:
     first = by_kind(render("staging"), "Secret")
     second = by_kind(render("staging", keys="key-three,key-one"), "Secret")
