@@ -72,7 +72,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from itertools import pairwise
 from pathlib import Path
@@ -121,6 +121,7 @@ class Harvested:
     malformed: int = 0  # unreadable lines skipped (counted, not fatal)
     expired: int = 0  # pending predictions and orphans forgotten (older than pending_days)
     restored: int = 0  # labelled rows the project lacked, copied back from the harvest state
+    removed_folders: int = 0  # dead pods' folders, read to their end, removed after reading
 
 
 @dataclass(frozen=True, slots=True)  # many are held: pending predictions
@@ -251,7 +252,41 @@ def harvest(
         files.write_json(
             inference_log.manifest_path(log_dir), {"version": 1, "files": read.offsets}
         )
+        dead = dead_folders(
+            log_dir, read.offsets, now=now, idle_s=params.harvest.dead_folder_days * DAY
+        )
+        for folder in dead:
+            log.info("harvest: removing %s: every file read, none written for %g days",
+                     folder, params.harvest.dead_folder_days)  # fmt: skip
+            shutil.rmtree(folder)
+        if dead:
+            gone = {f"{folder.name}/" for folder in dead}
+            kept = {k: v for k, v in read.offsets.items() if not k.startswith(tuple(gone))}
+            files.write_json(inference_log.manifest_path(log_dir), {"version": 1, "files": kept})
+            result = replace(result, removed_folders=len(dead))
     return result
+
+
+def dead_folders(
+    log_dir: Path, offsets: dict[str, int], *, now: float, idle_s: float
+) -> list[Path]:
+    """The pod folders under ``log_dir`` whose every log file was read to its end
+    (``offsets``, the manifest just written) and none written for ``idle_s``: dead pods'.
+    A folder holding anything else, or nothing of the log, is left alone."""
+    dead = []
+    pattern = f"{inference_log.PREFIX}*{inference_log.SUFFIX}"
+    for folder in sorted(p for p in log_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        entries = list(folder.iterdir())
+        logs = [p for p in entries if p.match(pattern)]
+        if not logs or len(logs) != len(entries):
+            continue
+        stats = {p: p.stat() for p in logs}
+        read_all = all(
+            offsets.get(f"{folder.name}/{p.name}", -1) >= st.st_size for p, st in stats.items()
+        )
+        if read_all and now - max(st.st_mtime for st in stats.values()) > idle_s:
+            dead.append(folder)
+    return dead
 
 
 def labelled_after(root: Path, paths: Paths, ts: float) -> int:

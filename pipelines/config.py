@@ -289,6 +289,9 @@ class Harvest(Section):
     # label that arrives after log rotation deleted its prediction's file still joins.
     pending_days: Annotated[float, Field(gt=0)] = 30
     dvc_add: bool = True  # `dvc add` the written Parquet files when the project uses DVC
+    # A pod's folder of the shared log whose files were all read to their end and none
+    # written for this long is a dead pod's: removed after the harvest (never before).
+    dead_folder_days: Annotated[float, Field(gt=0)] = 7
 
 
 class Monitor(Section):

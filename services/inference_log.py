@@ -10,14 +10,18 @@ Design (what the monitoring job relies on):
   concurrent workers never interleave; within a process a lock serializes writes. A
   reader skips (and counts) a line that is not complete JSON, and a writer that opens
   a file whose last line was cut off starts on a fresh line.
-- **Bounded, and no label lost to retention.** Files rotate at ``max_bytes``. Beyond
-  ``max_files`` per directory the oldest files are deleted, but only those `modelyard
+- **Bounded, and no label lost to retention** (``Retention``, ``plan_prune``). Files
+  rotate at ``max_bytes``. A directory (one pod's, on the shared volume) keeps at most
+  ``max_files`` files, ``max_total_bytes`` bytes (1 GiB) and ``max_age_s`` of age (30
+  days): past any of them the oldest files are deleted, but only those `modelyard
   harvest` has consumed to their current size (its manifest, ``<log dir>/.harvest/
   manifest.json``, in this directory or its parent when each pod writes a subfolder).
-  Unharvested files are kept, up to ``hard_max_files`` (default 4 x ``max_files``); past
-  that the oldest is deleted anyway, with an error saying labels may be lost and to run
-  `modelyard harvest` more often. No manifest (harvest never ran) means nothing is
-  harvested. The manifest is read only when pruning, i.e. at rotation.
+  Unharvested files are kept, up to ``hard_max_files`` (default 4 x ``max_files``) and
+  twice the byte budget; past that the oldest is deleted anyway, with an error saying
+  labels may be lost and to run `modelyard harvest` more often. Each writer's newest file
+  (by pid) is never deleted: another worker may still have it open. No manifest (harvest
+  never ran) means nothing is harvested. Pruning runs when a file is opened (at start
+  and at each rotation).
 - **Cheap.** One syscall per request on the request path, no fsync there.
 - **Survives a full disk.** A write that fails (disk full, read-only, I/O error) raises
   ``OSError`` to the caller (the service counts it and answers the prediction anyway);
@@ -52,6 +56,63 @@ HARVEST_DIR = ".harvest"
 MANIFEST = "manifest.json"
 
 
+DAY_SECONDS = 86_400
+
+
+@dataclass(frozen=True)
+class Retention:
+    """How much one log directory keeps (see the module's docstring)."""
+
+    max_files: int = 50
+    hard_max_files: int = 200  # unharvested files are kept beyond max_files, up to this
+    max_total_bytes: int = 1 << 30
+    max_age_s: float = 30 * DAY_SECONDS
+
+    @property
+    def hard_max_total_bytes(self) -> int:
+        return 2 * self.max_total_bytes
+
+
+@dataclass(frozen=True)
+class LogFile:
+    name: str
+    size: int
+    mtime: float
+    harvested: bool  # harvest consumed it to its current size
+
+
+def plan_prune(
+    files: list[LogFile], *, keep: set[str], retention: Retention, now: float
+) -> list[tuple[LogFile, str, bool]]:
+    """Which of ``files`` (oldest first, all of the directory's) to delete, each with the
+    reason and whether it was unharvested (labels may be lost). ``keep``: never deleted
+    (files a writer may have open)."""
+    count, total = len(files), sum(f.size for f in files)
+    r = retention
+    out: list[tuple[LogFile, str, bool]] = []
+    for f in files:
+        if f.name in keep:
+            continue
+        if f.harvested:
+            if count > r.max_files:
+                reason = f"harvested; max_files={r.max_files}"
+            elif total > r.max_total_bytes:
+                reason = f"harvested; the folder holds {total} bytes, over {r.max_total_bytes}"
+            elif now - f.mtime > r.max_age_s:
+                reason = f"harvested; older than {r.max_age_s / DAY_SECONDS:g} days"
+            else:
+                continue
+        elif count > r.hard_max_files:
+            reason = f"over hard_max_files={r.hard_max_files}"
+        elif total > r.hard_max_total_bytes:
+            reason = f"the folder holds {total} bytes, over {r.hard_max_total_bytes}"
+        else:
+            continue
+        out.append((f, reason, not f.harvested))
+        count, total = count - 1, total - f.size
+    return out
+
+
 class InferenceLog:
     def __init__(
         self,
@@ -60,12 +121,15 @@ class InferenceLog:
         max_files: int = 50,
         fsync_every: float = 1.0,
         hard_max_files: int | None = None,
+        max_total_bytes: int = 1 << 30,
+        max_age_s: float = 30 * DAY_SECONDS,
     ) -> None:
         self.directory = directory
         self.max_bytes = max_bytes
         self.max_files = max_files
         # Unharvested files are kept beyond max_files, up to this many.
         self.hard_max_files = max(max_files, hard_max_files or 4 * max_files)
+        self.retention = Retention(max_files, self.hard_max_files, max_total_bytes, max_age_s)
         self._path: Path | None = None
         self._lock = threading.Lock()
         self._fd = -1
@@ -125,6 +189,7 @@ class InferenceLog:
     # -- internals -------------------------------------------------------------------------
 
     def _open_next(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)  # removed as dead
         self._seq += 1
         name = f"{PREFIX}{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{self._seq:04d}{SUFFIX}"
         path = self.directory / name
@@ -147,40 +212,43 @@ class InferenceLog:
         self._open_next()
 
     def _prune(self) -> None:
-        """Over ``max_files``: delete the oldest files harvest consumed; keep the others up
-        to ``hard_max_files``. Only the oldest are candidates: the newest ``max_files`` may
-        be other workers' open files, which a harvest may have read to their end."""
-        files = sorted(
-            (p for p in self.directory.glob(f"{PREFIX}*{SUFFIX}") if p != self._path),
-            key=lambda p: (p.stat().st_mtime, p.name),  # as read() orders them
-        )
-        excess = len(files) + 1 - self.max_files  # + 1: the file just opened
-        if excess <= 0:
-            return
+        """Delete what ``plan_prune`` says: harvested files past the count, byte or age
+        budget; unharvested ones only past the hard limits, with an error."""
         consumed = harvested(self.directory)
-        kept: list[Path] = []
-        for old in files[:excess]:
-            if _size(old) <= consumed.get(old.name, -1):
-                log.info(
-                    "inference log: removing %s (harvested; max_files=%d)", old.name, self.max_files
+        files: list[LogFile] = []
+        newest: dict[str, tuple[int, str]] = {}  # pid -> (seq, name): may be open
+        for path in self.directory.glob(f"{PREFIX}*{SUFFIX}"):
+            try:
+                st = path.stat()
+            except FileNotFoundError:  # another worker pruned it first
+                continue
+            done = st.st_size <= consumed.get(path.name, -1)
+            files.append(LogFile(path.name, st.st_size, st.st_mtime, done))
+            pid, seq = _writer(path.name)
+            if pid and seq > newest.get(pid, (-1, ""))[0]:
+                newest[pid] = (seq, path.name)
+        files.sort(key=lambda f: (f.mtime, f.name))  # as read() orders them
+        keep = {name for _, name in newest.values()}
+        if self._path is not None:
+            keep.add(self._path.name)
+        plan = plan_prune(files, keep=keep, retention=self.retention, now=time.time())
+        for f, reason, lost in plan:
+            if lost:
+                log.error(
+                    "inference log: removing %s before `modelyard harvest` read it (%s): "
+                    "feedback labels of its predictions may be lost. Run `modelyard harvest` "
+                    "more often (or raise the limits).",
+                    f.name,
+                    reason,
                 )
-                old.unlink(missing_ok=True)
             else:
-                kept.append(old)
-        over = len(files) - (excess - len(kept)) + 1 - self.hard_max_files
-        for old in kept[: max(0, over)]:
-            log.error(
-                "inference log: removing %s before `modelyard harvest` read it (over "
-                "hard_max_files=%d): feedback labels of its predictions may be lost. Run "
-                "`modelyard harvest` more often (or raise the limits).",
-                old.name,
-                self.hard_max_files,
-            )
-            old.unlink(missing_ok=True)
+                log.info("inference log: removing %s (%s)", f.name, reason)
+            (self.directory / f.name).unlink(missing_ok=True)
 
     def _sync_loop(self, every: float) -> None:
         while not self._closed.wait(every):
             with self._lock:
+                self._check_linked()
                 if not (self._dirty and self._fd >= 0):
                     continue
                 fd = os.dup(self._fd)  # fsync outside the lock: requests never wait on the disk
@@ -191,6 +259,21 @@ class InferenceLog:
                 log.error("inference log: fsync of %s failed: %s", self._path, exc)
             finally:
                 os.close(fd)
+
+    def _check_linked(self) -> None:
+        """The open file was deleted (its folder removed as a dead pod's by harvest, or by
+        hand): what follows would go nowhere. Close it; the next append opens a new one
+        (and the folder again). Called with the lock held, off the request path."""
+        if self._fd < 0:
+            return
+        try:
+            linked = os.fstat(self._fd).st_nlink > 0
+        except OSError:
+            return
+        if not linked:
+            log.warning("inference log: %s was deleted; writing to a new file", self._path)
+            fd, self._fd = self._fd, -1
+            os.close(fd)
 
 
 class Health:
@@ -236,11 +319,12 @@ class Health:
         return said
 
 
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except FileNotFoundError:  # another worker pruned it first
-        return -1
+def _writer(name: str) -> tuple[str, int]:
+    """(pid, seq) from ``inference-<time>-<pid>-<seq>.jsonl``; ("", -1) if not ours."""
+    parts = name[len(PREFIX) : -len(SUFFIX)].split("-")
+    if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
+        return parts[1], int(parts[2])
+    return "", -1
 
 
 def manifest_path(log_dir: Path) -> Path:

@@ -37,9 +37,10 @@ challenger that fails is counted and recorded with the reason, never seen by cli
 Environment: ``MODELYARD_LOG_DIR``, ``MODELYARD_MAX_BODY_BYTES`` (2 MB),
 ``MODELYARD_HEADER_TIMEOUT_SECONDS`` (10), ``MODELYARD_BODY_TIMEOUT_SECONDS`` (8: a body
 still arriving then is a 408, before BentoML's own 10 s timeout would answer 504),
-``MODELYARD_ORT_THREADS`` (1),
-``MODELYARD_LOG_FSYNC_SECONDS`` (1), ``MODELYARD_SHADOW`` (``on``; ``off`` serves a
-Bento built with a shadow without it), ``MODELYARD_SHADOW_QUEUE`` (1024 requests).
+``MODELYARD_ORT_THREADS`` (1), ``MODELYARD_LOG_FSYNC_SECONDS`` (1),
+``MODELYARD_LOG_RETAIN_BYTES`` (1 GiB per folder) and ``MODELYARD_LOG_RETAIN_DAYS`` (30:
+harvested files only), ``MODELYARD_SHADOW`` (``on``; ``off`` serves a Bento built with a
+shadow without it), ``MODELYARD_SHADOW_QUEUE`` (1024 requests).
 """
 
 from __future__ import annotations
@@ -519,6 +520,8 @@ class Classifier:
         self.log = InferenceLog(
             Path(os.environ.get("MODELYARD_LOG_DIR", "inference-log")),
             fsync_every=float(os.environ.get("MODELYARD_LOG_FSYNC_SECONDS", "1.0")),
+            max_total_bytes=int(os.environ.get("MODELYARD_LOG_RETAIN_BYTES", str(1 << 30))),
+            max_age_s=float(os.environ.get("MODELYARD_LOG_RETAIN_DAYS", "30")) * 86_400,
         )
         # "ok", or "degraded" with the last error since the log last failed (this worker).
         self.log_health = Health(say_every=LOG_ERROR_EVERY_SECONDS)

@@ -300,6 +300,56 @@ def test_the_writer_keeps_unharvested_files_and_deletes_harvested_ones(
     assert not any(p.exists() for p in kept[:4])
 
 
+def test_a_dead_pods_folder_goes_after_it_was_read_and_a_live_writer_recovers(
+    proj: Project, tmp_path: Path
+) -> None:
+    """Issue 23: folders of pods that are gone piled up on the shared volume. After a
+    harvest read every file of a pod's folder, and none was written for
+    harvest.dead_folder_days, the folder goes; a recently written one stays. A writer
+    whose folder was removed under it opens a new one."""
+    log_dir = tmp_path / "log"
+    rng = np.random.default_rng(7)
+    gone, alive = InferenceLog(log_dir / "api-a"), InferenceLog(log_dir / "api-b")
+    ids = [predict(writer, [digit(rng)])[0] for writer in (gone, alive)]
+    long_ago = time.time() - 8 * 86_400
+    for path in (log_dir / "api-a").glob("*.jsonl"):
+        os.utime(path, (long_ago, long_ago))
+    proj.set_params(harvest={"dead_folder_days": 7})
+    result = run(proj, log_dir)
+    assert result.removed_folders == 1
+    assert sorted(p.name for p in log_dir.iterdir() if not p.name.startswith(".")) == ["api-b"]
+    manifest = json.loads(inference_log_manifest(log_dir).read_text())["files"]
+    assert manifest and all(k.startswith("api-b/") for k in manifest)
+    # Its prediction was read before the folder went: a late label still joins it.
+    feedback(alive, ids[0], 3)
+    assert run(proj, log_dir).new == 1
+
+    with gone._lock:
+        gone._check_linked()  # what its fsync thread does every second
+    predict(gone, [digit(rng)])
+    gone.close()
+    alive.close()
+    assert len(list((log_dir / "api-a").glob("*.jsonl"))) == 1  # a new folder and file
+
+
+def test_a_folder_with_unread_bytes_or_other_files_is_not_dead(tmp_path: Path) -> None:
+    pod = tmp_path / "api-c"
+    pod.mkdir()
+    log = pod / "inference-20261201T000000-1-0001.jsonl"
+    log.write_text('{"id": 1}\n')
+    old = time.time() - 30 * 86_400
+    os.utime(log, (old, old))
+    size = log.stat().st_size
+    now, idle = time.time(), 7 * 86_400
+    assert harvesting.dead_folders(tmp_path, {"api-c/" + log.name: size}, now=now, idle_s=idle)
+    assert not harvesting.dead_folders(
+        tmp_path, {"api-c/" + log.name: size - 1}, now=now, idle_s=idle
+    )
+    assert not harvesting.dead_folders(tmp_path, {}, now=now, idle_s=idle)
+    (pod / "notes.txt").write_text("an operator's")
+    assert not harvesting.dead_folders(tmp_path, {"api-c/" + log.name: size}, now=now, idle_s=idle)
+
+
 def test_dvc_add_tracks_the_harvest_and_a_failure_says_what_to_do(
     e2e_tier: None, tmp_path: Path
 ) -> None:
@@ -526,3 +576,14 @@ def test_harvest_stops_on_what_it_cannot_use(proj: Project, tmp_path: Path) -> N
     with pytest.raises(DataError, match="another data contract"):
         run(proj, tmp_path / "log")
     assert not (state / "manifest.json").exists() and not (out / "harvest.json").exists()
+
+
+def inference_log_manifest(log_dir: Path) -> Path:
+    from services import inference_log
+
+    return inference_log.manifest_path(log_dir)
+
+
+def labelled_count(proj: Project) -> int:
+    path = proj.root / "data/production/labelled.parquet"
+    return len(pd.read_parquet(path)) if path.exists() else 0

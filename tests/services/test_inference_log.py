@@ -23,9 +23,12 @@ from services.inference_log import (
     HARVEST_DIR,
     Health,
     InferenceLog,
+    LogFile,
     ReadStats,
+    Retention,
     harvested,
     manifest_path,
+    plan_prune,
     read,
 )
 
@@ -299,3 +302,59 @@ def test_health_says_degraded_from_the_first_failure_until_a_write_works() -> No
     )
     assert health.state == {"status": "ok"} and health.recovered() is None
     assert Health.kind(OSError(errno.EROFS, "Read-only file system")) == "EROFS"
+
+
+# -- retention by count, bytes and age (issue 23): the plan as a pure function -----------------
+
+DAY = 86_400.0
+
+
+def files(*specs: tuple[int, float, bool]) -> list[LogFile]:
+    """(size, age in days, harvested) per file, oldest first."""
+    now = 100 * DAY
+    return [
+        LogFile(f"inference-20261201T000000-7-{i:04d}.jsonl", size, now - age * DAY, done)
+        for i, (size, age, done) in enumerate(specs)
+    ]
+
+
+def deleted(plan: list[tuple[LogFile, str, bool]]) -> list[int]:
+    return [int(f.name[-10:-6]) for f, _, _ in plan]
+
+
+def test_a_byte_budget_deletes_the_oldest_harvested_files() -> None:
+    r = Retention(max_files=50, hard_max_files=200, max_total_bytes=1_000, max_age_s=30 * DAY)
+    plan = plan_prune(files((400, 3, True), (400, 2, False), (400, 1, True), (400, 0, False)),
+                      keep={"none"}, retention=r, now=100 * DAY)  # fmt: skip
+    assert deleted(plan) == [0, 2] and "over 1000" in plan[0][1]
+    # unharvested: kept until twice the budget, then the oldest goes, flagged as lost
+    big = files((900, 2, False), (900, 1, False), (900, 0, False))
+    plan = plan_prune(big, keep=set(), retention=r, now=100 * DAY)
+    assert deleted(plan) == [0] and plan[0][2] is True
+
+
+def test_an_age_limit_deletes_only_harvested_files() -> None:
+    r = Retention(max_files=50, hard_max_files=200, max_total_bytes=1 << 30, max_age_s=30 * DAY)
+    plan = plan_prune(files((10, 40, True), (10, 40, False), (10, 5, True)),
+                      keep=set(), retention=r, now=100 * DAY)  # fmt: skip
+    assert deleted(plan) == [0] and "older than 30 days" in plan[0][1]
+
+
+def test_a_file_a_writer_may_have_open_is_never_deleted() -> None:
+    r = Retention(max_files=1, hard_max_files=1, max_total_bytes=1, max_age_s=0)
+    listed = files((10, 40, True), (10, 40, True))
+    plan = plan_prune(listed, keep={listed[0].name}, retention=r, now=100 * DAY)
+    assert deleted(plan) == [1]
+
+
+def test_another_workers_newest_file_survives_a_prune(tmp_path: Path) -> None:
+    """Two writers (pids) in one folder: a prune by one never deletes the other's newest
+    file, which it may still be writing (an unlinked open file loses what follows)."""
+    other = tmp_path / "inference-20261201T000000-99999-0007.jsonl"
+    other.write_text('{"id": "other"}\n')
+    os.utime(other, (time.time() - 90 * DAY, time.time() - 90 * DAY))
+    _manifest(tmp_path, {other.name: other.stat().st_size})
+    log = InferenceLog(tmp_path, max_bytes=1_000, max_files=1, max_age_s=DAY)
+    _fill(log, 3)
+    log.close()
+    assert other.exists()
