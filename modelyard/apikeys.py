@@ -24,6 +24,11 @@ keys_app = typer.Typer(
     no_args_is_help=True,
 )
 
+CODES = (
+    "Exit codes: 0 done; 2 a usage or configuration error (a bad name, scope, rate or quota; "
+    "an unreadable key file; no such key)."
+)
+
 FileOpt = Annotated[
     Path | None,
     typer.Option(
@@ -43,7 +48,7 @@ def _fail(exc: Exception) -> typer.Exit:
     return typer.Exit(2)
 
 
-@keys_app.command("create")
+@keys_app.command("create", epilog=CODES)
 def create(
     name: Annotated[str, typer.Argument(help="The key's name: what metrics and logs show.")],
     scope: Annotated[
@@ -95,7 +100,7 @@ def create(
     )
 
 
-@keys_app.command("list")
+@keys_app.command("list", epilog=CODES)
 def list_keys(
     file: FileOpt = None,
     all_keys: Annotated[bool, typer.Option("--all", help="Also revoked keys.")] = False,
@@ -128,7 +133,7 @@ def list_keys(
         err_console.print(f"{hidden} revoked key(s) not shown (--all shows them)")
 
 
-@keys_app.command("revoke")
+@keys_app.command("revoke", epilog=CODES)
 def revoke(
     name: Annotated[str, typer.Argument(help="The key to revoke.")],
     file: FileOpt = None,

@@ -3,6 +3,7 @@ Kubernetes rollout, record) that .github/workflows/deploy.yml runs."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -553,6 +554,44 @@ def deploy_record(
         lambda: promotion.record_deployment(registry, name, version, image, target, who),
     )
     console.print(f"deploy record: {name} v{version} runs {image} on {target}")
+
+
+@deploy_app.command("commit", epilog=EXIT_CODES)
+def deploy_commit(
+    model: ReleaseModel,
+    params_file: ParamsOpt = PARAMS,
+) -> None:
+    """Print the git commit the version was trained and validated with (its `git.commit`
+    tag; step output `commit`), so deploy.yml builds the images from that commit, not
+    from whatever the default branch holds at deploy time. Exit 1 when the version has
+    none, or was trained from uncommitted changes (`git.dirty`): no commit holds what
+    trained it.
+    """
+    from core.errors import RegistryError
+    from services import build
+
+    registry = open_registry(params_file)
+    version = guard("deploy commit", lambda: build.resolve(registry, model))
+    commit = version.tags.get("git.commit", "")
+    dirty = version.tags.get("git.dirty", "").lower() == "true"
+
+    def check() -> str:
+        if not re.fullmatch(r"[0-9a-f]{40}", commit):
+            raise RegistryError(
+                f"{version.name} v{version.version} records no git commit ({commit or 'none'}): "
+                "register it from a git checkout (`modelyard run` in CI does)"
+            )
+        if dirty:
+            raise RegistryError(
+                f"{version.name} v{version.version} was trained from uncommitted changes on "
+                f"top of {commit[:12]}: no commit holds what trained it; train it again from "
+                "a clean checkout (train.yml does) and promote that version"
+            )
+        return commit
+
+    found = guard("deploy commit", check)
+    github_output(commit=found)
+    console.print(found, highlight=False)
 
 
 @deploy_app.command("smoke", epilog=EXIT_CODES)

@@ -27,6 +27,7 @@ PROMOTION = "tests/registry/test_promotion.py"
 DEPLOY = "tests/services/test_deploy.py::test_record_then_reconcile_is_in_sync"
 DEPLOY_MISSING = "tests/services/test_deploy.py::test_record_of_a_version_that_does_not_exist_is_1"
 SMOKE = "tests/services/test_deploy.py"
+KEYS_CLI = "tests/modelyard/test_keys_cli.py"
 RECORD_FAILURE = "test_a_failed_rollout_is_recorded_and_an_image_only_run_is_not_a_deploy"
 E2E = "tests/e2e/test_dvc_pipeline.py"
 TEAM = "tests/registry/test_team.py"
@@ -144,6 +145,15 @@ PRODUCED_BY: dict[tuple[str, int], str] = {
     ("deploy smoke", 0): f"{SMOKE}::test_smoke_passes_against_the_version_it_serves",
     ("deploy smoke", 1): f"{SMOKE}::test_smoke_fails_on_another_version_a_bad_key_or_no_service",
     ("deploy smoke", 2): f"{SMOKE}::test_smoke_fails_on_another_version_a_bad_key_or_no_service",
+    ("deploy commit", 0): f"{SMOKE}::test_deploy_commit_names_what_trained_the_version",
+    ("deploy commit", 1): f"{SMOKE}::test_deploy_commit_names_what_trained_the_version",
+    ("deploy commit", 2): f"{BAD_PARAMS}[deploy commit]",
+    ("keys create", 0): f"{KEYS_CLI}::test_keys_create_list_revoke_through_the_cli",
+    ("keys create", 2): f"{KEYS_CLI}::test_keys_mistakes_are_2_and_say_what_to_fix",
+    ("keys list", 0): f"{KEYS_CLI}::test_keys_create_list_revoke_through_the_cli",
+    ("keys list", 2): f"{KEYS_CLI}::test_keys_mistakes_are_2_and_say_what_to_fix",
+    ("keys revoke", 0): f"{KEYS_CLI}::test_keys_create_list_revoke_through_the_cli",
+    ("keys revoke", 2): f"{KEYS_CLI}::test_keys_mistakes_are_2_and_say_what_to_fix",
     ("deploy record-failure", 0): f"{SMOKE}::{RECORD_FAILURE}",
     ("deploy record-failure", 1): f"{SMOKE}::{RECORD_FAILURE}",
     ("deploy record-failure", 2): f"{SMOKE}::{RECORD_FAILURE}",

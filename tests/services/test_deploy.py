@@ -54,6 +54,41 @@ def test_build_writes_the_step_outputs(built: tuple[Project, dict[str, str]]) ->
     assert outputs["bento_tag"].startswith(f"{NAME}:v1-")
 
 
+def test_deploy_commit_names_what_trained_the_version(
+    built: tuple[Project, dict[str, str]],
+) -> None:
+    """Issue 23: deploy.yml builds the images from the version's own commit, not from
+    the default branch at deploy time. The test template is no git checkout (its version
+    records `unknown`): refused; with a recorded commit: printed and a step output; with
+    uncommitted changes on top (`git.dirty`): refused, no commit holds what trained it."""
+    project, env = built
+    params = ["--params", str(project.params_path)]
+    client = project.registry().client
+    tags = project.registry().version(NAME, "1").tags
+
+    def commit() -> subprocess.CompletedProcess[str]:
+        return modelyard(
+            project.root, "deploy", "commit", f"{NAME}/1", *params, env=env, check=False
+        )
+
+    unknown = commit()
+    assert unknown.returncode == 1 and "records no git commit (unknown)" in unknown.stderr
+    sha = "4ac9549e0f1a2b3c4ac9549e0f1a2b3c4ac9549e"
+    client.set_model_version_tag(NAME, "1", "git.commit", sha)
+    client.set_model_version_tag(NAME, "1", "git.dirty", "False")
+    try:
+        done = commit()
+        client.set_model_version_tag(NAME, "1", "git.dirty", "True")
+        dirty = commit()
+    finally:
+        client.set_model_version_tag(NAME, "1", "git.commit", tags["git.commit"])
+        client.set_model_version_tag(NAME, "1", "git.dirty", tags.get("git.dirty", "False"))
+    assert done.returncode == 0 and done.stdout.strip() == sha
+    outputs = dict(line.split("=", 1) for line in Path(env["GITHUB_OUTPUT"]).read_text().split())
+    assert outputs["commit"] == sha
+    assert dirty.returncode == 1 and "uncommitted changes" in " ".join(dirty.stderr.split())
+
+
 def test_record_then_reconcile_is_in_sync(built: tuple[Project, dict[str, str]]) -> None:
     """The reconciler deploys an undeployed champion once, waits while that deploy is
     pending, and does nothing once `deploy record` says the champion runs."""

@@ -226,7 +226,7 @@ def simulate(cluster: bool, fails: set[str], gate_off: bool = True) -> list[str]
     return ran
 
 
-IMAGES = ["deploy containerize", "webapp containerize", "deploy monitor-image"]
+IMAGES = ["deploy commit", "deploy containerize", "webapp containerize", "deploy monitor-image"]
 
 
 def test_deploy_without_a_cluster_builds_the_image_and_records_no_deploy() -> None:
@@ -268,6 +268,20 @@ def test_a_failed_production_rollout_is_recorded_and_undone_there(failing: str) 
 def test_a_failed_image_build_touches_no_environment(failing: str) -> None:
     ran = simulate(cluster=True, fails={failing})
     assert ran == IMAGES[: IMAGES.index(ran[-1]) + 1] and "deploy apply" not in ran
+
+
+def test_the_images_are_built_from_the_versions_own_commit() -> None:
+    """Issue 23: not from the default branch at deploy time."""
+    steps = load(DEPLOY)["jobs"]["build"]["steps"]
+    (commit,) = [i for i, s in enumerate(steps) if s.get("id") == "commit"]
+    assert steps[commit]["run"].split()[1:3] == ["deploy", "commit"]
+    (checkout,) = [
+        i for i, s in enumerate(steps)
+        if s.get("with", {}).get("ref") == "${{ steps.commit.outputs.commit }}"
+    ]  # fmt: skip
+    builds = [i for i, s in enumerate(steps) if "containerize" in s.get("run", "")]
+    assert commit < checkout < min(builds)
+    assert steps[checkout + 1]["uses"] == "./.github/actions/setup"  # that commit's venv
 
 
 def test_both_rollouts_deploy_the_three_images_the_build_job_made_once() -> None:
@@ -317,7 +331,7 @@ def test_the_gates_check_fails_closed() -> None:
     """Without MODELYARD_GATE=off the approval is checked before anything is built (and
     `registry verify` exits 2 without MODELYARD_GATE_KEY): a missing key stops the deploy."""
     ran = simulate(cluster=True, fails=set(), gate_off=False)
-    assert ran[:2] == ["registry verify", "deploy containerize"]
+    assert ran[:3] == ["registry verify", "deploy commit", "deploy containerize"]
     # checked again right before production's rollout
     assert ran[ran.index("deploy smoke") + 1 :][:2] == ["registry verify", "deploy apply"]
     # a workflow_dispatch of a version the gate did not approve: nothing else runs
