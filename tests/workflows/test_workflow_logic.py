@@ -193,13 +193,16 @@ def test_the_drift_job_runs_only_on_the_runner_with_the_log(runner: str, schedul
 DEPLOY = GITHUB / "workflows/deploy.yml"
 
 
-def simulate(cluster: bool, fails: set[str], gate_off: bool = True) -> list[str]:
+def simulate(
+    cluster: bool, fails: set[str], gate_off: bool = True, cancel: str | None = None
+) -> list[str]:
     """The modelyard commands deploy.yml runs when the steps named in ``fails`` (``job.step
     id``) fail; jobs in file order, each after its ``needs`` succeeded (as GitHub runs
     them). ``cluster``: the environments hold a KUBE_CONFIG; ``gate_off``: the repository
     variable MODELYARD_GATE is ``off`` (no team server)."""
     results: dict[str, str] = {}
     ran: list[str] = []
+    cancelled = False  # ``cancel``: the run is cancelled while that step runs
     for name, job in load(DEPLOY)["jobs"].items():
         needs = job.get("needs", [])
         needs = [needs] if isinstance(needs, str) else needs
@@ -212,17 +215,25 @@ def simulate(cluster: bool, fails: set[str], gate_off: bool = True) -> list[str]
         }
         failed = False
         for step in job["steps"]:
-            state = {**ctx, "success()": not failed, "failure()": failed, "always()": True}
+            state = {
+                **ctx,
+                "success()": not failed and not cancelled,
+                "failure()": failed,
+                "cancelled()": cancelled,
+                "always()": True,
+            }
             outcome = "skipped"
             if runs(step.get("if"), state):
                 outcome = "failure" if f"{name}.{step.get('id')}" in fails else "success"
+                if f"{name}.{step.get('id')}" == cancel:
+                    outcome, cancelled = "cancelled", True
                 if step.get("run", "").startswith(".venv/bin/modelyard"):
                     words = step["run"].split()
                     ran.append(" ".join(w for w in words[1:4] if not w.startswith(("$", '"', "-"))))
             if "id" in step:
                 ctx[f"steps.{step['id']}.outcome"] = outcome
             failed = failed or outcome == "failure"
-        results[name] = "failure" if failed else "success"
+        results[name] = "cancelled" if cancelled else "failure" if failed else "success"
     return ran
 
 
@@ -262,6 +273,16 @@ def test_a_failed_production_rollout_is_recorded_and_undone_there(failing: str) 
         failure = [s for s in jobs[env]["steps"] if "record-failure" in s.get("run", "")]
         assert [u["run"].split()[-1] for u in undo] == [env]
         assert f"--env {env}" in failure[0]["run"]
+
+
+@pytest.mark.parametrize("step", ["staging.rollout", "production.smoke"])
+def test_a_run_cancelled_mid_rollout_still_records_and_undoes(step: str) -> None:
+    """Issue 23: a newer promotion (or a person) cancelling the run mid-rollout skipped
+    the undo, leaving a half-rolled environment."""
+    ran = simulate(cluster=True, fails=set(), cancel=step)
+    assert ran[-2:] == ["deploy record-failure", "deploy undo"] and "deploy record" not in ran
+    if step.startswith("staging"):
+        assert ran.count("deploy apply") == 1  # production never starts
 
 
 @pytest.mark.parametrize("failing", ["build.image", "build.webapp_image", "build.monitor_image"])
