@@ -13,7 +13,7 @@ export BENTOML_DO_NOT_TRACK := true
 export GX_ANALYTICS_ENABLED := false
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: help setup system-tools browser-tools bench-webapp bench-suite run serve test test-fast test-server test-e2e test-image test-browser coverage check lint format lock clean bench bench-monitoring bench-optimize bench-workers bench-shadow
+.PHONY: help setup system-tools browser-tools policy-tools bench-webapp bench-suite run serve test test-fast test-server test-e2e test-image test-browser coverage check lint format lock clean bench bench-monitoring bench-optimize bench-workers bench-shadow
 
 help: ## Show the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -59,6 +59,18 @@ bench-webapp: setup browser-tools ## Web app: page load, draw-to-prediction p50/
 # (no Docker daemon needed). Installed only when missing, with apt as root (or passwordless
 # sudo, as on GitHub's runners); elsewhere those tests report skipped and say why.
 SYSTEM_TOOLS := buildah docker-registry mmdebstrap
+CHECKOV_VENV := .venv-checkov
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-$(shell sha256sum requirements-checkov.lock 2>/dev/null | cut -c1-16)
+
+policy-tools: $(CHECKOV_STAMP) ## checkov (pinned, its own venv): the policy check of the rendered manifests
+
+$(CHECKOV_STAMP):
+	@command -v $(PY) >/dev/null || { echo "$(PY) not found: install Python 3.11 or run make PY=/path/to/python3.11"; exit 1; }
+	rm -rf $(CHECKOV_VENV)
+	$(PY) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-checkov.lock
+	touch $@
+
 system-tools: ## Install buildah, docker-registry, mmdebstrap with apt when missing
 	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
 	[ -z "$$missing" ] && exit 0; \
@@ -85,7 +97,7 @@ browser-tools: ## Install chromium with apt when missing (for the browser tests)
 # server, no subprocess), server, e2e, image, browser. The tests of one file stay on one
 # worker (its module fixtures are built once) and every image test on the same worker.
 XDIST ?= -n auto --dist loadgroup --no-loadscope-reorder
-test: setup system-tools browser-tools ## Run every tier (real MLflow, DVC, GX, ONNX Runtime, buildah, chromium) on all CPUs
+test: setup system-tools browser-tools policy-tools ## Run every tier (real MLflow, DVC, GX, ONNX Runtime, buildah, chromium) on all CPUs
 	$(BIN)/pytest $(XDIST)
 
 test-fast: setup ## The fast tier only (in-process, no server, no subprocess): about 2 minutes
@@ -94,7 +106,7 @@ test-fast: setup ## The fast tier only (in-process, no server, no subprocess): a
 test-server: setup ## The server tier (real MLflow, PostgreSQL, bentoml serve)
 	$(BIN)/pytest -m server $(XDIST)
 
-test-e2e: setup ## The e2e tier (the pipeline, the CLI, dvc, git, kubectl as subprocesses)
+test-e2e: setup policy-tools ## The e2e tier (the pipeline, the CLI, dvc, git, kubectl as subprocesses)
 	$(BIN)/pytest -m e2e $(XDIST)
 
 test-image: setup system-tools ## The image tier (buildah builds, pushes and runs the images)

@@ -226,6 +226,51 @@ def test_the_model_is_labelled_and_deployed_by_digest(
     assert deploy.MODEL_LABEL not in api["spec"]["selector"]["matchLabels"]  # immutable
 
 
+CHECKOV = REPO / ".venv-checkov/bin/checkov"
+# The scanner's findings we keep, each with its reason (issue 23: fix them or justify them).
+JUSTIFIED = {
+    # The BentoML image's user is uid 1034 and owns the Bento's files; another uid could
+    # not read them. The pods run as that uid, non-root, read-only, all capabilities dropped.
+    "CKV_K8S_40": "Containers should run as a high UID",
+    # MODELYARD_API_KEYS, MODELYARD_ID_KEY and the web app's secret are read from the
+    # environment by the service, as secretKeyRefs (never in the manifest); the named API
+    # keys (the sha256 key file) are mounted as a file.
+    "CKV_K8S_35": "Prefer using secrets as files over secrets as environment variables",
+}
+
+
+def checkov(folder: Path, *skip: str) -> dict[str, Any]:
+    done = subprocess.run(
+        [str(CHECKOV), "-d", str(folder), "--framework", "kubernetes", "--skip-download",
+         "--quiet", "--compact", "-o", "json", *(["--skip-check", ",".join(skip)] if skip else [])],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode in (0, 1), done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    return report[0] if isinstance(report, list) else report
+
+
+def test_a_policy_scanner_passes_every_release_but_the_justified_findings(
+    e2e_tier: None, tmp_path: Path
+) -> None:
+    """Issue 23: the rendered releases of both environments pass checkov (pinned, `make
+    policy-tools`) but the justified findings above; without the skips it finds exactly
+    those (so the scan is live, not silently empty)."""
+    if not CHECKOV.exists():
+        pytest.skip("checkov is not installed: run `make policy-tools` (make test does)")
+    for env in deploy.ENVIRONMENTS:
+        docs = render(
+            env, "--webapp-image", WEBAPP, "--monitor-image", MONITOR, "--host", "models.acme.dev"
+        )
+        (tmp_path / f"{env}.yaml").write_text(yaml.safe_dump_all(docs))
+    passed = checkov(tmp_path, *JUSTIFIED)
+    failed = [(c["check_id"], c["resource"]) for c in passed["results"]["failed_checks"]]
+    assert failed == [] and passed["summary"]["passed"] > 200
+    everything = checkov(tmp_path)
+    found = {c["check_id"] for c in everything["results"]["failed_checks"]}
+    assert found == set(JUSTIFIED)
+
+
 def test_one_tls_ingress_is_the_entry_point(release: tuple[str, list[dict[str, Any]]]) -> None:
     _, docs = release
     (ingress,) = by_kind(docs, "Ingress").values()
