@@ -376,8 +376,10 @@ def before_file(env_name: str) -> Path:
 
 @dataclass(frozen=True)
 class UndoStep:
-    deployment: str
-    action: str  # "undo" (to ``revision``), "scale-to-zero", or "keep"
+    deployment: str  # or the drift CronJob
+    action: (
+        str  # "undo" (to ``revision``), "scale-to-zero", "keep"; CronJob: "set-image", "suspend"
+    )
     revision: int | None
     why: str
 
@@ -405,6 +407,36 @@ def plan_undo(before: dict[str, int | None], now: dict[str, int | None]) -> list
         else:
             steps.append(UndoStep(name, "undo", was, f"revision {nowrev} -> back to {was}"))
     return steps
+
+
+CRONJOB = "modelyard-drift"
+CRONJOB_IMAGE = r"{.spec.jobTemplate.spec.template.spec.containers[0].image}"
+
+
+def plan_cronjob_undo(before: str | None, now: str | None) -> UndoStep:
+    """What taking back a failed apply means for the drift CronJob (it has no revisions:
+    its image before the apply and now; None: absent). Only a change is taken back."""
+    if now is None:
+        return UndoStep(CRONJOB, "keep", None, "absent now: nothing to undo")
+    if before is None:
+        return UndoStep(
+            CRONJOB, "suspend", None,
+            f"first deploy ({now}), nothing to go back to: suspended; fix the release and "
+            "deploy again",
+        )  # fmt: skip
+    if before == now:
+        return UndoStep(CRONJOB, "keep", None, f"unchanged by the apply ({now})")
+    return UndoStep(CRONJOB, "set-image", None, f"{now} -> back to {before}")
+
+
+def cronjob_image(namespace_name: str, env: dict[str, str]) -> str | None:
+    out = _run(
+        [_kubectl(), "get", "cronjob", CRONJOB, "--namespace", namespace_name,
+         "--ignore-not-found", "--output", f"jsonpath={CRONJOB_IMAGE}"],
+        f"kubectl get cronjob {CRONJOB}",
+        env,
+    ).strip()  # fmt: skip
+    return out or None
 
 
 def revisions(namespace_name: str, env: dict[str, str]) -> dict[str, int | None]:
@@ -484,8 +516,11 @@ def apply(
     record = record or before_file(release.env)
     with _cluster(kubeconfig) as env, tempfile.TemporaryDirectory() as tmp:
         found = revisions(release.namespace, env)
+        drift = cronjob_image(release.namespace, env)
         record.parent.mkdir(parents=True, exist_ok=True)
-        record.write_text(json.dumps({"namespace": release.namespace, "revisions": found}))
+        record.write_text(
+            json.dumps({"namespace": release.namespace, "revisions": found, "cronjob": drift})
+        )
         rendered = Path(tmp) / "release.yaml"
         rendered.touch(mode=0o600)  # it holds the keys
         rendered.write_text(manifests)
@@ -528,7 +563,21 @@ def undo(
     ns = ["--namespace", namespace(env_name)]
     with _cluster(kubeconfig) as env:
         steps = plan_undo(before, revisions(namespace(env_name), env))
+        if "cronjob" in saved:  # a record from before the CronJob was recorded: left alone
+            drift = plan_cronjob_undo(saved["cronjob"], cronjob_image(namespace(env_name), env))
+            steps.append(drift)
+            cronjob = [f"cronjob/{CRONJOB}", *ns]
+            if drift.action == "set-image":
+                image = f"drift={saved['cronjob']}"
+                _run([kubectl, "set", "image", *cronjob, image], "kubectl set image", env)
+            elif drift.action == "suspend":
+                patch = '{"spec": {"suspend": true}}'
+                _run(
+                    [kubectl, "patch", *cronjob, "--type=merge", "-p", patch], "kubectl patch", env
+                )
         for step in steps:
+            if step.deployment == CRONJOB:
+                continue
             target = f"deployment/{step.deployment}"
             if step.action == "undo":
                 _run(

@@ -697,3 +697,22 @@ def test_an_undo_takes_back_only_what_the_apply_changed(
     assert {s.deployment: (s.action, s.revision) for s in steps} == expected
     first = [s for s in steps if s.action == "scale-to-zero"]
     assert all("nothing to go back to" in s.why for s in first)
+
+
+OLD, NEW = "ghcr.io/acme/monitor@sha256:" + "1" * 64, "ghcr.io/acme/monitor@sha256:" + "2" * 64
+
+
+@pytest.mark.parametrize(
+    ("before", "now", "action"),
+    [(OLD, NEW, "set-image"), (OLD, OLD, "keep"), (None, NEW, "suspend"), (OLD, None, "keep")],
+    ids=["changed", "unchanged", "first-deploy", "absent"],
+)
+def test_an_undo_takes_the_drift_cronjob_back_only_when_the_apply_changed_it(
+    before: str | None, now: str | None, action: str
+) -> None:
+    """Issue 23: the CronJob has no revisions; its image before the apply is recorded, and
+    the undo sets it back (or suspends a first deploy's) only when the apply changed it."""
+    step = deploy.plan_cronjob_undo(before, now)
+    assert (step.deployment, step.action) == (deploy.CRONJOB, action)
+    if action == "set-image":
+        assert step.why.endswith(f"back to {OLD}")
