@@ -86,7 +86,7 @@ def rollback(
     env = settings.current()
     url = gate or env.gate_url
     if url:
-        from registry.gate import request_rollback
+        from registry.webhooks import request_rollback
 
         credentials = env.mlflow_credentials()
         if not credentials:
@@ -159,7 +159,8 @@ def _gate(params_file: Path, team_file: Path, retry_base: float = 60.0) -> Gate:
     from registry import team as team_mod
     from registry.auth import AuthAPI
     from registry.client import Registry
-    from registry.gate import Backoff, Gate
+    from registry.gate import Gate
+    from registry.gate_base import Backoff
     from registry.store import GateStore
 
     params, _ = guard("gate", lambda: load(params_file))  # a bad params file says so first
@@ -352,7 +353,7 @@ def approve(
     """Approve a candidate as yourself (team mode): the gate checks your MLflow login
     (MLFLOW_TRACKING_USERNAME/PASSWORD), your reviewer role, four eyes and the evidence,
     then copies it to production and moves `champion` itself."""
-    from registry.gate import request_approval
+    from registry.webhooks import request_approval
 
     env = settings.current()
     url, credentials = gate or env.gate_url, env.mlflow_credentials()
@@ -394,8 +395,8 @@ def registry_verify(
     it must be @champion, carry an approval signed with MODELYARD_GATE_KEY for exactly
     this version, and its model.onnx must be the signed file (sha256 recomputed)."""
     from registry import keys
+    from registry.approval import verify_for_deploy
     from registry.client import Registry
-    from registry.gate import verify_for_deploy
 
     env = settings.current()
     if not env.gate_key or not env.mlflow_tracking_uri:

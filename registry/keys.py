@@ -34,7 +34,12 @@ if TYPE_CHECKING:
     from registry.client import Registry
     from registry.store import GateStore
 
+
 log = logging.getLogger(__name__)
+
+# Where a signed approval lives on the production version (registry.approval).
+RECORD_TAG = "approval.record"  # the signed fields, canonical JSON
+SIGNATURE_TAG = "approval.signature"
 
 MIN_KEY_BYTES = 16
 _KEY_ID_LABEL = b"modelyard gate key id"
@@ -158,7 +163,6 @@ def resign(
     (``approval-resigned``). Idempotent: an approval signed with the current key, on the
     version too, is left alone.
     """
-    from registry.gate import RECORD_TAG, SIGNATURE_TAG
     from registry.store import StoredApproval
 
     keys = ring(key)

@@ -31,7 +31,8 @@ from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from core.errors import PromotionRefused, RegistryError
+from core import http
+from core.errors import ExternalServiceError, PromotionRefused, RegistryError
 from registry import policy, promotion
 from registry.auth import BadCredentials
 from registry.client import CHAMPION, Registry
@@ -347,3 +348,42 @@ def _basic(authorization: str | None) -> tuple[str, str] | None:
 def install(registry: Registry, url: str, secret: str, name: str = "modelyard-review-gate") -> str:
     """Register (or update) the webhook on the MLflow server; returns its id."""
     return registry.upsert_webhook(name, url=url, events=EVENTS, secret=secret)
+
+
+# -- the reviewer's side: asking the gate over HTTP ----------------------------------------
+
+
+def request_approval(
+    gate_url: str, credentials: tuple[str, str], name: str, version: str, *, comment: str
+) -> dict[str, Any]:
+    """Ask the gate to approve (the reviewer's own MLflow login). Returns the gate's
+    answer; raises PromotionRefused with its reasons, RegistryError if it failed."""
+    body = {"name": name, "version": version, "comment": comment}
+    return _ask(gate_url, "approve", credentials, body)
+
+
+def request_rollback(gate_url: str, credentials: tuple[str, str]) -> dict[str, Any]:
+    """Ask the gate to roll ``champion`` back (a reviewer's own login)."""
+    return _ask(gate_url, "rollback", credentials, {})
+
+
+def _ask(
+    gate_url: str, action: str, credentials: tuple[str, str], request: dict[str, Any]
+) -> dict[str, Any]:
+    try:
+        status, body = http.request_json(
+            "POST",
+            f"{gate_url.rstrip('/')}/{action}",
+            request,
+            auth=credentials,
+            accept=frozenset({400, 401, 403, 404}),
+            timeout=300,
+            attempts=2,
+            what="the review gate",
+        )
+    except ExternalServiceError as exc:
+        raise RegistryError(str(exc)) from exc
+    if status == 200:
+        return dict(body or {})
+    message = (body or {}).get("error", f"HTTP {status}")
+    raise PromotionRefused(message)

@@ -192,7 +192,8 @@ def _check_approved(version: Version, folder: Path) -> None:
     from core import settings
     from core.errors import PromotionRefused
     from registry import keys
-    from registry.gate import RECORD_TAG, SIGNATURE_TAG, Approval, folder_differences
+    from registry.approval import Approval, folder_differences
+    from registry.keys import RECORD_TAG, SIGNATURE_TAG
 
     record = version.tags.get(RECORD_TAG)
     if not record:

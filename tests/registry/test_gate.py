@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from registry.approval import signed
 from registry.client import Registry
-from registry.gate import RECORD_TAG, SIGNATURE_TAG, signed
+from registry.keys import RECORD_TAG, SIGNATURE_TAG
 from registry.store import GateStore
 from registry.webhooks import sign as sign_delivery
 from tests.conftest import BIN, FakeGitHub, free_port, kill_tree, new_project, record_exit

@@ -15,7 +15,8 @@ import yaml
 
 from core.errors import ConfigError
 from registry import policy, team
-from registry.gate import Approval, Backoff, sign, signed
+from registry.approval import Approval, sign, signed
+from registry.gate_base import Backoff
 from registry.store import GateStore
 from tests.registry.conftest import RULES
 

@@ -19,7 +19,8 @@ import yaml
 from core import settings
 from core.errors import ConfigError, PromotionRefused
 from registry import keys
-from registry.gate import RECORD_TAG, SIGNATURE_TAG, sign, signed, verify_for_deploy
+from registry.approval import sign, signed, verify_for_deploy
+from registry.keys import RECORD_TAG, SIGNATURE_TAG
 from tests.conftest import BIN, REPO, record_exit
 from tests.registry.conftest import (
     EXPERIMENT,
