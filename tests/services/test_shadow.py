@@ -97,7 +97,7 @@ def tiny_onnx(width: int, classes: int, *, slow_steps: int = 0) -> tuple[bytes, 
 def scorer(model: bytes, log_dir: Path, *, name: str, queue_size: int) -> Any:
     import onnxruntime as ort
 
-    from services.service import ShadowScorer
+    from services.shadow import ShadowScorer
 
     session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
     return ShadowScorer(
