@@ -41,7 +41,7 @@ import secrets
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -507,10 +507,3 @@ class Load:
             f"{SHED_RETRY_AFTER_SECONDS} s",
             retry_after=SHED_RETRY_AFTER_SECONDS,
         )
-
-
-def max_inflight(environ: Mapping[str, str]) -> int:
-    raw = environ.get("MODELYARD_MAX_INFLIGHT", str(DEFAULT_MAX_INFLIGHT)).strip()
-    if not raw.isdigit():
-        raise ValueError(f"MODELYARD_MAX_INFLIGHT is {raw!r}: use 0 (no bound) or a count")
-    return int(raw)

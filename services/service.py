@@ -34,13 +34,9 @@ one ``"shadow"`` record per row to the inference log (monitoring/logscan.py read
 Its queue is bounded: when full, requests are dropped and counted, never waited for. A
 challenger that fails is counted and recorded with the reason, never seen by clients.
 
-Environment: ``MODELYARD_LOG_DIR``, ``MODELYARD_MAX_BODY_BYTES`` (2 MB),
-``MODELYARD_HEADER_TIMEOUT_SECONDS`` (10), ``MODELYARD_BODY_TIMEOUT_SECONDS`` (8: a body
-still arriving then is a 408, before BentoML's own 10 s timeout would answer 504),
-``MODELYARD_ORT_THREADS`` (1), ``MODELYARD_LOG_FSYNC_SECONDS`` (1),
-``MODELYARD_LOG_RETAIN_BYTES`` (1 GiB per folder) and ``MODELYARD_LOG_RETAIN_DAYS`` (30:
-harvested files only), ``MODELYARD_SHADOW`` (``on``; ``off`` serves a Bento built with a
-shadow without it), ``MODELYARD_SHADOW_QUEUE`` (1024 requests).
+Environment: every variable the service reads is in ``services/config.py``
+(``ServiceSettings``: read once at start, typed, checked; a bad value refuses the start
+and names the variable).
 """
 
 from __future__ import annotations
@@ -66,8 +62,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from services import edge, gateway, ids
+from services.config import TRAFFIC_TIMEOUT_SECONDS, ServiceSettings, SettingError
 from services.inference_log import Health, InferenceLog
-from services.schema import MAX_BODY_BYTES, Contract, RequestError, openapi
+from services.schema import Contract, RequestError, openapi
 from services.shadow import SHADOW_DRAIN_SECONDS, ShadowScorer
 
 log = logging.getLogger("modelyard.service")
@@ -223,7 +220,6 @@ api = Starlette(
 )
 
 
-TRAFFIC_TIMEOUT_SECONDS = 10  # BentoML answers 504 to a request still running after this
 LOG_RETRY_AFTER_SECONDS = 30  # a feedback label the log could not keep: try again after
 LOG_ERROR_EVERY_SECONDS = 60.0  # a failing log is logged at most this often (and counted)
 
@@ -252,27 +248,21 @@ class Classifier:
     shadow_model = bentoml.models.BentoModel(ARGS.shadow_tag) if ARGS.shadow_tag else None
 
     def __init__(self) -> None:
-        edge.limit_header_time(float(os.environ.get("MODELYARD_HEADER_TIMEOUT_SECONDS", "10")))
-        self.gateway = _gateway(os.environ)
         try:
-            self.load = gateway.Load(gateway.max_inflight(os.environ))
-        except ValueError as exc:
+            self.settings = ServiceSettings.from_env(os.environ)
+        except SettingError as exc:
             raise StartupRefused(str(exc)) from None
+        settings = self.settings
+        edge.limit_header_time(settings.header_timeout_seconds)
+        self.gateway = _gateway(settings)
+        self.load = gateway.Load(settings.max_inflight)
         onnx_path, contract, self.session = self._load(self.bento_model)
         self.input_name = self.session.get_inputs()[0].name
         self.contract = Contract.from_schema(contract["schema"])
         self.classes = self.contract.classes
         self.model_ref = f"{contract['name']}/{contract['version']}"
-        self.max_body = int(os.environ.get("MODELYARD_MAX_BODY_BYTES", str(MAX_BODY_BYTES)))
-        self.body_timeout = float(
-            os.environ.get("MODELYARD_BODY_TIMEOUT_SECONDS", str(edge.BODY_TIMEOUT_SECONDS))
-        )
-        if not 0 < self.body_timeout < TRAFFIC_TIMEOUT_SECONDS:
-            raise StartupRefused(
-                f"MODELYARD_BODY_TIMEOUT_SECONDS={self.body_timeout:g}: must be above 0 and "
-                f"below the service's own {TRAFFIC_TIMEOUT_SECONDS} s request timeout, so a "
-                "slow body is the client's 408, not the server's 504"
-            )
+        self.max_body = settings.max_body_bytes
+        self.body_timeout = settings.body_timeout_seconds
         self.metadata = {
             "name": contract["name"],
             "version": contract["version"],
@@ -287,24 +277,18 @@ class Classifier:
             "max_body_bytes": self.max_body,
             "auth": "api-key" if self.gateway.enabled else "disabled",
         }
-        id_key = os.environ.get("MODELYARD_ID_KEY", "")
-        if id_key and len(id_key) < ids.MIN_KEY_CHARS:
-            raise StartupRefused(
-                f"MODELYARD_ID_KEY holds {len(id_key)} characters: use at least "
-                f"{ids.MIN_KEY_CHARS} (`openssl rand -hex 32`), the same on every replica"
-            )
         # Prediction ids this service (every replica with the same key) can recognise.
-        self.id_key = id_key.encode() if id_key else None
+        self.id_key = settings.id_key
         if self.id_key is None:
             log.warning(
                 "MODELYARD_ID_KEY is not set: feedback for any id is recorded as unverified "
                 "(set it, the same on every replica, to answer 404 for ids never issued)"
             )
         self.log = InferenceLog(
-            Path(os.environ.get("MODELYARD_LOG_DIR", "inference-log")),
-            fsync_every=float(os.environ.get("MODELYARD_LOG_FSYNC_SECONDS", "1.0")),
-            max_total_bytes=int(os.environ.get("MODELYARD_LOG_RETAIN_BYTES", str(1 << 30))),
-            max_age_s=float(os.environ.get("MODELYARD_LOG_RETAIN_DAYS", "30")) * 86_400,
+            settings.log_dir,
+            fsync_every=settings.log_fsync_seconds,
+            max_total_bytes=settings.log_retain_bytes,
+            max_age_s=settings.log_retain_days * 86_400,
         )
         # "ok", or "degraded" with the last error since the log last failed (this worker).
         self.log_health = Health(say_every=LOG_ERROR_EVERY_SECONDS)
@@ -337,7 +321,7 @@ class Classifier:
             contract: dict[str, Any] = json.load(fh)
         self._check_integrity(model, onnx_path, contract, prefix)
         options = ort.SessionOptions()
-        options.intra_op_num_threads = int(os.environ.get("MODELYARD_ORT_THREADS", "1"))
+        options.intra_op_num_threads = self.settings.ort_threads
         options.inter_op_num_threads = 1
         session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
         return onnx_path, contract, session
@@ -355,10 +339,7 @@ class Classifier:
                     "model. Rebuild it with `modelyard build --shadow`."
                 )
             return None
-        switch = os.environ.get("MODELYARD_SHADOW", "on").strip().lower()
-        if switch not in ("on", "off"):
-            raise StartupRefused(f"MODELYARD_SHADOW is {switch!r}: set it to on or off")
-        if switch == "off":
+        if not self.settings.shadow:
             labels = self.shadow_model.info.labels
             self.metadata["shadow"] = {
                 "name": labels.get("mlflow_model"),
@@ -382,9 +363,7 @@ class Classifier:
                     f"{len(ours)}): it cannot score the same requests. Shadow a version "
                     "trained on the same features and classes."
                 )
-        queue_size = int(os.environ.get("MODELYARD_SHADOW_QUEUE", "1024"))
-        if queue_size < 1:
-            raise StartupRefused(f"MODELYARD_SHADOW_QUEUE is {queue_size}: set it to 1 or more")
+        queue_size = self.settings.shadow_queue
         ref = f"{contract['name']}/{contract['version']}"
         self.metadata["shadow"] = {
             "name": contract["name"],
@@ -576,12 +555,12 @@ SERVICE: Any = Classifier
 SERVICE.add_asgi_middleware(edge.RequestCounter, routes=frozenset(ROUTES))
 
 
-def _gateway(environ: Any) -> gateway.Gateway:
+def _gateway(settings: ServiceSettings) -> gateway.Gateway:
     """The keys: MODELYARD_API_KEYS (unset: none; set but holding no key (empty, blanks,
     commas): a refusal, since whoever set it meant to lock the API and an open one would
     be a silent mistake) and MODELYARD_API_KEY_FILE (named keys; unreadable: a refusal).
     With neither, the API is open, with a warning."""
-    raw, file = environ.get("MODELYARD_API_KEYS"), environ.get("MODELYARD_API_KEY_FILE")
+    raw, file = settings.api_keys, settings.api_key_file
     keys = [k.strip().encode() for k in (raw or "").split(",") if k.strip()]
     if raw is not None and not keys:
         raise StartupRefused(
@@ -589,7 +568,7 @@ def _gateway(environ: Any) -> gateway.Gateway:
             "comma-separated keys, or unset it to serve the API without auth."
         )
     try:
-        gate = gateway.Gateway(keys, Path(file) if file else None)
+        gate = gateway.Gateway(keys, file)
     except gateway.KeyFileError as exc:
         raise StartupRefused(f"MODELYARD_API_KEY_FILE: {exc}") from None
     if not gate.enabled:

@@ -231,15 +231,3 @@ def test_load_sheds_past_its_bound_and_is_unready_while_it_does() -> None:
     assert load.ready() is True
     unbounded = Load(0)
     assert all(unbounded.enter() for _ in range(1000)) and unbounded.ready()
-
-
-@pytest.mark.parametrize(
-    ("raw", "limit"), [(None, gateway.DEFAULT_MAX_INFLIGHT), ("0", 0), ("8", 8)]
-)
-def test_max_inflight_from_the_environment(raw: str | None, limit: int) -> None:
-    assert gateway.max_inflight({} if raw is None else {"MODELYARD_MAX_INFLIGHT": raw}) == limit
-
-
-def test_a_bad_max_inflight_is_refused() -> None:
-    with pytest.raises(ValueError, match="use 0"):
-        gateway.max_inflight({"MODELYARD_MAX_INFLIGHT": "-3"})
