@@ -4,8 +4,9 @@ Secrets and service addresses come from here, never from params.yaml. An empty v
 counts as unset. Read afresh on each call (``current()``), so a test or a workflow step
 that changes the environment is seen; nothing is read at import time.
 
-The model service (``services/service.py``) is the one exception: it ships alone in the
-Bento and reads its own few variables (``MODELYARD_API_KEYS``, ``MODELYARD_LOG_DIR``, ...).
+The model service is the one exception: it ships alone in the Bento and reads its own
+variables (``MODELYARD_API_KEYS``, ``MODELYARD_LOG_DIR``, ...) in one typed place,
+``services/config.py``.
 """
 
 from __future__ import annotations
