@@ -127,7 +127,8 @@ def monitor_run(
 def _print_monitor(summary: Summary) -> None:
     from monitoring import monitor
 
-    colour = {monitor.OK: "green", monitor.DRIFT: "bold red"}.get(summary.status, "yellow")
+    colours: dict[str, str] = {monitor.OK: "green", monitor.DRIFT: "bold red"}
+    colour = colours.get(summary.status, "yellow")
     console.print(f"[{colour}]{summary.status}[/]: {summary.message}", highlight=False)
     table = Table(title=f"window {summary.window.since} .. {summary.window.until}")
     table.add_column("model", no_wrap=True)

@@ -8,17 +8,13 @@ import logging
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from core.errors import (
     ModelyardError,
     RegistryError,
 )
-from pipelines.config import Params
-
-if TYPE_CHECKING:
-    pass
 from monitoring.verdict import DRIFT, FAILED, LOGGED, RETRAINED, DriftRun, Summary
+from pipelines.config import Params
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -19,9 +19,6 @@ from core.errors import (
 )
 from monitoring import drift
 from registry.client import Registry
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger(__name__)
 

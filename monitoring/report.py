@@ -7,19 +7,17 @@ import logging
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from monitoring import drift
-from pipelines.config import Monitor
-
-if TYPE_CHECKING:
-    pass
 from monitoring.reference import Reference
 from monitoring.verdict import DRIFT, OK, Summary
+from pipelines.config import Monitor
 
 log = logging.getLogger(__name__)
+
+VERDICT_COLOURS: dict[str, str] = {OK: "#2ca02c", DRIFT: "#d62728"}
 
 
 def report_header(
@@ -128,7 +126,7 @@ def plot_scores(summary: Summary, path: Path, *, at: str | None = None) -> None:
         f"{window.until} (UTC), run at {at or 'n/a'}",
         fontsize=10,
         fontweight="bold",
-        color={OK: "#2ca02c", DRIFT: "#d62728"}.get(summary.status, "black"),
+        color=VERDICT_COLOURS.get(summary.status, "black"),
     )
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -6,18 +6,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from core.errors import (
     ModelyardError,
     MonitoringError,
 )
 from monitoring import logscan
-from registry.client import Registry
-
-if TYPE_CHECKING:
-    pass
 from monitoring.verdict import FAILED, TAGGED, Outcome, ShadowEvidence, Summary, Window
+from registry.client import Registry
 
 log = logging.getLogger(__name__)
 

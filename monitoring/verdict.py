@@ -8,34 +8,43 @@ import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from core import files
 from monitoring import drift
 
-if TYPE_CHECKING:
-    pass
-
 log = logging.getLogger(__name__)
 
 
-# verdicts
-OK, DRIFT, NOT_ENOUGH = "ok", "drift", "not-enough-data"
+class Verdict(StrEnum):
+    """What a drift run concluded."""
+
+    OK = "ok"
+    DRIFT = "drift"
+    NOT_ENOUGH = "not-enough-data"
 
 
-# what the alert and retrain steps did
-SENT, FAILED, SKIPPED = "sent", "failed", "skipped"
+class Step(StrEnum):
+    """What an action did: the alert, the retrain, the drift run, the shadow tags."""
+
+    SENT = "sent"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    RETRAINED = "retrained"
+    UNCHANGED = "unchanged"
+    REQUESTED = "requested"
+    NO_NEW_LABELS = "no-new-labels"  # drift, but no label arrived since the last training
+    LOGGED = "logged"  # the drift run in MLflow
+    TAGGED = "tagged"  # the shadow evidence's tags
 
 
-RETRAINED, UNCHANGED, REQUESTED = "retrained", "unchanged", "requested"
-
-
-NO_NEW_LABELS = "no-new-labels"  # drift, but no label arrived since the last training
-
-
-LOGGED, TAGGED = "logged", "tagged"  # the drift run in MLflow; the shadow evidence's tags
-
+# The states by their short names (they compare equal to the strings summary.json holds).
+OK, DRIFT, NOT_ENOUGH = Verdict.OK, Verdict.DRIFT, Verdict.NOT_ENOUGH
+SENT, FAILED, SKIPPED = Step.SENT, Step.FAILED, Step.SKIPPED
+RETRAINED, UNCHANGED, REQUESTED = Step.RETRAINED, Step.UNCHANGED, Step.REQUESTED
+NO_NEW_LABELS, LOGGED, TAGGED = Step.NO_NEW_LABELS, Step.LOGGED, Step.TAGGED
 
 # `monitor run`'s exit codes
 EXIT_OK, EXIT_DRIFT, EXIT_FAILED = 0, 1, 2

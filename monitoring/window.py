@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -20,9 +20,6 @@ from core.errors import (
     MonitoringError,
 )
 from monitoring import drift, logscan
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger(__name__)
 
