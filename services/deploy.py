@@ -134,13 +134,10 @@ class Secrets:
             return None
         from services import gateway
 
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / KEY_FILE_NAME
-            path.write_text(self.api_key_file)
-            try:
-                gateway.read_keys(path)
-            except gateway.KeyFileError as exc:
-                raise ConfigError(f"MODELYARD_API_KEY_FILE: {exc}") from None
+        try:
+            gateway.parse_keys(self.api_key_file, source=KEY_FILE_NAME)
+        except gateway.KeyFileError as exc:
+            raise ConfigError(f"MODELYARD_API_KEY_FILE: {exc}") from None
         return self.api_key_file
 
     def env_file(self, webapp: bool) -> str:

@@ -182,15 +182,24 @@ def check_scopes(scopes: list[str] | tuple[str, ...]) -> tuple[str, ...]:
 def read_keys(path: Path) -> list[ApiKey]:
     """Every key in the file, revoked ones too; KeyFileError says what is wrong."""
     try:
-        raw = json.loads(path.read_text())
+        text = path.read_text()
     except FileNotFoundError:
         raise KeyFileError(
             f"{path}: no such key file; create one with `modelyard keys create NAME`"
         ) from None
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
         raise KeyFileError(f"{path}: not a readable key file ({exc})") from None
+    return parse_keys(text, source=str(path))
+
+
+def parse_keys(text: str, *, source: str) -> list[ApiKey]:
+    """The keys a key file's ``text`` holds (``source`` names it in errors)."""
+    try:
+        raw = json.loads(text)
+    except ValueError as exc:
+        raise KeyFileError(f"{source}: not a readable key file ({exc})") from None
     if not isinstance(raw, dict) or raw.get("version") != FILE_VERSION:
-        raise KeyFileError(f"{path}: not a modelyard key file (version {FILE_VERSION})")
+        raise KeyFileError(f"{source}: not a modelyard key file (version {FILE_VERSION})")
     keys: list[ApiKey] = []
     for i, entry in enumerate(raw.get("keys", [])):
         try:
@@ -202,7 +211,7 @@ def read_keys(path: Path) -> list[ApiKey]:
             if key.quota is not None and key.quota < 1:
                 raise KeyFileError("quota below 1")
         except (TypeError, KeyError, KeyFileError) as exc:
-            raise KeyFileError(f"{path}: key #{i + 1} is not valid ({exc})") from None
+            raise KeyFileError(f"{source}: key #{i + 1} is not valid ({exc})") from None
         keys.append(key)
     return keys
 

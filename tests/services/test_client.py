@@ -145,44 +145,36 @@ def test_an_unreachable_api_is_retried_then_unavailable(caplog: pytest.LogCaptur
 
 
 def test_503s_are_retried_until_the_api_answers(digits_api: LiveApi) -> None:
-    gateway = Gateway(digits_api.url, fail=2)
-    try:
+    with Gateway(digits_api.url, fail=2) as gateway:
         with Client(gateway.url, api_key=API_KEY, retries=3, backoff=0.01) as c:
             assert c.metadata().name == "digits-classifier"
         assert gateway.seen == 3
-    finally:
-        gateway.close()
 
 
 def test_503s_beyond_the_retries_are_unavailable(digits_api: LiveApi) -> None:
-    gateway = Gateway(digits_api.url, fail=5, body=b"<h1>503 Service Temporarily Unavailable</h1>")
-    try:
+    with Gateway(
+        digits_api.url, fail=5, body=b"<h1>503 Service Temporarily Unavailable</h1>"
+    ) as gateway:
         with (
             Client(gateway.url, api_key=API_KEY, retries=3, backoff=0.01) as c,
             pytest.raises(ServiceUnavailable, match="HTTP 503 after 3 tries"),
         ):
             c.metadata()
         assert gateway.seen == 3
-    finally:
-        gateway.close()
 
 
 def test_a_500_is_not_retried_and_says_what_came_back(digits_api: LiveApi) -> None:
-    gateway = Gateway(digits_api.url, fail=5, status=500, body=b"upstream exploded")
-    try:
+    with Gateway(digits_api.url, fail=5, status=500, body=b"upstream exploded") as gateway:
         with (
             Client(gateway.url, api_key=API_KEY, retries=3, backoff=0.01) as c,
             pytest.raises(BadResponse, match="HTTP 500: upstream exploded"),
         ):
             c.metadata()
         assert gateway.seen == 1
-    finally:
-        gateway.close()
 
 
 def test_a_4xx_that_is_not_the_apis_json_still_refuses_clearly(digits_api: LiveApi) -> None:
-    gateway = Gateway(digits_api.url, fail=5, status=404, body=b"<h1>404 Not Found</h1>")
-    try:
+    with Gateway(digits_api.url, fail=5, status=404, body=b"<h1>404 Not Found</h1>") as gateway:
         with (
             Client(gateway.url, api_key=API_KEY, backoff=0.01) as c,
             pytest.raises(RequestRefused) as caught,
@@ -191,8 +183,6 @@ def test_a_4xx_that_is_not_the_apis_json_still_refuses_clearly(digits_api: LiveA
         assert (caught.value.status, caught.value.field) == (404, "body")
         assert "404 Not Found" in caught.value.message
         assert gateway.seen == 1
-    finally:
-        gateway.close()
 
 
 def limited(field: str) -> bytes:
@@ -203,24 +193,20 @@ def limited(field: str) -> bytes:
 
 def test_a_rate_limit_is_waited_out_as_retry_after_says(digits_api: LiveApi) -> None:
     """Issue 22: a 429 for the key's rate is retried after the server's Retry-After."""
-    gateway = Gateway(
+    with Gateway(
         digits_api.url, fail=1, status=429, body=limited("rate"), headers={"Retry-After": "1"}
-    )
-    try:
+    ) as gateway:
         with Client(gateway.url, api_key=API_KEY, retries=2, backoff=0.01) as c:
             started = time.monotonic()
             assert c.metadata().name == "digits-classifier"
             waited = time.monotonic() - started
         assert gateway.seen == 2 and waited >= 1.0  # a lower bound: the client waited
-    finally:
-        gateway.close()
 
 
 def test_a_used_up_quota_is_final_and_says_when_to_come_back(digits_api: LiveApi) -> None:
-    gateway = Gateway(
+    with Gateway(
         digits_api.url, fail=5, status=429, body=limited("quota"), headers={"Retry-After": "3600"}
-    )
-    try:
+    ) as gateway:
         with (
             Client(gateway.url, api_key=API_KEY, retries=3, backoff=0.01) as c,
             pytest.raises(RateLimited) as caught,
@@ -228,27 +214,19 @@ def test_a_used_up_quota_is_final_and_says_when_to_come_back(digits_api: LiveApi
             c.metadata()
         assert (caught.value.field, caught.value.retry_after) == ("quota", 3600.0)
         assert gateway.seen == 1
-    finally:
-        gateway.close()
 
 
 def test_a_shedding_replica_is_retried_but_a_long_retry_after_is_not(digits_api: LiveApi) -> None:
-    gateway = Gateway(
+    with Gateway(
         digits_api.url, fail=1, status=503, body=limited("load"), headers={"Retry-After": "0"}
-    )
-    try:
+    ) as gateway:
         with Client(gateway.url, api_key=API_KEY, retries=2, backoff=0.01) as c:
             assert c.metadata().name == "digits-classifier"
         assert gateway.seen == 2
-    finally:
-        gateway.close()
-    gateway = Gateway(digits_api.url, fail=5, status=503, headers={"Retry-After": "120"})
-    try:
+    with Gateway(digits_api.url, fail=5, status=503, headers={"Retry-After": "120"}) as gateway:
         with (
             Client(gateway.url, api_key=API_KEY, retries=3, backoff=0.01) as c,
             pytest.raises(ServiceUnavailable, match="Retry-After 120"),
         ):
             c.metadata()
         assert gateway.seen == 1
-    finally:
-        gateway.close()

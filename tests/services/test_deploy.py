@@ -225,8 +225,7 @@ def test_smoke_waits_for_an_ingress_that_is_not_routing_yet(
     (here a gateway that answers 404, as an Ingress not routing yet does, then forwards),
     again with backoff, instead of failing the deploy on its first answer."""
     project, env = built
-    gateway = Gateway(serving, fail=2, status=404, body=b"<h1>404 Not Found</h1>")
-    try:
+    with Gateway(serving, fail=2, status=404, body=b"<h1>404 Not Found</h1>") as gateway:
         done = modelyard(
             project.root,
             "deploy",
@@ -238,8 +237,6 @@ def test_smoke_waits_for_an_ingress_that_is_not_routing_yet(
             str(project.params_path),
             env={**env, "MODELYARD_API_KEYS": "smoke-key"},
         )
-    finally:
-        gateway.close()
     assert f"serves {NAME}/1" in done.stdout
     assert gateway.seen == 4  # two 404s, then /v1/metadata and /v1/predict forwarded
     assert "answered HTTP 404; trying again" in " ".join(done.stderr.split())

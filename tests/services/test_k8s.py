@@ -76,6 +76,21 @@ def render(env: str, *extra: str, keys: str = KEYS) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
 
 
+def unreachable_kubeconfig() -> str:
+    """A real kubeconfig for an API server on a free loopback port where nothing listens."""
+    cluster = {"server": f"https://127.0.0.1:{free_port()}", "insecure-skip-tls-verify": True}
+    return yaml.safe_dump(
+        {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "current-context": "c",
+            "clusters": [{"name": "c", "cluster": cluster}],
+            "users": [{"name": "u", "user": {"token": "t"}}],
+            "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+        }
+    )
+
+
 def by_kind(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
     return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
 
@@ -539,20 +554,7 @@ def test_apply_prunes_what_a_release_dropped_but_never_secrets_or_the_log(
     for doc in docs:  # every object is the release's, so a later release may prune it
         assert selector.items() <= doc["metadata"]["labels"].items(), doc["metadata"]["name"]
     kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "current-context": "c",
-                "clusters": [
-                    {"name": "c", "cluster": {"server": f"https://127.0.0.1:{free_port()}"}}
-                ],
-                "users": [{"name": "u", "user": {"token": "t"}}],
-                "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
-            }
-        )
-    )
+    kubeconfig.write_text(unreachable_kubeconfig())
     done = subprocess.run(
         [*argv, "--dry-run=client"],
         capture_output=True,
@@ -608,24 +610,7 @@ def test_render_refuses_a_tag_no_keys_or_an_unknown_environment(e2e_tier: None) 
 def test_apply_and_undo_report_an_unreachable_cluster(e2e_tier: None, tmp_path: Path) -> None:
     """Real kubectl, real kubeconfig, nothing listening: exit 1 naming the failed step,
     and the kubeconfig written for kubectl is gone afterwards."""
-    kubeconfig = yaml.safe_dump(
-        {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "current-context": "c",
-            "clusters": [
-                {
-                    "name": "c",
-                    "cluster": {
-                        "server": f"https://127.0.0.1:{free_port()}",
-                        "insecure-skip-tls-verify": True,
-                    },
-                }
-            ],
-            "users": [{"name": "u", "user": {"token": "t"}}],
-            "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
-        }
-    )
+    kubeconfig = unreachable_kubeconfig()
     env = {"MODELYARD_API_KEYS": KEYS, "KUBE_CONFIG": kubeconfig, "TMPDIR": str(tmp_path)}
     apply = ("deploy", "apply", "digits-classifier/3", "--env", "staging", "--image", IMAGE)
     placeholder = modelyard(REPO, *apply, env=env, check=False)
