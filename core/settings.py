@@ -35,16 +35,26 @@ class Settings(BaseSettings):
     mlflow_admin_password: SecretStr | None = Field(
         None, validation_alias="MLFLOW_AUTH_ADMIN_PASSWORD"
     )
-    # The review gate (team mode): its signing key, its own database, where it listens.
+    # The review gate (team mode): its Ed25519 private key (the gate only), its own
+    # database, where it listens. Everything else verifies with the public key.
     gate_key: SecretStr | None = Field(None, validation_alias="MODELYARD_GATE_KEY")
-    # Keys that only verify (comma-separated), while a rotation re-signs the approvals.
-    gate_previous_keys: SecretStr | None = Field(
-        None, validation_alias="MODELYARD_GATE_PREVIOUS_KEYS"
+    gate_public_key: str | None = Field(None, validation_alias="MODELYARD_GATE_PUBLIC_KEY")
+    # Public keys that still verify (comma-separated), while a rotation re-signs.
+    gate_previous_keys: str | None = Field(None, validation_alias="MODELYARD_GATE_PREVIOUS_KEYS")
+    # The HMAC keys approvals were signed with before Ed25519: only the gate reads them,
+    # only so `registry resign` can move those approvals to the Ed25519 key.
+    gate_legacy_hmac_keys: SecretStr | None = Field(
+        None, validation_alias="MODELYARD_GATE_LEGACY_HMAC_KEYS"
     )
     gate_database_url: SecretStr | None = Field(
         None, validation_alias="MODELYARD_GATE_DATABASE_URL"
     )
     gate_url: str | None = Field(None, validation_alias="MODELYARD_GATE_URL")
+    # Where the gate reads reviewed commits (a git URL or path) and their data (the DVC
+    # remote): it scores candidates on the test rows the commit's dvc.lock names.
+    gate_repo: str | None = Field(None, validation_alias="MODELYARD_GATE_REPO")
+    gate_dvc_remote: str | None = Field(None, validation_alias="MODELYARD_GATE_DVC_REMOTE")
+    gate_branch: str = Field("main", validation_alias="MODELYARD_GATE_BRANCH")
     github_repository: str | None = Field(None, validation_alias="GITHUB_REPOSITORY")
     github_token: SecretStr | None = Field(None, validation_alias="GITHUB_TOKEN")
     github_api_url: str = Field(GITHUB_API, validation_alias="GITHUB_API_URL")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -69,6 +70,15 @@ def monitor_run(
             help="POST the JSON summary here on drift. Default: $MODELYARD_ALERT_WEBHOOK_URL."
         ),
     ] = None,
+    align: Annotated[
+        bool,
+        typer.Option(
+            "--align",
+            help="Read the last whole period of --since's length (a duration): --since 1h "
+            "at 10:17 reads 09:00..10:00 UTC, so hourly runs read windows that touch, never "
+            "overlap, and leave no gap however late each starts.",
+        ),
+    ] = False,
     retrain: Annotated[
         bool,
         typer.Option(
@@ -98,6 +108,14 @@ def monitor_run(
         from registry.client import Registry
 
         params, root = load(params_file)
+        if align:
+            from core.errors import MonitoringError
+            from monitoring.window import aligned
+
+            if until is not None:
+                raise MonitoringError("--align sets the window's end itself: give --since only")
+
+            since, until = aligned(since or params.monitor.window, time.time())
         registry = Registry(use_store(root))
         with console.status("monitor run...") as status:
             summary = monitor.job(

@@ -151,11 +151,14 @@ RetryOpt = Annotated[
 ]
 
 
-def _gate(params_file: Path, team_file: Path, retry_base: float = 60.0) -> Gate:
+def _gate(
+    params_file: Path, team_file: Path, retry_base: float = 60.0, *, signing: bool = True
+) -> Gate:
     """The team's review gate, from the environment, the team file and params.yaml
-    (its own thresholds: evaluate). Exits 2 when something is missing or when the
-    MLflow login is not the team's gate account."""
-    from registry import dispatch, keys, policy
+    (its own thresholds: evaluate). ``signing``: it approves, so it needs the private key
+    (MODELYARD_GATE_KEY); else (reconcile) the public key is enough. Exits 2 when something
+    is missing or when the MLflow login is not the team's gate account."""
+    from registry import dispatch, evidence, keys, policy
     from registry import team as team_mod
     from registry.auth import AuthAPI
     from registry.client import Registry
@@ -172,7 +175,10 @@ def _gate(params_file: Path, team_file: Path, retry_base: float = 60.0) -> Gate:
         for name, value in (
             ("MLFLOW_TRACKING_URI (http://...)", uri.startswith(("http://", "https://"))),
             ("MLFLOW_TRACKING_USERNAME/PASSWORD (the gate's account)", credentials),
-            ("MODELYARD_GATE_KEY", env.gate_key),
+            (
+                "MODELYARD_GATE_KEY" if signing else "MODELYARD_GATE_PUBLIC_KEY",
+                env.gate_key or (not signing and env.gate_public_key),
+            ),
             ("MODELYARD_GATE_DATABASE_URL", env.gate_database_url),
         )
         if not value
@@ -180,7 +186,28 @@ def _gate(params_file: Path, team_file: Path, retry_base: float = 60.0) -> Gate:
     if missing:
         err_console.print(f"[red]the gate needs: {', '.join(missing)}[/]")
         raise typer.Exit(2)
-    assert credentials and env.gate_key and env.gate_database_url
+    assert credentials and env.gate_database_url
+    if bool(env.gate_repo) != bool(env.gate_dvc_remote):
+        err_console.print(
+            "[red]the gate reads reviewed commits' test rows from both MODELYARD_GATE_REPO "
+            "and MODELYARD_GATE_DVC_REMOTE: set both, or neither[/]"
+        )
+        raise typer.Exit(2)
+    committed = (
+        evidence.Source(
+            env.gate_repo,
+            env.gate_dvc_remote,
+            prepared=params.paths.prepared.as_posix(),
+            branch=env.gate_branch,
+        )
+        if env.gate_repo and env.gate_dvc_remote
+        else None
+    )
+    key = guard(
+        "gate",
+        lambda: keys.from_settings(env) if signing else keys.verifier_from_settings(env),
+    )
+    assert key is not None
     team = guard("gate", lambda: team_mod.load(team_file))
     me = guard("gate", lambda: AuthAPI(uri, credentials).current_user())
     if team.role(me.username) != "gate":
@@ -196,10 +223,11 @@ def _gate(params_file: Path, team_file: Path, retry_base: float = 60.0) -> Gate:
         registry=registry,
         team=team,
         store=guard("gate", lambda: GateStore(database)),
-        key=guard("gate", lambda: keys.from_settings(env)) or b"",
+        key=key,
         rules=rules,
         dispatcher=dispatch.from_env(_local_build(registry)),
         backoff=Backoff(base=timedelta(seconds=retry_base)),
+        committed=committed,
     )
 
 
@@ -300,7 +328,7 @@ def registry_reconcile(
     from registry import dispatch, webhooks
 
     if team_file is not None:
-        gate = _gate(params_file, team_file, retry_base)
+        gate = _gate(params_file, team_file, retry_base, signing=False)
         label, run = gate.production, gate.reconcile
     elif name is None:
         err_console.print("[red]name the registered model (or give --team)[/]")
@@ -392,18 +420,19 @@ def registry_verify(
     version: Annotated[str, typer.Argument(help="The version about to be deployed.")],
 ) -> None:
     """Refuse to deploy a version the gate did not approve (deploy.yml runs it first):
-    it must be @champion, carry an approval signed with MODELYARD_GATE_KEY for exactly
-    this version, and its model.onnx must be the signed file (sha256 recomputed)."""
+    it must be @champion, carry an approval signed by the gate's key
+    (MODELYARD_GATE_PUBLIC_KEY verifies; during a rotation MODELYARD_GATE_PREVIOUS_KEYS too)
+    for exactly this version, and every file must be one the signed manifest lists."""
     from registry import keys
     from registry.approval import verify_for_deploy
     from registry.client import Registry
 
     env = settings.current()
-    if not env.gate_key or not env.mlflow_tracking_uri:
-        err_console.print("[red]set MODELYARD_GATE_KEY and MLFLOW_TRACKING_URI[/]")
+    if not (env.gate_public_key or env.gate_key) or not env.mlflow_tracking_uri:
+        err_console.print("[red]set MODELYARD_GATE_PUBLIC_KEY and MLFLOW_TRACKING_URI[/]")
         raise typer.Exit(2)
-    # The current key and, during a rotation, MODELYARD_GATE_PREVIOUS_KEYS.
-    key = guard("verify", lambda: keys.from_settings(env)) or b""
+    key = guard("verify", lambda: keys.verifier_from_settings(env))
+    assert key is not None
     uri = env.mlflow_tracking_uri
     approval = guard("verify", lambda: verify_for_deploy(Registry(uri), key, name, version))
     console.print(

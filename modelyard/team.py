@@ -1,6 +1,7 @@
 """Team mode: `registry server` (MLflow with users, on PostgreSQL),
-`registry users apply` (users and permissions from team.yaml) and `registry resign`
-(the gate's approvals re-signed with its current key, after a key rotation)."""
+`registry users apply` (users and permissions from team.yaml), `registry keygen` (the
+gate's Ed25519 key pair) and `registry resign` (the gate's approvals re-signed with its
+current key, after a key rotation)."""
 
 from __future__ import annotations
 
@@ -32,8 +33,11 @@ RESIGN_CODES = (
     "already); 1 an approval did not verify with any key the gate has (listed, not "
     "re-signed), or the registry or the gate's database failed; 2 MLFLOW_TRACKING_URI, "
     "the gate's MLFLOW_TRACKING_USERNAME/PASSWORD, MODELYARD_GATE_KEY or "
-    "MODELYARD_GATE_DATABASE_URL not set, a key shorter than 16 bytes, or a login that "
-    "is not the team's gate."
+    "MODELYARD_GATE_DATABASE_URL not set, a key that is not an Ed25519 key (64 hex "
+    "digits), or a login that is not the team's gate."
+)
+KEYGEN_CODES = (
+    "Exit codes: 0 the keys are printed; 2 --from-env without a valid MODELYARD_GATE_KEY."
 )
 APPLY_CODES = (
     "Exit codes: 0 the server matches the file; 1 the server refused or could not be "
@@ -174,12 +178,14 @@ def registry_resign(
     from registry import keys
 
     gate = _gate(params_file, team_file)
+    signer = gate.key
+    assert isinstance(signer, keys.Signer)  # _gate(signing=True) holds the private key
     actor = settings.current().mlflow_username or "gate"
     done = guard(
         "resign",
-        lambda: keys.resign(gate.registry, gate.store, gate.key, gate.production, actor=actor),
+        lambda: keys.resign(gate.registry, gate.store, signer, gate.production, actor=actor),
     )
-    key_id = keys.ring(gate.key).key_id
+    key_id = gate.key.key_id
     for version, old in done.resigned:
         console.print(f"re-signed {gate.production} v{version}: key {old} -> {key_id}")
     if done.current:
@@ -191,3 +197,44 @@ def registry_resign(
         raise typer.Exit(1)
     if not done.resigned and not done.current:
         console.print(f"{gate.production}: no approvals to re-sign")
+
+
+@app.command("keygen", epilog=KEYGEN_CODES)
+def registry_keygen(
+    from_env: Annotated[
+        bool,
+        typer.Option(
+            "--from-env",
+            help="Print the public key of MODELYARD_GATE_KEY instead of making a new pair "
+            "(an upgrade from HMAC keeps the gate's key: its text is a valid private key "
+            "when it is 64 hex digits).",
+        ),
+    ] = False,
+) -> None:
+    """Make the review gate's Ed25519 key pair, printed as environment lines: the private
+    key (MODELYARD_GATE_KEY) goes to the gate only, as a secret; the public key
+    (MODELYARD_GATE_PUBLIC_KEY) to everything that verifies approvals (deploy workflow,
+    `registry verify`, `build`, reconcile). The public key cannot sign."""
+    from registry import keys
+
+    if from_env:
+        signer = guard("keygen", lambda: keys.from_settings(settings.current()))
+        if signer is None:
+            err_console.print("[red]MODELYARD_GATE_KEY is not set[/]")
+            raise typer.Exit(2)
+        console.print(f"# key id {signer.key_id}", markup=False)
+        console.print(
+            f"MODELYARD_GATE_PUBLIC_KEY={signer.verifier.public_hex}", markup=False, soft_wrap=True
+        )
+        return
+    private, public = keys.keygen()
+    key_id = keys.key_id(bytes.fromhex(public))
+    console.print(
+        f"# The review gate's Ed25519 key pair, key id {key_id}.\n"
+        "# The gate only, as a secret (its environment; GitHub environment `gate`):\n"
+        f"MODELYARD_GATE_KEY={private}\n"
+        "# Whatever verifies approvals (deploy, build, reconcile, registry verify); not secret:\n"
+        f"MODELYARD_GATE_PUBLIC_KEY={public}",
+        markup=False,
+        soft_wrap=True,
+    )

@@ -45,6 +45,23 @@ def parse_time(text: str, now: float) -> float:
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
+def aligned(since: str, now: float) -> tuple[str, str]:
+    """The last whole period of length ``since`` (a duration) before ``now``, as ISO times:
+    ``1h`` at 10:17 is 09:00..10:00 (UTC; periods are counted from the epoch, so ``1d`` is
+    a UTC day). Runs on a schedule then read windows that touch, never overlap and leave
+    no gap, however late each starts within its period."""
+    match = DURATION.match(since.strip())
+    if not match:
+        raise MonitoringError(f"--align takes a duration (30m, 1h, 1d), not {since!r}")
+    length = float(match[1]) * UNIT_S[match[2]]
+    if length <= 0:
+        raise MonitoringError(f"--align needs a window longer than zero, not {since!r}")
+    end = (now // length) * length
+    return tuple(  # type: ignore[return-value]
+        datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds") for t in (end - length, end)
+    )
+
+
 def read_window(
     log_dir: Path, since: float, until: float, sample_rows: int, seed: int
 ) -> logscan.WindowSample:

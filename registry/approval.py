@@ -1,5 +1,5 @@
 """What the gate signs and what everyone checks against it: the approval record, its
-signature (``registry.keys``: HMAC with key ids and rotation), the tags it is stored in
+signature (``registry.keys``: Ed25519 with key ids and rotation), the tags it is stored in
 on the production version, and the deploy side's check (``verify_for_deploy``: champion,
 signed for exactly this version, every file the signed manifest lists, byte for byte).
 Imports nothing of the gate itself: ``registry.keys`` and the deploy side use it alone."""
@@ -53,21 +53,20 @@ class Approval:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
 
 
-def sign(key: bytes, record: str) -> str:
-    """``<key id>:<HMAC-SHA256>`` with the current key (``key``: a registry.keys.Keyring
-    or one plain key)."""
+def sign(key: keys.Key, record: str) -> str:
+    """``ed25519:<key id>:<signature>`` with the gate's private key (a keys.Signer)."""
     return keys.sign(key, record)
 
 
-def signed(key: bytes, record: str, signature: str) -> bool:
+def signed(key: keys.Key, record: str, signature: str) -> bool:
     """Whether the current key or a previous one of ``key`` made ``signature``."""
     return keys.check(key, record, signature).ok
 
 
-def verify_for_deploy(registry: Registry, key: bytes, name: str, version: str) -> Approval:
+def verify_for_deploy(registry: Registry, key: keys.Key, name: str, version: str) -> Approval:
     """Refuse (PromotionRefused) to deploy ``name`` v``version`` unless it is the champion,
-    carries an approval signed with ``key`` (its current key or a previous one, while a
-    rotation re-signs) for exactly this version, and its artifact is the signed file
+    carries an approval signed by the gate (``key``: its current public key or a previous
+    one, while a rotation re-signs) for exactly this version, and its artifact is the signed file
     (sha256 recomputed). Returns the approval."""
     current = registry.by_alias(name, CHAMPION)
     if current is None or current.version != version:

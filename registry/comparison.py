@@ -127,7 +127,7 @@ class Comparison:
     def summary(self) -> str:
         """One line per compared split (what ``modelyard approve`` prints)."""
         if self.champion is None:
-            return "no champion yet: nothing to compare with"
+            return "; ".join(self.notes) or "no champion yet: nothing to compare with"
         parts = []
         for s in self.splits:
             verdict = "WORSE" if s.worse else "not worse"

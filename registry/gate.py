@@ -14,7 +14,7 @@ A reviewer asks it with their own MLflow login (`modelyard approve NAME VERSION`
    on the run's logged test splits; refused when significantly worse, as evaluate does);
    a candidate approved before is not copied again;
 3. it copies the candidate into the production model (tags written by the gate only),
-   signs the approval (HMAC-SHA256 with the gate's key) and stores it in its own
+   signs the approval (Ed25519 with the gate's private key) and stores it in its own
    database and on the production version, audits it, and only then moves
    ``champion``, then triggers the deploy once (``registry.dispatch``);
 4. it rewrites the model cards (registry.card): on the new production version the
@@ -39,7 +39,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -138,8 +138,17 @@ class Gate(Reconciling):
             assert evidence.onnx_sha256 and evidence.run_id and verdict.author
             previous = self.registry.by_alias(self.production, CHAMPION)
             with tempfile.TemporaryDirectory(prefix="modelyard-approve-") as tmp:
-                reference = self._reference(candidate, evidence, Path(tmp) / REFERENCE)
-                comparison = self.compare(candidate, evidence, previous, reference=reference)
+                reference, source = self._reference(candidate, evidence, Path(tmp) / REFERENCE)
+                floor = (
+                    self.check_floor(candidate, evidence, reference, source)
+                    if self.committed is not None
+                    else None
+                )
+                comparison = self.compare(
+                    candidate, evidence, previous, reference=reference, source=source
+                )
+                if floor:
+                    comparison = replace(comparison, notes=[floor, *comparison.notes])
                 if not comparison.passed:
                     raise PromotionRefused(
                         f"{name} v{version} is worse than the current champion: "

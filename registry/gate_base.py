@@ -9,7 +9,7 @@ import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from registry import policy
+from registry import evidence, keys, policy
 from registry.approval import (
     signed,
 )
@@ -48,16 +48,20 @@ class GateBase:
         registry: Registry,
         team: Team,
         store: GateStore,
-        key: bytes,
+        key: keys.Key,
         rules: policy.Rules,
         dispatcher: Dispatcher,
         backoff: Backoff | None = None,
+        committed: evidence.Source | None = None,
     ) -> None:
-        if len(key) < 16:
-            raise ValueError("the gate's key must be at least 16 bytes")
+        if not isinstance(key, keys.Signer | keys.Verifier):
+            raise TypeError("the gate's key is a registry.keys.Signer (or Verifier: no approvals)")
         self.registry, self.team, self.store, self.key = registry, team, store, key
         self.rules, self.dispatcher = rules, dispatcher
         self.backoff = backoff or Backoff()
+        # Where the reviewed commits and their data are: the gate scores candidates on the
+        # test rows a commit's dvc.lock names (registry.evidence), not on their own rows.
+        self.committed = committed
         self.production = team.models.production
         self._lock = threading.Lock()  # one decision at a time (approve, events, reconcile)
 

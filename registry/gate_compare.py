@@ -13,22 +13,52 @@ from core.errors import (
     PromotionRefused,
     RegistryError,
 )
+from registry import evidence as evidence_mod
 from registry import policy
 from registry.approval import (
     Approval,
 )
 from registry.client import Version
-from registry.comparison import BASE, REFERENCE, Comparison, compare_models
+from registry.comparison import (
+    BASE,
+    REFERENCE,
+    Comparison,
+    compare_models,
+    load_split,
+    predict,
+    scores,
+)
 from registry.gate_base import GateBase
 from registry.manifest import Manifest, differences
 
 log = logging.getLogger(__name__)
 
 
+CANDIDATE_ROWS = "the candidate's logged rows"
+
+
 class Comparing(GateBase):
-    def _reference(self, candidate: Version, evidence: policy.Evidence, dest: Path) -> Path:
-        """The candidate's logged test rows (its run's ``reference/``, never a tag's URI):
-        at least the base split and its schema, or a refusal."""
+    def _reference(
+        self, candidate: Version, evidence: policy.Evidence, dest: Path
+    ) -> tuple[Path, str]:
+        """The rows to score the candidate on, and whose they are: with a committed source
+        (registry.evidence) the test rows its reviewed commit's dvc.lock names, fetched by
+        hash; else the candidate's logged test rows (its run's ``reference/``, never a
+        tag's URI): at least the base split and its schema, or a refusal."""
+        if self.committed is not None:
+            label = f"{candidate.name} v{candidate.version}"
+            if str(candidate.tags.get("git.dirty", "")).lower() == "true":
+                raise PromotionRefused(
+                    f"{label} was trained from uncommitted changes (git.dirty): the gate "
+                    "scores only what a reviewed commit's dvc.lock names"
+                )
+            try:
+                rows = evidence_mod.committed_rows(
+                    self.committed, str(candidate.tags.get("git.commit", "")), dest
+                )
+            except PromotionRefused as exc:
+                raise PromotionRefused(f"{label}: {exc}") from exc
+            return rows.folder, rows.label
         why = ""
         try:
             folder = self.registry.download_artifacts(f"runs:/{evidence.run_id}/{REFERENCE}", dest)
@@ -37,7 +67,7 @@ class Comparing(GateBase):
         else:
             missing = [f for f in (f"{BASE}.parquet", "schema.json") if not (folder / f).is_file()]
             if not missing:
-                return folder
+                return folder, CANDIDATE_ROWS
             why = f"no {', '.join(missing)}"
         raise PromotionRefused(
             f"{candidate.name} v{candidate.version}: run {evidence.run_id} logged no test rows "
@@ -51,6 +81,7 @@ class Comparing(GateBase):
         champion: Version | None,
         *,
         reference: Path | None = None,
+        source: str = CANDIDATE_ROWS,
     ) -> Comparison:
         """The candidate against ``champion`` (the current one), recomputed now: both
         verified model files scored on the rows of the candidate's logged test splits
@@ -77,7 +108,7 @@ class Comparing(GateBase):
                 self.production, champion.version, str(stored.record["onnx_sha256"]), scratch / "p"
             )
             if reference is None:
-                reference = self._reference(candidate, evidence, scratch / REFERENCE)
+                reference, source = self._reference(candidate, evidence, scratch / REFERENCE)
             try:
                 theirs_rows = compare_models(
                     mine,
@@ -86,13 +117,13 @@ class Comparing(GateBase):
                     champion_label=label,
                     alpha=alpha,
                     min_production_rows=self.rules.min_production_rows,
-                    source="the candidate's logged rows",
+                    source=source,
                 )
             except DataError as exc:
                 raise PromotionRefused(
                     f"{candidate.name} v{candidate.version}: cannot compare it with {label} on "
-                    f"run {evidence.run_id}'s logged test split: {exc}; train it with the "
-                    "current pipeline (train logs reference/test.parquet and schema.json)"
+                    f"{source}: {exc}; train it with the current pipeline (train logs "
+                    "reference/test.parquet and schema.json)"
                 ) from exc
             approval = Approval(**stored.record)
             if not approval.reference:
@@ -127,6 +158,33 @@ class Comparing(GateBase):
                 [*theirs_rows.splits, *gate_rows.splits],
                 [*theirs_rows.notes, *gate_rows.notes],
             )
+
+    def check_floor(
+        self, candidate: Version, evidence: policy.Evidence, reference: Path, source: str
+    ) -> str:
+        """The candidate's accuracy recomputed on ``reference`` (rows it did not choose):
+        refused below the gate's ``min_accuracy`` whatever its run's metrics say. Returns
+        the line the approval prints."""
+        label = f"{candidate.name} v{candidate.version}"
+        with tempfile.TemporaryDirectory(prefix="modelyard-floor-") as tmp:
+            mine = self._verified_onnx(
+                candidate.name, candidate.version, evidence.onnx_sha256 or "", Path(tmp) / "c"
+            )
+            try:
+                rows = load_split(reference / f"{BASE}.parquet", reference / "schema.json")
+                got = scores(rows.y, predict(mine, rows.x), rows.classes).accuracy
+            except DataError as exc:
+                raise PromotionRefused(f"{label}: cannot score it on {source}: {exc}") from exc
+        claimed = evidence.metrics.get("test.accuracy")
+        said = f"; its run says {claimed:.4f}" if claimed is not None else ""
+        line = (
+            f"accuracy recomputed by the gate on {source}: {got:.4f} on {len(rows.y)} rows{said}"
+        )
+        if got < self.rules.min_accuracy:
+            raise PromotionRefused(
+                f"{label}: {line}, below the gate's minimum {self.rules.min_accuracy:g}"
+            )
+        return line
 
     def _kept_reference(self, approval: Approval, label: str, dest: Path) -> Path:
         """The rows the gate kept at ``approval``, checked file by file against the signed

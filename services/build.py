@@ -188,7 +188,8 @@ def _store(bentoml: Any, registry: Registry, version: Version) -> _Stored:
 def _check_approved(version: Version, folder: Path) -> None:
     """A version the review gate approved (it carries the gate's record; only the gate
     writes production versions' tags): every downloaded file must be one the approval
-    lists, and with MODELYARD_GATE_KEY set the record must carry the gate's signature."""
+    lists, and with the gate's public key set (MODELYARD_GATE_PUBLIC_KEY) the record must carry
+    the gate's signature."""
     from core import settings
     from core.errors import PromotionRefused
     from registry import keys
@@ -199,7 +200,7 @@ def _check_approved(version: Version, folder: Path) -> None:
     if not record:
         return
     label = f"{version.name} v{version.version}"
-    key = keys.from_settings(settings.current())
+    key = keys.verifier_from_settings(settings.current())
     if key:
         verdict = keys.check(key, record, version.tags.get(SIGNATURE_TAG, ""))
         if not verdict.ok:

@@ -187,6 +187,8 @@ PRODUCED_BY: dict[tuple[str, int], str] = {
     ("registry resign", 0): f"{KEYS}::{ROTATION}",
     ("registry resign", 1): f"{KEYS}::{ROTATION}",
     ("registry resign", 2): f"{KEYS}::test_resign_without_the_gate_key_is_2",
+    ("registry keygen", 0): f"{KEYS}::test_keygen_prints_a_pair_that_signs_and_verifies",
+    ("registry keygen", 2): f"{KEYS}::test_keygen_prints_a_pair_that_signs_and_verifies",
 }
 
 # Why a documented code has no producing test yet.

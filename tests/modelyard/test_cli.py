@@ -305,14 +305,18 @@ def test_an_unreachable_registry_stops_registry_commands_with_1(
     assert "127.0.0.1" in words(result.output)
 
 
-TEAM_VARIABLES = {"MODELYARD_GATE_URL": None, "MODELYARD_GATE_KEY": None}
+TEAM_VARIABLES = {
+    "MODELYARD_GATE_URL": None,
+    "MODELYARD_GATE_KEY": None,
+    "MODELYARD_GATE_PUBLIC_KEY": None,
+}
 
 
 @pytest.mark.parametrize(
     ("args", "says"),
     [
         (["approve", NAME, "1", "--comment", "looks good"], "set MODELYARD_GATE_URL"),
-        (["registry", "verify", NAME, "1"], "set MODELYARD_GATE_KEY"),
+        (["registry", "verify", NAME, "1"], "set MODELYARD_GATE_PUBLIC_KEY"),
     ],
     ids=["approve", "registry verify"],
 )
@@ -326,7 +330,7 @@ def test_team_commands_without_their_variables_are_2(args: list[str], says: str)
 def test_registry_verify_stops_when_the_registry_is_unreachable() -> None:
     args = ["registry", "verify", NAME, "1"]
     uri = f"http://127.0.0.1:{free_port()}"
-    env = {**UNREACHABLE, "MODELYARD_GATE_KEY": "k" * 32, "MLFLOW_TRACKING_URI": uri}
+    env = {**UNREACHABLE, "MODELYARD_GATE_PUBLIC_KEY": "6b" * 32, "MLFLOW_TRACKING_URI": uri}
     result = invoke(*args, env=env)
     record_exit(args, result.exit_code)
     assert result.exit_code == 1, result.output

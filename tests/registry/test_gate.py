@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from registry import keys
 from registry.approval import signed
 from registry.client import Registry
 from registry.keys import RECORD_TAG, SIGNATURE_TAG
@@ -37,7 +38,8 @@ from tests.registry.conftest import (
 
 pytestmark = pytest.mark.slow
 
-KEY = "gate-signing-key-for-tests-0123456789"
+KEY = "9a" * 32  # the gate's Ed25519 private key (64 hex digits: `registry keygen`)
+PUBLIC_KEY = keys.Signer.of_hex(KEY).verifier.public_hex  # what everyone else verifies with
 SECRET = "webhook-secret-for-tests"
 
 
@@ -86,8 +88,11 @@ class Gate:
         }
 
     def env(self, user: str | None, **extra: str) -> dict[str, str]:
+        # The private key is the gate's alone; everyone else holds the public key.
+        key = {"MODELYARD_GATE_KEY": KEY} if user == "gate" else {}
         gate = {
-            "MODELYARD_GATE_KEY": KEY,
+            **key,
+            "MODELYARD_GATE_PUBLIC_KEY": PUBLIC_KEY,
             "MODELYARD_GATE_DATABASE_URL": self.server.gate_database_url,
             "MODELYARD_WEBHOOK_SECRET": SECRET,
             "MODELYARD_GATE_URL": self.url,
@@ -210,7 +215,11 @@ def test_a_reviewer_approves_and_the_gate_moves_champion(gate: Gate, tmp_path: P
     record = json.loads(version.tags[RECORD_TAG])
     assert record["reviewer"] == "rui" and record["author"] == "dana-gh"
     assert (record["candidate_name"], record["candidate_version"]) == (CANDIDATES, candidate)
-    assert signed(KEY.encode(), version.tags[RECORD_TAG], version.tags[SIGNATURE_TAG])
+    assert signed(
+        keys.Verifier.of(bytes.fromhex(PUBLIC_KEY)),
+        version.tags[RECORD_TAG],
+        version.tags[SIGNATURE_TAG],
+    )
     # the deploy workflow's re-check passes for it
     verified = gate.run("dana", "registry", "verify", PRODUCTION, champion)
     assert verified.returncode == 0, verified.stderr
@@ -443,7 +452,7 @@ def test_deploy_verify_refuses_what_the_gate_did_not_approve(gate: Gate) -> None
     refused = gate.run("dana", "registry", "verify", PRODUCTION, str(unapproved))
     assert refused.returncode == 1 and "is not the champion" in refused.stderr
     other_key = gate.run(
-        "dana", "registry", "verify", PRODUCTION, champion, MODELYARD_GATE_KEY="another-key-01234"
+        "dana", "registry", "verify", PRODUCTION, champion, MODELYARD_GATE_PUBLIC_KEY="5c" * 32
     )
     assert other_key.returncode == 1  # signed with another key (registry.keys says which)
     assert "not deploying it: it is signed with key" in " ".join(other_key.stderr.split())
@@ -496,7 +505,7 @@ def test_the_approval_is_written_before_champion_moves(
             registry=Watched(team_server.uri),
             team=team.load(team_file),
             store=store,
-            key=KEY.encode(),
+            key=keys.Signer.of_hex(KEY),
             rules=RULES,
             dispatcher=Recorder(),
         )

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 import yaml
 
 from core.errors import ConfigError
-from registry import policy, team
+from registry import keys, policy, team
 from registry.approval import Approval, sign, signed
 from registry.gate_base import Backoff
 from registry.store import GateStore
@@ -109,13 +109,14 @@ def test_tags_are_not_evidence() -> None:
 def test_the_signature_covers_every_field() -> None:
     approval = Approval("id1", "c", "3", "p", "2", "run1", SHA, "rui", "dana-gh", "ok", "t")
     record = approval.canonical()
-    signature = sign(b"k" * 32, record)
-    assert signed(b"k" * 32, record, signature)
-    assert not signed(b"x" * 32, record, signature)
+    gate, other = keys.Signer.of_hex("6b" * 32), keys.Signer.of_hex("78" * 32)
+    signature = sign(gate, record)
+    assert signed(gate.verifier, record, signature)
+    assert not signed(other.verifier, record, signature)
     for field in dataclasses.fields(Approval):
         change: dict[str, Any] = {field.name: "changed"}
         changed = dataclasses.replace(approval, **change).canonical()
-        assert not signed(b"k" * 32, changed, signature), field.name
+        assert not signed(gate.verifier, changed, signature), field.name
 
 
 def test_backoff_doubles_up_to_the_cap() -> None:

@@ -58,7 +58,7 @@ def own_team(team_server: TeamServer, tmp_path_factory: pytest.TempPathFactory) 
 def test_ci_trains_on_the_team_server_and_evaluate_compares_with_the_production_champion(
     team_server: TeamServer, own_team: Path, tmp_path: Path
 ) -> None:
-    from registry import team
+    from registry import keys, team
     from registry.gate import Gate
     from registry.store import GateStore
 
@@ -96,7 +96,7 @@ def test_ci_trains_on_the_team_server_and_evaluate_compares_with_the_production_
             registry=registry,
             team=team.load(own_team),
             store=store,
-            key=b"k" * 32,
+            key=keys.Signer.of_hex("6b" * 32),
             rules=RULES,
             dispatcher=NoDeploys(),
         )

@@ -187,6 +187,30 @@ def test_the_drift_job_runs_only_on_the_runner_with_the_log(runner: str, schedul
     assert job["runs-on"] == "${{ vars.MONITOR_RUNNER }}"  # no fallback to a hosted runner
 
 
+@pytest.mark.parametrize("event", ["schedule", "workflow_dispatch"])
+def test_scheduled_drift_runs_read_touching_windows_and_alert_once(event: str) -> None:
+    """Scheduled: the last whole hour (`--align`), however late the run starts; a manual
+    run: the window asked for. The alert webhook only when the cluster's drift CronJob
+    (which alerts for the same window) is not deployed."""
+    (job,) = load(GITHUB / "workflows/monitor.yml")["jobs"].values()
+    ctx = {"github.event_name": event, "success()": True, "secrets.ALERT_WEBHOOK_URL": "hook"}
+    ran = [
+        s["run"]
+        for s in job["steps"]
+        if "monitor run" in s.get("run", "") and runs(s.get("if"), ctx)
+    ]
+    if event == "schedule":
+        assert ran == [".venv/bin/modelyard monitor run --since 1h --align"]
+    else:
+        assert ran == ['.venv/bin/modelyard monitor run --since "$SINCE"']
+    alert = job["env"]["MODELYARD_ALERT_WEBHOOK_URL"]
+    assert evaluate(alert, ctx) == "hook"
+    assert evaluate(alert, {**ctx, "vars.DRIFT_IN_CLUSTER": "true"}) == ""
+    cron = load(REPO / "services/k8s/components/drift/cronjob.yaml")
+    (container,) = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    assert container["args"][-3:] == ["1h", "--align", "--no-retrain"]
+
+
 # -- deploy.yml -----------------------------------------------------------------------------
 
 
@@ -350,7 +374,8 @@ def test_two_environments_two_approvals_two_sets_of_secrets() -> None:
 
 def test_the_gates_check_fails_closed() -> None:
     """Without MODELYARD_GATE=off the approval is checked before anything is built (and
-    `registry verify` exits 2 without MODELYARD_GATE_KEY): a missing key stops the deploy."""
+    `registry verify` exits 2 without MODELYARD_GATE_PUBLIC_KEY): a missing key stops the
+    deploy."""
     ran = simulate(cluster=True, fails=set(), gate_off=False)
     assert ran[:3] == ["registry verify", "deploy commit", "deploy containerize"]
     # checked again right before production's rollout
@@ -362,7 +387,9 @@ def test_the_gates_check_fails_closed() -> None:
     assert late[-1] == "registry verify" and late.count("deploy apply") == 1
     for job in ("build", "production"):
         (gate,) = [s for s in load(DEPLOY)["jobs"][job]["steps"] if s.get("id") == "gate"]
-        assert "MODELYARD_GATE_KEY" not in gate["if"]  # not skipped when the key is missing
+        assert "MODELYARD_GATE" not in gate["if"].replace(
+            "vars.MODELYARD_GATE !=", ""
+        )  # not skipped when the key is missing
 
 
 @pytest.mark.parametrize(("runner", "scheduled"), [("gate-host", True), ("", False)])
