@@ -16,6 +16,7 @@ from modelyard.common import tracking as use_store
 
 if TYPE_CHECKING:
     from monitoring.monitor import Summary
+    from pipelines.config import Params
 
 app = typer.Typer()
 monitor_app = typer.Typer(
@@ -76,7 +77,9 @@ def monitor_run(
             "--align",
             help="Read the last whole period of --since's length (a duration): --since 1h "
             "at 10:17 reads 09:00..10:00 UTC, so hourly runs read windows that touch, never "
-            "overlap, and leave no gap however late each starts.",
+            "overlap, and leave no gap however late each starts; after missed runs it "
+            "starts where the last judged window ended (MLflow's drift runs), at most "
+            "monitor.window back.",
         ),
     ] = False,
     retrain: Annotated[
@@ -116,6 +119,7 @@ def monitor_run(
                 raise MonitoringError("--align sets the window's end itself: give --since only")
 
             since, until = aligned(since or params.monitor.window, time.time())
+            since = _after_the_last_window(params, root, since)
         registry = Registry(use_store(root))
         with console.status("monitor run...") as status:
             summary = monitor.job(
@@ -140,6 +144,30 @@ def monitor_run(
             "it; `modelyard -v monitor run ...` shows the traceback)"
         ) from None
     raise typer.Exit(summary.exit_code)
+
+
+def _after_the_last_window(params: Params, root: Path, since: str) -> str:
+    """``since``, moved back to where the last judged window ended when scheduled runs
+    were missed (at most monitor.window back), so no rows go unchecked."""
+    from datetime import UTC, datetime
+
+    from monitoring.driftrun import last_checked_until
+    from monitoring.window import contiguous, parse_time
+
+    now = time.time()
+    start = parse_time(since, now)
+    cap = now - parse_time(params.monitor.window, now)
+    last = last_checked_until(f"{params.tracking.experiment}-monitoring", root)
+    moved = contiguous(start, last, cap)
+    if moved == start:
+        return since
+    text = datetime.fromtimestamp(moved, UTC).isoformat(timespec="seconds")
+    err_console.print(
+        f"monitor: the window starts at {text}, where the last judged window ended "
+        "(scheduled runs were missed)",
+        highlight=False,
+    )
+    return text
 
 
 def _print_monitor(summary: Summary) -> None:

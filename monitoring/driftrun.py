@@ -7,6 +7,7 @@ import contextlib
 import logging
 from collections.abc import Iterator
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 
 from core.errors import (
@@ -28,6 +29,34 @@ def _tracking_errors(what: str) -> Iterator[None]:
         yield
     except (MlflowException, OSError) as exc:
         raise RegistryError(f"cannot {what}: {exc}") from exc
+
+
+def last_checked_until(experiment: str, root: Path) -> float | None:
+    """Where the latest window a drift run judged ended (its ``window`` tag, the run
+    finished), as a timestamp; None when no run judged one. RegistryError when the store
+    cannot be read: the job does not guess its window."""
+    import mlflow
+
+    from pipelines import tracking
+
+    with _tracking_errors(f"read the last drift run of {experiment!r}"):
+        tracking.configure(root)
+        found = mlflow.get_experiment_by_name(experiment)
+        if found is None:
+            return None
+        runs = mlflow.MlflowClient().search_runs(
+            [found.experiment_id],
+            filter_string="attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"],
+            max_results=50,
+        )
+    ends = []
+    for run in runs:
+        _, sep, until = run.data.tags.get("window", "").partition(" .. ")
+        with contextlib.suppress(ValueError):
+            if sep:
+                ends.append(datetime.fromisoformat(until).timestamp())
+    return max(ends, default=None)
 
 
 def log_drift_run(params: Params, summary: Summary, *, root: Path) -> DriftRun:

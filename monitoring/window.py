@@ -62,6 +62,15 @@ def aligned(since: str, now: float) -> tuple[str, str]:
     )
 
 
+def contiguous(start: float, last_until: float | None, cap_s: float) -> float:
+    """The window's start, moved back to where the last checked window ended when runs
+    were missed in between (never further back than ``cap_s`` before ``start``, never
+    forward: rows are read twice rather than not at all)."""
+    if last_until is None or last_until >= start:
+        return start
+    return max(last_until, start - cap_s)
+
+
 def read_window(
     log_dir: Path, since: float, until: float, sample_rows: int, seed: int
 ) -> logscan.WindowSample:

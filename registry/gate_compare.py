@@ -177,9 +177,7 @@ class Comparing(GateBase):
                 raise PromotionRefused(f"{label}: cannot score it on {source}: {exc}") from exc
         claimed = evidence.metrics.get("test.accuracy")
         said = f"; its run says {claimed:.4f}" if claimed is not None else ""
-        line = (
-            f"accuracy recomputed by the gate on {source}: {got:.4f} on {len(rows.y)} rows{said}"
-        )
+        line = f"accuracy recomputed by the gate on {source}: {got:.4f} on {len(rows.y)} rows{said}"
         if got < self.rules.min_accuracy:
             raise PromotionRefused(
                 f"{label}: {line}, below the gate's minimum {self.rules.min_accuracy:g}"

@@ -298,6 +298,35 @@ def test_no_retrain_is_recorded_as_skipped(job: Job) -> None:
     }
 
 
+def test_an_aligned_run_starts_where_the_last_judged_window_ended(
+    job: Job, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--align`: the last whole hour, moved back to the end of the last window a drift run
+    judged (recorded in MLflow) when runs were missed, so those hours are read too."""
+    from datetime import UTC, datetime
+
+    from pipelines import tracking
+
+    hour = 3600
+    end = time.time() // hour * hour
+    last = end - 3 * hour  # three hourly runs missed
+    iso = [datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds") for t in (last, end)]
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    tracking.configure(job.project.root)
+    with tracking.new_run("modelyard-monitoring", job.project.root, run_name="ok"):
+        tracking.set_tags({"status": "ok", "window": f"{iso[0]} .. 2000-01-01T00:00:00+00:00"})
+    with tracking.new_run("modelyard-monitoring", job.project.root, run_name="ok"):
+        tracking.set_tags({"status": "ok", "window": f"2000-01-01T00:00:00+00:00 .. {iso[0]}"})
+    job.write(*split_rows(job.project, 50))
+
+    code, out = job.run("--align", "--no-retrain")
+
+    assert code == 0, out
+    assert f"the window starts at {iso[0]}, where the last judged window ended" in out
+    window = job.latest()["window"]
+    assert (window["since"], window["until"]) == (iso[0], iso[1])
+
+
 def test_help_shows_the_exit_code_table() -> None:
     from modelyard.app import app
     from modelyard.monitor import MONITOR_EXIT_CODES

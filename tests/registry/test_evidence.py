@@ -115,9 +115,7 @@ def test_other_rows_are_refused_naming_what_and_why(project: Project, tmp_path: 
     original = stored.read_bytes()
     import pandas as pd
 
-    pd.read_parquet(project.root / "src/test.parquet").head(35).to_parquet(
-        tmp_path / "cut.parquet"
-    )
+    pd.read_parquet(project.root / "src/test.parquet").head(35).to_parquet(tmp_path / "cut.parquet")
     try:
         stored.chmod(0o644)
         stored.write_bytes((tmp_path / "cut.parquet").read_bytes())
