@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from core import settings
+from core.tagkeys import LineageTag
 from modelyard.apikeys import DEFAULT_FILE as DEFAULT_KEY_FILE
 from modelyard.common import (
     EXIT_CODES,
@@ -572,8 +573,8 @@ def deploy_commit(
 
     registry = open_registry(params_file)
     version = guard("deploy commit", lambda: build.resolve(registry, model))
-    commit = version.tags.get("git.commit", "")
-    dirty = version.tags.get("git.dirty", "").lower() == "true"
+    commit = version.tags.get(LineageTag.GIT_COMMIT, "")
+    dirty = version.tags.get(LineageTag.GIT_DIRTY, "").lower() == "true"
 
     def check() -> str:
         if not re.fullmatch(r"[0-9a-f]{40}", commit):

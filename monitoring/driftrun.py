@@ -14,6 +14,7 @@ from core.errors import (
     ModelyardError,
     RegistryError,
 )
+from core.tagkeys import RetrainTag
 from monitoring.verdict import DRIFT, FAILED, LOGGED, RETRAINED, DriftRun, Summary
 from pipelines.config import Params
 
@@ -113,11 +114,11 @@ def finish_drift_run(summary: Summary, drift_run: DriftRun, *, root: Path) -> Dr
     from pipelines import tracking
 
     assert drift_run.run_id is not None
-    tags = {}
+    tags: dict[str, str] = {}
     if summary.retrain is not None:
-        tags["retrain.status"] = summary.retrain.status
+        tags[RetrainTag.STATUS] = summary.retrain.status
         if summary.retrain.status == RETRAINED and summary.retrain.version:
-            tags["retrain.version"] = summary.retrain.version
+            tags[RetrainTag.VERSION] = summary.retrain.version
     try:
         with (
             _tracking_errors(f"complete the drift run {drift_run.run_id}"),

@@ -17,6 +17,7 @@ from core import files
 from core.errors import (
     MonitoringError,
 )
+from core.tagkeys import DataTag
 from monitoring import drift
 from registry.client import Registry
 
@@ -66,14 +67,14 @@ def reference_for(
     if not name or not version.isdigit():
         raise MonitoringError(f"the log names model {model_ref!r}, expected NAME/VERSION")
     tags = registry.version(name, version).tags
-    uri = tags.get("data.reference_uri")
+    uri = tags.get(DataTag.REFERENCE_URI)
     if not uri:
         raise MonitoringError(
             f"{name} v{version} has no data.reference_uri tag: its training run is not in this "
             "registry's store, so there is no reference. Register a version trained against this "
             "store (`modelyard run`) and serve it."
         )
-    test_uri = tags.get("data.test_uri") or None
+    test_uri = tags.get(DataTag.TEST_URI) or None
     cached = cache / f"{name}-v{version}.parquet"
     test_cached = cache / f"{name}-v{version}-test.parquet"
     meta_file = cache / f"{name}-v{version}.json"

@@ -16,6 +16,7 @@ from core.errors import (
     ModelyardError,
     MonitoringError,
 )
+from core.tagkeys import DataTag
 from pipelines.config import Params
 from registry.client import Registry
 
@@ -72,7 +73,7 @@ def redact(text: str, url: str) -> str:
     return text.replace(url, f"{scheme}://{host}/..." if rest else "<the alert webhook>")
 
 
-LABELLED_UNTIL = "data.production_labelled_until"  # register's tag: the newest label trained on
+LABELLED_UNTIL = DataTag.PRODUCTION_LABELLED_UNTIL  # register's tag: the newest label trained on
 
 
 RETRAINING = "retraining"  # what the alert says while the retrain has not run yet

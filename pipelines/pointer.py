@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from core import files
 from core.errors import ConfigError
+from core.tagkeys import LineageTag
 from pipelines.config import Paths
 
 if TYPE_CHECKING:
@@ -44,7 +45,7 @@ def current(registry: Registry, model: str) -> Pointer:
     return Pointer(
         model=model,
         version=champ.version if champ else None,
-        onnx_sha256=champ.tags.get("onnx.sha256") if champ else None,
+        onnx_sha256=champ.tags.get(LineageTag.ONNX_SHA256) if champ else None,
     )
 
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from core import files, tools
 from core.errors import ConfigError, PipelineFailed
+from core.tagkeys import RetrainTag
 from pipelines import pointer, sources, tracking
 from pipelines.config import Params
 
@@ -231,4 +232,4 @@ def link_drift_run(registry: Registry, name: str, version: str, drift_run: str) 
         },
     )
     with tracking.resume(drift_run):
-        tracking.set_tags({"retrain.version": version, "retrain.model": name})
+        tracking.set_tags({RetrainTag.VERSION: version, RetrainTag.MODEL: name})

@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import PromotionRefused
+from core.tagkeys import ApprovalTag
 from registry import keys
 from registry.client import CHAMPION, Registry, Version
 from registry.keys import RECORD_TAG, SIGNATURE_TAG
 from registry.manifest import Manifest, differences
 
-MANIFEST_TAG = "manifest.sha256"  # the approved folder's manifest digest (also signed)
+MANIFEST_TAG = ApprovalTag.MANIFEST_SHA256  # the approved folder's manifest digest (also signed)
 
 
 @dataclass(frozen=True)

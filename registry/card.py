@@ -17,6 +17,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from core.tagkeys import LineageTag
 from registry.comparison import Comparison
 
 SECTION = "vs-champion"  # this version beside the current champion
@@ -110,7 +111,8 @@ def comparison_markdown(
         shown = [fmt.format(v) if v is not None else "n/a" for v in (a, b)]
         lines.append(f"| {label} | {shown[0]} | {shown[1]} | {change(a, b, lower)} |")
     variant = [
-        f"{t.get('model.family', '?')} {t.get('model.variant', '?')}" for t in (mine, theirs or {})
+        f"{t.get(LineageTag.MODEL_FAMILY, '?')} {t.get(LineageTag.MODEL_VARIANT, '?')}"
+        for t in (mine, theirs or {})
     ]
     lines += [f"| variant | {variant[0]} | {variant[1]} | |", ""]
     lines.append(what_changed(mine, (comparison.champion, dict(theirs)) if theirs else None))
@@ -129,18 +131,20 @@ def change(mine: float | None, theirs: float | None, lower_better: bool) -> str:
 
 
 def what_changed(tags: Mapping[str, str], champion: tuple[str, dict[str, str]] | None) -> str:
-    commit = tags.get("git.commit", "unknown")
-    dirty = " (uncommitted changes)" if tags.get("git.dirty") == "True" else ""
+    commit = tags.get(LineageTag.GIT_COMMIT, "unknown")
+    dirty = " (uncommitted changes)" if tags.get(LineageTag.GIT_DIRTY) == "True" else ""
     text = (
-        f"**What changed**: commit `{commit[:12]}`{dirty} by {tags.get('git.author')}; "
-        f"data md5 `{tags.get('dvc.data_md5', '?')[:12]}`, params sha256 "
-        f"`{tags.get('dvc.params_sha256', '?')[:12]}`"
+        f"**What changed**: commit `{commit[:12]}`{dirty} by {tags.get(LineageTag.GIT_AUTHOR)}; "
+        f"data md5 `{tags.get(LineageTag.DVC_DATA_MD5, '?')[:12]}`, params sha256 "
+        f"`{tags.get(LineageTag.DVC_PARAMS_SHA256, '?')[:12]}`"
     )
     if champion:
         theirs = champion[1]
-        other = theirs.get("git.commit", "unknown")
-        same_data = theirs.get("dvc.data_md5") == tags.get("dvc.data_md5")
-        same_params = theirs.get("dvc.params_sha256") == tags.get("dvc.params_sha256")
+        other = theirs.get(LineageTag.GIT_COMMIT, "unknown")
+        same_data = theirs.get(LineageTag.DVC_DATA_MD5) == tags.get(LineageTag.DVC_DATA_MD5)
+        same_params = theirs.get(LineageTag.DVC_PARAMS_SHA256) == tags.get(
+            LineageTag.DVC_PARAMS_SHA256
+        )
         text += (
             f". The champion came from `{other[:12]}`: data "
             f"{'the same' if same_data else 'changed'}, params "

@@ -46,6 +46,7 @@ from typing import Any
 from core.errors import (
     PromotionRefused,
 )
+from core.tagkeys import CopyTag, LineageTag
 from registry import policy
 from registry.approval import (
     MANIFEST_TAG,
@@ -178,10 +179,10 @@ class Gate(Reconciling):
             source,
             run_id=kept_by,
             tags={
-                "source.model": name,
-                "source.version": version,
-                "source.run_id": evidence.run_id,
-                "onnx.sha256": evidence.onnx_sha256,
+                CopyTag.SOURCE_MODEL: name,
+                CopyTag.SOURCE_VERSION: version,
+                CopyTag.SOURCE_RUN_ID: evidence.run_id,
+                LineageTag.ONNX_SHA256: evidence.onnx_sha256,
                 MANIFEST_TAG: manifest.digest(),
                 policy.RUN_AUTHOR: verdict.author,
                 policy.APPROVAL_REVIEWER: user,

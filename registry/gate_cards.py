@@ -7,6 +7,7 @@ import logging
 from core.errors import (
     ModelyardError,
 )
+from core.tagkeys import CopyTag
 from registry import card, policy
 from registry.client import CHALLENGER, CHAMPION, Version
 from registry.comparison import Comparison
@@ -87,7 +88,7 @@ class Cards(Comparing):
             return "no champion or no challenger"
         champion = champ.version
         label = f"{models.candidates} v{challenger.version}"
-        if champ.tags.get("source.version") == challenger.version:
+        if champ.tags.get(CopyTag.SOURCE_VERSION) == challenger.version:
             note = f"**This version is the champion**: {self.production} v{champion}."
             text = card.replace_section(challenger.description, card.SECTION, note)
             self.registry.set_description(models.candidates, challenger.version, text)
@@ -121,7 +122,7 @@ class Cards(Comparing):
     def _lineage(self, production_version: str) -> dict[str, str]:
         """The lineage tags a production version was registered with (its candidate's)."""
         tags = self.registry.version(self.production, production_version).tags
-        source, number = tags.get("source.model"), tags.get("source.version")
+        source, number = tags.get(CopyTag.SOURCE_MODEL), tags.get(CopyTag.SOURCE_VERSION)
         if not source or not number:
             return tags
         return self.registry.version(source, number).tags

@@ -13,6 +13,7 @@ from core.errors import (
     PromotionRefused,
     RegistryError,
 )
+from core.tagkeys import LineageTag
 from registry import evidence as evidence_mod
 from registry import policy
 from registry.approval import (
@@ -47,14 +48,14 @@ class Comparing(GateBase):
         tag's URI): at least the base split and its schema, or a refusal."""
         if self.committed is not None:
             label = f"{candidate.name} v{candidate.version}"
-            if str(candidate.tags.get("git.dirty", "")).lower() == "true":
+            if str(candidate.tags.get(LineageTag.GIT_DIRTY, "")).lower() == "true":
                 raise PromotionRefused(
                     f"{label} was trained from uncommitted changes (git.dirty): the gate "
                     "scores only what a reviewed commit's dvc.lock names"
                 )
             try:
                 rows = evidence_mod.committed_rows(
-                    self.committed, str(candidate.tags.get("git.commit", "")), dest
+                    self.committed, str(candidate.tags.get(LineageTag.GIT_COMMIT, "")), dest
                 )
             except PromotionRefused as exc:
                 raise PromotionRefused(f"{label}: {exc}") from exc

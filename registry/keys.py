@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from core.errors import ConfigError
+from core.tagkeys import ApprovalTag
 
 if TYPE_CHECKING:
     from core.settings import Settings
@@ -48,8 +49,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # Where a signed approval lives on the production version (registry.approval).
-RECORD_TAG = "approval.record"  # the signed fields, canonical JSON
-SIGNATURE_TAG = "approval.signature"
+RECORD_TAG = ApprovalTag.RECORD  # the signed fields, canonical JSON
+SIGNATURE_TAG = ApprovalTag.SIGNATURE
 
 SCHEME = "ed25519"
 KEYGEN = "make a key pair with `modelyard registry keygen`"

@@ -15,9 +15,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 
-APPROVAL_REVIEWER = "approval.reviewer"
-APPROVAL_AT = "approval.at"
-APPROVAL_COMMENT = "approval.comment"
+from core.tagkeys import ApprovalTag, LineageTag, RunTag
+
+APPROVAL_REVIEWER = ApprovalTag.REVIEWER
+APPROVAL_AT = ApprovalTag.AT
+APPROVAL_COMMENT = ApprovalTag.COMMENT
 
 
 @dataclass(frozen=True)
@@ -32,23 +34,23 @@ class Decision:
 def decide(tags: Mapping[str, str]) -> Decision:
     """Whether the version with these tags may become champion, and why not."""
     reasons: list[str] = []
-    if "onnx.sha256" not in tags:
+    if LineageTag.ONNX_SHA256 not in tags:
         reasons.append("not registered by the modelyard pipeline (no onnx.sha256 tag)")
-    if tags.get("gates.passed") != "True":
+    if tags.get(LineageTag.GATES_PASSED) != "True":
         failed = sorted(
             k.removeprefix("gate.")
             for k, v in tags.items()
             if k.startswith("gate.") and v == "fail"
         )
         reasons.append("gates did not pass" + (f": {', '.join(failed)}" if failed else ""))
-    if tags.get("validation.success") != "True":
+    if tags.get(LineageTag.VALIDATION_SUCCESS) != "True":
         reasons.append("data validation did not pass")
     reviewer = tags.get(APPROVAL_REVIEWER, "").strip()
     if not reviewer:
         reasons.append(f"no approval: a reviewer must set the version tag {APPROVAL_REVIEWER}")
     else:
-        author = tags.get("git.author", "").strip()
-        author_name = tags.get("git.author_name", "").strip()
+        author = tags.get(LineageTag.GIT_AUTHOR, "").strip()
+        author_name = tags.get(LineageTag.GIT_AUTHOR_NAME, "").strip()
         if not author or author == "unknown":
             reasons.append(
                 "the training commit's author is unknown, so four eyes cannot be checked"
@@ -57,7 +59,7 @@ def decide(tags: Mapping[str, str]) -> Decision:
             author_name and reviewer.strip().lower() == author_name.lower()
         ):
             reasons.append(
-                f"four eyes: reviewer {reviewer} is the author of commit {tags.get('git.commit', '?')[:12]}"
+                f"four eyes: reviewer {reviewer} is the author of commit {tags.get(LineageTag.GIT_COMMIT, '?')[:12]}"
             )
     return Decision(not reasons, reasons)
 
@@ -81,10 +83,12 @@ METRIC_OF_GATE = {
     "min_class_recall": ("test.min_class_recall", ">="),
     "min_noise_invariance": ("test.noise_invariance", ">="),
 }
-RUN_COMMIT_AUTHOR = "git.author"  # the training commit's author email, as CI checked it out
-RUN_AUTHOR = "modelyard.author"  # the verified identity CI trained for (GITHUB_ACTOR)
-RUN_VALIDATION = "validation.success"
-RUN_ONNX_SHA256 = "registered.onnx_sha256"
+RUN_COMMIT_AUTHOR = (
+    LineageTag.GIT_AUTHOR
+)  # the training commit's author email, as CI checked it out
+RUN_AUTHOR = RunTag.AUTHOR  # the verified identity CI trained for (GITHUB_ACTOR)
+RUN_VALIDATION = LineageTag.VALIDATION_SUCCESS
+RUN_ONNX_SHA256 = RunTag.REGISTERED_ONNX_SHA256
 
 
 @dataclass(frozen=True)
@@ -178,7 +182,7 @@ def judge(evidence: Evidence, rules: Rules, *, reviewer: str, people: Mapping[st
             f"{name}: model.onnx (sha256 {evidence.onnx_sha256[:12]}) is not the file run "
             f"{evidence.run_id} registered ({(logged_sha or 'none recorded')[:12]})"
         )
-    tagged_sha = evidence.version_tags.get("onnx.sha256")
+    tagged_sha = evidence.version_tags.get(LineageTag.ONNX_SHA256)
     if tagged_sha and evidence.onnx_sha256 and tagged_sha != evidence.onnx_sha256:
         reasons.append(
             f"{name}: its onnx.sha256 tag ({tagged_sha[:12]}) does not match the artifact "

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from core.errors import PromotionRefused, RegistryError
+from core.tagkeys import DeployTag
 from registry import policy
 from registry.client import CHAMPION, Registry, Version
 
@@ -22,11 +23,11 @@ PROMOTED_AT = "promotion.at"
 PROMOTED_BY = "promotion.by"
 REFUSED = "promotion.refused"
 # On the registered model: what the deploy workflow shipped (the reconciler compares).
-DEPLOY_REQUESTED = "deploy.requested"
-DEPLOYED = "deployed.version"
-DEPLOYED_IMAGE = "deployed.image"
-DEPLOYED_AT = "deployed.at"
-DEPLOYED_TARGET = "deployed.target"
+DEPLOY_REQUESTED = DeployTag.REQUESTED
+DEPLOYED = DeployTag.VERSION
+DEPLOYED_IMAGE = DeployTag.IMAGE
+DEPLOYED_AT = DeployTag.AT
+DEPLOYED_TARGET = DeployTag.TARGET
 
 
 def promote(
@@ -112,7 +113,9 @@ def record_deployment(
     registry.set_model_tag(name, DEPLOYED_IMAGE, image)
     registry.set_model_tag(name, DEPLOYED_AT, _now())
     registry.set_model_tag(name, DEPLOYED_TARGET, target)
-    registry.set_version_tags(name, version, {"deploy.image": image, "deploy.at": _now()})
+    registry.set_version_tags(
+        name, version, {DeployTag.IMAGE_REQUESTED: image, DeployTag.IMAGE_AT: _now()}
+    )
     audit(registry, name, "deployed", version=version, image=image, target=target, by=by)
     return deployed
 

@@ -36,6 +36,7 @@ import yaml
 from core import tools
 from core.errors import ConfigError, RegistryError
 from core.files import sha256
+from core.tagkeys import ApprovalTag, LineageTag
 from registry.client import Registry, Version
 
 log = logging.getLogger(__name__)
@@ -135,10 +136,10 @@ def build(ref: str, registry: Registry, *, shadow: str | None = None) -> Built:
         return dataclasses.replace(built, created=created)
     labels = {
         "model": version.name, "model_version": version.version,
-        "git_commit": version.tags.get("git.commit", "unknown"),
-        "onnx_sha256": champion.sha256, "variant": version.tags.get("model.variant", "fp32"),
+        "git_commit": version.tags.get(LineageTag.GIT_COMMIT, "unknown"),
+        "onnx_sha256": champion.sha256, "variant": version.tags.get(LineageTag.MODEL_VARIANT, "fp32"),
         # the signed manifest of every approved file (registry.manifest), when the gate made it
-        "manifest_sha256": version.tags.get("manifest.sha256", "none"),
+        "manifest_sha256": version.tags.get(ApprovalTag.MANIFEST_SHA256, "none"),
     }  # fmt: skip
     args = [f"model_tag={champion.model_tag}"]
     if challenger is not None:
@@ -146,7 +147,7 @@ def build(ref: str, registry: Registry, *, shadow: str | None = None) -> Built:
             shadow_model=challenger.version.name,
             shadow_model_version=challenger.version.version,
             shadow_onnx_sha256=challenger.sha256,
-            shadow_variant=challenger.version.tags.get("model.variant", "fp32"),
+            shadow_variant=challenger.version.tags.get(LineageTag.MODEL_VARIANT, "fp32"),
         )
         args.append(f"shadow_tag={challenger.model_tag}")
     bentoml_bin = tools.binary("bentoml")
@@ -163,7 +164,7 @@ def build(ref: str, registry: Registry, *, shadow: str | None = None) -> Built:
 def _store(bentoml: Any, registry: Registry, version: Version) -> _Stored:
     """Download ``version``, check its sha256 against the registry's tag, import it into
     BentoML's model store (if not there yet)."""
-    expected = version.tags.get("onnx.sha256")
+    expected = version.tags.get(LineageTag.ONNX_SHA256)
     if not expected:
         raise RegistryError(
             f"{version.name} v{version.version} has no onnx.sha256 tag: not registered by modelyard"
@@ -265,9 +266,9 @@ def _contract(version: Version, folder: Path, sha: str) -> dict[str, Any]:
     return {
         "name": version.name,
         "version": version.version,
-        "variant": tags.get("model.variant", "fp32"),
-        "git_commit": tags.get("git.commit"),
-        "data_md5": tags.get("dvc.data_md5"),
+        "variant": tags.get(LineageTag.MODEL_VARIANT, "fp32"),
+        "git_commit": tags.get(LineageTag.GIT_COMMIT),
+        "data_md5": tags.get(LineageTag.DVC_DATA_MD5),
         "onnx_sha256": sha,
         "metrics": {
             k.removeprefix("metric."): float(v) for k, v in tags.items() if k.startswith("metric.")

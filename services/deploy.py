@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from core.errors import ConfigError, DeployError
+from core.tagkeys import DeployTag
 
 if TYPE_CHECKING:
     from registry.client import Registry
@@ -607,6 +608,6 @@ def record_failure(
     registry.set_version_tags(
         name,
         version,
-        {"deploy.failed.env": env, "deploy.failed.at": at, "deploy.failed.reason": reason},
+        {DeployTag.FAILED_ENV: env, DeployTag.FAILED_AT: at, DeployTag.FAILED_REASON: reason},
     )
     promotion.audit(registry, name, "deploy-failed", version=version, env=env, reason=reason, by=by)

@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Literal
 
 from core import tools
 from core.errors import ConfigError, DeployError, RegistryError
+from core.tagkeys import DeployTag
 
 if TYPE_CHECKING:
     from registry.client import Registry, Version
@@ -432,8 +433,8 @@ def monitor_image(
 
 # Version tags: the image built for a registry version (by digest), which `deploy apply`
 # and the deploy workflow deploy. A version is *deployed* only once `deploy record` says so.
-IMAGE_DIGEST_TAG = "deployed.image_digest"
-IMAGE_REF_TAG = "deployed.image"
+IMAGE_DIGEST_TAG = DeployTag.IMAGE_DIGEST
+IMAGE_REF_TAG = DeployTag.IMAGE
 
 
 def record(registry: Registry, name: str, version: str, image: Image) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.layout import ORDER, REPO, closure, package_edges
+from tests.layout import ORDER, REPO, closure, package_edges, project_files
 
 
 def find_cycle(edges: set[tuple[str, str]]) -> list[str] | None:
@@ -81,3 +81,31 @@ def test_each_stage_lists_exactly_the_code_it_imports(stage: str) -> None:
     rel = lambda paths: sorted(str(p.relative_to(REPO)) for p in paths)  # noqa: E731
     assert not needed - listed, f"dvc.yaml {stage}: add to deps {rel(needed - listed)}"
     assert not listed - needed, f"dvc.yaml {stage}: not imported, drop {rel(listed - needed)}"
+
+
+def tag_literals(path: Path, keys: set[str]) -> list[str]:
+    """Where ``path`` spells one of ``keys`` as a plain string constant (line: key)."""
+    import ast
+
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in keys:
+            found.append(f"{path.relative_to(REPO)}:{node.lineno}: {node.value}")
+    return found
+
+
+def test_every_tag_key_is_spelled_once_in_core_tagkeys() -> None:
+    """A tag key written as a literal in two modules is a contract nobody owns
+    (`deployed.image` was defined twice): every product module imports it from
+    core/tagkeys.py."""
+    from core import tagkeys
+
+    keys = {member.value for group in tagkeys.ALL for member in group}
+    assert {"git.commit", "deployed.image", "approval.signature"} <= keys
+    spelled = [
+        hit
+        for path in project_files()
+        if path != REPO / "core/tagkeys.py"
+        for hit in tag_literals(path, keys)
+    ]
+    assert not spelled, f"import these from core.tagkeys: {spelled}"

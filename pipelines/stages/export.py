@@ -17,6 +17,7 @@ import numpy as np
 
 from core import files
 from core.errors import ExportParityError
+from core.tagkeys import LineageTag
 from pipelines import dataset, inference, tracking
 from pipelines.config import Params
 from pipelines.models import load_native
@@ -86,6 +87,8 @@ def run(params: Params, root: Path) -> Result:
         tracking.log_metrics(
             {"parity_max_abs_diff": parity.max_abs_diff, "onnx_size_bytes": result.size_bytes}
         )
-        tracking.set_tags({"onnx.sha256": result.sha256, "onnx.opset": result.opset})
+        tracking.set_tags(
+            {LineageTag.ONNX_SHA256: result.sha256, LineageTag.ONNX_OPSET: result.opset}
+        )
     log.info("exported %s (%d bytes), parity %.2g", target, result.size_bytes, parity.max_abs_diff)
     return result

@@ -27,6 +27,7 @@ import pandas as pd
 
 from core import files, settings
 from core.errors import ConfigError, GateFailed, SchemaMismatch
+from core.tagkeys import CopyTag, DataTag, LineageTag, RunTag
 from pipelines import dataset, inference, lineage, tracking
 from pipelines.config import PRODUCTION_TEST, Params
 from pipelines.models import read_meta
@@ -67,7 +68,7 @@ def run(params: Params, root: Path) -> Result:
     onnx_path = root / paths.served_model  # optimize's choice (paths.onnx is the FP32 reference)
     sha = files.sha256(onnx_path)
     registry = Registry(tracking.tracking_uri(root))
-    existing = registry.find_by_tag(cfg.model_name, "onnx.sha256", sha)
+    existing = registry.find_by_tag(cfg.model_name, LineageTag.ONNX_SHA256, sha)
     if existing is not None:
         log.info(
             "%s v%s already holds this model (sha256 %s)",
@@ -99,13 +100,15 @@ def run(params: Params, root: Path) -> Result:
         run = tracking.new_run(
             params.tracking.experiment, root, run_name=f"register-{meta['family']}"
         )
-        tags["training.run_missing"] = meta["run_id"]
+        tags[LineageTag.TRAINING_RUN_MISSING] = meta["run_id"]
     with run as run_id:
         if run_id == meta["run_id"]:
             # train logged these (pipelines/stages/train.py: REFERENCE_DIR).
-            tags["data.reference_uri"] = f"runs:/{run_id}/reference/train.parquet"
-            tags["data.test_uri"] = f"runs:/{run_id}/reference/test.parquet"
-            tags["data.production_test_uri"] = f"runs:/{run_id}/reference/{PRODUCTION_TEST}.parquet"
+            tags[DataTag.REFERENCE_URI] = f"runs:/{run_id}/reference/train.parquet"
+            tags[DataTag.TEST_URI] = f"runs:/{run_id}/reference/test.parquet"
+            tags[DataTag.PRODUCTION_TEST_URI] = (
+                f"runs:/{run_id}/reference/{PRODUCTION_TEST}.parquet"
+            )
         model_uri, _ = tracking.log_onnx_model(onnx_path, example, {"schema": schema.as_dict()})
         card = model_card(
             reports=Reports.read(root / paths.reports),
@@ -121,11 +124,11 @@ def run(params: Params, root: Path) -> Result:
         # actor in CI, never a git author's typed name or email; "unknown" outside CI.
         tracking.set_tags(
             {
-                "registered.version": version.version,
-                "registered.onnx_sha256": sha,
-                "modelyard.author": settings.current().github_actor or "unknown",
+                RunTag.REGISTERED_VERSION: version.version,
+                RunTag.REGISTERED_ONNX_SHA256: sha,
+                RunTag.AUTHOR: settings.current().github_actor or "unknown",
                 # the commit's author email: the gate maps it to a person (team.yaml)
-                "git.author": tags["git.author"],
+                LineageTag.GIT_AUTHOR: tags[LineageTag.GIT_AUTHOR],
             }
         )
     result = Result(cfg.model_name, version.version, True, version.tags)
@@ -218,23 +221,23 @@ def lineage_tags(
     chosen = optimized["variants"][optimized["chosen"]]
     fp32 = optimized["variants"]["fp32"]
     tags: dict[str, Any] = {
-        "git.commit": commit,
-        "git.dirty": dirty,
-        "git.author": lineage.git_author(root),
-        "git.author_name": lineage.git_author(root, name=True),
-        "dvc.data_md5": hashes["data_md5"],
-        "dvc.prepared_md5": hashes["prepared_md5"],
-        "dvc.params_sha256": hashes["params_sha256"],
-        "data.source": params.ingest.source,
-        "validation.success": validation["success"],
-        "validation.evaluated": validation["evaluated"],
-        "validation.failed": validation["failed"],
-        "onnx.sha256": sha,
-        "onnx.opset": inference.opset(root / paths.served_model),
+        LineageTag.GIT_COMMIT: commit,
+        LineageTag.GIT_DIRTY: dirty,
+        LineageTag.GIT_AUTHOR: lineage.git_author(root),
+        LineageTag.GIT_AUTHOR_NAME: lineage.git_author(root, name=True),
+        LineageTag.DVC_DATA_MD5: hashes["data_md5"],
+        LineageTag.DVC_PREPARED_MD5: hashes["prepared_md5"],
+        LineageTag.DVC_PARAMS_SHA256: hashes["params_sha256"],
+        LineageTag.DATA_SOURCE: params.ingest.source,
+        LineageTag.VALIDATION_SUCCESS: validation["success"],
+        LineageTag.VALIDATION_EVALUATED: validation["evaluated"],
+        LineageTag.VALIDATION_FAILED: validation["failed"],
+        LineageTag.ONNX_SHA256: sha,
+        LineageTag.ONNX_OPSET: inference.opset(root / paths.served_model),
         "onnx.parity_max_abs_diff": f"{export['max_abs_diff']:.3g}",
         "onnxruntime.version": inference.runtime_version(),
-        "model.family": meta["family"],
-        "model.variant": optimized["chosen"],
+        LineageTag.MODEL_FAMILY: meta["family"],
+        LineageTag.MODEL_VARIANT: optimized["chosen"],
         "optimize.metric": optimized["metric"],
         "optimize.speedup_vs_fp32": f"{optimized['speedup_vs_fp32']:.3f}",
         "optimize.size_ratio_vs_fp32": f"{optimized['size_ratio_vs_fp32']:.3f}",
@@ -252,7 +255,7 @@ def lineage_tags(
         "metric.p50_ms_batch_1": f"{metrics['latency']['batch_1']['p50_ms']:.4f}",
         "metric.p99_ms_batch_1": f"{metrics['latency']['batch_1']['p99_ms']:.4f}",
         "metric.p99_ms_batch_256": f"{metrics['latency']['batch_256']['p99_ms']:.4f}",
-        "gates.passed": gates["passed"],
+        LineageTag.GATES_PASSED: gates["passed"],
     }
     production = metrics.get("production") or {}
     if production.get("scored"):
@@ -293,11 +296,11 @@ def production_lineage(params: Params, root: Path) -> dict[str, str]:
         if len(labelled) and "labelled_at" in labelled.columns:
             until = float(pd.to_numeric(labelled["labelled_at"], errors="coerce").max())
     return {
-        "data.production_rows": str(sum(counts.values())),
+        DataTag.PRODUCTION_ROWS: str(sum(counts.values())),
         "data.production_rows.train": str(counts["train"]),
         "data.production_rows.val": str(counts["val"]),
         "data.production_rows.test": str(counts["test"]),
-        "data.production_labelled_until": repr(until) if until > 0 else "0",
+        DataTag.PRODUCTION_LABELLED_UNTIL: repr(until) if until > 0 else "0",
     }
 
 
@@ -418,7 +421,7 @@ def _verdict(gates: dict[str, Any], evaluation: dict[str, Any]) -> str:
 def _production_verdict(evaluation: dict[str, Any], tags: dict[str, str]) -> str:
     """The production test set: its score and the champion comparison on it, in words."""
     prod = evaluation.get("production") or {}
-    rows = tags.get("data.production_rows", "0")
+    rows = tags.get(DataTag.PRODUCTION_ROWS, "0")
     if not prod:
         return ""
     if not prod.get("scored"):
@@ -472,10 +475,12 @@ def _side_by_side(
             shown = fmt.format(theirs) if theirs is not None else "n/a"
             row += f" {shown} | {card.change(mine, theirs, lower_better)} |"
         out.append(row)
-    variant = f"| variant | {tags.get('model.family')} {tags.get('model.variant')} |"
+    variant = (
+        f"| variant | {tags.get(LineageTag.MODEL_FAMILY)} {tags.get(LineageTag.MODEL_VARIANT)} |"
+    )
     if champion:
         ctags = champion[1]
-        variant += f" {ctags.get('model.family', '?')} {ctags.get('model.variant', '?')} | |"
+        variant += f" {ctags.get(LineageTag.MODEL_FAMILY, '?')} {ctags.get(LineageTag.MODEL_VARIANT, '?')} | |"
     out.append(variant)
     if champion:
         out += [
@@ -498,7 +503,7 @@ def _champion_tags(
     if not version:
         return None
     tags = registry.version(str(compared.get("model") or name), str(version)).tags
-    source, number = tags.get("source.model"), tags.get("source.version")
+    source, number = tags.get(CopyTag.SOURCE_MODEL), tags.get(CopyTag.SOURCE_VERSION)
     if source and number:
         tags = {**registry.version(source, number).tags, **tags}
     return str(version), tags

@@ -20,6 +20,7 @@ import pandas as pd
 
 from core import files
 from core.errors import DataValidationError
+from core.tagkeys import LineageTag, RunTag
 from pipelines import dataset, tracking
 from pipelines.config import PRODUCTION_TEST, Params
 from pipelines.models import EpochCallback, family
@@ -63,9 +64,11 @@ def run(params: Params, root: Path, on_epoch: EpochCallback | None = None) -> Re
         params.tracking.experiment, root, run_name=f"train-{cfg.model}"
     ) as run_id:
         tracking.log_params(params.train.model_dump(mode="json"), prefix="train.")
-        tracking.log_params({"seed": params.seed, "data.source": params.ingest.source})
+        tracking.log_params({"seed": params.seed, LineageTag.DATA_SOURCE: params.ingest.source})
         tracking.log_params({"data.production_train_rows": production})
-        tracking.set_tags({"modelyard.stage": "train", "validation.success": validation["success"]})
+        tracking.set_tags(
+            {RunTag.STAGE: "train", LineageTag.VALIDATION_SUCCESS: validation["success"]}
+        )
         tracking.log_metrics(validation["rows"], prefix="rows.")
         # The monitoring reference travels with the run (and so with every version of it).
         # Both test sets too: each version can be re-scored on the rows it was judged on.
