@@ -167,7 +167,8 @@ def predict(onnx_file: Path, x: np.ndarray) -> np.ndarray:
     outputs = [o.name for o in sess.get_outputs()]
     output = "probabilities" if "probabilities" in outputs else outputs[0]
     feed = {sess.get_inputs()[0].name: np.ascontiguousarray(x, dtype=np.float32)}
-    return np.asarray(sess.run([output], feed)[0]).argmax(1)
+    labels: np.ndarray = np.asarray(sess.run([output], feed)[0]).argmax(1)
+    return labels
 
 
 def input_width(onnx_file: Path) -> int | None:

@@ -34,7 +34,8 @@ class Backoff:
     confirm_within: timedelta = timedelta(hours=1)
 
     def after(self, attempts: int) -> timedelta:
-        return min(self.cap, self.base * (2 ** max(0, attempts - 1)))
+        wait: timedelta = self.base * (2 ** max(0, attempts - 1))
+        return min(self.cap, wait)
 
 
 def now() -> str:
