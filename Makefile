@@ -13,7 +13,7 @@ export BENTOML_DO_NOT_TRACK := true
 export GX_ANALYTICS_ENABLED := false
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: help setup system-tools browser-tools policy-tools bench-webapp bench-suite run serve test test-fast test-server test-e2e test-image test-browser coverage check lint format lock clean bench bench-monitoring bench-optimize bench-workers bench-shadow
+.PHONY: help docs setup system-tools browser-tools policy-tools bench-webapp bench-suite run serve test test-fast test-server test-e2e test-image test-browser coverage check lint format lock clean bench bench-monitoring bench-optimize bench-workers bench-shadow
 
 help: ## Show the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -123,6 +123,9 @@ coverage: setup system-tools browser-tools ## Line coverage of the product packa
 	export MODELYARD_COVERAGE_DIR=$(abspath .coverage-data) COVERAGE_RCFILE=$(abspath .coveragerc); \
 	$(BIN)/coverage run -m pytest $(XDIST) -p no:cacheprovider -q; status=$$?; \
 	$(BIN)/coverage combine -q && $(BIN)/coverage report | tail -1; exit $$status
+
+docs: setup ## Build the manual (docs/, MkDocs --strict) into site/
+	$(BIN)/mkdocs build --strict
 
 check: setup ## Lint and type-check (what CI runs)
 	$(BIN)/ruff check .

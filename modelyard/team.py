@@ -172,7 +172,7 @@ def registry_resign(
     """Re-sign every approval the gate stored with its current key (MODELYARD_GATE_KEY),
     after verifying each with the key that signed it (the current one or one of
     MODELYARD_GATE_PREVIOUS_KEYS). Run as the gate (its MLflow login and environment)
-    during a key rotation (README: "Rotating the gate's key"); one audit entry per
+    during a key rotation (docs/team.md: "Rotating the gate's key"); one audit entry per
     re-signed approval; running it again changes nothing."""
     from modelyard.promotion import _gate
     from registry import keys

@@ -135,7 +135,7 @@ def load(path: Path) -> Team:
             raw = yaml.safe_load(fh) or {}
         team = Team.model_validate(raw)
     except FileNotFoundError as exc:
-        raise ConfigError(f"{path} not found: write the team file (see README, team mode)") from exc
+        raise ConfigError(f"{path} not found: write the team file (see docs/team.md)") from exc
     except (yaml.YAMLError, ValidationError) as exc:
         raise ConfigError(f"{path} is not a valid team file:\n{exc}") from exc
     if not team.users_with("gate"):

@@ -227,7 +227,7 @@ LOG_ERROR_EVERY_SECONDS = 60.0  # a failing log is logged at most this often (an
 # -- the service ---------------------------------------------------------------------------
 
 # BentoML's per-request work (access log, OpenTelemetry span) is most of a small model's
-# latency (see README: serving benchmark). The hot API paths skip it: they keep their own
+# latency (see docs/serving.md: serving benchmark). The hot API paths skip it: they keep their own
 # Prometheus metrics (modelyard_*) and the inference log instead.
 HOT_PATHS = ("/v1/predict", "/v1/feedback")
 

@@ -2,7 +2,7 @@
 rotation reaches every workflow that checks signatures.
 
 Only the gate holds the private key (MODELYARD_GATE_KEY); the workflows verify with the
-public key. During a rotation (README "Rotating the gate's key") approvals signed with the
+public key. During a rotation (docs/team.md, "Rotating the gate's key") approvals signed with the
 old key stay valid only where MODELYARD_GATE_PREVIOUS_KEYS is set: a job with the current
 public key but not the previous ones would refuse every approval not yet re-signed
 (`registry verify` stops the deploy, the scheduled reconcile reverts the champion).
