@@ -111,6 +111,19 @@ class RetrainTag(StrEnum):
     MODEL = "retrain.model"
 
 
+class TuneTag(StrEnum):
+    """On `modelyard tune`'s runs (the study's parent run and each trial's child run):
+    written by pipelines/tune.py; read by whoever compares trials in the MLflow UI."""
+
+    STUDY = "tune.study"
+    STATE = "tune.state"  # complete | pruned | failed (a trial)
+    ERROR = "tune.error"
+    BEST = "tune.best"  # the best values so far, JSON (the parent)
+    COMPLETE = "tune.complete"
+    PRUNED = "tune.pruned"
+    FAILED = "tune.failed"
+
+
 ALL: tuple[type[StrEnum], ...] = (
     LineageTag,
     DataTag,
@@ -119,4 +132,5 @@ ALL: tuple[type[StrEnum], ...] = (
     ApprovalTag,
     DeployTag,
     RetrainTag,
+    TuneTag,
 )

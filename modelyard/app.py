@@ -18,6 +18,7 @@ from modelyard import (
     serving,
     stages,
     team,
+    tune,
     webapp,
 )
 from modelyard.common import err_console
@@ -41,7 +42,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-for module in (init, stages, pipeline, promotion, serving, monitor, harvest):
+for module in (init, stages, pipeline, promotion, serving, monitor, harvest, tune):
     app.registered_commands.extend(module.app.registered_commands)
 app.add_typer(promotion.registry_app, name="registry")
 promotion.registry_app.registered_commands.extend(team.app.registered_commands)

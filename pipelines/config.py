@@ -326,6 +326,33 @@ class Monitor(Section):
     keep_runs: Annotated[int, Field(ge=1)] = 48
 
 
+class TuneRange(Section):
+    """One parameter's search space: a range (``low``..``high``, ``log`` scale, an integer
+    ``step``) or a list of ``choices``."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: list[Any] | None = None
+
+
+class Tune(Section):
+    """`modelyard tune`: the search space over ``train`` parameters (dotted keys, e.g.
+    ``train.lr``), what to optimize (a validation metric: the test split is never read
+    while tuning), the budget, and where the study lives."""
+
+    space: dict[str, TuneRange] = {}
+    objective: Literal["val_accuracy", "val_macro_f1", "val_loss"] = "val_accuracy"
+    trials: Annotated[int, Field(ge=0)] = 20
+    minutes: Annotated[float | None, Field(ge=0)] = None  # a time budget too (None: none)
+    sampler: Literal["tpe", "random"] = "tpe"
+    pruner: Literal["median", "none"] = "median"
+    # An Optuna storage URL shared by every worker (default: SQLite in .modelyard/).
+    storage: str | None = None
+    study: str | None = None  # default: <tracking.experiment>-<train.model>
+
+
 class Params(Section):
     seed: int = 42
     paths: Paths = Paths()
@@ -341,6 +368,7 @@ class Params(Section):
     tracking: Tracking = Tracking()
     harvest: Harvest = Harvest()
     monitor: Monitor = Monitor()
+    tune: Tune = Tune()
 
 
 def load(path: Path) -> Params:

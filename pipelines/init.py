@@ -177,6 +177,27 @@ def _between(stat: str, column: str, lo: float, hi: float) -> dict[str, Any]:
     }
 
 
+def set_values(params_path: Path, values: dict[str, Any]) -> tuple[str, str]:
+    """``values`` (dotted keys) written into ``params_path``, its comments, order and flow
+    style kept; checked to load as the pipeline loads it, then replaced atomically.
+    Returns (the text before, the text after)."""
+    from ruamel.yaml import YAML
+
+    yaml = YAML()
+    yaml.width = 100
+    yaml.representer.add_representer(type(None), _represent_null)
+    before = params_path.read_text()
+    doc = yaml.load(before)
+    for key, value in values.items():
+        _set(doc, key, _yaml_value(value))
+    out = StringIO()
+    yaml.dump(doc, out)
+    text = out.getvalue()
+    _check(text, params_path)
+    files.write_text(params_path, text)
+    return before, text
+
+
 def apply(proposal: Proposal, params_path: Path, *, force: bool = False) -> Written:
     """Write the suite and the params; refuse to overwrite without ``force``.
 

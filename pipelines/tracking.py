@@ -82,6 +82,19 @@ def new_run(experiment: str, root: Path, run_name: str) -> Iterator[str]:
         yield str(run.info.run_id)
 
 
+@contextlib.contextmanager
+def child_run(parent_id: str, run_name: str) -> Iterator[str]:
+    """A run under ``parent_id`` (the MLflow UI nests it there), in the parent's
+    experiment; any process may start one, the parent need not be active."""
+    import mlflow
+
+    parent = mlflow.get_run(parent_id)
+    with mlflow.start_run(
+        experiment_id=parent.info.experiment_id, run_name=run_name, parent_run_id=parent_id
+    ) as run:
+        yield str(run.info.run_id)
+
+
 def run_exists(run_id: str) -> bool:
     """Whether the store holds the run. Only "does not exist" is False: a store that
     cannot be read (auth, 5xx, network) raises RegistryError."""

@@ -35,6 +35,7 @@ GATE = "tests/registry/test_gate.py"
 GATE_FAILED = "tests/pipelines/test_evaluate_register.py::test_failing_gate_registers_nothing"
 WEBHOOKS = "tests/registry/test_webhooks.py::test_promotion_dispatches_the_deploy"
 KEYS = "tests/registry/test_keys.py"
+TUNE = "tests/pipelines/test_tune.py"
 ROTATION = "test_a_key_rotation_keeps_approvals_valid_and_resign_moves_them_to_the_new_key"
 WEBAPP = "tests/services/webapp/test_package.py"
 HARVEST = (
@@ -187,6 +188,9 @@ PRODUCED_BY: dict[tuple[str, int], str] = {
     ("registry resign", 0): f"{KEYS}::{ROTATION}",
     ("registry resign", 1): f"{KEYS}::{ROTATION}",
     ("registry resign", 2): f"{KEYS}::test_resign_without_the_gate_key_is_2",
+    ("tune", 0): f"{TUNE}::test_a_study_logs_parent_and_child_runs_and_writes_the_best_values",
+    ("tune", 1): f"{TUNE}::test_when_no_trial_completes_it_is_1_with_the_first_error",
+    ("tune", 2): f"{TUNE}::test_join_of_a_study_that_does_not_exist_is_2",
     ("registry keygen", 0): f"{KEYS}::test_keygen_prints_a_pair_that_signs_and_verifies",
     ("registry keygen", 2): f"{KEYS}::test_keygen_prints_a_pair_that_signs_and_verifies",
 }

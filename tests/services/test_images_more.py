@@ -533,10 +533,12 @@ def test_the_monitor_image_runs_the_drift_job_over_a_real_log(
             flags = [
                 f"--env={k}={v}" for k, v in {**env_of, "MLFLOW_TRACKING_URI": tracking}.items()
             ]
-            # The CronJob's own arguments, with this test's window for its "--since 1h".
+            # The CronJob's own arguments, with this test's window for its "--since 1h
+            # --align" (the last whole hour: this test's rows are the last few seconds).
             since = spec["args"].index("--since")
+            assert spec["args"][since + 2] == "--align"
             job_args = [*spec["args"][:since], "--since", window[0], "--until", window[1]]
-            job_args += spec["args"][since + 2 :]
+            job_args += spec["args"][since + 3 :]
             ran = subprocess.run(
                 ["buildah", "run", *volumes, *flags, container, "--", "modelyard", *job_args],
                 env=buildah_env,
