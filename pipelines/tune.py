@@ -272,7 +272,7 @@ def open_study(
             raise ConfigError(
                 f"no study {join!r} in {_shown(url)}: start it with `modelyard tune`"
             ) from None
-        recorded = study.user_attrs.get(ATTRS) or {}
+        recorded = _record_of(study)
         if recorded.get("train") != base:
             differ = sorted(k for k in base if base[k] != (recorded.get("train") or {}).get(k))
             raise ConfigError(
@@ -291,16 +291,16 @@ def open_study(
         direction=direction,
         load_if_exists=True,
     )
-    recorded = study.user_attrs.get(ATTRS)
-    if recorded:
-        if recorded.get("train") != base or recorded.get("space") != _space_json(params):
+    existing = study.user_attrs.get(ATTRS)
+    if existing:
+        if existing.get("train") != base or existing.get("space") != _space_json(params):
             raise ConfigError(
                 f"study {name!r} exists with another space or other train parameters: "
                 "name a new one (tune.study) or `--join` it from the commit that started it"
             )
-        if recorded.get("trials") != params.tune.trials:  # run again with a new budget
-            study.set_user_attr(ATTRS, {**recorded, "trials": params.tune.trials})
-        return study, dims, str(recorded["parent_run_id"])
+        if existing.get("trials") != params.tune.trials:  # run again with a new budget
+            study.set_user_attr(ATTRS, {**existing, "trials": params.tune.trials})
+        return study, dims, str(existing["parent_run_id"])
     tracking.configure(root)
     with tracking.new_run(
         f"{params.tracking.experiment}-tuning", root, run_name=f"tune {name}"
@@ -327,6 +327,22 @@ def open_study(
         },
     )
     return study, dims, parent_id
+
+
+def _record_of(study: optuna.Study, wait_s: float = 60.0) -> dict[str, Any]:
+    """What the study's first worker recorded (space, budget, MLflow run). It writes that
+    just after creating the study, so a worker joining at once waits for it."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        recorded = study.user_attrs.get(ATTRS)  # read from the storage on each call
+        if recorded:
+            return dict(recorded)
+        if time.monotonic() > deadline:
+            raise ConfigError(
+                f"study {study.study_name!r} was not started by `modelyard tune` (it records "
+                "no search space): join a study modelyard started"
+            )
+        time.sleep(0.5)
 
 
 def _space_json(params: Params) -> dict[str, Any]:

@@ -177,3 +177,21 @@ def test_join_of_a_study_that_does_not_exist_is_2(project: Project) -> None:
     result = project.cli("tune", "--join", "nobody-started-this")
     assert result.exit_code == 2, result.output
     assert "no study 'nobody-started-this'" in " ".join(result.output.split())
+
+
+def test_a_worker_joining_at_once_waits_for_the_studys_record() -> None:
+    """The first worker records the space and its MLflow run just after creating the
+    study: a worker joining in between waits for it (found by benchmarks/tune.py), and a
+    study that never gets one (not started by modelyard) is refused, not guessed."""
+    import threading
+
+    import optuna
+
+    from core.errors import ConfigError
+    from pipelines.tune import ATTRS, _record_of
+
+    study = optuna.create_study(study_name="joined")
+    threading.Timer(0.3, lambda: study.set_user_attr(ATTRS, {"trials": 3})).start()
+    assert _record_of(study, wait_s=10) == {"trials": 3}
+    with pytest.raises(ConfigError, match="not started by `modelyard tune`"):
+        _record_of(optuna.create_study(study_name="foreign"), wait_s=0.5)

@@ -352,3 +352,18 @@ def train_candidate(server: TeamServer, tmp: Path, *, seed: int, **kw: Any) -> s
     """log_candidate + register_candidate as the CI trainer; returns the version."""
     run_id, uri, sha = log_candidate(server, tmp, seed=seed, **kw)
     return register_candidate(server, run_id, uri, sha)
+
+
+def apply_own_team(
+    server: TeamServer, folder: Path, *, experiment: str, candidates: str, production: str
+) -> Path:
+    """A team file of the test's own: the usual team with its own experiment and models
+    (so no other test's champion is in its way), applied to ``server``."""
+    path = folder / "team.yaml"
+    team = team_yaml()
+    team["experiment"] = experiment
+    team["models"] = {"candidates": candidates, "production": production}
+    path.write_text(yaml.safe_dump(team))
+    applied = server.apply(path)
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    return path

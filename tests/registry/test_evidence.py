@@ -27,10 +27,10 @@ from tests.registry.conftest import (
     RULES,
     TRUTH,
     TeamServer,
+    apply_own_team,
     as_user,
     log_candidate,
     password,
-    team_yaml,
     write_reference,
 )
 
@@ -138,14 +138,13 @@ PRODUCTION = "evidence-production"
 
 @pytest.fixture(scope="module")
 def own_team(team_server: TeamServer, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("evidence-team") / "team.yaml"
-    team = team_yaml()
-    team["experiment"] = f"{EXPERIMENT}-evidence"
-    team["models"] = {"candidates": CANDIDATES, "production": PRODUCTION}
-    path.write_text(yaml.safe_dump(team))
-    applied = team_server.apply(path)
-    assert applied.returncode == 0, applied.stdout + applied.stderr
-    return path
+    return apply_own_team(
+        team_server,
+        tmp_path_factory.mktemp("evidence-team"),
+        experiment=f"{EXPERIMENT}-evidence",
+        candidates=CANDIDATES,
+        production=PRODUCTION,
+    )
 
 
 @pytest.mark.slow

@@ -28,6 +28,7 @@ from tests.registry.conftest import (
     EXPERIMENT,
     RULES,
     TeamServer,
+    apply_own_team,
     as_user,
     log_candidate,
     password,
@@ -190,14 +191,13 @@ PRODUCTION = "keys-production"
 
 @pytest.fixture(scope="module")
 def own_team(team_server: TeamServer, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("keys") / "team.yaml"
-    team = team_yaml()
-    team["experiment"] = f"{EXPERIMENT}-keys"
-    team["models"] = {"candidates": CANDIDATES, "production": PRODUCTION}
-    path.write_text(yaml.safe_dump(team))
-    applied = team_server.apply(path)
-    assert applied.returncode == 0, applied.stdout + applied.stderr
-    return path
+    return apply_own_team(
+        team_server,
+        tmp_path_factory.mktemp("keys"),
+        experiment=f"{EXPERIMENT}-keys",
+        candidates=CANDIDATES,
+        production=PRODUCTION,
+    )
 
 
 def resign(server: TeamServer, team_file: Path, **env: str) -> subprocess.CompletedProcess[str]:

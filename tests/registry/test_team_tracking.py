@@ -23,7 +23,13 @@ import yaml
 from pipelines.stages import register
 from registry.client import Registry
 from tests.conftest import BIN, FAST_OPTIMIZE, FAST_TRAIN, dvc, git, git_copy, modelyard
-from tests.registry.conftest import EXPERIMENT, RULES, TeamServer, as_user, team_yaml
+from tests.registry.conftest import (
+    EXPERIMENT,
+    RULES,
+    TeamServer,
+    apply_own_team,
+    as_user,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -45,14 +51,13 @@ def report(root: Path, name: str) -> dict[str, object]:
 
 @pytest.fixture(scope="module")
 def own_team(team_server: TeamServer, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("pipeline-team") / "team.yaml"
-    team = team_yaml()
-    team["experiment"] = TRAINER_EXPERIMENT
-    team["models"] = {"candidates": CANDIDATES, "production": PRODUCTION}
-    path.write_text(yaml.safe_dump(team))
-    applied = team_server.apply(path)
-    assert applied.returncode == 0, applied.stdout + applied.stderr
-    return path
+    return apply_own_team(
+        team_server,
+        tmp_path_factory.mktemp("pipeline-team"),
+        experiment=TRAINER_EXPERIMENT,
+        candidates=CANDIDATES,
+        production=PRODUCTION,
+    )
 
 
 def test_ci_trains_on_the_team_server_and_evaluate_compares_with_the_production_champion(
