@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,7 +88,12 @@ def committed_rows(source: Source, commit: str, dest: Path) -> CommittedRows:
     if not folder_md5.endswith(".dir"):
         raise PromotionRefused(f"dvc.lock records {source.prepared} as a file, not a folder")
     listing_bytes = _fetch(source.remote, folder_md5, f"the listing of {source.prepared}")
-    listing = {str(e["relpath"]): str(e["md5"]) for e in json.loads(listing_bytes)}
+    try:
+        listing = {str(e["relpath"]): str(e["md5"]) for e in json.loads(listing_bytes)}
+    except (ValueError, TypeError, KeyError) as exc:
+        raise PromotionRefused(
+            f"the listing of {source.prepared} in the DVC remote is not DVC's ({exc})"
+        ) from None
     if "nfiles" in out and int(out["nfiles"]) != len(listing):
         raise PromotionRefused(
             f"the listing of {source.prepared} in the DVC remote has {len(listing)} files, "
@@ -142,9 +146,10 @@ def _fetch(remote: str, md5: str, what: str) -> bytes:
 
 
 def _mirror(repo: str) -> Path:
-    """A bare copy of ``repo`` kept up to date (one per repo, in the temp folder)."""
+    """A bare copy of ``repo`` kept up to date (one per repo, in the gate's own cache:
+    not a shared temp folder another account could plant a repository in)."""
     name = hashlib.sha256(repo.encode()).hexdigest()[:16]
-    path = Path(tempfile.gettempdir()) / "modelyard-gate-repos" / f"{name}.git"
+    path = Path.home() / ".cache" / "modelyard" / "gate-repos" / f"{name}.git"
     if not (path / "HEAD").exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         done = subprocess.run(
