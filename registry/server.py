@@ -221,9 +221,27 @@ def _postgres(pgdata: Path) -> tuple[Any, str]:
         warnings.simplefilter("ignore")
         import pgserver
 
+        _wait_while_in_transition(pgdata)
         pg = pgserver.get_server(pgdata, cleanup_mode="stop")
     uri: str = pg.get_uri()  # postgresql://postgres:@/postgres?host=SOCKET_DIR
     return pg, uri.replace("postgresql://", "postgresql+psycopg2://", 1)
+
+
+def _wait_while_in_transition(pgdata: Path, timeout: float = 120.0) -> None:
+    """Wait while the cluster in ``pgdata`` is still stopping or starting (a quick restart:
+    the last server's shutdown checkpoint can take seconds on a busy machine). pgserver
+    takes a postmaster it finds for a running server and refuses it unless it is ready.
+    The status is line 8 of postmaster.pid (PostgreSQL 10+)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            lines = (pgdata / "postmaster.pid").read_text().splitlines()
+        except OSError:
+            return  # no server: pgserver starts one
+        if len(lines) < 8 or lines[7].strip() not in ("stopping", "starting"):
+            return
+        log.info("PostgreSQL in %s is %s: waiting", pgdata, lines[7].strip())
+        time.sleep(0.5)
 
 
 def _databases(base: str) -> Databases:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import BIN, FAST_TRAIN, Project, copy_of, record_exit
-from tests.pipelines.test_tune import set_tune, study_of
+from tests.pipelines.test_tune import set_tune
 from tests.registry.conftest import TeamServer
 
 pytestmark = pytest.mark.slow
@@ -27,6 +27,7 @@ def test_two_workers_share_one_study_in_postgresql(
 ) -> None:
     """The team server's PostgreSQL holds the study; a second process joins it: together
     they run exactly the budget, every trial a different point, both doing some."""
+    import optuna
     import sqlalchemy as sa
 
     admin = sa.create_engine(team_server.database_url("postgres", admin=True))
@@ -59,11 +60,15 @@ def test_two_workers_share_one_study_in_postgresql(
             text=True,
         )
 
+    # This process reads the study without keeping connections open: the team server's
+    # PostgreSQL must stop cleanly when another test restarts it (pooled connections held
+    # its shutdown, and the restart found it not ready).
+    rdb = optuna.storages.RDBStorage(storage, engine_kwargs={"poolclass": sa.pool.NullPool})
     first = worker()
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
-            if study_of(prepared, "shared", storage).trials:
+            if optuna.load_study(study_name="shared", storage=rdb).trials:
                 break
         except KeyError:
             pass
@@ -73,7 +78,8 @@ def test_two_workers_share_one_study_in_postgresql(
     for args, proc, out in ((["tune"], first, outs[0]), (["tune", "--join"], second, outs[1])):
         record_exit(args, proc.returncode)
         assert proc.returncode == 0, out
-    study = study_of(prepared, "shared", storage)
+    study = optuna.load_study(study_name="shared", storage=rdb)
+    rdb.engine.dispose()
     done = [t for t in study.trials if t.state.name == "COMPLETE"]
     assert len(done) == 6, [(t.number, t.state.name, t.user_attrs) for t in study.trials]
     points = {tuple(sorted(t.params.items())) for t in done}
