@@ -224,11 +224,11 @@ def main() -> None:
 
 
 def _exists(root: Path) -> bool:
-    try:
-        study(root, "modelyard-cnn")
-    except KeyError:
-        return False
-    return True
+    """Whether the first worker has created the study (its storage may not exist yet)."""
+    import optuna
+
+    url = f"sqlite:///{root / '.modelyard/tune.db'}"
+    return "modelyard-cnn" in optuna.get_all_study_names(storage=url)
 
 
 def table(r: dict[str, Any]) -> str:

@@ -66,13 +66,14 @@ def test_two_workers_share_one_study_in_postgresql(
     rdb = optuna.storages.RDBStorage(storage, engine_kwargs={"poolclass": sa.pool.NullPool})
     first = worker()
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if optuna.load_study(study_name="shared", storage=rdb).trials:
-                break
-        except KeyError:
-            pass
+    while time.monotonic() < deadline:  # the first worker has created the study and begun
+        created = "shared" in optuna.get_all_study_names(storage=rdb)
+        if created and optuna.load_study(study_name="shared", storage=rdb).trials:
+            break
+        assert first.poll() is None, f"the first worker ended early:\n{first.communicate()[0]}"
         time.sleep(0.5)
+    else:
+        raise AssertionError("the first worker did not start a trial within 120 s")
     second = worker("--join", "shared")
     outs = [p.communicate(timeout=600)[0] for p in (first, second)]
     for args, proc, out in ((["tune"], first, outs[0]), (["tune", "--join"], second, outs[1])):
